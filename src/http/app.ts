@@ -1,0 +1,104 @@
+import swagger from '@fastify/swagger';
+import swaggerUi from '@fastify/swagger-ui';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import { Ajv } from 'ajv';
+import addFormatsPlugin from 'ajv-formats';
+import Fastify, {
+  type FastifyBaseLogger,
+  type FastifyError,
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+} from 'fastify';
+import type { Logger } from 'pino';
+import { DomainError } from '../domain/errors.js';
+import type { CalendarConnectionStore } from '../store/calendar-connections.js';
+import { calendarConnectionRoutes } from './routes/calendar-connections.js';
+import { healthRoutes } from './routes/health.js';
+import { ErrorBody } from './schemas.js';
+
+const addFormats = addFormatsPlugin as unknown as (ajv: Ajv) => Ajv;
+
+export interface HttpDeps {
+  logger: Logger;
+  adminKey: string;
+  now: () => Date;
+  ready: () => Promise<boolean>;
+  connections: CalendarConnectionStore;
+}
+
+/** Maps any thrown error to `{"success":false,"error":...}` with the right status; 5xx text is hidden. */
+function errorHandler(err: FastifyError, req: FastifyRequest, reply: FastifyReply) {
+  if (err instanceof DomainError && err.status < 500) {
+    return reply.code(err.status).send({ success: false, error: err.message });
+  }
+  if (err.validation) {
+    const where = err.validationContext ?? 'request';
+    const first = err.validation[0];
+    const path = first?.instancePath ? first.instancePath.replace(/^\//, '').replaceAll('/', '.') : '';
+    const missing = (first?.params as { missingProperty?: string } | undefined)?.missingProperty;
+    const field = missing ?? (path || where);
+    const detail = missing ? 'is required' : (first?.message ?? 'is invalid');
+    return reply
+      .code(400)
+      .send({ success: false, error: `${where === 'body' ? '' : `${where} `}${field} ${detail}`.trim() });
+  }
+  const status = err.statusCode && err.statusCode >= 400 ? err.statusCode : 500;
+  if (status < 500) {
+    // Fastify's own 4xx (bad JSON, wrong content type, body too large...) carry safe messages.
+    return reply.code(status).send({ success: false, error: err.message });
+  }
+  req.log.error({ err }, 'request failed');
+  return reply.code(status).send({ success: false, error: 'Internal server error' });
+}
+
+export async function buildHttpApp(deps: HttpDeps): Promise<FastifyInstance> {
+  // The app is typed as a plain FastifyInstance outside; routes get the TypeBox provider.
+  const app = Fastify({
+    loggerInstance: deps.logger as FastifyBaseLogger,
+    bodyLimit: 256 * 1024,
+    requestTimeout: 30_000,
+    // Behind a proxy, set trustProxy in the proxy setup; direct exposure must not trust X-Forwarded-For.
+    trustProxy: false,
+  }).withTypeProvider<TypeBoxTypeProvider>();
+
+  // Query strings and path params are text, so they are coerced ("50" -> 50); JSON bodies are not:
+  // `"access_token": 42` must be a 400, not silently become "42".
+  const coercing = addFormats(
+    new Ajv({ coerceTypes: 'array', useDefaults: true, removeAdditional: false, strict: false }),
+  );
+  const strict = addFormats(
+    new Ajv({ coerceTypes: false, useDefaults: true, removeAdditional: false, strict: false }),
+  );
+  app.setValidatorCompiler(({ schema, httpPart }) =>
+    (httpPart === 'body' ? strict : coercing).compile(schema),
+  );
+  app.setErrorHandler(errorHandler);
+  app.setNotFoundHandler((req, reply) => {
+    reply.code(404).send({ success: false, error: `No route ${req.method} ${req.url.split('?')[0]}` });
+  });
+  app.addSchema(ErrorBody);
+
+  await app.register(swagger, {
+    openapi: {
+      info: {
+        title: 'agent-meetings',
+        version: '0.1.0',
+        description: 'Lets a business’s AI chat agent book Google Calendar meetings with Meet links.',
+      },
+      components: {
+        securitySchemes: { admin: { type: 'http', scheme: 'bearer', description: 'ADMIN_API_KEY' } },
+      },
+    },
+  });
+  await app.register(swaggerUi, { routePrefix: '/docs' });
+  app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+
+  await app.register(healthRoutes, { ready: deps.ready });
+  await app.register(calendarConnectionRoutes, {
+    adminKey: deps.adminKey,
+    connections: deps.connections,
+    now: deps.now,
+  });
+  return app as unknown as FastifyInstance;
+}

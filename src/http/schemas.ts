@@ -1,0 +1,18 @@
+import { Type } from 'typebox';
+import { USER_ID_PATTERN } from '../domain/calendar-connection.js';
+
+/** Shapes shared by several routes (they also feed /openapi.json). */
+export const ErrorBody = Type.Object(
+  { success: Type.Literal(false), error: Type.String() },
+  { $id: 'ErrorBody', description: 'Every 4xx/5xx answer has this shape.' },
+);
+export const UserIdParams = Type.Object({
+  user_id: Type.String({ pattern: USER_ID_PATTERN, description: '1-50 of letters, digits, -_.@' }),
+});
+export const IdString = Type.String({ minLength: 1, maxLength: 50, pattern: '^[A-Za-z0-9_-]+$' });
+
+export const errorResponses = {
+  400: { $ref: 'ErrorBody#' },
+  401: { $ref: 'ErrorBody#' },
+  404: { $ref: 'ErrorBody#' },
+} as const;

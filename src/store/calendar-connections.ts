@@ -1,0 +1,178 @@
+import { type Kysely, type Selectable, sql, type Transaction } from 'kysely';
+import type { ValidConnection } from '../domain/calendar-connection.js';
+import { InvalidInput } from '../domain/errors.js';
+import type { CalendarConnectionTable, DB } from './schema.js';
+import type { SecretBox } from './secret-box.js';
+
+export interface CalendarConnection {
+  userId: string;
+  accessToken: string;
+  refreshToken: string | null;
+  tokenExpiry: Date;
+  scope: string;
+  status: 'connected' | 'revoked';
+  revokedAt: Date | null;
+  lastRefreshedAt: Date | null;
+  createdAt: Date;
+  updatedAt: Date;
+}
+
+export type CalendarConnectionSummary = Omit<CalendarConnection, 'accessToken' | 'refreshToken'> & {
+  hasRefreshToken: boolean;
+};
+
+type Row = Selectable<CalendarConnectionTable>;
+
+/** Calendar connections, with token values sealed by the SecretBox on the way in and out. */
+export class CalendarConnectionStore {
+  constructor(
+    private readonly db: Kysely<DB>,
+    private readonly box: SecretBox,
+  ) {}
+
+  private seal(userId: string, column: string, value: string): string {
+    return this.box.encrypt(value, `google_calendar_tokens:${userId}:${column}`);
+  }
+  private open(userId: string, column: string, value: string): string {
+    return this.box.decrypt(value, `google_calendar_tokens:${userId}:${column}`);
+  }
+
+  /** Creates or overwrites a connection; a reconnect clears a revoked state. */
+  async connect(userId: string, c: ValidConnection): Promise<CalendarConnection> {
+    return this.db.transaction().execute(async (trx) => {
+      const existing = await trx
+        .selectFrom('google_calendar_tokens')
+        .select(['refresh_token_enc'])
+        .where('user_id', '=', userId)
+        .forUpdate()
+        .executeTakeFirst();
+      // Google returns a refresh token only on first consent, so a reconnect may omit it.
+      const refreshEnc = c.refreshToken
+        ? this.seal(userId, 'refresh_token', c.refreshToken)
+        : (existing?.refresh_token_enc ?? null);
+      if (!refreshEnc) {
+        throw new InvalidInput('refresh_token is required: no refresh token is stored for this user yet');
+      }
+      const values = {
+        access_token_enc: this.seal(userId, 'access_token', c.accessToken),
+        refresh_token_enc: refreshEnc,
+        token_expiry: c.tokenExpiry,
+        scope: c.scope,
+        status: 'connected' as const,
+        revoked_at: null,
+      };
+      const row = await trx
+        .insertInto('google_calendar_tokens')
+        .values({ user_id: userId, ...values })
+        .onConflict((oc) => oc.column('user_id').doUpdateSet({ ...values, updated_at: sql`now()` }))
+        .returningAll()
+        .executeTakeFirstOrThrow();
+      return this.toConnection(row);
+    });
+  }
+
+  async get(userId: string, trx?: Transaction<DB>): Promise<CalendarConnection | undefined> {
+    const row = await (trx ?? this.db)
+      .selectFrom('google_calendar_tokens')
+      .selectAll()
+      .where('user_id', '=', userId)
+      .executeTakeFirst();
+    return row ? this.toConnection(row) : undefined;
+  }
+
+  /** Same as get() but locks the row until the transaction ends (one refresher per owner). */
+  async getForUpdate(trx: Transaction<DB>, userId: string): Promise<CalendarConnection | undefined> {
+    const row = await trx
+      .selectFrom('google_calendar_tokens')
+      .selectAll()
+      .where('user_id', '=', userId)
+      .forUpdate()
+      .executeTakeFirst();
+    return row ? this.toConnection(row) : undefined;
+  }
+
+  async list(limit: number, afterUserId?: string): Promise<CalendarConnectionSummary[]> {
+    let q = this.db
+      .selectFrom('google_calendar_tokens')
+      .select([
+        'user_id',
+        'refresh_token_enc',
+        'token_expiry',
+        'scope',
+        'status',
+        'revoked_at',
+        'last_refreshed_at',
+        'created_at',
+        'updated_at',
+      ])
+      .orderBy('user_id')
+      .limit(limit);
+    if (afterUserId !== undefined) q = q.where('user_id', '>', afterUserId);
+    const rows = await q.execute();
+    return rows.map((r) => ({
+      userId: r.user_id,
+      hasRefreshToken: r.refresh_token_enc !== null,
+      tokenExpiry: r.token_expiry,
+      scope: r.scope,
+      status: r.status,
+      revokedAt: r.revoked_at,
+      lastRefreshedAt: r.last_refreshed_at,
+      createdAt: r.created_at,
+      updatedAt: r.updated_at,
+    }));
+  }
+
+  async delete(userId: string): Promise<boolean> {
+    const r = await this.db
+      .deleteFrom('google_calendar_tokens')
+      .where('user_id', '=', userId)
+      .executeTakeFirst();
+    return Number(r.numDeletedRows) > 0;
+  }
+
+  /** Stores a refreshed access token; keeps the stored refresh token unless Google sent a new one. */
+  async saveRefreshed(
+    trx: Transaction<DB> | Kysely<DB>,
+    userId: string,
+    accessToken: string,
+    expiry: Date,
+    refreshToken?: string | null,
+  ): Promise<void> {
+    await trx
+      .updateTable('google_calendar_tokens')
+      .set({
+        access_token_enc: this.seal(userId, 'access_token', accessToken),
+        ...(refreshToken ? { refresh_token_enc: this.seal(userId, 'refresh_token', refreshToken) } : {}),
+        token_expiry: expiry,
+        last_refreshed_at: sql<Date>`now()`,
+        updated_at: sql<Date>`now()`,
+      })
+      .where('user_id', '=', userId)
+      .execute();
+  }
+
+  async markRevoked(trx: Transaction<DB> | Kysely<DB>, userId: string): Promise<void> {
+    await trx
+      .updateTable('google_calendar_tokens')
+      .set({ status: 'revoked', revoked_at: sql<Date>`now()`, updated_at: sql<Date>`now()` })
+      .where('user_id', '=', userId)
+      .execute();
+  }
+
+  private toConnection(row: Row): CalendarConnection {
+    return {
+      userId: row.user_id,
+      accessToken: this.open(row.user_id, 'access_token', row.access_token_enc),
+      refreshToken: row.refresh_token_enc
+        ? this.open(row.user_id, 'refresh_token', row.refresh_token_enc)
+        : null,
+      tokenExpiry: row.token_expiry,
+      scope: row.scope,
+      status: row.status,
+      revokedAt: row.revoked_at,
+      lastRefreshedAt: row.last_refreshed_at,
+      createdAt: row.created_at,
+      updatedAt: row.updated_at,
+    };
+  }
+}

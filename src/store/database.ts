@@ -1,0 +1,124 @@
+import { PGlite } from '@electric-sql/pglite';
+import { Kysely, PostgresDialect, sql } from 'kysely';
+import pg from 'pg';
+import { fromPglite, type PgBoss } from 'pg-boss';
+import { lockDataDir } from './data-dir-lock.js';
+import { SerializedPGliteDialect } from './pglite-dialect.js';
+import type { DB } from './schema.js';
+
+type BossConstructorOptions = ConstructorParameters<typeof PgBoss>[0] & object;
+
+/**
+ * The one PostgreSQL the service talks to: embedded PGlite (default, one process) or a server
+ * through a node-postgres pool. Everything above this file is the same on both.
+ */
+export interface Database {
+  readonly kind: 'embedded' | 'server';
+  readonly db: Kysely<DB>;
+  readonly schema: string;
+  /** Options that point pg-boss at this same database (its own schema beside ours). */
+  bossOptions(): BossConstructorOptions;
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface DatabaseOptions {
+  /** postgres:// URL; absent = embedded. */
+  url?: string | undefined;
+  /** Embedded only: directory to persist in; `null` = in memory (tests). */
+  dataDir?: string | null;
+  schema?: string;
+  poolSize?: number;
+}
+
+function quoteIdent(name: string): string {
+  if (!/^[a-z_][a-z0-9_]{0,62}$/.test(name)) throw new Error(`invalid schema name: ${name}`);
+  return `"${name}"`;
+}
+
+export function bossSchemaFor(schema: string): string {
+  return schema === 'public' ? 'pgboss' : `${schema}_pgboss`;
+}
+
+export async function openDatabase(options: DatabaseOptions): Promise<Database> {
+  const schema = options.schema ?? 'public';
+  return options.url
+    ? openServer(options.url, schema, options.poolSize ?? 10)
+    : openEmbedded(options.dataDir ?? null, schema);
+}
+
+async function openServer(url: string, schema: string, poolSize: number): Promise<Database> {
+  // Create the schema before the pool pins search_path to it.
+  const setup = new pg.Client({ connectionString: url });
+  await setup.connect();
+  try {
+    await setup.query(`CREATE SCHEMA IF NOT EXISTS ${quoteIdent(schema)}`);
+  } finally {
+    await setup.end();
+  }
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: poolSize,
+    options: `-c search_path=${schema}`,
+    application_name: 'agent-meetings',
+    connectionTimeoutMillis: 10_000,
+  });
+  // An idle client that loses its server (restart, failover) emits 'error'; without a listener the
+  // process would crash. The pool drops that client and opens a new one on the next query.
+  pool.on('error', () => {});
+  const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool }) });
+  return {
+    kind: 'server',
+    db,
+    schema,
+    bossOptions: () => ({
+      connectionString: url,
+      schema: bossSchemaFor(schema),
+      max: Math.max(2, Math.ceil(poolSize / 2)),
+      useListenNotify: true,
+    }),
+    ping: async () => {
+      await sql`SELECT 1`.execute(db);
+    },
+    close: async () => {
+      await db.destroy();
+    },
+  };
+}
+
+async function openEmbedded(dataDir: string | null, schema: string): Promise<Database> {
+  const unlock = dataDir ? lockDataDir(dataDir) : () => {};
+  let pglite: PGlite;
+  try {
+    pglite = dataDir ? await PGlite.create(`${dataDir}/pgdata`) : await PGlite.create();
+    if (schema !== 'public') {
+      // PGlite has one session, so this search_path holds for every query.
+      await pglite.exec(
+        `CREATE SCHEMA IF NOT EXISTS ${quoteIdent(schema)}; SET search_path TO ${quoteIdent(schema)}`,
+      );
+    }
+  } catch (err) {
+    unlock();
+    throw err;
+  }
+  const db = new Kysely<DB>({ dialect: new SerializedPGliteDialect(pglite) });
+  return {
+    kind: 'embedded',
+    db,
+    schema,
+    bossOptions: () => ({
+      db: fromPglite(pglite),
+      backend: 'pglite',
+      schema: bossSchemaFor(schema),
+      useListenNotify: true,
+    }),
+    ping: async () => {
+      await sql`SELECT 1`.execute(db);
+    },
+    close: async () => {
+      await db.destroy();
+      await pglite.close();
+      unlock();
+    },
+  };
+}

@@ -1,0 +1,33 @@
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import type { DatabaseOptions } from '../../src/store/database.js';
+
+/**
+ * Where a test's database lives: a fresh in-memory PGlite (project "embedded"), or a private schema
+ * on the real server at TEST_DATABASE_URL (project "server"), so test files run in parallel.
+ */
+export function testDatabaseKind(): 'embedded' | 'server' {
+  return process.env.TEST_DB === 'server' ? 'server' : 'embedded';
+}
+
+export function testDatabaseOptions(): DatabaseOptions & { cleanup: () => Promise<void> } {
+  if (testDatabaseKind() === 'embedded') return { dataDir: null, cleanup: async () => {} };
+  const url = process.env.TEST_DATABASE_URL;
+  if (!url) throw new Error('TEST_DB=server needs TEST_DATABASE_URL');
+  const schema = `t_${randomBytes(6).toString('hex')}`;
+  return {
+    url,
+    schema,
+    poolSize: 6,
+    cleanup: async () => {
+      const client = new pg.Client({ connectionString: url });
+      await client.connect();
+      try {
+        await client.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+        await client.query(`DROP SCHEMA IF EXISTS "${schema}_pgboss" CASCADE`);
+      } finally {
+        await client.end();
+      }
+    },
+  };
+}

@@ -1,0 +1,31 @@
+import { defineConfig } from 'vitest/config';
+
+// Integration tests run once on embedded PGlite and, when TEST_DATABASE_URL is set, a second time on a
+// real PostgreSQL server (the "server" project). Unit tests (pure code) run once.
+const serverUrl = process.env.TEST_DATABASE_URL;
+
+export default defineConfig({
+  test: {
+    testTimeout: 60_000,
+    hookTimeout: 60_000,
+    pool: 'forks',
+    projects: [
+      {
+        extends: true as const,
+        test: { name: 'embedded', include: ['test/**/*.test.ts'], env: { TEST_DB: 'embedded' } },
+      },
+      ...(serverUrl
+        ? [
+            {
+              extends: true as const,
+              test: {
+                name: 'server',
+                include: ['test/**/*.it.test.ts'],
+                env: { TEST_DB: 'server' },
+              },
+            },
+          ]
+        : []),
+    ],
+  },
+});
