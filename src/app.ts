@@ -1,13 +1,28 @@
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { Config } from './config.js';
+import type { CalendarGateway } from './domain/calendar-gateway.js';
+import { GoogleCalendarGateway, type GoogleCalendarOptions } from './google/google-calendar.js';
+import { GoogleTokenProvider } from './google/token-provider.js';
 import { buildHttpApp } from './http/app.js';
+import { LiveFeed } from './http/live-feed.js';
+import { meetingRoutes } from './http/routes/meetings.js';
+import type { ChatModel } from './llm/chat-model.js';
+import { OpenAIChatModel } from './llm/openai-chat-model.js';
 import { createLogger } from './logger.js';
+import { AgentStore } from './store/agents.js';
 import { CalendarConnectionStore } from './store/calendar-connections.js';
+import { ConversationStore } from './store/conversations.js';
 import { type Database, type DatabaseOptions, openDatabase } from './store/database.js';
+import { MeetingStore } from './store/meetings.js';
+import { MessageStore } from './store/messages.js';
 import { isMigrated, migrate } from './store/migrate.js';
 import { SecretBox } from './store/secret-box.js';
+import { BookingService } from './worker/booking-service.js';
+import { createMessageProcessor } from './worker/process-message.js';
+import { JobQueue } from './worker/queue.js';
 
+/** api: HTTP only; worker: answers messages only; all: both (the default, one process). */
 export type Role = 'api' | 'worker' | 'all';
 
 export interface ApplicationOptions {
@@ -16,6 +31,10 @@ export interface ApplicationOptions {
   now?: () => Date;
   /** Overrides where the database lives (tests: in-memory PGlite or a private schema). */
   database?: DatabaseOptions;
+  /** Tuning of the Google client (tests shorten backoffs). */
+  google?: Partial<Pick<GoogleCalendarOptions, 'maxAttempts' | 'backoffBaseMs' | 'conferenceWaitMs'>>;
+  /** Replaces the OpenAI adapter (e.g. a different provider). */
+  chatModel?: ChatModel;
 }
 
 export interface Application {
@@ -23,7 +42,10 @@ export interface Application {
   readonly logger: Logger;
   readonly database: Database;
   readonly http: FastifyInstance;
+  readonly queue: JobQueue;
   readonly connections: CalendarConnectionStore;
+  readonly meetings: MeetingStore;
+  readonly calendar: CalendarGateway;
   /** Binds the HTTP port (api/all roles). */
   listen(): Promise<string>;
   /** Stops accepting, lets in-flight work finish, closes the database. Idempotent. */
@@ -31,14 +53,15 @@ export interface Application {
 }
 
 /**
- * Wires one process: config -> database (migrated) -> stores -> HTTP. No module-level state: tests
- * build the same graph with emulator URLs and a private database.
+ * Wires one process: config -> database (migrated) -> stores -> adapters -> worker and HTTP. No
+ * module-level state: tests build the same graph with emulator URLs and a private database.
  */
 export async function createApplication(
   config: Config,
   options: ApplicationOptions = {},
 ): Promise<Application> {
   const logger = options.logger ?? createLogger(config.logLevel);
+  const role = options.role ?? 'all';
   const now = options.now ?? (() => new Date());
   const database = await openDatabase(
     options.database ?? {
@@ -48,14 +71,81 @@ export async function createApplication(
       poolSize: config.databasePoolSize,
     },
   );
-  let http: FastifyInstance | undefined;
+  const cleanup: Array<() => Promise<void>> = [() => database.close()];
+  const runCleanup = async () => {
+    for (const step of cleanup.reverse())
+      await step().catch((err: unknown) => logger.error({ err }, 'shutdown step failed'));
+  };
   try {
     const applied = await migrate(database.db);
     if (applied.length > 0) logger.info({ applied }, 'database migrated');
 
-    const box = new SecretBox(config.tokenEncryptionKeys);
-    const connections = new CalendarConnectionStore(database.db, box);
-    http = await buildHttpApp({
+    const db = database.db;
+    const connections = new CalendarConnectionStore(db, new SecretBox(config.tokenEncryptionKeys));
+    const agents = new AgentStore(db);
+    const conversations = new ConversationStore(db);
+    const messages = new MessageStore(db);
+    const meetings = new MeetingStore(db);
+
+    const tokens = new GoogleTokenProvider(
+      connections,
+      {
+        clientId: config.google.clientId,
+        clientSecret: config.google.clientSecret,
+        tokenUrl: config.google.oauthTokenUrl,
+        timeoutMs: config.google.timeoutMs,
+        now,
+      },
+      logger,
+    );
+    const calendar = new GoogleCalendarGateway(
+      tokens,
+      { rootUrl: config.google.apiRootUrl, timeoutMs: config.google.timeoutMs, ...options.google },
+      logger,
+    );
+
+    const queue = new JobQueue(
+      database,
+      { retryLimit: config.jobRetryLimit, concurrency: config.workerConcurrency },
+      logger,
+    );
+    await queue.start();
+    cleanup.push(() => queue.stop());
+
+    if (role !== 'api') {
+      const model =
+        options.chatModel ??
+        new OpenAIChatModel({
+          apiKey: config.openai.apiKey,
+          baseURL: config.openai.baseUrl,
+          timeoutMs: config.openai.timeoutMs,
+        });
+      const booking = new BookingService({
+        calendar,
+        meetings,
+        limits: config.booking,
+        meetingErrorMessage: config.meetingErrorMessage,
+        now,
+      });
+      const processMessage = createMessageProcessor({
+        db,
+        messages,
+        model,
+        defaultModel: config.openai.model,
+        historyLimit: config.historyLimit,
+        llmErrorMessage: config.llmErrorMessage,
+        meetingErrorMessage: config.meetingErrorMessage,
+        actions: booking,
+        logger,
+      });
+      await queue.workMessages(processMessage);
+    }
+
+    const feed = new LiveFeed(database);
+    if (role !== 'worker') await feed.start();
+    cleanup.push(() => feed.stop());
+
+    const http = await buildHttpApp({
       logger,
       adminKey: config.adminApiKey,
       now,
@@ -64,30 +154,44 @@ export async function createApplication(
         return isMigrated(database.db);
       },
       connections,
+      db,
+      agents,
+      conversations,
+      messages,
+      queue,
+      feed,
+      rateLimit: config.rateLimit,
+      extraRoutes: [
+        async (app) => {
+          await app.register(meetingRoutes, { adminKey: config.adminApiKey, meetings, calendar });
+        },
+      ],
     });
+    cleanup.push(() => http.close());
 
     let stopping: Promise<void> | undefined;
-    const app: FastifyInstance = http;
     return {
       config,
       logger,
       database,
-      http: app,
+      http,
+      queue,
       connections,
+      meetings,
+      calendar,
       async listen() {
-        return app.listen({ port: config.port, host: config.host });
+        if (role === 'worker') return 'worker (no HTTP)';
+        return http.listen({ port: config.port, host: config.host });
       },
       stop() {
-        stopping ??= (async () => {
-          await app.close();
-          await database.close();
-        })();
+        // Order (reverse of creation): HTTP stops accepting and drains, the feed closes, the queue
+        // lets running jobs finish (unfinished ones return to the queue), then the database closes.
+        stopping ??= runCleanup();
         return stopping;
       },
     };
   } catch (err) {
-    await http?.close().catch(() => {});
-    await database.close().catch(() => {});
+    await runCleanup();
     throw err;
   }
 }

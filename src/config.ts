@@ -117,8 +117,14 @@ export function parseEncryptionKeys(value: string): Buffer[] {
     .filter(Boolean);
   if (parts.length === 0) throw new ConfigError('TOKEN_ENCRYPTION_KEY is empty');
   return parts.map((part, i) => {
+    if (!/^[A-Za-z0-9+/]+={0,2}$/.test(part)) {
+      throw new ConfigError(
+        `TOKEN_ENCRYPTION_KEY: key #${i + 1} is not valid base64 (standard alphabet A-Z a-z 0-9 + /); ` +
+          'generate one with: openssl rand -base64 32',
+      );
+    }
     const key = Buffer.from(part, 'base64');
-    if (!/^[A-Za-z0-9+/]+=*$/.test(part) || key.length !== 32) {
+    if (key.length !== 32) {
       throw new ConfigError(
         `TOKEN_ENCRYPTION_KEY: key #${i + 1} must be base64 of exactly 32 bytes (got ${key.length} bytes); ` +
           'generate one with: openssl rand -base64 32',
@@ -187,6 +193,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     }
   }
 
+  // Frozen all the way down: one module cannot change a setting under another's feet.
   return Object.freeze({
     port: e.PORT,
     host: e.HOST,
@@ -195,37 +202,37 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     databasePoolSize: e.DATABASE_POOL_SIZE,
     dataDir,
     adminApiKey: adminApiKey!,
-    tokenEncryptionKeys: parseEncryptionKeys(encryptionKey!),
-    google: {
+    tokenEncryptionKeys: Object.freeze(parseEncryptionKeys(encryptionKey!)),
+    google: Object.freeze({
       clientId: e.GOOGLE_CLIENT_ID,
       clientSecret: e.GOOGLE_CLIENT_SECRET,
       apiRootUrl: e.GOOGLE_API_ROOT_URL.endsWith('/') ? e.GOOGLE_API_ROOT_URL : `${e.GOOGLE_API_ROOT_URL}/`,
       oauthTokenUrl: e.GOOGLE_OAUTH_TOKEN_URL,
       timeoutMs: e.GOOGLE_TIMEOUT_MS,
-    },
-    openai: {
+    }),
+    openai: Object.freeze({
       apiKey: e.OPENAI_API_KEY,
       baseUrl: e.OPENAI_BASE_URL,
       model: e.OPENAI_MODEL,
       timeoutMs: e.OPENAI_TIMEOUT_MS,
-    },
+    }),
     meetingErrorMessage: e.MEETING_ERROR_MESSAGE,
     llmErrorMessage: e.LLM_ERROR_MESSAGE,
     logLevel: e.LOG_LEVEL,
     workerConcurrency: e.WORKER_CONCURRENCY,
     jobRetryLimit: e.JOB_RETRY_LIMIT,
     historyLimit: e.HISTORY_LIMIT,
-    booking: {
+    booking: Object.freeze({
       maxParticipants: e.MAX_PARTICIPANTS,
       minNoticeMinutes: e.MIN_NOTICE_MINUTES,
       horizonDays: e.BOOKING_HORIZON_DAYS,
       maxBookingsPerConversation: e.MAX_BOOKINGS_PER_CONVERSATION,
-    },
-    rateLimit: {
+    }),
+    rateLimit: Object.freeze({
       perIp: e.RATE_LIMIT_PER_IP,
       perConversation: e.RATE_LIMIT_PER_CONVERSATION,
       windowSeconds: e.RATE_LIMIT_WINDOW_SECONDS,
-    },
-    startupNotes: notes,
+    }),
+    startupNotes: Object.freeze(notes),
   });
 }

@@ -1,3 +1,4 @@
+import rateLimit from '@fastify/rate-limit';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
@@ -10,10 +11,22 @@ import Fastify, {
   type FastifyReply,
   type FastifyRequest,
 } from 'fastify';
+import type { Kysely } from 'kysely';
 import type { Logger } from 'pino';
+import type { Config } from '../config.js';
 import { DomainError } from '../domain/errors.js';
+import type { AgentStore } from '../store/agents.js';
 import type { CalendarConnectionStore } from '../store/calendar-connections.js';
+import type { ConversationStore } from '../store/conversations.js';
+import type { MessageStore } from '../store/messages.js';
+import type { DB } from '../store/schema.js';
+import type { JobQueue } from '../worker/queue.js';
+import { isAdmin } from './auth.js';
+import type { LiveFeed } from './live-feed.js';
+import { WindowCounter } from './rate-limit.js';
+import { agentRoutes } from './routes/agents.js';
 import { calendarConnectionRoutes } from './routes/calendar-connections.js';
+import { conversationRoutes } from './routes/conversations.js';
 import { healthRoutes } from './routes/health.js';
 import { ErrorBody } from './schemas.js';
 
@@ -25,6 +38,15 @@ export interface HttpDeps {
   now: () => Date;
   ready: () => Promise<boolean>;
   connections: CalendarConnectionStore;
+  db: Kysely<DB>;
+  agents: AgentStore;
+  conversations: ConversationStore;
+  messages: MessageStore;
+  queue: Pick<JobQueue, 'enqueueMessage'>;
+  feed: LiveFeed;
+  rateLimit: Config['rateLimit'];
+  /** Extra route plugins registered after the built-in ones (meetings, chat page...). */
+  extraRoutes?: Array<(app: FastifyInstance) => Promise<void>>;
 }
 
 /** Maps any thrown error to `{"success":false,"error":...}` with the right status; 5xx text is hidden. */
@@ -94,11 +116,35 @@ export async function buildHttpApp(deps: HttpDeps): Promise<FastifyInstance> {
   await app.register(swaggerUi, { routePrefix: '/docs' });
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
 
+  // Per-IP limit on everything but admin calls (the owner's own tooling is trusted).
+  await app.register(rateLimit, {
+    max: deps.rateLimit.perIp,
+    timeWindow: deps.rateLimit.windowSeconds * 1000,
+    allowList: (req) => isAdmin(req, deps.adminKey),
+    errorResponseBuilder: (_req, ctx) => ({
+      statusCode: 429,
+      success: false,
+      error: `Too many requests from this address; retry in ${Math.ceil(ctx.ttl / 1000)} s`,
+    }),
+  });
+
   await app.register(healthRoutes, { ready: deps.ready });
   await app.register(calendarConnectionRoutes, {
     adminKey: deps.adminKey,
     connections: deps.connections,
     now: deps.now,
   });
+  await app.register(agentRoutes, { adminKey: deps.adminKey, agents: deps.agents });
+  await app.register(conversationRoutes, {
+    adminKey: deps.adminKey,
+    db: deps.db,
+    agents: deps.agents,
+    conversations: deps.conversations,
+    messages: deps.messages,
+    queue: deps.queue,
+    feed: deps.feed,
+    perConversation: new WindowCounter(deps.rateLimit.perConversation, deps.rateLimit.windowSeconds * 1000),
+  });
+  for (const routes of deps.extraRoutes ?? []) await app.register(routes);
   return app as unknown as FastifyInstance;
 }

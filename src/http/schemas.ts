@@ -14,5 +14,8 @@ export const IdString = Type.String({ minLength: 1, maxLength: 50, pattern: '^[A
 export const errorResponses = {
   400: { $ref: 'ErrorBody#' },
   401: { $ref: 'ErrorBody#' },
+  403: { $ref: 'ErrorBody#' },
   404: { $ref: 'ErrorBody#' },
+  409: { $ref: 'ErrorBody#' },
+  429: { $ref: 'ErrorBody#' },
 } as const;

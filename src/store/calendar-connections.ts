@@ -132,29 +132,58 @@ export class CalendarConnectionStore {
 
   /** Stores a refreshed access token; keeps the stored refresh token unless Google sent a new one. */
   async saveRefreshed(
-    trx: Transaction<DB> | Kysely<DB>,
     userId: string,
     accessToken: string,
     expiry: Date,
     refreshToken?: string | null,
   ): Promise<void> {
-    await trx
+    await this.db
       .updateTable('google_calendar_tokens')
       .set({
         access_token_enc: this.seal(userId, 'access_token', accessToken),
         ...(refreshToken ? { refresh_token_enc: this.seal(userId, 'refresh_token', refreshToken) } : {}),
         token_expiry: expiry,
         last_refreshed_at: sql<Date>`now()`,
+        refresh_lock_until: null,
         updated_at: sql<Date>`now()`,
       })
       .where('user_id', '=', userId)
       .execute();
   }
 
-  async markRevoked(trx: Transaction<DB> | Kysely<DB>, userId: string): Promise<void> {
-    await trx
+  /**
+   * Takes this owner's refresh lease if nobody holds a live one. A lease, not a row lock held in a
+   * transaction: the refresh is a network call, and no transaction may stay open across one.
+   */
+  async tryLeaseRefresh(userId: string, leaseMs: number): Promise<boolean> {
+    const r = await this.db
       .updateTable('google_calendar_tokens')
-      .set({ status: 'revoked', revoked_at: sql<Date>`now()`, updated_at: sql<Date>`now()` })
+      .set({ refresh_lock_until: sql<Date>`now() + make_interval(secs => ${leaseMs / 1000})` })
+      .where('user_id', '=', userId)
+      .where((eb) =>
+        eb.or([eb('refresh_lock_until', 'is', null), eb('refresh_lock_until', '<', sql<Date>`now()`)]),
+      )
+      .executeTakeFirst();
+    return Number(r.numUpdatedRows) > 0;
+  }
+
+  async releaseRefreshLease(userId: string): Promise<void> {
+    await this.db
+      .updateTable('google_calendar_tokens')
+      .set({ refresh_lock_until: null })
+      .where('user_id', '=', userId)
+      .execute();
+  }
+
+  async markRevoked(userId: string): Promise<void> {
+    await this.db
+      .updateTable('google_calendar_tokens')
+      .set({
+        status: 'revoked',
+        revoked_at: sql<Date>`now()`,
+        refresh_lock_until: null,
+        updated_at: sql<Date>`now()`,
+      })
       .where('user_id', '=', userId)
       .execute();
   }

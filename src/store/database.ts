@@ -19,6 +19,12 @@ export interface Database {
   /** Options that point pg-boss at this same database (its own schema beside ours). */
   bossOptions(): BossConstructorOptions;
   ping(): Promise<void>;
+  /**
+   * Calls `onPayload` for every NOTIFY on `channel` (from any process on this database). On a server
+   * the listening connection reconnects by itself; notifications sent while it was down are lost,
+   * so listeners must also catch up by querying (the SSE route does).
+   */
+  listen(channel: string, onPayload: (payload: string) => void): Promise<() => Promise<void>>;
   close(): Promise<void>;
 }
 
@@ -80,10 +86,64 @@ async function openServer(url: string, schema: string, poolSize: number): Promis
     ping: async () => {
       await sql`SELECT 1`.execute(db);
     },
+    listen: (channel, onPayload) => listenOnServer(url, schema, channel, onPayload),
     close: async () => {
       await db.destroy();
     },
   };
+}
+
+/** A dedicated LISTEN connection that comes back after the server restarts. */
+async function listenOnServer(
+  url: string,
+  schema: string,
+  channel: string,
+  onPayload: (payload: string) => void,
+): Promise<() => Promise<void>> {
+  let client: pg.Client | undefined;
+  let stopped = false;
+  let retryTimer: NodeJS.Timeout | undefined;
+  const connect = async (): Promise<void> => {
+    const c = new pg.Client({ connectionString: url, options: `-c search_path=${schema}` });
+    c.on('notification', (n) => {
+      if (n.channel === channel) onPayload(n.payload ?? '');
+    });
+    c.on('error', () => {
+      reconnect();
+    });
+    c.on('end', () => {
+      reconnect();
+    });
+    await c.connect();
+    await c.query(`LISTEN ${quoteChannel(channel)}`);
+    client = c;
+  };
+  const reconnect = () => {
+    if (stopped || retryTimer) return;
+    const old = client;
+    client = undefined;
+    old?.removeAllListeners();
+    old?.end().catch(() => {});
+    retryTimer = setTimeout(() => {
+      retryTimer = undefined;
+      connect().catch(() => reconnect());
+    }, 1000);
+    retryTimer.unref();
+  };
+  await connect();
+  return async () => {
+    stopped = true;
+    if (retryTimer) clearTimeout(retryTimer);
+    const c = client;
+    client = undefined;
+    c?.removeAllListeners();
+    await c?.end().catch(() => {});
+  };
+}
+
+function quoteChannel(name: string): string {
+  if (!/^[a-z_][a-z0-9_]{0,62}$/.test(name)) throw new Error(`invalid channel name: ${name}`);
+  return `"${name}"`;
 }
 
 async function openEmbedded(dataDir: string | null, schema: string): Promise<Database> {
@@ -114,6 +174,12 @@ async function openEmbedded(dataDir: string | null, schema: string): Promise<Dat
     }),
     ping: async () => {
       await sql`SELECT 1`.execute(db);
+    },
+    listen: async (channel, onPayload) => {
+      const unlisten = await pglite.listen(channel, onPayload);
+      return async () => {
+        if (!pglite.closed) await unlisten();
+      };
     },
     close: async () => {
       await db.destroy();

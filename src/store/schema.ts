@@ -1,6 +1,11 @@
 import type { ColumnType, Generated } from 'kysely';
 
 /** Table shapes as Kysely sees them. Times are `timestamptz` and arrive as `Date` on both drivers. */
+export interface StoredModelOutput {
+  text: string | null;
+  toolCalls: Array<{ id: string; name: string; arguments: string }>;
+}
+
 type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>;
 
 export interface CalendarConnectionTable {
@@ -12,6 +17,7 @@ export interface CalendarConnectionTable {
   status: 'connected' | 'revoked';
   revoked_at: ColumnType<Date | null, Date | null | undefined, Date | null>;
   last_refreshed_at: ColumnType<Date | null, Date | null | undefined, Date | null>;
+  refresh_lock_until: ColumnType<Date | null, Date | null | undefined, Date | null>;
   created_at: Timestamp;
   updated_at: Timestamp;
 }
@@ -47,6 +53,7 @@ export interface MessageTable {
   reply_to: string | null;
   status: 'pending' | 'answered' | 'failed' | null;
   attempts: Generated<number>;
+  model_output: ColumnType<StoredModelOutput | null, string | null | undefined, string | null>;
   last_error: string | null;
   processed_at: Date | null;
   created_at: Timestamp;

@@ -172,7 +172,7 @@ describe('calendar connection API', () => {
 
   it('reconnecting clears a revoked state', async () => {
     await connect('revoked-user', validBody());
-    await t.app.connections.markRevoked(t.app.database.db, 'revoked-user');
+    await t.app.connections.markRevoked('revoked-user');
     const revoked = (
       await t.app.http.inject({ url: '/api/google-tokens/revoked-user', headers: t.admin })
     ).json();

@@ -9,6 +9,8 @@ CREATE TABLE google_calendar_tokens (
   status            varchar(20)  NOT NULL DEFAULT 'connected' CHECK (status IN ('connected', 'revoked')),
   revoked_at        timestamptz,
   last_refreshed_at timestamptz,
+  -- Refresh lease: the one process allowed to refresh this owner's token until it expires.
+  refresh_lock_until timestamptz,
   created_at        timestamptz  NOT NULL DEFAULT now(),
   updated_at        timestamptz  NOT NULL DEFAULT now()
 );

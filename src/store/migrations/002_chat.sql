@@ -37,6 +37,9 @@ CREATE TABLE messages (
   -- For a customer message: pending -> answered | failed (answered with the fallback text).
   status          varchar(20)  CHECK (status IN ('pending', 'answered', 'failed')),
   attempts        integer      NOT NULL DEFAULT 0,
+  -- The model's answer to a customer message, kept as soon as it arrives: a retried job acts on
+  -- this same output instead of asking the model again (which could yield a different booking).
+  model_output    jsonb,
   last_error      text,
   processed_at    timestamptz,
   created_at      timestamptz  NOT NULL DEFAULT clock_timestamp()

@@ -1,0 +1,24 @@
+import { InvalidInput } from './errors.js';
+import { isIanaTimeZone } from './time.js';
+
+export interface Agent {
+  agentId: string;
+  userId: string;
+  name: string;
+  systemPrompt: string;
+  timezone: string;
+  model: string | null;
+  meetingDurationMinutes: number;
+  createdAt: Date;
+  updatedAt: Date;
+}
+
+export const MEETING_DURATION = { min: 5, max: 480, default: 30 } as const;
+
+export function assertTimeZone(zone: string, field = 'timezone'): void {
+  if (!isIanaTimeZone(zone)) {
+    throw new InvalidInput(
+      `${field} must be an IANA time zone name such as "Europe/Berlin" or "UTC" (got "${zone}")`,
+    );
+  }
+}

@@ -1,0 +1,111 @@
+import { BOOKING_ACTION } from './prompt.js';
+
+/**
+ * Finding the seed's booking action in what the model wrote.
+ *
+ * The model may answer with a tool call, or with JSON somewhere in its text: an array or a single
+ * object, bare or in a ``` fence, with prose before and after. A regex cannot match nested JSON
+ * (the seed's bug), so this scans for balanced brackets while skipping string contents, then lets
+ * JSON.parse decide. Every action found is cut out of the text; the prose around it is kept.
+ */
+
+export interface ExtractedActions {
+  /** Raw action objects (not yet validated), in order of appearance. */
+  actions: Record<string, unknown>[];
+  /** The text with every action removed: what the customer may see. */
+  prose: string;
+}
+
+/** End index (exclusive) of the balanced JSON-ish value starting at `start`, or -1. */
+function scanBalanced(text: string, start: number): number {
+  const stack: string[] = [];
+  let inString = false;
+  for (let i = start; i < text.length; i++) {
+    const ch = text[i];
+    if (inString) {
+      if (ch === '\\') i++;
+      else if (ch === '"') inString = false;
+      continue;
+    }
+    if (ch === '"') inString = true;
+    else if (ch === '{' || ch === '[') stack.push(ch === '{' ? '}' : ']');
+    else if (ch === '}' || ch === ']') {
+      if (stack.pop() !== ch) return -1;
+      if (stack.length === 0) return i + 1;
+    }
+  }
+  return -1;
+}
+
+function isBookingAction(value: unknown): value is Record<string, unknown> {
+  return (
+    typeof value === 'object' &&
+    value !== null &&
+    !Array.isArray(value) &&
+    (value as { action?: unknown }).action === BOOKING_ACTION
+  );
+}
+
+/** The actions a parsed JSON value holds: the object itself, or the action objects of an array. */
+function actionsIn(value: unknown): Record<string, unknown>[] | undefined {
+  if (isBookingAction(value)) return [value];
+  if (Array.isArray(value) && value.length > 0 && value.every(isBookingAction)) return value;
+  return undefined;
+}
+
+export function extractBookingActions(text: string): ExtractedActions {
+  const actions: Record<string, unknown>[] = [];
+  const cuts: Array<[number, number]> = [];
+  let i = 0;
+  while (i < text.length) {
+    const ch = text[i];
+    if (ch !== '{' && ch !== '[') {
+      i++;
+      continue;
+    }
+    const end = scanBalanced(text, i);
+    if (end === -1) {
+      i++;
+      continue;
+    }
+    let found: Record<string, unknown>[] | undefined;
+    try {
+      found = actionsIn(JSON.parse(text.slice(i, end)));
+    } catch {
+      found = undefined;
+    }
+    if (found) {
+      actions.push(...found);
+      cuts.push(widenToFence(text, i, end));
+      i = end;
+    } else {
+      i++;
+    }
+  }
+  if (cuts.length === 0) return { actions, prose: text.trim() };
+  let prose = '';
+  let from = 0;
+  for (const [s, e] of cuts) {
+    prose += `${text.slice(from, s)}\n`;
+    from = e;
+  }
+  prose += text.slice(from);
+  return { actions, prose: tidy(prose) };
+}
+
+/** When the JSON is the whole content of a ``` fence, the fence goes too. */
+function widenToFence(text: string, start: number, end: number): [number, number] {
+  const before = /```[a-zA-Z]*[ \t]*\r?\n?[ \t]*$/.exec(text.slice(Math.max(0, start - 20), start));
+  const after = /^[ \t]*\r?\n?[ \t]*```/.exec(text.slice(end, end + 20));
+  if (before && after) return [start - before[0].length, end + after[0].length];
+  return [start, end];
+}
+
+function tidy(prose: string): string {
+  return prose
+    .split('\n')
+    .map((l) => l.trimEnd())
+    .join('\n')
+    .replace(/\n{3,}/g, '\n\n')
+    .trim();
+}

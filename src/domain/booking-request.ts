@@ -1,0 +1,169 @@
+import { createHash } from 'node:crypto';
+import { z } from 'zod';
+import { formatOffset, zoneOffsetMinutes } from './time.js';
+
+/**
+ * A booking action validated and normalized: what the system will actually book. The model's raw
+ * output never reaches Google without passing through here.
+ */
+export interface BookingRequest {
+  name: string | null;
+  email: string;
+  title: string;
+  /** Invitees besides `email`, de-duplicated (case-insensitive), never containing `email`. */
+  participants: string[];
+  /** The instant, and the offset the model gave it with (minutes east of UTC). */
+  start: Date;
+  offsetMinutes: number;
+  friendlyTime: string | null;
+}
+
+export interface BookingLimits {
+  maxParticipants: number;
+  minNoticeMinutes: number;
+  horizonDays: number;
+}
+
+/** RFC 3339 with a mandatory offset or Z: 2025-10-06T19:00:00+05:30. */
+const RFC3339 =
+  /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d{1,9})?)?(Z|([+-])(\d{2}):(\d{2}))$/i;
+
+const email = z.email({ message: 'is not a valid email address' }).max(254);
+
+const actionSchema = z.object({
+  name: z.string().trim().max(255).nullish(),
+  email: z.string({ message: 'is missing' }).trim().pipe(email),
+  title: z.string().trim().max(200, 'must be at most 200 characters').nullish(),
+  participants: z.array(z.string().trim().pipe(email)).nullish(),
+  meeting_time: z.string({ message: 'is missing' }).trim(),
+  friendly_time: z.string().trim().max(200).nullish(),
+});
+
+export type ValidationResult = { ok: true; request: BookingRequest } | { ok: false; problems: string[] };
+
+function parseRfc3339(value: string): { start: Date; offsetMinutes: number } | undefined {
+  const m = RFC3339.exec(value);
+  if (!m) return undefined;
+  const [, y, mo, d, h, mi, s, z, sign, oh, om] = m;
+  const month = Number(mo);
+  const day = Number(d);
+  if (
+    month < 1 ||
+    month > 12 ||
+    day < 1 ||
+    day > 31 ||
+    Number(h) > 23 ||
+    Number(mi) > 59 ||
+    Number(s ?? 0) > 59
+  ) {
+    return undefined;
+  }
+  const offsetMinutes =
+    z?.toUpperCase() === 'Z' ? 0 : (sign === '-' ? -1 : 1) * (Number(oh) * 60 + Number(om));
+  const local = Date.UTC(Number(y), month - 1, day, Number(h), Number(mi), Number(s ?? 0));
+  // Reject dates JavaScript would roll over (Feb 30 -> Mar 2).
+  if (new Date(local).getUTCDate() !== day) return undefined;
+  return { start: new Date(local - offsetMinutes * 60_000), offsetMinutes };
+}
+
+/** Checks an action against the rules; `problems` are phrased for the customer. */
+export function validateBookingAction(raw: unknown, limits: BookingLimits, now: Date): ValidationResult {
+  const parsed = actionSchema.safeParse(raw);
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map((i) => {
+      const field = String(i.path[0] ?? 'action');
+      const label =
+        field === 'meeting_time'
+          ? 'the meeting time'
+          : field === 'participants'
+            ? 'an invitee'
+            : `the ${field}`;
+      return `${label} ${i.message === 'Invalid input' ? 'is not valid' : i.message}`;
+    });
+    return { ok: false, problems: [...new Set(problems)] };
+  }
+  const a = parsed.data;
+  const problems: string[] = [];
+  const when = parseRfc3339(a.meeting_time);
+  if (!when) {
+    problems.push(
+      'the meeting time must be a full date and time with its time zone, e.g. 2025-10-06T19:00:00+05:30',
+    );
+  } else {
+    const earliest = now.getTime() + limits.minNoticeMinutes * 60_000;
+    const latest = now.getTime() + limits.horizonDays * 86_400_000;
+    if (when.start.getTime() <= now.getTime())
+      problems.push('that time is in the past, please pick another time');
+    else if (when.start.getTime() < earliest) {
+      problems.push(
+        `meetings need at least ${limits.minNoticeMinutes} minutes' notice, please pick a later time`,
+      );
+    } else if (when.start.getTime() > latest) {
+      problems.push(
+        `meetings can be booked at most ${limits.horizonDays} days ahead, please pick an earlier date`,
+      );
+    }
+  }
+  const main = a.email.toLowerCase();
+  const seen = new Set([main]);
+  const participants: string[] = [];
+  for (const p of a.participants ?? []) {
+    if (seen.has(p.toLowerCase())) continue;
+    seen.add(p.toLowerCase());
+    participants.push(p);
+  }
+  if ((a.participants ?? []).length > limits.maxParticipants) {
+    problems.push(`at most ${limits.maxParticipants} participants can be invited`);
+  }
+  if (problems.length > 0 || !when) return { ok: false, problems };
+  return {
+    ok: true,
+    request: {
+      name: a.name || null,
+      email: a.email,
+      title: a.title || 'Meeting',
+      participants,
+      start: when.start,
+      offsetMinutes: when.offsetMinutes,
+      friendlyTime: a.friendly_time || null,
+    },
+  };
+}
+
+/** RFC 3339 of an instant written with a fixed offset (keeps the customer's offset on the end time). */
+export function toOffsetIso(at: Date, offsetMinutes: number): string {
+  const local = new Date(at.getTime() + offsetMinutes * 60_000);
+  return `${local.toISOString().slice(0, 19)}${formatOffset(offsetMinutes)}`;
+}
+
+/**
+ * The agent's IANA zone goes on the event only when it agrees with the offset the model gave at
+ * that instant; otherwise the offset alone is exact and a wrong zone label would mislead.
+ */
+export function eventTimeZone(request: BookingRequest, agentZone: string): string | undefined {
+  return zoneOffsetMinutes(request.start, agentZone) === request.offsetMinutes ? agentZone : undefined;
+}
+
+/**
+ * The booking's idempotency key: the same customer message and the same action always give the
+ * same key (and so the same Google event id); anything else gives another.
+ */
+export function bookingKey(messageId: string, index: number, request: BookingRequest): string {
+  const canonical = JSON.stringify([
+    messageId,
+    index,
+    request.email.toLowerCase(),
+    request.start.toISOString(),
+    request.title,
+    request.participants.map((p) => p.toLowerCase()).sort(),
+  ]);
+  return createHash('sha256').update(canonical).digest('hex');
+}
+
+/**
+ * Google event ids must be base32hex (a-v, 0-9), 5-1024 characters. Hex digits are a subset of
+ * base32hex, so the key's hex digest is a valid id as it is.
+ */
+export function googleEventIdFor(key: string): string {
+  return `am${key.slice(0, 48)}`;
+}

@@ -1,0 +1,56 @@
+import { toZonedIso, weekdayIn } from './time.js';
+
+/** The action name the seed's contract uses, as JSON in the text and as an OpenAI tool. */
+export const BOOKING_ACTION = 'Time_to_121meet';
+
+/**
+ * Built-in instructions appended to every agent's own system prompt. The JSON example is the seed's
+ * action format; `meeting_time` must carry a UTC offset so no one has to guess the zone.
+ */
+export function bookingInstructions(zone: string): string {
+  return [
+    'You can book a video meeting (Google Meet) between the customer and the business.',
+    'Before booking, make sure you know the customer’s name, email address, what the meeting is about and an exact date and time.',
+    `Interpret dates and times the customer gives in the business time zone (${zone}) unless the customer names another zone.`,
+    `When everything is known and the customer agrees, call the ${BOOKING_ACTION} tool, or answer with exactly this JSON (one array, nothing invented):`,
+    '[{',
+    `  "action": "${BOOKING_ACTION}",`,
+    '  "name": "<customer name>",',
+    '  "email": "<customer email>",',
+    '  "title": "<short meeting title>",',
+    '  "participants": ["<customer email>", "<other invitee emails>"],',
+    '  "meeting_time": "<RFC 3339 date-time WITH its UTC offset, e.g. 2025-10-06T19:00:00+05:30>",',
+    '  "friendly_time": "<how you would say the time to the customer, e.g. today at 7 PM IST>"',
+    '}]',
+    'Never claim a meeting is booked yourself: the system books it and sends the confirmation with the meeting link.',
+  ].join('\n');
+}
+
+/** "Now" for the model: the moment the customer's message was received, in the agent's zone. */
+export function currentTimeLine(receivedAt: Date, zone: string): string {
+  return `Current date and time: ${toZonedIso(receivedAt, zone)} (${weekdayIn(receivedAt, zone)}), time zone ${zone}.`;
+}
+
+export function buildSystemPrompt(agentPrompt: string, zone: string, receivedAt: Date): string {
+  return [agentPrompt.trim(), bookingInstructions(zone), currentTimeLine(receivedAt, zone)]
+    .filter(Boolean)
+    .join('\n\n');
+}
+
+/** JSON schema of the booking tool (OpenAI strict mode: every field required, no extras). */
+export const bookingToolParameters = {
+  type: 'object',
+  properties: {
+    name: { type: 'string', description: 'Customer name' },
+    email: { type: 'string', description: 'Customer email address' },
+    title: { type: 'string', description: 'Short meeting title' },
+    participants: { type: 'array', items: { type: 'string' }, description: 'Invitee email addresses' },
+    meeting_time: {
+      type: 'string',
+      description: 'RFC 3339 date-time with UTC offset, e.g. 2025-10-06T19:00:00+05:30',
+    },
+    friendly_time: { type: ['string', 'null'], description: 'The time as said to the customer' },
+  },
+  required: ['name', 'email', 'title', 'participants', 'meeting_time', 'friendly_time'],
+  additionalProperties: false,
+} as const;

@@ -1,0 +1,98 @@
+/** Time-zone helpers on top of Intl (the runtime's IANA database); no I/O. */
+
+const zoneCache = new Map<string, boolean>();
+
+/** True for names in the IANA time zone database ("Asia/Kolkata", "UTC"); false for "UTC+05:30". */
+export function isIanaTimeZone(zone: string): boolean {
+  const known = zoneCache.get(zone);
+  if (known !== undefined) return known;
+  let ok = false;
+  if (/^[A-Za-z][A-Za-z0-9_+\-/]*$/.test(zone) && !/^(UTC|GMT)[+-]/i.test(zone)) {
+    try {
+      new Intl.DateTimeFormat('en-US', { timeZone: zone });
+      ok = true;
+    } catch {
+      ok = false;
+    }
+  }
+  zoneCache.set(zone, ok);
+  return ok;
+}
+
+interface ZonedParts {
+  year: number;
+  month: number;
+  day: number;
+  hour: number;
+  minute: number;
+  second: number;
+  weekday: string;
+}
+
+const partsFormatters = new Map<string, Intl.DateTimeFormat>();
+function zonedParts(at: Date, zone: string): ZonedParts {
+  let f = partsFormatters.get(zone);
+  if (!f) {
+    f = new Intl.DateTimeFormat('en-US', {
+      timeZone: zone,
+      hourCycle: 'h23',
+      year: 'numeric',
+      month: '2-digit',
+      day: '2-digit',
+      hour: '2-digit',
+      minute: '2-digit',
+      second: '2-digit',
+      weekday: 'long',
+    });
+    partsFormatters.set(zone, f);
+  }
+  const parts = Object.fromEntries(f.formatToParts(at).map((p) => [p.type, p.value]));
+  return {
+    year: Number(parts.year),
+    month: Number(parts.month),
+    day: Number(parts.day),
+    hour: Number(parts.hour),
+    minute: Number(parts.minute),
+    second: Number(parts.second),
+    weekday: String(parts.weekday),
+  };
+}
+
+/** The zone's offset from UTC at that instant, in minutes (Asia/Kolkata -> 330). */
+export function zoneOffsetMinutes(at: Date, zone: string): number {
+  const p = zonedParts(at, zone);
+  const asUtc = Date.UTC(p.year, p.month - 1, p.day, p.hour, p.minute, p.second);
+  return Math.round((asUtc - Math.floor(at.getTime() / 1000) * 1000) / 60_000);
+}
+
+export function formatOffset(minutes: number): string {
+  const sign = minutes < 0 ? '-' : '+';
+  const abs = Math.abs(minutes);
+  return `${sign}${String(Math.floor(abs / 60)).padStart(2, '0')}:${String(abs % 60).padStart(2, '0')}`;
+}
+
+const pad = (n: number) => String(n).padStart(2, '0');
+
+/** RFC 3339 local time with the zone's offset, e.g. 2025-10-06T19:00:00+05:30. */
+export function toZonedIso(at: Date, zone: string): string {
+  const p = zonedParts(at, zone);
+  return `${p.year}-${pad(p.month)}-${pad(p.day)}T${pad(p.hour)}:${pad(p.minute)}:${pad(p.second)}${formatOffset(zoneOffsetMinutes(at, zone))}`;
+}
+
+export function weekdayIn(at: Date, zone: string): string {
+  return zonedParts(at, zone).weekday;
+}
+
+/** "Monday, October 6, 2025 at 7:00 PM GMT+5:30" style text for confirmations. */
+export function friendlyTime(at: Date, zone: string): string {
+  return new Intl.DateTimeFormat('en-US', {
+    timeZone: zone,
+    weekday: 'long',
+    year: 'numeric',
+    month: 'long',
+    day: 'numeric',
+    hour: 'numeric',
+    minute: '2-digit',
+    timeZoneName: 'short',
+  }).format(at);
+}

@@ -1,0 +1,258 @@
+import { calendar, type calendar_v3 } from '@googleapis/calendar';
+import { OAuth2Client } from 'google-auth-library';
+import type { Logger } from 'pino';
+import type { CalendarGateway, CreatedCalendarEvent, NewCalendarEvent } from '../domain/calendar-gateway.js';
+import { Upstream } from '../domain/errors.js';
+import type { GoogleTokenProvider } from './token-provider.js';
+
+export interface GoogleCalendarOptions {
+  rootUrl: string;
+  timeoutMs: number;
+  /** Attempts for retryable failures (429, 403 rate limits, 5xx, network), first included. */
+  maxAttempts?: number;
+  /** Base of the exponential backoff; full jitter is applied. */
+  backoffBaseMs?: number;
+  /** How long to wait for a pending Meet conference to be created. */
+  conferenceWaitMs?: number;
+  onCall?: (outcome: { op: string; ms: number; status: number | 'network' }) => void;
+}
+
+interface GoogleErrorShape {
+  status?: number;
+  code?: string;
+  response?: {
+    status?: number;
+    data?: { error?: { errors?: Array<{ reason?: string }>; message?: string } };
+  };
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+type Failure =
+  | { kind: 'unauthorized' }
+  | { kind: 'retryable'; status: number | 'network' }
+  | { kind: 'fatal'; status: number; reason: string };
+
+/**
+ * How Google's answers are treated (https://developers.google.com/workspace/calendar/api/guides/errors):
+ * 401 -> refresh and retry once; 429, 403 rateLimitExceeded/userRateLimitExceeded, 5xx and network
+ * errors -> backoff and retry; everything else (400, 403 quotaExceeded/forbidden, 404) -> give up.
+ */
+function classify(err: unknown): Failure {
+  const e = err as GoogleErrorShape;
+  const status = e.response?.status ?? e.status;
+  if (status === undefined) return { kind: 'retryable', status: 'network' };
+  const reason = e.response?.data?.error?.errors?.[0]?.reason ?? '';
+  if (status === 401) return { kind: 'unauthorized' };
+  if (status === 429 || status >= 500) return { kind: 'retryable', status };
+  if (status === 403 && (reason === 'rateLimitExceeded' || reason === 'userRateLimitExceeded')) {
+    return { kind: 'retryable', status };
+  }
+  return { kind: 'fatal', status, reason };
+}
+
+function meetLinkOf(event: calendar_v3.Schema$Event): string | null {
+  if (event.hangoutLink) return event.hangoutLink;
+  return event.conferenceData?.entryPoints?.find((p) => p.entryPointType === 'video')?.uri ?? null;
+}
+
+function conferenceStatusOf(event: calendar_v3.Schema$Event): CreatedCalendarEvent['conferenceStatus'] {
+  const code = event.conferenceData?.createRequest?.status?.statusCode;
+  if (code === 'success' || code === 'pending' || code === 'failure') return code;
+  return meetLinkOf(event) ? 'success' : 'none';
+}
+
+/** Google Calendar v3 through the official client, with our own retries, refresh and idempotency. */
+export class GoogleCalendarGateway implements CalendarGateway {
+  readonly #maxAttempts: number;
+  readonly #backoffBaseMs: number;
+  readonly #conferenceWaitMs: number;
+
+  constructor(
+    private readonly tokens: GoogleTokenProvider,
+    private readonly options: GoogleCalendarOptions,
+    private readonly logger: Logger,
+  ) {
+    this.#maxAttempts = options.maxAttempts ?? 4;
+    this.#backoffBaseMs = options.backoffBaseMs ?? 500;
+    this.#conferenceWaitMs = options.conferenceWaitMs ?? 10_000;
+  }
+
+  /**
+   * Runs one Calendar call for an owner: a fresh token, one forced refresh on 401, bounded backoff
+   * on retryable failures. The client's own retry is off (it never retries POST anyway) so that
+   * every retry is ours and counted.
+   */
+  async #call<T>(ownerId: string, op: string, fn: (api: calendar_v3.Calendar) => Promise<T>): Promise<T> {
+    let token = await this.tokens.accessToken(ownerId);
+    let refreshed = false;
+    for (let attempt = 1; ; attempt++) {
+      const auth = new OAuth2Client();
+      // Only an access token: the library cannot refresh by itself, bypassing our single-refresh lock.
+      auth.setCredentials({ access_token: token });
+      const api = calendar({ version: 'v3', auth, rootUrl: this.options.rootUrl });
+      const started = performance.now();
+      try {
+        const result = await fn(api);
+        this.options.onCall?.({ op, ms: performance.now() - started, status: 200 });
+        return result;
+      } catch (err) {
+        const failure = classify(err);
+        const ms = performance.now() - started;
+        this.options.onCall?.({
+          op,
+          ms,
+          status:
+            failure.kind === 'unauthorized'
+              ? 401
+              : failure.kind === 'fatal'
+                ? failure.status
+                : failure.status,
+        });
+        if (failure.kind === 'unauthorized' && !refreshed) {
+          refreshed = true;
+          token = await this.tokens.accessToken(ownerId, token);
+          attempt--;
+          continue;
+        }
+        if (failure.kind === 'retryable' && attempt < this.#maxAttempts) {
+          const delay = Math.random() * this.#backoffBaseMs * 2 ** (attempt - 1);
+          this.logger.warn(
+            { op, status: failure.status, attempt, delay_ms: Math.round(delay) },
+            'Google call failed; retrying',
+          );
+          await sleep(delay);
+          continue;
+        }
+        if (failure.kind === 'retryable') {
+          throw new Upstream(`Google ${op} failed after ${attempt} attempts (${failure.status})`, true, {
+            cause: err,
+          });
+        }
+        const status = failure.kind === 'unauthorized' ? 401 : failure.status;
+        const reason = failure.kind === 'fatal' ? failure.reason : 'authError';
+        throw new GoogleFatal(op, status, reason, err);
+      }
+    }
+  }
+
+  async createEvent(ownerId: string, e: NewCalendarEvent): Promise<CreatedCalendarEvent> {
+    const requestBody: calendar_v3.Schema$Event = {
+      id: e.eventId,
+      summary: e.summary,
+      description: e.description,
+      start: { dateTime: e.startDateTime, ...(e.timeZone ? { timeZone: e.timeZone } : {}) },
+      end: { dateTime: e.endDateTime, ...(e.timeZone ? { timeZone: e.timeZone } : {}) },
+      attendees: e.attendees.map((email) => ({ email })),
+      reminders: {
+        useDefault: false,
+        overrides: [
+          { method: 'email', minutes: 24 * 60 },
+          { method: 'popup', minutes: 30 },
+        ],
+      },
+      conferenceData: {
+        createRequest: { requestId: e.conferenceRequestId, conferenceSolutionKey: { type: 'hangoutsMeet' } },
+      },
+    };
+    let event: calendar_v3.Schema$Event;
+    let existed = false;
+    try {
+      event = await this.#call(ownerId, 'events.insert', async (api) => {
+        const res = await api.events.insert(
+          { calendarId: 'primary', conferenceDataVersion: 1, sendUpdates: 'all', requestBody },
+          { retry: false, timeout: this.options.timeoutMs },
+        );
+        return res.data;
+      });
+    } catch (err) {
+      // 409 duplicate: this booking's event already exists (an earlier attempt whose answer was
+      // lost, or a crashed worker): fetch it and carry on instead of booking again.
+      if (!(err instanceof GoogleFatal) || err.status !== 409) throw this.#toDomain(err);
+      existed = true;
+      event = await this.#getEvent(ownerId, e.eventId);
+    }
+    event = await this.#awaitConference(ownerId, event);
+    return {
+      eventId: event.id ?? e.eventId,
+      htmlLink: event.htmlLink ?? null,
+      meetLink: meetLinkOf(event),
+      conferenceStatus: conferenceStatusOf(event),
+      existed,
+    };
+  }
+
+  async #getEvent(ownerId: string, eventId: string): Promise<calendar_v3.Schema$Event> {
+    try {
+      return await this.#call(ownerId, 'events.get', async (api) => {
+        const res = await api.events.get(
+          { calendarId: 'primary', eventId },
+          { retry: false, timeout: this.options.timeoutMs },
+        );
+        return res.data;
+      });
+    } catch (err) {
+      throw this.#toDomain(err);
+    }
+  }
+
+  /** Meet creation is asynchronous: poll while `pending`, bounded; the meeting stands either way. */
+  async #awaitConference(
+    ownerId: string,
+    event: calendar_v3.Schema$Event,
+  ): Promise<calendar_v3.Schema$Event> {
+    const deadline = Date.now() + this.#conferenceWaitMs;
+    let current = event;
+    let delay = 250;
+    while (conferenceStatusOf(current) === 'pending' && Date.now() + delay <= deadline && current.id) {
+      await sleep(delay);
+      delay = Math.min(delay * 2, 2000);
+      try {
+        current = await this.#getEvent(ownerId, current.id);
+      } catch (err) {
+        this.logger.warn(
+          { err, event_id: current.id },
+          'could not poll the Meet conference; the link will be in the invite',
+        );
+        break;
+      }
+    }
+    return current;
+  }
+
+  async deleteEvent(ownerId: string, eventId: string): Promise<void> {
+    try {
+      await this.#call(ownerId, 'events.delete', (api) =>
+        api.events.delete(
+          { calendarId: 'primary', eventId, sendUpdates: 'all' },
+          { retry: false, timeout: this.options.timeoutMs },
+        ),
+      );
+    } catch (err) {
+      // 404/410: already deleted (by the owner, or by an earlier attempt).
+      if (err instanceof GoogleFatal && (err.status === 404 || err.status === 410)) return;
+      throw this.#toDomain(err);
+    }
+  }
+
+  #toDomain(err: unknown): Error {
+    if (err instanceof GoogleFatal) {
+      this.logger.error({ op: err.op, status: err.status, reason: err.reason }, 'Google refused the request');
+      return new Upstream(err.message, false, { cause: err });
+    }
+    return err instanceof Error ? err : new Error(String(err));
+  }
+}
+
+/** A Google answer that retrying will not change. */
+class GoogleFatal extends Error {
+  constructor(
+    readonly op: string,
+    readonly status: number,
+    readonly reason: string,
+    cause: unknown,
+  ) {
+    super(`Google ${op} answered ${status}${reason ? ` ${reason}` : ''}`, { cause });
+    this.name = 'GoogleFatal';
+  }
+}

@@ -1,0 +1,139 @@
+import { OAuth2Client } from 'google-auth-library';
+import type { Logger } from 'pino';
+import { CalendarNotConnected, Upstream } from '../domain/errors.js';
+import type { CalendarConnectionStore } from '../store/calendar-connections.js';
+
+export interface TokenProviderOptions {
+  clientId: string;
+  clientSecret: string;
+  tokenUrl: string;
+  timeoutMs: number;
+  /** Refresh this long before expiry (default 5 minutes). */
+  refreshMarginMs?: number;
+  /** How long a refresh lease lasts if its holder dies mid-refresh. */
+  leaseMs?: number;
+  /** How long a waiter waits for another process's refresh before giving up (retryable). */
+  waitMs?: number;
+  now?: () => Date;
+  onRefresh?: (outcome: 'refreshed' | 'revoked' | 'failed') => void;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Hands out a valid access token per owner, refreshing it through Google's token endpoint when it
+ * is expired or about to be.
+ *
+ * One refresh per owner at a time, across every worker and process:
+ * - in this process, concurrent callers share one in-flight promise (single flight);
+ * - across processes, a lease on the owner's row (`refresh_lock_until`) elects one refresher; the
+ *   others poll the row until the new token is stored, then use it.
+ * A refresh that answers `invalid_grant` marks the connection revoked and stops there: no loop.
+ */
+export class GoogleTokenProvider {
+  readonly #inFlight = new Map<string, Promise<string>>();
+  readonly #margin: number;
+  readonly #leaseMs: number;
+  readonly #waitMs: number;
+  readonly #now: () => Date;
+
+  constructor(
+    private readonly connections: CalendarConnectionStore,
+    private readonly options: TokenProviderOptions,
+    private readonly logger: Logger,
+  ) {
+    this.#margin = options.refreshMarginMs ?? 5 * 60_000;
+    this.#leaseMs = options.leaseMs ?? 30_000;
+    this.#waitMs = options.waitMs ?? 20_000;
+    this.#now = options.now ?? (() => new Date());
+  }
+
+  /**
+   * A usable access token. With `rejected`, the caller says Google refused that token (401): it is
+   * refreshed even if not yet expired, unless someone already replaced it.
+   */
+  async accessToken(userId: string, rejected?: string): Promise<string> {
+    const c = await this.#load(userId);
+    const fresh = c.tokenExpiry.getTime() - this.#now().getTime() > this.#margin;
+    if (fresh && c.accessToken !== rejected) return c.accessToken;
+    let flight = this.#inFlight.get(userId);
+    if (!flight) {
+      flight = this.#refreshOnce(userId, rejected).finally(() => this.#inFlight.delete(userId));
+      this.#inFlight.set(userId, flight);
+    }
+    return flight;
+  }
+
+  async #load(userId: string) {
+    const c = await this.connections.get(userId);
+    if (!c) throw new CalendarNotConnected(`user ${userId} has no Google Calendar connection`, 'missing');
+    if (c.status === 'revoked')
+      throw new CalendarNotConnected(`user ${userId}'s Google access was revoked`, 'revoked');
+    return c;
+  }
+
+  async #refreshOnce(userId: string, rejected: string | undefined): Promise<string> {
+    const deadline = Date.now() + this.#waitMs;
+    for (;;) {
+      const c = await this.#load(userId);
+      const fresh = c.tokenExpiry.getTime() - this.#now().getTime() > this.#margin;
+      if (fresh && c.accessToken !== rejected) return c.accessToken;
+      if (await this.connections.tryLeaseRefresh(userId, this.#leaseMs)) {
+        try {
+          // Re-read under the lease: the previous holder may have stored a new token just now.
+          const current = await this.#load(userId);
+          const nowFresh = current.tokenExpiry.getTime() - this.#now().getTime() > this.#margin;
+          if (nowFresh && current.accessToken !== rejected) return current.accessToken;
+          return await this.#refresh(userId, current.refreshToken);
+        } finally {
+          await this.connections.releaseRefreshLease(userId).catch(() => {});
+        }
+      }
+      if (Date.now() > deadline) {
+        throw new Upstream(`timed out waiting for another process to refresh ${userId}'s Google token`, true);
+      }
+      await sleep(100);
+    }
+  }
+
+  async #refresh(userId: string, refreshToken: string | null): Promise<string> {
+    if (!refreshToken) {
+      await this.connections.markRevoked(userId);
+      throw new CalendarNotConnected(`user ${userId} has no refresh token`, 'revoked');
+    }
+    const client = new OAuth2Client({
+      clientId: this.options.clientId,
+      clientSecret: this.options.clientSecret,
+      endpoints: { oauth2TokenUrl: this.options.tokenUrl },
+    });
+    client.setCredentials({ refresh_token: refreshToken });
+    let token: string | null | undefined;
+    try {
+      token = (await client.getAccessToken()).token;
+    } catch (err) {
+      const data = (err as { response?: { data?: { error?: string } }; status?: number }).response?.data;
+      if (data?.error === 'invalid_grant') {
+        await this.connections.markRevoked(userId);
+        this.options.onRefresh?.('revoked');
+        this.logger.warn(
+          { user_id: userId },
+          'Google refused the refresh token (invalid_grant): connection marked revoked',
+        );
+        throw new CalendarNotConnected(`user ${userId}'s Google access was revoked`, 'revoked');
+      }
+      this.options.onRefresh?.('failed');
+      const status = (err as { status?: number; response?: { status?: number } }).response?.status;
+      // invalid_client and other 4xx are configuration problems: retrying will not help.
+      const retryable = status === undefined || status === 429 || status >= 500;
+      throw new Upstream(`Google token refresh failed (${status ?? 'network'})`, retryable, { cause: err });
+    }
+    const creds = client.credentials;
+    if (!token || !creds.expiry_date)
+      throw new Upstream('Google token refresh returned no access token', true);
+    // Google usually sends no new refresh token: keep the stored one (saveRefreshed does).
+    await this.connections.saveRefreshed(userId, token, new Date(creds.expiry_date), creds.refresh_token);
+    this.options.onRefresh?.('refreshed');
+    this.logger.info({ user_id: userId }, 'Google access token refreshed');
+    return token;
+  }
+}

@@ -1,0 +1,265 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { Kysely } from 'kysely';
+import { Type } from 'typebox';
+import { Forbidden, InvalidInput, NotFound, Unauthorized } from '../../domain/errors.js';
+import type { AgentStore } from '../../store/agents.js';
+import { type Conversation, type ConversationStore, hashToken } from '../../store/conversations.js';
+import type { Message, MessageStore } from '../../store/messages.js';
+import type { DB } from '../../store/schema.js';
+import type { JobQueue } from '../../worker/queue.js';
+import { bearerToken, isAdmin, secretEquals } from '../auth.js';
+import type { LiveFeed } from '../live-feed.js';
+import type { WindowCounter } from '../rate-limit.js';
+import { errorResponses, IdString } from '../schemas.js';
+
+export interface ConversationRouteDeps {
+  adminKey: string;
+  db: Kysely<DB>;
+  agents: AgentStore;
+  conversations: ConversationStore;
+  messages: MessageStore;
+  queue: Pick<JobQueue, 'enqueueMessage'>;
+  feed: LiveFeed;
+  perConversation: WindowCounter;
+}
+
+const MessageBody = Type.Object({
+  message_id: Type.String(),
+  role: Type.Union([Type.Literal('customer'), Type.Literal('assistant')]),
+  content: Type.String(),
+  created_at: Type.String(),
+});
+
+const messageJson = (m: Message) => ({
+  message_id: m.messageId,
+  role: m.role,
+  content: m.content,
+  created_at: m.createdAt.toISOString(),
+});
+
+const ConversationParams = Type.Object({ conversation_id: IdString });
+const SSE_KEEPALIVE_MS = 15_000;
+
+/** The customer API: what a chat widget calls. */
+export const conversationRoutes: FastifyPluginAsyncTypebox<ConversationRouteDeps> = async (app, deps) => {
+  /**
+   * The caller must hold this conversation's customer token (or the admin key). The token may also
+   * come as `?token=` because browsers' EventSource cannot send headers.
+   */
+  async function authorize(
+    req: FastifyRequest,
+    conversationId: string,
+    allowQueryToken = false,
+  ): Promise<Conversation> {
+    const token = bearerToken(req) ?? (allowQueryToken ? (req.query as { token?: string }).token : undefined);
+    if (!token) throw new Unauthorized('Send Authorization: Bearer <customer_token>');
+    const admin = isAdmin(req, deps.adminKey) || (allowQueryToken && secretEquals(token, deps.adminKey));
+    const conversation = await deps.conversations.get(conversationId);
+    if (admin) {
+      if (!conversation) throw new NotFound(`No conversation ${conversationId}`);
+      return conversation;
+    }
+    // Same answer for "no such conversation" and "not your conversation": ids are not enumerable.
+    if (!conversation || !secretEquals(hashToken(token), conversation.customerTokenHash)) {
+      throw new Forbidden('This token does not belong to that conversation');
+    }
+    return conversation;
+  }
+
+  app.post(
+    '/api/agents/:agent_id/conversations',
+    {
+      schema: {
+        tags: ['conversations'],
+        summary: 'Open a conversation with an agent; returns the customer token once',
+        params: Type.Object({ agent_id: IdString }),
+        body: Type.Optional(
+          Type.Object(
+            {
+              customer_name: Type.Optional(Type.String({ minLength: 1, maxLength: 255 })),
+              customer_email: Type.Optional(Type.String({ format: 'email', maxLength: 255 })),
+            },
+            { additionalProperties: false },
+          ),
+        ),
+        response: {
+          201: Type.Object({
+            conversation_id: Type.String(),
+            customer_token: Type.String(),
+            agent_id: Type.String(),
+          }),
+          ...errorResponses,
+        },
+      },
+    },
+    async (req, reply) => {
+      const agent = await deps.agents.get(req.params.agent_id);
+      if (!agent) throw new NotFound(`No agent ${req.params.agent_id}`);
+      const { conversation, customerToken } = await deps.conversations.create({
+        agentId: agent.agentId,
+        customerName: req.body?.customer_name?.trim() || undefined,
+        customerEmail: req.body?.customer_email,
+      });
+      return reply.code(201).send({
+        conversation_id: conversation.conversationId,
+        customer_token: customerToken,
+        agent_id: agent.agentId,
+      });
+    },
+  );
+
+  app.post(
+    '/api/conversations/:conversation_id/messages',
+    {
+      schema: {
+        tags: ['conversations'],
+        summary: 'Send a customer message; the agent answers asynchronously',
+        params: ConversationParams,
+        body: Type.Object(
+          { content: Type.String({ minLength: 1, maxLength: 4000 }) },
+          { additionalProperties: false },
+        ),
+        response: { 202: Type.Object({ message_id: Type.String() }), ...errorResponses },
+      },
+    },
+    async (req, reply) => {
+      const conversation = await authorize(req, req.params.conversation_id);
+      if (req.body.content.trim() === '') throw new InvalidInput('content must not be blank');
+      const wait = deps.perConversation.hit(conversation.conversationId);
+      if (wait > 0) {
+        return reply
+          .code(429)
+          .header('retry-after', String(wait))
+          .send({ success: false, error: `Too many messages in this conversation; retry in ${wait} s` });
+      }
+      // The message and its job commit together: no stored message without a job, no job without it.
+      const message = await deps.db.transaction().execute(async (trx) => {
+        const m = await deps.messages.insertCustomerMessage(
+          trx,
+          conversation.conversationId,
+          req.body.content,
+        );
+        await deps.queue.enqueueMessage(trx, {
+          messageId: m.messageId,
+          conversationId: conversation.conversationId,
+        });
+        return m;
+      });
+      return reply.code(202).send({ message_id: message.messageId });
+    },
+  );
+
+  app.get(
+    '/api/conversations/:conversation_id/messages',
+    {
+      schema: {
+        tags: ['conversations'],
+        summary: 'Messages in order, optionally after a given message',
+        params: ConversationParams,
+        querystring: Type.Object({
+          after: Type.Optional(IdString),
+          limit: Type.Integer({ minimum: 1, maximum: 500, default: 200 }),
+        }),
+        response: { 200: Type.Object({ messages: Type.Array(MessageBody) }), ...errorResponses },
+      },
+    },
+    async (req) => {
+      const conversation = await authorize(req, req.params.conversation_id);
+      const list = await deps.messages.list(conversation.conversationId, {
+        afterMessageId: req.query.after,
+        limit: req.query.limit,
+      });
+      if (!list) throw new InvalidInput(`after: no message ${req.query.after} in this conversation`);
+      return { messages: list.map(messageJson) };
+    },
+  );
+
+  app.get(
+    '/api/conversations/:conversation_id/events',
+    {
+      schema: {
+        tags: ['conversations'],
+        summary: 'Server-Sent Events: one `message` event per new message (resumable with Last-Event-ID)',
+        params: ConversationParams,
+        querystring: Type.Object({
+          after: Type.Optional(IdString),
+          token: Type.Optional(Type.String({ maxLength: 200 })),
+        }),
+      },
+    },
+    async (req, reply) => {
+      const conversation = await authorize(req, req.params.conversation_id, true);
+      const lastEventId = req.headers['last-event-id'];
+      let cursor = (typeof lastEventId === 'string' && lastEventId) || req.query.after;
+      if (
+        cursor !== undefined &&
+        !(await deps.messages.list(conversation.conversationId, { afterMessageId: cursor, limit: 1 }))
+      ) {
+        throw new InvalidInput(`after: no message ${cursor} in this conversation`);
+      }
+      if (cursor === undefined) {
+        // Without a cursor the stream starts now: only messages stored from here on.
+        const latest = await deps.messages.latest(conversation.conversationId);
+        cursor = latest?.messageId;
+      }
+      streamMessages(req, reply, conversation.conversationId, cursor);
+    },
+  );
+
+  function streamMessages(
+    req: FastifyRequest,
+    reply: FastifyReply,
+    conversationId: string,
+    startAfter: string | undefined,
+  ) {
+    reply.hijack();
+    const res = reply.raw;
+    res.writeHead(200, {
+      'content-type': 'text/event-stream; charset=utf-8',
+      'cache-control': 'no-cache, no-transform',
+      connection: 'keep-alive',
+      'x-accel-buffering': 'no',
+    });
+    res.write('retry: 2000\n\n');
+    let cursor = startAfter;
+    let running = false;
+    let again = false;
+    let closed = false;
+    // Serialized catch-up: a wake during a read schedules one more read, never two at once.
+    const flush = async (): Promise<void> => {
+      if (running) {
+        again = true;
+        return;
+      }
+      running = true;
+      try {
+        do {
+          again = false;
+          const batch = await deps.messages.list(conversationId, { afterMessageId: cursor, limit: 200 });
+          for (const m of batch ?? []) {
+            if (closed) return;
+            res.write(`id: ${m.messageId}\nevent: message\ndata: ${JSON.stringify(messageJson(m))}\n\n`);
+            cursor = m.messageId;
+          }
+          if (batch && batch.length === 200) again = true;
+        } while (again && !closed);
+      } catch (err) {
+        if (!closed) req.log.warn({ err }, 'SSE catch-up failed');
+      } finally {
+        running = false;
+      }
+    };
+    const unsubscribe = deps.feed.subscribe(conversationId, () => void flush());
+    const keepalive = setInterval(() => res.write(': keepalive\n\n'), SSE_KEEPALIVE_MS);
+    const close = () => {
+      if (closed) return;
+      closed = true;
+      clearInterval(keepalive);
+      unsubscribe();
+    };
+    req.raw.on('close', close);
+    res.on('error', close);
+    void flush();
+  }
+};

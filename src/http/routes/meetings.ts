@@ -1,0 +1,186 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import { Type } from 'typebox';
+import { parseZonedDateTime } from '../../domain/calendar-connection.js';
+import type { CalendarGateway } from '../../domain/calendar-gateway.js';
+import { CalendarNotConnected, Conflict, InvalidInput, NotFound, Upstream } from '../../domain/errors.js';
+import type { Meeting, MeetingStore } from '../../store/meetings.js';
+import { requireAdmin } from '../auth.js';
+import { errorResponses, IdString, UserIdParams } from '../schemas.js';
+
+export interface MeetingRouteDeps {
+  adminKey: string;
+  meetings: MeetingStore;
+  calendar: CalendarGateway;
+}
+
+const MeetingJson = Type.Object({
+  meeting_id: Type.String(),
+  user_id: Type.String(),
+  agent_id: Type.Union([Type.String(), Type.Null()]),
+  conversation_id: Type.String(),
+  message_id: Type.Union([Type.String(), Type.Null()]),
+  google_event_id: Type.String(),
+  title: Type.String(),
+  customer_name: Type.Union([Type.String(), Type.Null()]),
+  customer_email: Type.Union([Type.String(), Type.Null()]),
+  participants: Type.Array(Type.String()),
+  meeting_time: Type.String(),
+  duration_minutes: Type.Integer(),
+  timezone: Type.Union([Type.String(), Type.Null()]),
+  meet_link: Type.Union([Type.String(), Type.Null()]),
+  html_link: Type.Union([Type.String(), Type.Null()]),
+  status: Type.Union([Type.Literal('scheduled'), Type.Literal('cancelled')]),
+  cancelled_at: Type.Union([Type.String(), Type.Null()]),
+  created_at: Type.String(),
+  updated_at: Type.String(),
+});
+
+export function meetingJson(m: Meeting) {
+  return {
+    meeting_id: m.meeting_id,
+    user_id: m.user_id,
+    agent_id: m.agent_id,
+    conversation_id: m.conversation_id,
+    message_id: m.message_id,
+    google_event_id: m.google_event_id,
+    title: m.title,
+    customer_name: m.customer_name,
+    customer_email: m.customer_email,
+    participants: m.participants,
+    meeting_time: m.meeting_time.toISOString(),
+    duration_minutes: m.duration_minutes,
+    timezone: m.timezone,
+    meet_link: m.meet_link,
+    html_link: m.html_link,
+    status: m.status,
+    cancelled_at: m.cancelled_at?.toISOString() ?? null,
+    created_at: m.created_at.toISOString(),
+    updated_at: m.updated_at.toISOString(),
+  };
+}
+
+const encodeCursor = (m: Meeting) =>
+  Buffer.from(`${m.meeting_time.toISOString()}|${m.meeting_id}`).toString('base64url');
+function decodeCursor(cursor: string): { time: Date; id: string } {
+  const [time, id] = Buffer.from(cursor, 'base64url').toString('utf8').split('|');
+  const date = new Date(time ?? '');
+  if (!id || !/^mtg_[a-z0-9]+$/.test(id) || Number.isNaN(date.getTime())) {
+    throw new InvalidInput('cursor is not a cursor returned by this endpoint');
+  }
+  return { time: date, id };
+}
+
+/** Owner API for meetings (admin key). */
+export const meetingRoutes: FastifyPluginAsyncTypebox<MeetingRouteDeps> = async (app, deps) => {
+  app.addHook('preHandler', requireAdmin(deps.adminKey));
+
+  app.get(
+    '/api/users/:user_id/meetings',
+    {
+      schema: {
+        tags: ['meetings'],
+        summary: 'An owner’s meetings by time, filterable and paginated',
+        params: UserIdParams,
+        querystring: Type.Object({
+          status: Type.Optional(Type.Union([Type.Literal('scheduled'), Type.Literal('cancelled')])),
+          from: Type.Optional(Type.String({ maxLength: 64, description: 'ISO 8601 with zone, inclusive' })),
+          to: Type.Optional(Type.String({ maxLength: 64, description: 'ISO 8601 with zone, exclusive' })),
+          limit: Type.Integer({ minimum: 1, maximum: 200, default: 50 }),
+          cursor: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
+        }),
+        response: {
+          200: Type.Object({
+            success: Type.Literal(true),
+            count: Type.Integer(),
+            meetings: Type.Array(MeetingJson),
+            next_cursor: Type.Union([Type.String(), Type.Null()]),
+          }),
+          ...errorResponses,
+        },
+      },
+    },
+    async (req) => {
+      const q = req.query;
+      const from = q.from === undefined ? undefined : parseZonedDateTime(q.from, 'from');
+      const to = q.to === undefined ? undefined : parseZonedDateTime(q.to, 'to');
+      if (from && to && from >= to) throw new InvalidInput('from must be before to');
+      const rows = await deps.meetings.list({
+        userId: req.params.user_id,
+        status: q.status,
+        from,
+        to,
+        limit: q.limit + 1,
+        after: q.cursor === undefined ? undefined : decodeCursor(q.cursor),
+      });
+      const page = rows.slice(0, q.limit);
+      const last = page.at(-1);
+      return {
+        success: true as const,
+        count: page.length,
+        meetings: page.map(meetingJson),
+        next_cursor: rows.length > q.limit && last ? encodeCursor(last) : null,
+      };
+    },
+  );
+
+  const MeetingParams = Type.Object({ meeting_id: IdString });
+
+  app.get(
+    '/api/meetings/:meeting_id',
+    {
+      schema: {
+        tags: ['meetings'],
+        summary: 'One meeting',
+        params: MeetingParams,
+        response: {
+          200: Type.Object({ success: Type.Literal(true), meeting: MeetingJson }),
+          ...errorResponses,
+        },
+      },
+    },
+    async (req) => {
+      const m = await deps.meetings.get(req.params.meeting_id);
+      if (!m) throw new NotFound(`No meeting ${req.params.meeting_id}`);
+      return { success: true as const, meeting: meetingJson(m) };
+    },
+  );
+
+  app.post(
+    '/api/meetings/:meeting_id/cancel',
+    {
+      schema: {
+        tags: ['meetings'],
+        summary: 'Cancel: deletes the Google event (attendees are notified) and marks the meeting cancelled',
+        params: MeetingParams,
+        response: {
+          200: Type.Object({ success: Type.Literal(true), meeting: MeetingJson }),
+          502: { $ref: 'ErrorBody#' },
+          ...errorResponses,
+        },
+      },
+    },
+    async (req, reply) => {
+      const m = await deps.meetings.get(req.params.meeting_id);
+      if (!m) throw new NotFound(`No meeting ${req.params.meeting_id}`);
+      if (m.status === 'cancelled') return { success: true as const, meeting: meetingJson(m) };
+      try {
+        await deps.calendar.deleteEvent(m.user_id, m.google_event_id);
+      } catch (err) {
+        if (err instanceof CalendarNotConnected) {
+          throw new Conflict(
+            `Cannot cancel: the owner's Google Calendar is ${err.reason === 'revoked' ? 'revoked' : 'not connected'}; reconnect it first`,
+          );
+        }
+        if (err instanceof Upstream) {
+          req.log.error({ err, meeting_id: m.meeting_id }, 'Google delete failed');
+          return reply
+            .code(502)
+            .send({ success: false, error: 'Google Calendar did not accept the cancellation; try again' });
+        }
+        throw err;
+      }
+      const cancelled = await deps.meetings.markCancelled(m.meeting_id);
+      return { success: true as const, meeting: meetingJson(cancelled ?? m) };
+    },
+  );
+};

@@ -1,0 +1,111 @@
+import OpenAI from 'openai';
+import { Upstream } from '../domain/errors.js';
+import type { ChatModel, ChatRequest, ChatResult, ChatTurn } from './chat-model.js';
+
+export interface OpenAIChatModelOptions {
+  apiKey: string;
+  baseURL?: string | undefined;
+  timeoutMs: number;
+  /** Quick in-call retries (the SDK honours retry-after); longer outages are the job queue's retries. */
+  maxRetries?: number;
+  /** Observes every call (metrics). */
+  onCall?: (outcome: { ms: number; status: number | 'network' | 'ok' }) => void;
+}
+
+function toOpenAI(turn: ChatTurn): OpenAI.Chat.Completions.ChatCompletionMessageParam {
+  switch (turn.role) {
+    case 'assistant':
+      return {
+        role: 'assistant',
+        content: turn.content,
+        ...(turn.toolCalls?.length
+          ? {
+              tool_calls: turn.toolCalls.map((c) => ({
+                id: c.id,
+                type: 'function' as const,
+                function: { name: c.name, arguments: c.arguments },
+              })),
+            }
+          : {}),
+      };
+    case 'tool':
+      return { role: 'tool', tool_call_id: turn.toolCallId, content: turn.content };
+    default:
+      return { role: turn.role, content: turn.content };
+  }
+}
+
+/** Chat Completions through the official SDK; any OpenAI-compatible server works via baseURL. */
+export class OpenAIChatModel implements ChatModel {
+  readonly #client: OpenAI;
+  readonly #onCall: OpenAIChatModelOptions['onCall'];
+
+  constructor(options: OpenAIChatModelOptions) {
+    this.#client = new OpenAI({
+      // The SDK refuses to start without a key; a keyless local server still gets a placeholder.
+      apiKey: options.apiKey || 'not-set',
+      baseURL: options.baseURL,
+      timeout: options.timeoutMs,
+      maxRetries: options.maxRetries ?? 2,
+    });
+    this.#onCall = options.onCall;
+  }
+
+  async complete(request: ChatRequest, signal?: AbortSignal): Promise<ChatResult> {
+    const started = performance.now();
+    try {
+      const completion = await this.#client.chat.completions.create(
+        {
+          model: request.model,
+          messages: request.messages.map(toOpenAI),
+          ...(request.tools?.length
+            ? {
+                tools: request.tools.map((t) => ({
+                  type: 'function' as const,
+                  function: {
+                    name: t.name,
+                    description: t.description,
+                    parameters: t.parameters,
+                    strict: true,
+                  },
+                })),
+                // Strict schemas are not compatible with parallel tool calls.
+                parallel_tool_calls: false,
+              }
+            : {}),
+        },
+        { signal },
+      );
+      this.#onCall?.({ ms: performance.now() - started, status: 'ok' });
+      const message = completion.choices[0]?.message;
+      return {
+        text: message?.content ?? null,
+        toolCalls: (message?.tool_calls ?? [])
+          .filter((c) => c.type === 'function')
+          .map((c) => ({ id: c.id, name: c.function.name, arguments: c.function.arguments })),
+      };
+    } catch (err) {
+      throw this.#translate(err, performance.now() - started);
+    }
+  }
+
+  #translate(err: unknown, ms: number): Error {
+    if (err instanceof OpenAI.APIConnectionError) {
+      // Includes APIConnectionTimeoutError.
+      this.#onCall?.({ ms, status: 'network' });
+      return new Upstream(`model service unreachable: ${err.message}`, true, { cause: err });
+    }
+    if (err instanceof OpenAI.APIError) {
+      const status = err.status ?? 0;
+      this.#onCall?.({ ms, status });
+      // 408/409/429 and 5xx may pass; 400/401/403/404/422 will not until someone changes config.
+      const retryable = status === 408 || status === 409 || status === 429 || status >= 500;
+      const retryAfter = Number(err.headers?.get?.('retry-after-ms') ?? Number.NaN);
+      return new Upstream(`model service answered ${status}: ${err.message}`, retryable, {
+        cause: err,
+        retryAfterMs: Number.isFinite(retryAfter) ? retryAfter : undefined,
+      });
+    }
+    return err instanceof Error ? err : new Error(String(err));
+  }
+}

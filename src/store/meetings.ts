@@ -1,0 +1,115 @@
+import { type Kysely, type Selectable, sql, type Transaction } from 'kysely';
+import { newId } from './ids.js';
+import type { DB, MeetingTable } from './schema.js';
+
+export type Meeting = Selectable<MeetingTable>;
+
+export interface NewMeeting {
+  userId: string;
+  agentId: string;
+  conversationId: string;
+  messageId: string;
+  idempotencyKey: string;
+  googleEventId: string;
+  title: string;
+  customerName: string | null;
+  customerEmail: string;
+  participants: string[];
+  meetingTime: Date;
+  durationMinutes: number;
+  timezone: string | null;
+  meetLink: string | null;
+  htmlLink: string | null;
+}
+
+export interface MeetingFilter {
+  userId: string;
+  status?: 'scheduled' | 'cancelled' | undefined;
+  from?: Date | undefined;
+  to?: Date | undefined;
+  limit: number;
+  /** Keyset cursor: (meeting_time, meeting_id) of the last row of the previous page. */
+  after?: { time: Date; id: string } | undefined;
+}
+
+export class MeetingStore {
+  constructor(private readonly db: Kysely<DB>) {}
+
+  /** Inserts once per idempotency key; a second insert with the same key is a no-op. */
+  async insert(trx: Transaction<DB>, m: NewMeeting): Promise<void> {
+    await trx
+      .insertInto('meetings')
+      .values({
+        meeting_id: newId('mtg'),
+        user_id: m.userId,
+        agent_id: m.agentId,
+        conversation_id: m.conversationId,
+        message_id: m.messageId,
+        idempotency_key: m.idempotencyKey,
+        google_event_id: m.googleEventId,
+        title: m.title,
+        customer_name: m.customerName,
+        customer_email: m.customerEmail,
+        participants: m.participants,
+        meeting_time: m.meetingTime,
+        duration_minutes: m.durationMinutes,
+        timezone: m.timezone,
+        meet_link: m.meetLink,
+        html_link: m.htmlLink,
+        status: 'scheduled',
+      })
+      .onConflict((oc) => oc.column('idempotency_key').doNothing())
+      .execute();
+  }
+
+  async byKey(key: string): Promise<Meeting | undefined> {
+    return this.db.selectFrom('meetings').selectAll().where('idempotency_key', '=', key).executeTakeFirst();
+  }
+
+  async get(meetingId: string): Promise<Meeting | undefined> {
+    return this.db.selectFrom('meetings').selectAll().where('meeting_id', '=', meetingId).executeTakeFirst();
+  }
+
+  async countUpcoming(conversationId: string, now: Date): Promise<number> {
+    const r = await this.db
+      .selectFrom('meetings')
+      .select(sql<number>`count(*)::int`.as('n'))
+      .where('conversation_id', '=', conversationId)
+      .where('status', '=', 'scheduled')
+      .where('meeting_time', '>', now)
+      .executeTakeFirstOrThrow();
+    return r.n;
+  }
+
+  async list(f: MeetingFilter): Promise<Meeting[]> {
+    let q = this.db
+      .selectFrom('meetings')
+      .selectAll()
+      .where('user_id', '=', f.userId)
+      .orderBy('meeting_time')
+      .orderBy('meeting_id')
+      .limit(f.limit);
+    if (f.status) q = q.where('status', '=', f.status);
+    if (f.from) q = q.where('meeting_time', '>=', f.from);
+    if (f.to) q = q.where('meeting_time', '<', f.to);
+    if (f.after) {
+      const { time, id } = f.after;
+      q = q.where((eb) =>
+        eb.or([
+          eb('meeting_time', '>', time),
+          eb.and([eb('meeting_time', '=', time), eb('meeting_id', '>', id)]),
+        ]),
+      );
+    }
+    return q.execute();
+  }
+
+  async markCancelled(meetingId: string): Promise<Meeting | undefined> {
+    return this.db
+      .updateTable('meetings')
+      .set({ status: 'cancelled', cancelled_at: sql<Date>`now()`, updated_at: sql<Date>`now()` })
+      .where('meeting_id', '=', meetingId)
+      .returningAll()
+      .executeTakeFirst();
+  }
+}

@@ -1,0 +1,162 @@
+import type { Kysely, Transaction } from 'kysely';
+import type { Logger } from 'pino';
+import { extractBookingActions } from '../domain/booking-action.js';
+import { Upstream } from '../domain/errors.js';
+import { BOOKING_ACTION, bookingToolParameters, buildSystemPrompt } from '../domain/prompt.js';
+import type { ChatModel, ChatTurn } from '../llm/chat-model.js';
+import type { MessageStore, MessageWork } from '../store/messages.js';
+import type { DB, StoredModelOutput } from '../store/schema.js';
+import type { JobContext, MessageJob } from './queue.js';
+
+/** The reply to send, and what must be committed together with it (e.g. the meeting row). */
+export interface Reply {
+  text: string;
+  persist?: (trx: Transaction<DB>) => Promise<void>;
+}
+
+/** Turns booking actions into a reply (src/worker/booking-service.ts). */
+export interface ActionResponder {
+  respond(work: MessageWork, actions: unknown[], prose: string, log: Logger): Promise<Reply>;
+}
+
+export interface MessageProcessorDeps {
+  db: Kysely<DB>;
+  messages: MessageStore;
+  model: ChatModel;
+  defaultModel: string;
+  historyLimit: number;
+  llmErrorMessage: string;
+  meetingErrorMessage: string;
+  actions: ActionResponder;
+  logger: Logger;
+  onOutcome?: (outcome: 'answered' | 'failed' | 'retry' | 'skipped') => void;
+}
+
+const BOOKING_TOOL = {
+  name: BOOKING_ACTION,
+  description: 'Book a Google Meet video meeting between the customer and the business.',
+  parameters: bookingToolParameters as unknown as Record<string, unknown>,
+};
+
+function describe(err: unknown): string {
+  return err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+}
+
+/**
+ * Answers one customer message. At-least-once safe: a message already answered is skipped; the
+ * model's output is stored before anything acts on it, so a retry books from the same output; the
+ * reply insert is unique per customer message.
+ */
+export function createMessageProcessor(deps: MessageProcessorDeps) {
+  return async function processMessage(job: MessageJob, ctx: JobContext): Promise<void> {
+    const log = deps.logger.child({
+      message_id: job.messageId,
+      conversation_id: job.conversationId,
+      job_id: ctx.jobId,
+    });
+    const work = await deps.messages.loadWork(job.messageId);
+    if (!work || work.message.role !== 'customer' || work.message.status !== 'pending') {
+      deps.onOutcome?.('skipped');
+      return;
+    }
+    const agentLog = log.child({ agent_id: work.agent.agentId });
+    let phase: 'model' | 'booking' = 'model';
+    try {
+      const output = work.message.modelOutput ?? (await askModel(work, ctx.signal));
+      const reply = await composeReply(work, output, agentLog, () => {
+        phase = 'booking';
+      });
+      const stored = await deps.db.transaction().execute(async (trx) => {
+        const message = await deps.messages.storeReply(trx, {
+          conversationId: work.message.conversationId,
+          replyTo: work.message.messageId,
+          content: reply.text,
+          outcome: 'answered',
+        });
+        // Only the attempt whose reply was stored commits the side rows (meeting); others roll back.
+        if (message && reply.persist) await reply.persist(trx);
+        return message;
+      });
+      agentLog.info({ attempt: ctx.attempt, stored: Boolean(stored) }, 'message answered');
+      deps.onOutcome?.('answered');
+    } catch (err) {
+      await deps.messages.recordAttempt(job.messageId, describe(err)).catch(() => {});
+      const retryable = !(err instanceof Upstream) || err.retryable;
+      if (retryable && !ctx.isLastAttempt) {
+        agentLog.warn({ err, attempt: ctx.attempt, phase }, 'message processing failed; will retry');
+        deps.onOutcome?.('retry');
+        throw err;
+      }
+      agentLog.error(
+        { err, attempt: ctx.attempt, phase },
+        'message processing failed; sending the fallback reply',
+      );
+      await deps.db.transaction().execute((trx) =>
+        deps.messages.storeReply(trx, {
+          conversationId: work.message.conversationId,
+          replyTo: work.message.messageId,
+          content: phase === 'model' ? deps.llmErrorMessage : deps.meetingErrorMessage,
+          outcome: 'failed',
+          error: describe(err),
+        }),
+      );
+      deps.onOutcome?.('failed');
+    }
+  };
+
+  async function askModel(work: MessageWork, signal: AbortSignal): Promise<StoredModelOutput> {
+    const history = await deps.messages.history(
+      work.message.conversationId,
+      work.message.seq,
+      deps.historyLimit,
+    );
+    const messages: ChatTurn[] = [
+      {
+        role: 'system',
+        // "Now" is when the customer spoke, not when a worker got to it: "tomorrow" must not shift.
+        content: buildSystemPrompt(work.agent.systemPrompt, work.agent.timezone, work.message.createdAt),
+      },
+      ...history.map(
+        (m): ChatTurn =>
+          m.role === 'customer'
+            ? { role: 'user', content: m.content }
+            : { role: 'assistant', content: m.content },
+      ),
+    ];
+    const result = await deps.model.complete(
+      { model: work.agent.model ?? deps.defaultModel, messages, tools: [BOOKING_TOOL] },
+      signal,
+    );
+    const output: StoredModelOutput = { text: result.text, toolCalls: result.toolCalls };
+    // First writer wins; a concurrent attempt that saved first is the output everyone acts on.
+    await deps.messages.saveModelOutput(work.message.messageId, output);
+    const saved = await deps.messages.loadWork(work.message.messageId);
+    return saved?.message.modelOutput ?? output;
+  }
+
+  async function composeReply(
+    work: MessageWork,
+    output: StoredModelOutput,
+    log: Logger,
+    enteringBooking: () => void,
+  ): Promise<Reply> {
+    const { actions: textActions, prose } = extractBookingActions(output.text ?? '');
+    const toolActions: unknown[] = output.toolCalls
+      .filter((c) => c.name === BOOKING_ACTION)
+      .map((c) => {
+        try {
+          return { action: BOOKING_ACTION, ...JSON.parse(c.arguments) };
+        } catch {
+          return { action: BOOKING_ACTION, invalid_arguments: true };
+        }
+      });
+    const actions = [...toolActions, ...textActions];
+    if (actions.length > 0) {
+      enteringBooking();
+      return deps.actions.respond(work, actions, prose, log);
+    }
+    if (prose) return { text: prose };
+    // Empty answer: treat as a model failure so the customer is never left without a reply.
+    throw new Upstream('the model returned an empty answer', true);
+  }
+}

@@ -1,0 +1,205 @@
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { hostname, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { promisify } from 'node:util';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { DataDirLockedError, lockDataDir } from '../../src/store/data-dir-lock.js';
+
+const LOCK = 'agent-meetings.lock';
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+
+let dir: string;
+const children: ChildProcess[] = [];
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), 'am-lock-'));
+});
+afterEach(() => {
+  for (const c of children.splice(0)) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  rmSync(dir, { recursive: true, force: true });
+});
+
+const lockPath = () => join(dir, LOCK);
+const readLock = () => JSON.parse(readFileSync(lockPath(), 'utf8')) as { pid: number; host: string };
+const writeLock = (content: unknown) =>
+  writeFileSync(lockPath(), typeof content === 'string' ? content : JSON.stringify(content));
+
+/** A pid that certainly ran and certainly is not running any more (exited and reaped). */
+async function deadPid(): Promise<number> {
+  const child = spawn(process.execPath, ['-e', '']);
+  const pid = child.pid!;
+  await new Promise((resolve) => child.once('exit', resolve));
+  expect(() => process.kill(pid, 0)).toThrow(); // ESRCH
+  return pid;
+}
+
+function liveChild(): ChildProcess {
+  const child = spawn('sleep', ['30'], { stdio: 'ignore' });
+  children.push(child);
+  expect(child.pid).toBeGreaterThan(0);
+  return child;
+}
+
+describe('lockDataDir', () => {
+  it('creates the directory and a lock file naming this process (mode 0600)', () => {
+    const nested = join(dir, 'a', 'b');
+    const release = lockDataDir(nested);
+    const path = join(nested, LOCK);
+    const content = JSON.parse(readFileSync(path, 'utf8'));
+    expect(content).toMatchObject({ pid: process.pid, host: hostname() });
+    expect(Number.isNaN(Date.parse(content.startedAt))).toBe(false);
+    expect(statSync(path).mode & 0o777).toBe(0o600);
+    expect(statSync(nested).mode & 0o777).toBe(0o700);
+    // Nothing else is left behind (no temp files, no takeover marker).
+    expect(readdirSync(nested)).toEqual([LOCK]);
+    release();
+    expect(readdirSync(nested)).toEqual([]);
+  });
+
+  it('in-process twice: our own pid is never "another process", the file keeps our pid', () => {
+    // (After a container restart the new process often has the same pid as the dead one.)
+    const first = lockDataDir(dir);
+    const second = lockDataDir(dir);
+    expect(readLock().pid).toBe(process.pid);
+    // Releasing the superseded lock must not remove the lock the second call now holds.
+    first();
+    expect(readLock().pid).toBe(process.pid);
+    second();
+    expect(readdirSync(dir)).toEqual([]);
+  });
+
+  it('release() removes the lock file, is idempotent, and the directory can be locked again', () => {
+    const release = lockDataDir(dir);
+    release();
+    expect(() => statSync(lockPath())).toThrow();
+    release();
+    const again = lockDataDir(dir);
+    expect(readLock().pid).toBe(process.pid);
+    again();
+    expect(readdirSync(dir)).toEqual([]);
+  });
+
+  it('release() leaves alone a lock another process took meanwhile', () => {
+    const release = lockDataDir(dir);
+    const other = liveChild();
+    writeLock({ pid: other.pid, host: hostname(), startedAt: new Date().toISOString() });
+    release();
+    expect(readLock().pid).toBe(other.pid);
+  });
+
+  it('refuses a directory locked by another live process, naming its pid', () => {
+    const other = liveChild();
+    const content = { pid: other.pid, host: hostname(), startedAt: '2030-01-01T00:00:00.000Z' };
+    writeLock(content);
+    let err: unknown;
+    try {
+      lockDataDir(dir);
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(DataDirLockedError);
+    const message = (err as Error).message;
+    expect(message).toContain(`process ${other.pid}`);
+    expect(message).toContain('in use');
+    expect(message).toContain(dir);
+    expect(message).toContain('DATA_DIR');
+    // The other process's lock is untouched.
+    expect(readLock()).toEqual(content);
+    expect(readdirSync(dir)).toEqual([LOCK]);
+  });
+
+  it('refuses a lock held on another host (its pid cannot be checked from here)', async () => {
+    const pid = await deadPid(); // dead here, but it is another machine's pid
+    writeLock({ pid, host: 'some-other-host.example', startedAt: new Date().toISOString() });
+    expect(() => lockDataDir(dir)).toThrow(DataDirLockedError);
+    expect(() => lockDataDir(dir)).toThrow('some-other-host.example');
+  });
+
+  it('takes over a lock left by a process that died (SIGKILL, power loss)', async () => {
+    const pid = await deadPid();
+    writeLock({ pid, host: hostname(), startedAt: new Date().toISOString() });
+    const release = lockDataDir(dir);
+    expect(readLock().pid).toBe(process.pid);
+    expect(readdirSync(dir)).toEqual([LOCK]);
+    release();
+    expect(readdirSync(dir)).toEqual([]);
+  });
+
+  it.each([
+    ['empty file', ''],
+    ['not JSON', 'garbage \u0000\u00ff'],
+    ['half-written JSON', '{"pid":12'],
+    ['JSON null', 'null'],
+    ['empty object', '{}'],
+    ['array', '[1,2]'],
+    ['a bare pid (classic pidfile)', '1'],
+    ['a string', '"hello"'],
+    ['pid 0 (would signal our own process group)', JSON.stringify({ pid: 0, host: hostname() })],
+    ['negative pid (would signal every process)', JSON.stringify({ pid: -1, host: hostname() })],
+    ['pid as a string', JSON.stringify({ pid: '1', host: hostname() })],
+    ['no host', JSON.stringify({ pid: 1 })],
+  ])('treats garbage as stale: %s', (_name, content) => {
+    writeLock(content);
+    const release = lockDataDir(dir);
+    expect(readLock().pid).toBe(process.pid);
+    release();
+    expect(readdirSync(dir)).toEqual([]);
+  });
+
+  it('is not blocked by a takeover marker left by a process that crashed mid-takeover', async () => {
+    const pid = await deadPid();
+    writeLock({ pid, host: hostname(), startedAt: new Date().toISOString() });
+    writeFileSync(`${lockPath()}.takeover`, JSON.stringify({ pid, host: hostname(), startedAt: 'x' }));
+    const release = lockDataDir(dir);
+    expect(readLock().pid).toBe(process.pid);
+    release();
+    expect(readdirSync(dir)).toEqual([]);
+  });
+
+  it('across processes racing for the same directories, exactly one wins each', async () => {
+    // ROUNDS directories, half with a stale lock (the restart-after-crash case, where contenders
+    // race to take it over) and half fresh. Every child tries round k at the same wall-clock instant
+    // and keeps what it wins until all rounds are over.
+    const ROUNDS = 40;
+    const CHILDREN = 6;
+    const stalePid = await deadPid();
+    const dirs = Array.from({ length: ROUNDS }, (_, k) => {
+      const d = join(dir, `r${k}`);
+      mkdirSync(d);
+      if (k % 2 === 0) {
+        writeFileSync(join(d, LOCK), JSON.stringify({ pid: stalePid, host: hostname(), startedAt: 'x' }));
+      }
+      return d;
+    });
+    const script = join(dir, 'racer.mjs');
+    writeFileSync(
+      script,
+      `import { lockDataDir } from ${JSON.stringify(pathToFileURL(join(ROOT, 'src/store/data-dir-lock.ts')).href)};
+const [dirs, start, step] = [JSON.parse(process.argv[2]), Number(process.argv[3]), Number(process.argv[4])];
+const won = [];
+for (let k = 0; k < dirs.length; k++) {
+  while (Date.now() < start + k * step) {}
+  try { lockDataDir(dirs[k]); won.push(k); } catch (e) { if (e.name !== 'DataDirLockedError') throw e; }
+}
+process.stdout.write(JSON.stringify(won));
+`,
+    );
+    const start = Date.now() + 4000;
+    const run = promisify(execFile);
+    const results = await Promise.all(
+      Array.from({ length: CHILDREN }, () =>
+        run(process.execPath, ['--import', 'tsx', script, JSON.stringify(dirs), String(start), '25'], {
+          cwd: ROOT,
+          timeout: 30_000,
+        }),
+      ),
+    );
+    const wins = new Map<number, number>();
+    for (const r of results) {
+      for (const k of JSON.parse(r.stdout) as number[]) wins.set(k, (wins.get(k) ?? 0) + 1);
+    }
+    const perRound = dirs.map((_, k) => wins.get(k) ?? 0);
+    expect(perRound).toEqual(dirs.map(() => 1));
+  });
+});
