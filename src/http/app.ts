@@ -123,8 +123,7 @@ export async function buildHttpApp(deps: HttpDeps): Promise<FastifyInstance> {
     allowList: (req) => isAdmin(req, deps.adminKey),
     errorResponseBuilder: (_req, ctx) => ({
       statusCode: 429,
-      success: false,
-      error: `Too many requests from this address; retry in ${Math.ceil(ctx.ttl / 1000)} s`,
+      message: `Too many requests from this address; retry in ${Math.ceil(ctx.ttl / 1000)} s`,
     }),
   });
 

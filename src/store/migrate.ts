@@ -1,4 +1,5 @@
 import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { type Kysely, sql } from 'kysely';
 import type { DB } from './schema.js';
@@ -19,7 +20,7 @@ export function loadMigrations(dir = MIGRATIONS_DIR): Migration[] {
     .map((file) => ({
       version: Number(file.slice(0, 3)),
       name: file.slice(4, -4),
-      sql: readFileSync(`${dir}${file}`, 'utf8'),
+      sql: readFileSync(join(dir, file), 'utf8'),
     }));
 }
 

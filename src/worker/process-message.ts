@@ -73,8 +73,9 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
           content: reply.text,
           outcome: 'answered',
         });
-        // Only the attempt whose reply was stored commits the side rows (meeting); others roll back.
+        // Only the attempt whose reply was stored commits the side rows (meeting).
         if (message && reply.persist) await reply.persist(trx);
+        await ctx.settle(trx);
         return message;
       });
       agentLog.info({ attempt: ctx.attempt, stored: Boolean(stored) }, 'message answered');
@@ -91,15 +92,16 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
         { err, attempt: ctx.attempt, phase },
         'message processing failed; sending the fallback reply',
       );
-      await deps.db.transaction().execute((trx) =>
-        deps.messages.storeReply(trx, {
+      await deps.db.transaction().execute(async (trx) => {
+        await deps.messages.storeReply(trx, {
           conversationId: work.message.conversationId,
           replyTo: work.message.messageId,
           content: phase === 'model' ? deps.llmErrorMessage : deps.meetingErrorMessage,
           outcome: 'failed',
           error: describe(err),
-        }),
-      );
+        });
+        await ctx.settle(trx);
+      });
       deps.onOutcome?.('failed');
     }
   };

@@ -1,7 +1,7 @@
-import type { Transaction } from 'kysely';
+import { sql, type Transaction } from 'kysely';
 import { fromKysely, type JobWithMetadata, PgBoss } from 'pg-boss';
 import type { Logger } from 'pino';
-import type { Database } from '../store/database.js';
+import { bossSchemaFor, type Database } from '../store/database.js';
 import type { DB } from '../store/schema.js';
 
 /** One job per customer message; the job names the message, the message row holds the content. */
@@ -19,6 +19,12 @@ export interface JobContext {
   /** No retry follows this attempt: the handler must settle the message (e.g. fallback reply). */
   isLastAttempt: boolean;
   signal: AbortSignal;
+  /**
+   * Completes the job inside the caller's transaction (with the reply it produced), and wakes the
+   * workers when this conversation has a next message waiting: under key_strict_fifo that message
+   * became fetchable only now, and no insert NOTIFY will announce it.
+   */
+  settle(trx: Transaction<DB>): Promise<void>;
 }
 
 export interface QueueSettings {
@@ -37,6 +43,7 @@ export interface QueueSettings {
  */
 export class JobQueue {
   readonly #boss: PgBoss;
+  readonly #bossSchema: string;
   #started = false;
 
   constructor(
@@ -52,6 +59,7 @@ export class JobQueue {
       maintenanceIntervalSeconds: 60,
       queueCacheIntervalSeconds: 5,
     });
+    this.#bossSchema = bossSchemaFor(database.schema);
     this.#boss.on('error', (err) => this.logger.error({ err }, 'job queue error'));
   }
 
@@ -108,10 +116,32 @@ export class JobQueue {
             attempt: job.retryCount,
             isLastAttempt: job.retryCount >= job.retryLimit,
             signal: job.signal,
+            settle: (trx) => this.#settle(trx, job),
           });
         }
       },
     );
+  }
+
+  async #settle(trx: Transaction<DB>, job: JobWithMetadata<MessageJob>): Promise<void> {
+    // Passing the attempt (id + retryCount) makes this a no-op if the job was meanwhile retried.
+    await this.#boss.complete(MESSAGE_QUEUE, { id: job.id, retryCount: job.retryCount }, null, {
+      db: fromKysely(trx),
+    });
+    const next = await trx
+      .selectFrom('messages')
+      .select('message_id')
+      .where('conversation_id', '=', job.data.conversationId)
+      .where('status', '=', 'pending')
+      .where('message_id', '!=', job.data.messageId)
+      .limit(1)
+      .executeTakeFirst();
+    if (next) {
+      // pg-boss's wake-up channel (its notifyChannelSql): every worker of this queue, in every process.
+      await sql`SELECT pg_notify('pgboss_' || left(encode(sha224(convert_to(${this.#bossSchema}::text, 'UTF8')), 'hex'), 24), ${MESSAGE_QUEUE})`.execute(
+        trx,
+      );
+    }
   }
 
   /** Jobs waiting or running (metrics, tests). */

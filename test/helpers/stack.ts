@@ -1,0 +1,138 @@
+import type { ApplicationOptions } from '../../src/app.js';
+import { type GoogleEmulator, startGoogleEmulator } from '../emulators/google.js';
+import { type OpenAIEmulator, startOpenAIEmulator } from '../emulators/openai.js';
+import { startTestApp, type TestApp } from './app.js';
+
+export const GOOGLE_CLIENT_ID = 'test-client.apps.googleusercontent.com';
+export const GOOGLE_CLIENT_SECRET = 'test-client-secret';
+export const OPENAI_KEY = 'sk-test-0123456789abcdefghijklmnop';
+
+export interface Stack extends TestApp {
+  google: GoogleEmulator;
+  openai: OpenAIEmulator;
+  /** Connects an owner's calendar through the HTTP API with a fresh emulator grant. */
+  connectOwner(
+    userId: string,
+    opts?: { accessTokenExpiresInSeconds?: number },
+  ): Promise<{ refresh_token: string; access_token: string }>;
+  createAgent(body: Record<string, unknown>): Promise<{ agent_id: string; [k: string]: unknown }>;
+  openConversation(
+    agentId: string,
+    body?: Record<string, unknown>,
+  ): Promise<{ conversation_id: string; customer_token: string }>;
+  send(conversationId: string, token: string, content: string): Promise<string>;
+  /** Polls GET messages until `count` assistant replies exist (or times out). */
+  waitForReplies(
+    conversationId: string,
+    token: string,
+    count: number,
+    timeoutMs?: number,
+  ): Promise<ChatMessage[]>;
+  messages(conversationId: string, token: string): Promise<ChatMessage[]>;
+}
+
+export interface ChatMessage {
+  message_id: string;
+  role: 'customer' | 'assistant';
+  content: string;
+  created_at: string;
+}
+
+/** The whole service against both emulators, on a private database. */
+export async function startStack(
+  env: Record<string, string> = {},
+  options: ApplicationOptions = {},
+): Promise<Stack> {
+  const google = await startGoogleEmulator({
+    clientId: GOOGLE_CLIENT_ID,
+    clientSecret: GOOGLE_CLIENT_SECRET,
+  });
+  const openai = await startOpenAIEmulator({ apiKey: OPENAI_KEY });
+  const t = await startTestApp(
+    {
+      GOOGLE_CLIENT_ID,
+      GOOGLE_CLIENT_SECRET,
+      GOOGLE_API_ROOT_URL: google.rootUrl,
+      GOOGLE_OAUTH_TOKEN_URL: google.tokenUrl,
+      OPENAI_API_KEY: OPENAI_KEY,
+      OPENAI_BASE_URL: openai.baseURL,
+      OPENAI_MODEL: 'gpt-test',
+      WORKER_CONCURRENCY: '10',
+      RATE_LIMIT_PER_IP: '1000000',
+      RATE_LIMIT_PER_CONVERSATION: '1000',
+      ...env,
+    },
+    { google: { backoffBaseMs: 5, conferenceWaitMs: 3000 }, ...options },
+  );
+  const http = t.app.http;
+
+  const stack: Stack = {
+    ...t,
+    google,
+    openai,
+    async connectOwner(userId, opts = {}) {
+      const grant = google.grant({ email: `${userId}@owner.test`, ...opts });
+      const res = await http.inject({
+        method: 'POST',
+        url: `/api/users/${userId}/google-calendar/connect`,
+        headers: t.admin,
+        payload: {
+          access_token: grant.access_token,
+          refresh_token: grant.refresh_token,
+          token_expiry: grant.expiry.toISOString(),
+          scope: `https://www.googleapis.com/auth/calendar ${grant.scope}`,
+        },
+      });
+      if (res.statusCode !== 200) throw new Error(`connect failed: ${res.body}`);
+      return grant;
+    },
+    async createAgent(body) {
+      const res = await http.inject({ method: 'POST', url: '/api/agents', headers: t.admin, payload: body });
+      if (res.statusCode !== 201) throw new Error(`create agent failed: ${res.body}`);
+      return res.json();
+    },
+    async openConversation(agentId, body = {}) {
+      const res = await http.inject({
+        method: 'POST',
+        url: `/api/agents/${agentId}/conversations`,
+        payload: body,
+      });
+      if (res.statusCode !== 201) throw new Error(`open conversation failed: ${res.body}`);
+      return res.json();
+    },
+    async send(conversationId, token, content) {
+      const res = await http.inject({
+        method: 'POST',
+        url: `/api/conversations/${conversationId}/messages`,
+        headers: { authorization: `Bearer ${token}` },
+        payload: { content },
+      });
+      if (res.statusCode !== 202) throw new Error(`send failed: ${res.statusCode} ${res.body}`);
+      return res.json().message_id;
+    },
+    async messages(conversationId, token) {
+      const res = await http.inject({
+        url: `/api/conversations/${conversationId}/messages`,
+        headers: { authorization: `Bearer ${token}` },
+      });
+      return res.json().messages;
+    },
+    async waitForReplies(conversationId, token, count, timeoutMs = 20_000) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const list = await stack.messages(conversationId, token);
+        if (list.filter((m) => m.role === 'assistant').length >= count) return list;
+        if (Date.now() > deadline) {
+          throw new Error(`timed out waiting for ${count} replies; have ${JSON.stringify(list, null, 1)}`);
+        }
+        await new Promise((r) => setTimeout(r, 25));
+      }
+    },
+    async close() {
+      await t.close();
+      await google.close();
+      await openai.close();
+    },
+  };
+  return stack;
+}

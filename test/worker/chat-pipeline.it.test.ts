@@ -1,0 +1,180 @@
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import type { ChatRequest } from '../emulators/openai.js';
+import { messageText } from '../emulators/openai.js';
+import { type Stack, startStack } from '../helpers/stack.js';
+
+let s: Stack;
+beforeAll(async () => {
+  s = await startStack({ JOB_RETRY_LIMIT: '2' });
+});
+afterAll(async () => {
+  await s?.close();
+});
+beforeEach(() => {
+  s.openai.reset();
+});
+
+async function newChat(agent: Record<string, unknown> = {}) {
+  const a = await s.createAgent({ user_id: 'owner-chat', name: 'Acme Assistant', ...agent });
+  const c = await s.openConversation(a.agent_id, { customer_name: 'Sid' });
+  return { agentId: a.agent_id, ...c };
+}
+
+describe('chat pipeline', () => {
+  it('answers a customer message through the OpenAI API and stores the reply', async () => {
+    s.openai.responder = () => ({ content: 'Hello Sid! How can I help?' });
+    const c = await newChat({ system_prompt: 'You are the Acme assistant.' });
+    const id = await s.send(c.conversation_id, c.customer_token, 'Hi there');
+    const list = await s.waitForReplies(c.conversation_id, c.customer_token, 1);
+    expect(list.map((m) => [m.role, m.content])).toEqual([
+      ['customer', 'Hi there'],
+      ['assistant', 'Hello Sid! How can I help?'],
+    ]);
+    expect(list[0]!.message_id).toBe(id);
+    const req = s.openai.requests.at(-1)!;
+    expect(req.model).toBe('gpt-test');
+    expect(req.messages[0]!.role).toBe('system');
+    expect(messageText(req.messages[0]!.content)).toContain('You are the Acme assistant.');
+    expect(messageText(req.messages[0]!.content)).toContain('"action": "Time_to_121meet"');
+    const tools = req.tools as Array<{ function: { name: string; strict: boolean } }>;
+    expect(tools.map((t) => t.function.name)).toEqual(['Time_to_121meet']);
+    expect(tools[0]!.function.strict).toBe(true);
+    expect(req.parallel_tool_calls).toBe(false);
+  });
+
+  it('uses the agent’s model when set', async () => {
+    const c = await newChat({ model: 'gpt-agent-special' });
+    await s.send(c.conversation_id, c.customer_token, 'hello');
+    await s.waitForReplies(c.conversation_id, c.customer_token, 1);
+    expect(s.openai.requests.at(-1)!.model).toBe('gpt-agent-special');
+  });
+
+  it('tells the model the time the message was received, in the agent’s zone', async () => {
+    const c = await newChat({ timezone: 'Asia/Kolkata' });
+    const before = Date.now();
+    await s.send(c.conversation_id, c.customer_token, 'what time is it?');
+    await s.waitForReplies(c.conversation_id, c.customer_token, 1);
+    const system = messageText(s.openai.requests.at(-1)!.messages[0]!.content);
+    const m = /Current date and time: (\S+) \((\w+)\), time zone Asia\/Kolkata\./.exec(system);
+    expect(m).not.toBeNull();
+    expect(m![1]).toMatch(/\+05:30$/);
+    const stated = new Date(m![1]!).getTime();
+    expect(Math.abs(stated - before)).toBeLessThan(5_000);
+    expect(m![2]).toBe(
+      new Intl.DateTimeFormat('en-US', { weekday: 'long', timeZone: 'Asia/Kolkata' }).format(
+        new Date(stated),
+      ),
+    );
+  });
+
+  it('sends the conversation history, capped by HISTORY_LIMIT', async () => {
+    let n = 0;
+    s.openai.responder = () => ({ content: `reply ${++n}` });
+    const c = await newChat();
+    await s.send(c.conversation_id, c.customer_token, 'first');
+    await s.waitForReplies(c.conversation_id, c.customer_token, 1);
+    await s.send(c.conversation_id, c.customer_token, 'second');
+    await s.waitForReplies(c.conversation_id, c.customer_token, 2);
+    const last = s.openai.requests.at(-1)!;
+    expect(last.messages.slice(1).map((m) => [m.role, messageText(m.content)])).toEqual([
+      ['user', 'first'],
+      ['assistant', 'reply 1'],
+      ['user', 'second'],
+    ]);
+  });
+
+  it('answers 5 quick messages one at a time, in order', async () => {
+    let active = 0;
+    let maxActive = 0;
+    s.openai.responder = async (req: ChatRequest) => {
+      active++;
+      maxActive = Math.max(maxActive, active);
+      await new Promise((r) => setTimeout(r, 30));
+      active--;
+      const lastUser = [...req.messages].reverse().find((m) => m.role === 'user');
+      return { content: `re: ${messageText(lastUser?.content)}` };
+    };
+    const c = await newChat();
+    for (let i = 1; i <= 5; i++) await s.send(c.conversation_id, c.customer_token, `m${i}`);
+    const list = await s.waitForReplies(c.conversation_id, c.customer_token, 5);
+    expect(list.map((m) => m.content)).toEqual(
+      ['m1', 'm2', 'm3', 'm4', 'm5', 're: m1', 're: m2', 're: m3', 're: m4', 're: m5'].sort((a, b) => {
+        // customers were all stored first; replies follow in order
+        return list.findIndex((m) => m.content === a) - list.findIndex((m) => m.content === b);
+      }),
+    );
+    const replies = list.filter((m) => m.role === 'assistant').map((m) => m.content);
+    expect(replies).toEqual(['re: m1', 're: m2', 're: m3', 're: m4', 're: m5']);
+    expect(maxActive).toBe(1);
+    // each request saw exactly the history up to its own message
+    const seen = s.openai.requests.map((r) => r.messages.filter((m) => m.role === 'user').length);
+    expect(seen).toEqual([1, 2, 3, 4, 5]);
+  });
+
+  it('runs different conversations in parallel', async () => {
+    let active = 0;
+    let maxActive = 0;
+    s.openai.responder = async () => {
+      active++;
+      maxActive = Math.max(maxActive, active);
+      await new Promise((r) => setTimeout(r, 200));
+      active--;
+      return { content: 'ok' };
+    };
+    const chats = await Promise.all(Array.from({ length: 10 }, () => newChat()));
+    await Promise.all(chats.map((c) => s.send(c.conversation_id, c.customer_token, 'hello')));
+    await Promise.all(chats.map((c) => s.waitForReplies(c.conversation_id, c.customer_token, 1)));
+    expect(maxActive).toBeGreaterThan(1);
+  });
+
+  it('retries model failures, then answers', async () => {
+    s.openai.responder = () => ({ content: 'made it' });
+    // The SDK retries twice by itself; 4 faults outlast one job attempt, so the job is retried too.
+    s.openai.fail({ kind: 'status', status: 503 }, 4);
+    const c = await newChat();
+    await s.send(c.conversation_id, c.customer_token, 'hello?');
+    const list = await s.waitForReplies(c.conversation_id, c.customer_token, 1, 30_000);
+    expect(list.at(-1)!.content).toBe('made it');
+    expect(s.openai.requests.length).toBe(5);
+  });
+
+  it('sends LLM_ERROR_MESSAGE when retries are exhausted and records the failure', async () => {
+    s.openai.failFor({ kind: 'status', status: 500 }, 60_000);
+    const c = await newChat();
+    const id = await s.send(c.conversation_id, c.customer_token, 'anyone?');
+    const list = await s.waitForReplies(c.conversation_id, c.customer_token, 1, 45_000);
+    expect(list.at(-1)!.content).toBe(s.app.config.llmErrorMessage);
+    const row = await s.app.database.db
+      .selectFrom('messages')
+      .select(['status', 'attempts', 'last_error'])
+      .where('message_id', '=', id)
+      .executeTakeFirstOrThrow();
+    expect(row.status).toBe('failed');
+    expect(row.attempts).toBe(3);
+    expect(row.last_error).toMatch(/500/);
+    s.openai.reset();
+  }, 60_000);
+
+  it('does not retry a request the model service rejects (401), and answers with the fallback', async () => {
+    s.openai.fail({ kind: 'status', status: 401 }, 1);
+    const c = await newChat();
+    await s.send(c.conversation_id, c.customer_token, 'hi');
+    const list = await s.waitForReplies(c.conversation_id, c.customer_token, 1);
+    expect(list.at(-1)!.content).toBe(s.app.config.llmErrorMessage);
+    expect(s.openai.requests.length).toBe(1);
+  });
+
+  it('never shows raw action JSON to the customer', async () => {
+    s.openai.responder = () => ({
+      content:
+        'Sure!\n```json\n[{"action":"Time_to_121meet","name":"Sid","email":"not-an-email","title":"Demo","participants":[],"meeting_time":"soon"}]\n```',
+    });
+    const c = await newChat();
+    await s.send(c.conversation_id, c.customer_token, 'book it');
+    const list = await s.waitForReplies(c.conversation_id, c.customer_token, 1);
+    const reply = list.at(-1)!.content;
+    expect(reply).not.toContain('Time_to_121meet');
+    expect(reply).not.toContain('{');
+    expect(reply.startsWith('Sure!')).toBe(true);
+  });
+});
