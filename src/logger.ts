@@ -29,12 +29,35 @@ export const REDACT_PATHS = [
   'error.request',
 ];
 
+/** Query-string credentials (EventSource cannot send headers, so SSE takes `?token=`). */
+export function scrubUrl(url: string): string {
+  return url.replace(/([?&](?:token|access_token|key)=)[^&#]*/gi, '$1[redacted]');
+}
+
+interface RequestLike {
+  method?: string;
+  url?: string;
+  hostname?: string;
+  ip?: string;
+  socket?: { remotePort?: number };
+}
+
 export function createLogger(level: LogLevel, destination?: pino.DestinationStream): Logger {
   return pino(
     {
       level,
       redact: { paths: REDACT_PATHS, censor: '[redacted]' },
       base: { service: 'agent-meetings' },
+      serializers: {
+        err: pino.stdSerializers.err,
+        req: (req: RequestLike) => ({
+          method: req.method,
+          url: req.url ? scrubUrl(req.url) : undefined,
+          host: req.hostname,
+          remoteAddress: req.ip,
+          remotePort: req.socket?.remotePort,
+        }),
+      },
     },
     destination,
   );

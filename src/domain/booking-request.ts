@@ -28,15 +28,15 @@ export interface BookingLimits {
 const RFC3339 =
   /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d{1,9})?)?(Z|([+-])(\d{2}):(\d{2}))$/i;
 
-const email = z.email({ message: 'is not a valid email address' }).max(254);
+const email = z.email({ message: 'is not a valid email address' }).max(254, 'is too long');
 
 const actionSchema = z.object({
-  name: z.string().trim().max(255).nullish(),
+  name: z.string().trim().max(255, 'must be at most 255 characters').nullish(),
   email: z.string({ message: 'is missing' }).trim().pipe(email),
   title: z.string().trim().max(200, 'must be at most 200 characters').nullish(),
   participants: z.array(z.string().trim().pipe(email)).nullish(),
   meeting_time: z.string({ message: 'is missing' }).trim(),
-  friendly_time: z.string().trim().max(200).nullish(),
+  friendly_time: z.string().trim().max(200, 'must be at most 200 characters').nullish(),
 });
 
 export type ValidationResult = { ok: true; request: BookingRequest } | { ok: false; problems: string[] };
@@ -54,7 +54,9 @@ function parseRfc3339(value: string): { start: Date; offsetMinutes: number } | u
     day > 31 ||
     Number(h) > 23 ||
     Number(mi) > 59 ||
-    Number(s ?? 0) > 59
+    Number(s ?? 0) > 59 ||
+    Number(oh ?? 0) > 23 ||
+    Number(om ?? 0) > 59
   ) {
     return undefined;
   }
@@ -78,7 +80,8 @@ export function validateBookingAction(raw: unknown, limits: BookingLimits, now: 
           : field === 'participants'
             ? 'an invitee'
             : `the ${field}`;
-      return `${label} ${i.message === 'Invalid input' ? 'is not valid' : i.message}`;
+      // zod 4's own messages ("Invalid input: expected object, received null") are not for customers.
+      return `${label} ${i.message.startsWith('Invalid input') ? 'is not valid' : i.message}`;
     });
     return { ok: false, problems: [...new Set(problems)] };
   }
@@ -112,7 +115,9 @@ export function validateBookingAction(raw: unknown, limits: BookingLimits, now: 
     seen.add(p.toLowerCase());
     participants.push(p);
   }
-  if ((a.participants ?? []).length > limits.maxParticipants) {
+  // Counted after de-duplication: repeats and the customer's own email (which the prompt asks the
+  // model to list) take no invitee slot.
+  if (participants.length > limits.maxParticipants) {
     problems.push(`at most ${limits.maxParticipants} participants can be invited`);
   }
   if (problems.length > 0 || !when) return { ok: false, problems };

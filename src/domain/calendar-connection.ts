@@ -21,7 +21,10 @@ export function assertUserId(userId: string): void {
 
 export function parseZonedDateTime(value: string, field: string): Date {
   const date = new Date(value);
-  if (!ZONED_DATE_TIME.test(value) || Number.isNaN(date.getTime())) {
+  // JavaScript rolls impossible dates over (2025-02-30 -> March 2); reject them instead.
+  const [y = 0, m = 0, d = 0] = value.slice(0, 10).split('-').map(Number);
+  const daysInMonth = new Date(Date.UTC(y, m, 0)).getUTCDate();
+  if (!ZONED_DATE_TIME.test(value) || Number.isNaN(date.getTime()) || d < 1 || d > daysInMonth) {
     throw new InvalidInput(
       `${field} must be an ISO 8601 date-time with a time zone, e.g. 2025-10-06T15:30:00Z`,
     );

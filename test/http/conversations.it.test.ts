@@ -1,0 +1,233 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type Stack, startStack } from '../helpers/stack.js';
+
+let s: Stack;
+let base: string;
+beforeAll(async () => {
+  s = await startStack({ RATE_LIMIT_PER_CONVERSATION: '5', RATE_LIMIT_WINDOW_SECONDS: '60' });
+  base = await s.app.listen();
+  s.openai.responder = (req) => ({ content: `echo ${req.messages.length}` });
+});
+afterAll(async () => {
+  await s?.close();
+});
+
+async function chat() {
+  const a = await s.createAgent({ user_id: 'owner-conv', name: 'Helper' });
+  return { agentId: a.agent_id, ...(await s.openConversation(a.agent_id, { customer_name: 'Ann', customer_email: 'ann@example.com' })) };
+}
+
+const post = (conversationId: string, headers: Record<string, string>, payload: unknown) =>
+  s.app.http.inject({ method: 'POST', url: `/api/conversations/${conversationId}/messages`, headers, payload: payload as object });
+
+describe('customer API', () => {
+  it('opens a conversation without the admin key and stores only a hash of the token', async () => {
+    const c = await chat();
+    expect(c.conversation_id).toMatch(/^cnv_/);
+    expect(c.customer_token.length).toBeGreaterThan(30);
+    const row = await s.app.database.db
+      .selectFrom('conversations')
+      .selectAll()
+      .where('conversation_id', '=', c.conversation_id)
+      .executeTakeFirstOrThrow();
+    expect(JSON.stringify(row)).not.toContain(c.customer_token);
+    expect(row.customer_token_hash).toMatch(/^[0-9a-f]{64}$/);
+    expect(row).toMatchObject({ customer_name: 'Ann', customer_email: 'ann@example.com' });
+  });
+
+  it('rejects opening a conversation with an unknown agent or bad body', async () => {
+    const unknown = await s.app.http.inject({ method: 'POST', url: '/api/agents/agt_missing/conversations', payload: {} });
+    expect(unknown.statusCode).toBe(404);
+    const a = await s.createAgent({ user_id: 'owner-conv', name: 'H' });
+    const bad = await s.app.http.inject({
+      method: 'POST',
+      url: `/api/agents/${a.agent_id}/conversations`,
+      payload: { customer_email: 'not-an-email' },
+    });
+    expect(bad.statusCode).toBe(400);
+    expect(bad.json().error).toMatch(/customer_email/);
+  });
+
+  it('authorizes messages by the conversation’s token (or the admin key)', async () => {
+    const c1 = await chat();
+    const c2 = await chat();
+    const none = await post(c1.conversation_id, {}, { content: 'hi' });
+    expect(none.statusCode).toBe(401);
+    expect(none.json().success).toBe(false);
+    const other = await post(c1.conversation_id, { authorization: `Bearer ${c2.customer_token}` }, { content: 'hi' });
+    expect(other.statusCode).toBe(403);
+    const missing = await post('cnv_doesnotexist', { authorization: `Bearer ${c2.customer_token}` }, { content: 'hi' });
+    expect(missing.statusCode).toBe(403);
+    const read = await s.app.http.inject({
+      url: `/api/conversations/${c1.conversation_id}/messages`,
+      headers: { authorization: `Bearer ${c2.customer_token}` },
+    });
+    expect(read.statusCode).toBe(403);
+    const admin = await post(c1.conversation_id, s.admin, { content: 'from the owner' });
+    expect(admin.statusCode).toBe(202);
+    const adminMissing = await post('cnv_doesnotexist', s.admin, { content: 'hi' });
+    expect(adminMissing.statusCode).toBe(404);
+    const count = await s.app.database.db
+      .selectFrom('messages')
+      .select((eb) => eb.fn.countAll<number>().as('n'))
+      .where('conversation_id', '=', c1.conversation_id)
+      .where('role', '=', 'customer')
+      .executeTakeFirstOrThrow();
+    expect(Number(count.n)).toBe(1);
+  });
+
+  it.each([
+    ['empty', { content: '' }],
+    ['blank', { content: '   ' }],
+    ['too long', { content: 'x'.repeat(4001) }],
+    ['not a string', { content: 42 }],
+    ['missing', {}],
+    ['extra field', { content: 'hi', role: 'assistant' }],
+  ])('400 for a %s message, nothing stored or queued', async (_n, payload) => {
+    const c = await chat();
+    const res = await post(c.conversation_id, { authorization: `Bearer ${c.customer_token}` }, payload);
+    expect(res.statusCode).toBe(400);
+    expect(res.json().success).toBe(false);
+    expect(await s.messages(c.conversation_id, c.customer_token)).toEqual([]);
+  });
+
+  it('accepts 4000 characters', async () => {
+    const c = await chat();
+    const res = await post(c.conversation_id, { authorization: `Bearer ${c.customer_token}` }, { content: 'y'.repeat(4000) });
+    expect(res.statusCode).toBe(202);
+  });
+
+  it('lists messages in order, and after a given message', async () => {
+    const c = await chat();
+    const first = await s.send(c.conversation_id, c.customer_token, 'one');
+    await s.waitForReplies(c.conversation_id, c.customer_token, 1);
+    await s.send(c.conversation_id, c.customer_token, 'two');
+    const all = await s.waitForReplies(c.conversation_id, c.customer_token, 2);
+    expect(all.map((m) => m.role)).toEqual(['customer', 'assistant', 'customer', 'assistant']);
+    expect(all[0]!.message_id).toBe(first);
+    const after = await s.app.http.inject({
+      url: `/api/conversations/${c.conversation_id}/messages?after=${first}`,
+      headers: { authorization: `Bearer ${c.customer_token}` },
+    });
+    expect(after.json().messages.map((m: { message_id: string }) => m.message_id)).toEqual(all.slice(1).map((m) => m.message_id));
+    const unknownAfter = await s.app.http.inject({
+      url: `/api/conversations/${c.conversation_id}/messages?after=msg_unknown`,
+      headers: { authorization: `Bearer ${c.customer_token}` },
+    });
+    expect(unknownAfter.statusCode).toBe(400);
+  });
+
+  it('limits messages per conversation with 429 JSON and Retry-After', async () => {
+    const c = await chat();
+    const auth = { authorization: `Bearer ${c.customer_token}` };
+    const codes: number[] = [];
+    let limited: Awaited<ReturnType<typeof post>> | undefined;
+    for (let i = 0; i < 7; i++) {
+      const res = await post(c.conversation_id, auth, { content: `m${i}` });
+      codes.push(res.statusCode);
+      if (res.statusCode === 429) limited = res;
+    }
+    expect(codes).toEqual([202, 202, 202, 202, 202, 429, 429]);
+    expect(limited!.headers['retry-after']).toMatch(/^\d+$/);
+    expect(limited!.json()).toEqual({ success: false, error: expect.stringContaining('Too many messages') });
+    // another conversation is not affected
+    const other = await chat();
+    expect((await post(other.conversation_id, { authorization: `Bearer ${other.customer_token}` }, { content: 'hi' })).statusCode).toBe(202);
+  });
+
+  it('streams new messages over SSE and resumes after Last-Event-ID', async () => {
+    const c = await chat();
+    const controller = new AbortController();
+    const res = await fetch(`${base}/api/conversations/${c.conversation_id}/events?token=${c.customer_token}`, {
+      signal: controller.signal,
+    });
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-type')).toMatch(/text\/event-stream/);
+    const reader = res.body!.getReader();
+    const decoder = new TextDecoder();
+    let buffer = '';
+    const events: Array<{ id: string; data: { role: string; content: string; message_id: string } }> = [];
+    const readUntil = async (n: number) => {
+      const deadline = Date.now() + 10_000;
+      while (events.length < n && Date.now() < deadline) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += decoder.decode(value, { stream: true });
+        let idx = buffer.indexOf('\n\n');
+        while (idx >= 0) {
+          const block = buffer.slice(0, idx);
+          buffer = buffer.slice(idx + 2);
+          const id = /^id: (.*)$/m.exec(block)?.[1];
+          const data = /^data: (.*)$/m.exec(block)?.[1];
+          if (id && data && /^event: message$/m.test(block)) events.push({ id, data: JSON.parse(data) });
+          idx = buffer.indexOf('\n\n');
+        }
+      }
+    };
+    await s.send(c.conversation_id, c.customer_token, 'live?');
+    await readUntil(2);
+    controller.abort();
+    expect(events.map((e) => e.data.role)).toEqual(['customer', 'assistant']);
+    expect(events[0]!.data.content).toBe('live?');
+    expect(events[0]!.id).toBe(events[0]!.data.message_id);
+
+    // Resume: with Last-Event-ID = the customer message, the reply is replayed.
+    const resumed = await fetch(`${base}/api/conversations/${c.conversation_id}/events`, {
+      headers: { authorization: `Bearer ${c.customer_token}`, 'last-event-id': events[0]!.id },
+    });
+    const r2 = resumed.body!.getReader();
+    let text = '';
+    const deadline = Date.now() + 5000;
+    while (!text.includes(events[1]!.id) && Date.now() < deadline) {
+      const { value } = await r2.read();
+      text += decoder.decode(value);
+    }
+    await r2.cancel();
+    expect(text).toContain(`id: ${events[1]!.id}`);
+    expect(text).not.toContain(`id: ${events[0]!.id}\n`);
+  });
+
+  it('refuses SSE without a valid token', async () => {
+    const c = await chat();
+    const other = await chat();
+    expect((await fetch(`${base}/api/conversations/${c.conversation_id}/events`)).status).toBe(401);
+    const wrong = await fetch(`${base}/api/conversations/${c.conversation_id}/events?token=${other.customer_token}`);
+    expect(wrong.status).toBe(403);
+    expect(await wrong.json()).toEqual({ success: false, error: expect.any(String) });
+  });
+
+  it('keeps customer tokens out of the logs, even when sent in the query string', async () => {
+    const c = await chat();
+    const ctrl = new AbortController();
+    const res = await fetch(`${base}/api/conversations/${c.conversation_id}/events?token=${c.customer_token}`, { signal: ctrl.signal });
+    expect(res.status).toBe(200);
+    ctrl.abort();
+    await s.send(c.conversation_id, c.customer_token, 'hello');
+    await s.waitForReplies(c.conversation_id, c.customer_token, 1);
+    expect(s.logs.text).not.toContain(c.customer_token);
+    expect(s.logs.text).not.toContain(c.customer_token.slice(3, 20));
+  });
+});
+
+describe('per-IP rate limit', () => {
+  it('answers 429 JSON with Retry-After past RATE_LIMIT_PER_IP', async () => {
+    const { startTestApp } = await import('../helpers/app.js');
+    const t = await startTestApp({ RATE_LIMIT_PER_IP: '3', RATE_LIMIT_WINDOW_SECONDS: '60' });
+    try {
+      const codes: number[] = [];
+      let last: Awaited<ReturnType<typeof t.app.http.inject>> | undefined;
+      for (let i = 0; i < 5; i++) {
+        last = await t.app.http.inject({ method: 'POST', url: '/api/agents/agt_x/conversations', payload: {} });
+        codes.push(last.statusCode);
+      }
+      expect(codes).toEqual([404, 404, 404, 429, 429]);
+      expect(last!.headers['retry-after']).toMatch(/^\d+$/);
+      expect(last!.json()).toEqual({ success: false, error: expect.stringContaining('Too many requests') });
+      // The owner's admin key is not limited.
+      const admin = await t.app.http.inject({ url: '/api/google-tokens', headers: t.admin });
+      expect(admin.statusCode).toBe(200);
+    } finally {
+      await t.close();
+    }
+  });
+});
