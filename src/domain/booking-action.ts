@@ -16,6 +16,13 @@ export interface ExtractedActions {
   prose: string;
 }
 
+/**
+ * Deeper than any booking action nests. Every bracket is a start to try, so without this bound a
+ * run of brackets (which a customer can get the model to write) costs quadratic time: 50,000 `[`
+ * took minutes; with it, milliseconds.
+ */
+const MAX_DEPTH = 32;
+
 /** End index (exclusive) of the balanced JSON-ish value starting at `start`, or -1. */
 function scanBalanced(text: string, start: number): number {
   const stack: string[] = [];
@@ -28,8 +35,10 @@ function scanBalanced(text: string, start: number): number {
       continue;
     }
     if (ch === '"') inString = true;
-    else if (ch === '{' || ch === '[') stack.push(ch === '{' ? '}' : ']');
-    else if (ch === '}' || ch === ']') {
+    else if (ch === '{' || ch === '[') {
+      if (stack.length === MAX_DEPTH) return -1;
+      stack.push(ch === '{' ? '}' : ']');
+    } else if (ch === '}' || ch === ']') {
       if (stack.pop() !== ch) return -1;
       if (stack.length === 0) return i + 1;
     }

@@ -105,6 +105,9 @@ export class GoogleTokenProvider {
       clientId: this.options.clientId,
       clientSecret: this.options.clientSecret,
       endpoints: { oauth2TokenUrl: this.options.tokenUrl },
+      // Without a timeout a hung token endpoint would hold this owner's refresh (and every booking
+      // waiting on it) indefinitely; the library retries a timed-out refresh by itself.
+      transporterOptions: { timeout: this.options.timeoutMs },
     });
     client.setCredentials({ refresh_token: refreshToken });
     let token: string | null | undefined;

@@ -25,6 +25,8 @@ export interface Database {
    * so listeners must also catch up by querying (the SSE route does).
    */
   listen(channel: string, onPayload: (payload: string) => void): Promise<() => Promise<void>>;
+  /** Embedded only: a tarball of the data directory (backups; a seed for `embeddedSeed`). */
+  dump?(): Promise<Blob>;
   close(): Promise<void>;
 }
 
@@ -35,6 +37,8 @@ export interface DatabaseOptions {
   dataDir?: string | null;
   schema?: string;
   poolSize?: number;
+  /** Embedded only: start from this data-directory dump (PGlite's dumpDataDir) instead of initdb. */
+  embeddedSeed?: Blob | undefined;
 }
 
 function quoteIdent(name: string): string {
@@ -50,7 +54,7 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
   const schema = options.schema ?? 'public';
   return options.url
     ? openServer(options.url, schema, options.poolSize ?? 10)
-    : openEmbedded(options.dataDir ?? null, schema);
+    : openEmbedded(options.dataDir ?? null, schema, options.embeddedSeed);
 }
 
 async function openServer(url: string, schema: string, poolSize: number): Promise<Database> {
@@ -146,11 +150,14 @@ function quoteChannel(name: string): string {
   return `"${name}"`;
 }
 
-async function openEmbedded(dataDir: string | null, schema: string): Promise<Database> {
+async function openEmbedded(dataDir: string | null, schema: string, seed: Blob | undefined): Promise<Database> {
   const unlock = dataDir ? lockDataDir(dataDir) : () => {};
   let pglite: PGlite;
   try {
-    pglite = dataDir ? await PGlite.create(`${dataDir}/pgdata`) : await PGlite.create();
+    pglite = await PGlite.create({
+      ...(dataDir ? { dataDir: `${dataDir}/pgdata` } : {}),
+      ...(seed ? { loadDataDir: seed } : {}),
+    });
     if (schema !== 'public') {
       // PGlite has one session, so this search_path holds for every query.
       await pglite.exec(
@@ -165,6 +172,7 @@ async function openEmbedded(dataDir: string | null, schema: string): Promise<Dat
   return {
     kind: 'embedded',
     db,
+    dump: () => pglite.dumpDataDir('none'),
     schema,
     bossOptions: () => ({
       db: fromPglite(pglite),

@@ -38,8 +38,12 @@ export class BookingService implements ActionResponder {
   async respond(work: MessageWork, actions: unknown[], prose: string, log: Logger): Promise<Reply> {
     const texts: string[] = [];
     const persists: NonNullable<Reply['persist']>[] = [];
+    // The model may state one booking twice in an answer (a tool call and the same JSON in its text,
+    // or a repeated array item): each distinct request is booked once.
+    const requested = new Set<string>();
     for (const [index, action] of actions.entries()) {
-      const result = await this.#bookOne(work, action, index, log, persists.length);
+      const result = await this.#bookOne(work, action, index, log, persists.length, requested);
+      if (result.duplicate) continue;
       texts.push(result.text);
       if (result.persist) persists.push(result.persist);
       if (result.stop) break;
@@ -60,7 +64,8 @@ export class BookingService implements ActionResponder {
     index: number,
     log: Logger,
     bookedInThisReply: number,
-  ): Promise<{ text: string; persist?: Reply['persist']; stop?: boolean }> {
+    requested: Set<string>,
+  ): Promise<{ text: string; persist?: Reply['persist']; stop?: boolean; duplicate?: boolean }> {
     const { agent, conversation, message } = work;
     const now = this.deps.now();
     const checked = validateBookingAction(action, this.deps.limits, now);
@@ -70,6 +75,12 @@ export class BookingService implements ActionResponder {
       return { text: bookingTexts.invalid(checked.problems) };
     }
     const request = checked.request;
+    const sameRequest = bookingKey(message.messageId, -1, request); // the key without the position
+    if (requested.has(sameRequest)) {
+      log.info({ index }, 'booking action repeats an earlier one in the same answer; booked once');
+      return { text: '', duplicate: true };
+    }
+    requested.add(sameRequest);
     const key = bookingKey(message.messageId, index, request);
 
     // An earlier attempt of this job may already have created the Google event (its reply did not

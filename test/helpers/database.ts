@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
 import pg from 'pg';
 import type { DatabaseOptions } from '../../src/store/database.js';
 
@@ -11,7 +12,11 @@ export function testDatabaseKind(): 'embedded' | 'server' {
 }
 
 export function testDatabaseOptions(): DatabaseOptions & { cleanup: () => Promise<void> } {
-  if (testDatabaseKind() === 'embedded') return { dataDir: null, cleanup: async () => {} };
+  if (testDatabaseKind() === 'embedded') {
+    const template = process.env.AGENT_MEETINGS_TEST_TEMPLATE;
+    const embeddedSeed = template && existsSync(template) ? new Blob([readFileSync(template)]) : undefined;
+    return { dataDir: null, embeddedSeed, cleanup: async () => {} };
+  }
   const url = process.env.TEST_DATABASE_URL;
   if (!url) throw new Error('TEST_DB=server needs TEST_DATABASE_URL');
   const schema = `t_${randomBytes(6).toString('hex')}`;
