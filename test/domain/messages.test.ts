@@ -1,0 +1,38 @@
+import { describe, expect, it } from 'vitest';
+import { bookingTexts, meetingConfirmation, withProse } from '../../src/domain/messages.js';
+
+describe('meetingConfirmation', () => {
+  it("is the seed's text word for word", () => {
+    expect(meetingConfirmation('today at 7 PM IST', 'https://meet.google.com/abc-defg-hij')).toBe(
+      "✅ Meeting confirmed!\n\n📅 Meeting scheduled for today at 7 PM IST\n🔗 Join here: https://meet.google.com/abc-defg-hij\n\nYou'll receive a calendar invite via email.",
+    );
+  });
+
+  it.each([null, ''])('without a link (%j) points to the invite', (link) => {
+    expect(meetingConfirmation('Monday, October 6, 2025 at 7:00 PM GMT+5:30', link)).toBe(
+      "✅ Meeting confirmed!\n\n📅 Meeting scheduled for Monday, October 6, 2025 at 7:00 PM GMT+5:30\n🔗 The meeting link is in your calendar invite.\n\nYou'll receive a calendar invite via email.",
+    );
+  });
+});
+
+describe('withProse', () => {
+  it('puts the model prose before the system text', () => {
+    expect(withProse('Great!', 'SYSTEM')).toBe('Great!\n\nSYSTEM');
+    expect(withProse('', 'SYSTEM')).toBe('SYSTEM');
+  });
+});
+
+describe('bookingTexts', () => {
+  it('lists the problems', () => {
+    expect(
+      bookingTexts.invalid(['the email is missing', 'that time is in the past, please pick another time']),
+    ).toBe(
+      "I couldn't book that meeting yet: the email is missing; that time is in the past, please pick another time. Could you check and tell me again?",
+    );
+  });
+
+  it('pluralises the booking limit', () => {
+    expect(bookingTexts.tooManyBookings(1)).toContain('already has 1 upcoming meeting booked');
+    expect(bookingTexts.tooManyBookings(3)).toContain('already has 3 upcoming meetings booked');
+  });
+});
