@@ -240,7 +240,12 @@ describe('TOKEN_ENCRYPTION_KEY', () => {
 describe('server mode (DATABASE_URL set)', () => {
   it.each([
     ['no ADMIN_API_KEY', { ADMIN_API_KEY: undefined }, ['ADMIN_API_KEY'], ['TOKEN_ENCRYPTION_KEY']],
-    ['no TOKEN_ENCRYPTION_KEY', { TOKEN_ENCRYPTION_KEY: undefined }, ['TOKEN_ENCRYPTION_KEY'], ['ADMIN_API_KEY']],
+    [
+      'no TOKEN_ENCRYPTION_KEY',
+      { TOKEN_ENCRYPTION_KEY: undefined },
+      ['TOKEN_ENCRYPTION_KEY'],
+      ['ADMIN_API_KEY'],
+    ],
     [
       'both blank',
       { ADMIN_API_KEY: '', TOKEN_ENCRYPTION_KEY: ' ' },
@@ -276,9 +281,9 @@ describe('embedded mode (no DATABASE_URL) without keys', () => {
     expect(first.adminApiKey.length).toBeGreaterThanOrEqual(16);
     expect(first.tokenEncryptionKeys).toHaveLength(1);
     expect(first.tokenEncryptionKeys[0]!.length).toBe(32);
-    expect(Buffer.from(readFileSync(keyPath, 'utf8').trim(), 'base64').equals(first.tokenEncryptionKeys[0]!)).toBe(
-      true,
-    );
+    expect(
+      Buffer.from(readFileSync(keyPath, 'utf8').trim(), 'base64').equals(first.tokenEncryptionKeys[0]!),
+    ).toBe(true);
     expect(first.startupNotes.some((n) => n.includes(adminPath))).toBe(true);
     expect(first.startupNotes.some((n) => n.includes(keyPath))).toBe(true);
     // Notes never contain the secrets themselves.

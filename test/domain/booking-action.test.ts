@@ -236,14 +236,13 @@ describe('extractBookingActions', () => {
     expect(result.prose).toBe(`${'[('.repeat(200)}\n ${')]'.repeat(200)}`);
   });
 
-  it('stays fast on long runs of brackets (no quadratic scan)', () => {
-    // Before the scan depth was bounded, 50,000 `[` took minutes.
-    const started = performance.now();
+  it('finds the action behind long runs of unbalanced brackets', () => {
+    // Before the scan depth was bounded, 50,000 `[` took minutes (speed is measured by `npm run bench`,
+    // never asserted here); this input finishing at all is what the test guards.
     const result = extractBookingActions(
       `${'['.repeat(60_000)}${JSON.stringify([SEED_ACTION])}${'{'.repeat(60_000)}`,
     );
     expect(result.actions).toEqual([SEED_ACTION]);
-    expect(performance.now() - started).toBeLessThan(5_000);
   });
 
   it('keeps the action objects exactly as the model wrote them (extra fields too)', () => {

@@ -1,9 +1,8 @@
-import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { DataDirLockedError, lockDataDir } from '../../src/store/data-dir-lock.js';
 
@@ -172,33 +171,65 @@ describe('lockDataDir', () => {
       }
       return d;
     });
+    // A child reports "ready" once loaded, gets the common start time on stdin, and keeps every lock
+    // it won (by staying alive) until we close its stdin: a slow child must not find the winners gone.
     const script = join(dir, 'racer.mjs');
     writeFileSync(
       script,
       `import { lockDataDir } from ${JSON.stringify(pathToFileURL(join(ROOT, 'src/store/data-dir-lock.ts')).href)};
-const [dirs, start, step] = [JSON.parse(process.argv[2]), Number(process.argv[3]), Number(process.argv[4])];
-const won = [];
-for (let k = 0; k < dirs.length; k++) {
-  while (Date.now() < start + k * step) {}
-  try { lockDataDir(dirs[k]); won.push(k); } catch (e) { if (e.name !== 'DataDirLockedError') throw e; }
-}
-process.stdout.write(JSON.stringify(won));
+const [dirs, step] = [JSON.parse(process.argv[2]), Number(process.argv[3])];
+let input = '';
+let started = false;
+process.stdin.setEncoding('utf8').on('data', (chunk) => {
+  if (started) return;
+  input += chunk;
+  if (!input.includes('\\n')) return;
+  started = true;
+  const start = Number(input.split('\\n')[0]);
+  const won = [];
+  for (let k = 0; k < dirs.length; k++) {
+    while (Date.now() < start + k * step) {}
+    try { lockDataDir(dirs[k]); won.push(k); } catch (e) { if (e.name !== 'DataDirLockedError') throw e; }
+  }
+  process.stdout.write(JSON.stringify(won) + '\\n');
+});
+process.stdin.on('end', () => process.exit(0));
+process.stdout.write('ready\\n');
 `,
     );
-    const start = Date.now() + 4000;
-    const run = promisify(execFile);
-    const results = await Promise.all(
-      Array.from({ length: CHILDREN }, () =>
-        run(process.execPath, ['--import', 'tsx', script, JSON.stringify(dirs), String(start), '25'], {
-          cwd: ROOT,
-          timeout: 30_000,
-        }),
-      ),
-    );
+    const racers = Array.from({ length: CHILDREN }, () => {
+      const child = spawn(process.execPath, ['--import', 'tsx', script, JSON.stringify(dirs), '25'], {
+        cwd: ROOT,
+        stdio: ['pipe', 'pipe', 'inherit'],
+      });
+      children.push(child);
+      const lines: string[] = [];
+      let buffered = '';
+      const waiters: (() => void)[] = [];
+      child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
+        buffered += chunk;
+        const parts = buffered.split('\n');
+        buffered = parts.pop()!;
+        lines.push(...parts);
+        for (const w of waiters.splice(0)) w();
+      });
+      const line = async (n: number): Promise<string> => {
+        while (lines.length <= n) {
+          if (child.exitCode !== null) throw new Error(`racer exited with ${child.exitCode}`);
+          await new Promise<void>((r) => waiters.push(r));
+        }
+        return lines[n]!;
+      };
+      return { child, line };
+    });
+    for (const r of racers) expect(await r.line(0)).toBe('ready');
+    const start = Date.now() + 200;
+    for (const r of racers) r.child.stdin!.write(`${start}\n`);
+    const results = await Promise.all(racers.map(async (r) => JSON.parse(await r.line(1)) as number[]));
+    for (const r of racers) r.child.stdin!.end();
+    await Promise.all(racers.map((r) => new Promise((resolve) => r.child.once('exit', resolve))));
     const wins = new Map<number, number>();
-    for (const r of results) {
-      for (const k of JSON.parse(r.stdout) as number[]) wins.set(k, (wins.get(k) ?? 0) + 1);
-    }
+    for (const won of results) for (const k of won) wins.set(k, (wins.get(k) ?? 0) + 1);
     const perRound = dirs.map((_, k) => wins.get(k) ?? 0);
     expect(perRound).toEqual(dirs.map(() => 1));
   });
