@@ -63,6 +63,11 @@ async function openServer(url: string, schema: string, poolSize: number): Promis
   await setup.connect();
   try {
     await setup.query(`CREATE SCHEMA IF NOT EXISTS ${quoteIdent(schema)}`);
+  } catch (err) {
+    // IF NOT EXISTS is not safe under concurrency: a process that loses the race gets 23505 or
+    // 42P06 although the schema now exists, which is all we wanted.
+    const code = (err as { code?: string }).code;
+    if (code !== '23505' && code !== '42P06') throw err;
   } finally {
     await setup.end();
   }
@@ -150,7 +155,11 @@ function quoteChannel(name: string): string {
   return `"${name}"`;
 }
 
-async function openEmbedded(dataDir: string | null, schema: string, seed: Blob | undefined): Promise<Database> {
+async function openEmbedded(
+  dataDir: string | null,
+  schema: string,
+  seed: Blob | undefined,
+): Promise<Database> {
   const unlock = dataDir ? lockDataDir(dataDir) : () => {};
   let pglite: PGlite;
   try {

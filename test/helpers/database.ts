@@ -11,9 +11,12 @@ export function testDatabaseKind(): 'embedded' | 'server' {
   return process.env.TEST_DB === 'server' ? 'server' : 'embedded';
 }
 
-export function testDatabaseOptions(): DatabaseOptions & { cleanup: () => Promise<void> } {
+/** `fresh`: never from the migrated template (tests of the migrations themselves). */
+export function testDatabaseOptions(
+  opts: { fresh?: boolean } = {},
+): DatabaseOptions & { cleanup: () => Promise<void> } {
   if (testDatabaseKind() === 'embedded') {
-    const template = process.env.AGENT_MEETINGS_TEST_TEMPLATE;
+    const template = opts.fresh ? undefined : process.env.AGENT_MEETINGS_TEST_TEMPLATE;
     const embeddedSeed = template && existsSync(template) ? new Blob([readFileSync(template)]) : undefined;
     return { dataDir: null, embeddedSeed, cleanup: async () => {} };
   }

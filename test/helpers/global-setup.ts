@@ -13,7 +13,8 @@ import { loadMigrations, migrate } from '../../src/store/migrate.js';
  */
 export default async function setup(): Promise<void> {
   const bossVersion = JSON.parse(readFileSync('node_modules/pg-boss/package.json', 'utf8')).version as string;
-  const pgliteVersion = JSON.parse(readFileSync('node_modules/@electric-sql/pglite/package.json', 'utf8')).version as string;
+  const pgliteVersion = JSON.parse(readFileSync('node_modules/@electric-sql/pglite/package.json', 'utf8'))
+    .version as string;
   const hash = createHash('sha256')
     .update(JSON.stringify([loadMigrations(), bossVersion, pgliteVersion]))
     .digest('hex')

@@ -34,16 +34,33 @@ describe('agents API', () => {
       method: 'PATCH',
       url: `/api/agents/${a.agent_id}`,
       headers: t.admin,
-      payload: { timezone: 'Asia/Kolkata', meeting_duration_minutes: 45, model: 'gpt-x', system_prompt: 'Be brief.' },
+      payload: {
+        timezone: 'Asia/Kolkata',
+        meeting_duration_minutes: 45,
+        model: 'gpt-x',
+        system_prompt: 'Be brief.',
+      },
     });
     expect(patched.statusCode).toBe(200);
-    expect(patched.json()).toMatchObject({ timezone: 'Asia/Kolkata', meeting_duration_minutes: 45, model: 'gpt-x', system_prompt: 'Be brief.' });
-    expect(new Date(patched.json().updated_at).getTime()).toBeGreaterThanOrEqual(new Date(a.updated_at).getTime());
+    expect(patched.json()).toMatchObject({
+      timezone: 'Asia/Kolkata',
+      meeting_duration_minutes: 45,
+      model: 'gpt-x',
+      system_prompt: 'Be brief.',
+    });
+    expect(new Date(patched.json().updated_at).getTime()).toBeGreaterThanOrEqual(
+      new Date(a.updated_at).getTime(),
+    );
 
     await create({ user_id: 'owner-agents', name: 'Second' });
     await create({ user_id: 'someone-else', name: 'Other' });
     const list = await t.app.http.inject({ url: '/api/users/owner-agents/agents', headers: t.admin });
-    expect(list.json().agents.map((x: { name: string }) => x.name).sort()).toEqual(['Front desk', 'Second']);
+    expect(
+      list
+        .json()
+        .agents.map((x: { name: string }) => x.name)
+        .sort(),
+    ).toEqual(['Front desk', 'Second']);
   });
 
   it.each([
@@ -56,18 +73,29 @@ describe('agents API', () => {
     ['bad user id', { user_id: 'a b' }, /user_id/],
     ['unknown field', { colour: 'blue' }, /colour|additional/],
   ])('rejects %s with 400 and stores nothing', async (_n, over, message) => {
-    const before = await t.app.database.db.selectFrom('agents').select((eb) => eb.fn.countAll<number>().as('n')).executeTakeFirstOrThrow();
+    const before = await t.app.database.db
+      .selectFrom('agents')
+      .select((eb) => eb.fn.countAll<number>().as('n'))
+      .executeTakeFirstOrThrow();
     const res = await create({ user_id: 'owner-bad', name: 'X', ...over });
     expect(res.statusCode).toBe(400);
     expect(res.json()).toEqual({ success: false, error: expect.stringMatching(message) });
-    const after = await t.app.database.db.selectFrom('agents').select((eb) => eb.fn.countAll<number>().as('n')).executeTakeFirstOrThrow();
+    const after = await t.app.database.db
+      .selectFrom('agents')
+      .select((eb) => eb.fn.countAll<number>().as('n'))
+      .executeTakeFirstOrThrow();
     expect(Number(after.n)).toBe(Number(before.n));
   });
 
   it('rejects a bad PATCH and leaves the agent unchanged', async () => {
     const a = (await create({ user_id: 'owner-patch', name: 'Keep', timezone: 'Europe/Berlin' })).json();
     for (const payload of [{ timezone: 'Nowhere/Town' }, {}, { meeting_duration_minutes: 9999 }]) {
-      const res = await t.app.http.inject({ method: 'PATCH', url: `/api/agents/${a.agent_id}`, headers: t.admin, payload });
+      const res = await t.app.http.inject({
+        method: 'PATCH',
+        url: `/api/agents/${a.agent_id}`,
+        headers: t.admin,
+        payload,
+      });
       expect(res.statusCode).toBe(400);
     }
     const got = (await t.app.http.inject({ url: `/api/agents/${a.agent_id}`, headers: t.admin })).json();
@@ -76,12 +104,24 @@ describe('agents API', () => {
 
   it('404s unknown agents and 401s without the admin key', async () => {
     expect((await t.app.http.inject({ url: '/api/agents/agt_nope', headers: t.admin })).statusCode).toBe(404);
-    expect((await t.app.http.inject({ method: 'PATCH', url: '/api/agents/agt_nope', headers: t.admin, payload: { name: 'x' } })).statusCode).toBe(404);
+    expect(
+      (
+        await t.app.http.inject({
+          method: 'PATCH',
+          url: '/api/agents/agt_nope',
+          headers: t.admin,
+          payload: { name: 'x' },
+        })
+      ).statusCode,
+    ).toBe(404);
     for (const res of await Promise.all([
       create({ user_id: 'u', name: 'n' }, {}),
       t.app.http.inject({ url: '/api/agents/agt_x' }),
       t.app.http.inject({ method: 'PATCH', url: '/api/agents/agt_x', payload: { name: 'y' } }),
-      t.app.http.inject({ url: '/api/users/u/agents', headers: { authorization: 'Bearer wrong-wrong-wrong-wrong' } }),
+      t.app.http.inject({
+        url: '/api/users/u/agents',
+        headers: { authorization: 'Bearer wrong-wrong-wrong-wrong' },
+      }),
     ])) {
       expect(res.statusCode).toBe(401);
       expect(res.json().success).toBe(false);

@@ -14,11 +14,19 @@ afterAll(async () => {
 
 async function chat() {
   const a = await s.createAgent({ user_id: 'owner-conv', name: 'Helper' });
-  return { agentId: a.agent_id, ...(await s.openConversation(a.agent_id, { customer_name: 'Ann', customer_email: 'ann@example.com' })) };
+  return {
+    agentId: a.agent_id,
+    ...(await s.openConversation(a.agent_id, { customer_name: 'Ann', customer_email: 'ann@example.com' })),
+  };
 }
 
 const post = (conversationId: string, headers: Record<string, string>, payload: unknown) =>
-  s.app.http.inject({ method: 'POST', url: `/api/conversations/${conversationId}/messages`, headers, payload: payload as object });
+  s.app.http.inject({
+    method: 'POST',
+    url: `/api/conversations/${conversationId}/messages`,
+    headers,
+    payload: payload as object,
+  });
 
 describe('customer API', () => {
   it('opens a conversation without the admin key and stores only a hash of the token', async () => {
@@ -36,7 +44,11 @@ describe('customer API', () => {
   });
 
   it('rejects opening a conversation with an unknown agent or bad body', async () => {
-    const unknown = await s.app.http.inject({ method: 'POST', url: '/api/agents/agt_missing/conversations', payload: {} });
+    const unknown = await s.app.http.inject({
+      method: 'POST',
+      url: '/api/agents/agt_missing/conversations',
+      payload: {},
+    });
     expect(unknown.statusCode).toBe(404);
     const a = await s.createAgent({ user_id: 'owner-conv', name: 'H' });
     const bad = await s.app.http.inject({
@@ -54,9 +66,17 @@ describe('customer API', () => {
     const none = await post(c1.conversation_id, {}, { content: 'hi' });
     expect(none.statusCode).toBe(401);
     expect(none.json().success).toBe(false);
-    const other = await post(c1.conversation_id, { authorization: `Bearer ${c2.customer_token}` }, { content: 'hi' });
+    const other = await post(
+      c1.conversation_id,
+      { authorization: `Bearer ${c2.customer_token}` },
+      { content: 'hi' },
+    );
     expect(other.statusCode).toBe(403);
-    const missing = await post('cnv_doesnotexist', { authorization: `Bearer ${c2.customer_token}` }, { content: 'hi' });
+    const missing = await post(
+      'cnv_doesnotexist',
+      { authorization: `Bearer ${c2.customer_token}` },
+      { content: 'hi' },
+    );
     expect(missing.statusCode).toBe(403);
     const read = await s.app.http.inject({
       url: `/api/conversations/${c1.conversation_id}/messages`,
@@ -93,7 +113,11 @@ describe('customer API', () => {
 
   it('accepts 4000 characters', async () => {
     const c = await chat();
-    const res = await post(c.conversation_id, { authorization: `Bearer ${c.customer_token}` }, { content: 'y'.repeat(4000) });
+    const res = await post(
+      c.conversation_id,
+      { authorization: `Bearer ${c.customer_token}` },
+      { content: 'y'.repeat(4000) },
+    );
     expect(res.statusCode).toBe(202);
   });
 
@@ -109,7 +133,9 @@ describe('customer API', () => {
       url: `/api/conversations/${c.conversation_id}/messages?after=${first}`,
       headers: { authorization: `Bearer ${c.customer_token}` },
     });
-    expect(after.json().messages.map((m: { message_id: string }) => m.message_id)).toEqual(all.slice(1).map((m) => m.message_id));
+    expect(after.json().messages.map((m: { message_id: string }) => m.message_id)).toEqual(
+      all.slice(1).map((m) => m.message_id),
+    );
     const unknownAfter = await s.app.http.inject({
       url: `/api/conversations/${c.conversation_id}/messages?after=msg_unknown`,
       headers: { authorization: `Bearer ${c.customer_token}` },
@@ -132,15 +158,26 @@ describe('customer API', () => {
     expect(limited!.json()).toEqual({ success: false, error: expect.stringContaining('Too many messages') });
     // another conversation is not affected
     const other = await chat();
-    expect((await post(other.conversation_id, { authorization: `Bearer ${other.customer_token}` }, { content: 'hi' })).statusCode).toBe(202);
+    expect(
+      (
+        await post(
+          other.conversation_id,
+          { authorization: `Bearer ${other.customer_token}` },
+          { content: 'hi' },
+        )
+      ).statusCode,
+    ).toBe(202);
   });
 
   it('streams new messages over SSE and resumes after Last-Event-ID', async () => {
     const c = await chat();
     const controller = new AbortController();
-    const res = await fetch(`${base}/api/conversations/${c.conversation_id}/events?token=${c.customer_token}`, {
-      signal: controller.signal,
-    });
+    const res = await fetch(
+      `${base}/api/conversations/${c.conversation_id}/events?token=${c.customer_token}`,
+      {
+        signal: controller.signal,
+      },
+    );
     expect(res.status).toBe(200);
     expect(res.headers.get('content-type')).toMatch(/text\/event-stream/);
     const reader = res.body!.getReader();
@@ -191,7 +228,9 @@ describe('customer API', () => {
     const c = await chat();
     const other = await chat();
     expect((await fetch(`${base}/api/conversations/${c.conversation_id}/events`)).status).toBe(401);
-    const wrong = await fetch(`${base}/api/conversations/${c.conversation_id}/events?token=${other.customer_token}`);
+    const wrong = await fetch(
+      `${base}/api/conversations/${c.conversation_id}/events?token=${other.customer_token}`,
+    );
     expect(wrong.status).toBe(403);
     expect(await wrong.json()).toEqual({ success: false, error: expect.any(String) });
   });
@@ -199,7 +238,10 @@ describe('customer API', () => {
   it('keeps customer tokens out of the logs, even when sent in the query string', async () => {
     const c = await chat();
     const ctrl = new AbortController();
-    const res = await fetch(`${base}/api/conversations/${c.conversation_id}/events?token=${c.customer_token}`, { signal: ctrl.signal });
+    const res = await fetch(
+      `${base}/api/conversations/${c.conversation_id}/events?token=${c.customer_token}`,
+      { signal: ctrl.signal },
+    );
     expect(res.status).toBe(200);
     ctrl.abort();
     await s.send(c.conversation_id, c.customer_token, 'hello');
@@ -217,7 +259,11 @@ describe('per-IP rate limit', () => {
       const codes: number[] = [];
       let last: Awaited<ReturnType<typeof t.app.http.inject>> | undefined;
       for (let i = 0; i < 5; i++) {
-        last = await t.app.http.inject({ method: 'POST', url: '/api/agents/agt_x/conversations', payload: {} });
+        last = await t.app.http.inject({
+          method: 'POST',
+          url: '/api/agents/agt_x/conversations',
+          payload: {},
+        });
         codes.push(last.statusCode);
       }
       expect(codes).toEqual([404, 404, 404, 429, 429]);

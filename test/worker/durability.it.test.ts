@@ -27,10 +27,18 @@ afterAll(async () => {
 });
 
 /** One database both the child and the in-process app use: a data dir, or a schema on the server. */
-function sharedDatabase(): { env: Record<string, string>; options: DatabaseOptions; cleanup: () => Promise<void> } {
+function sharedDatabase(): {
+  env: Record<string, string>;
+  options: DatabaseOptions;
+  cleanup: () => Promise<void>;
+} {
   if (testDatabaseKind() === 'embedded') {
     const dir = mkdtempSync(join(tmpdir(), 'am-durability-'));
-    return { env: { DATA_DIR: dir }, options: { dataDir: dir }, cleanup: async () => rmSync(dir, { recursive: true, force: true }) };
+    return {
+      env: { DATA_DIR: dir },
+      options: { dataDir: dir },
+      cleanup: async () => rmSync(dir, { recursive: true, force: true }),
+    };
   }
   const db = testDatabaseOptions();
   return {
@@ -51,27 +59,44 @@ const baseEnv = () => ({
 });
 
 async function inProcessApp(options: DatabaseOptions, dataDir?: string) {
-  const config = loadConfig({ ...baseEnv(), PORT: '0', HOST: '127.0.0.1', ...(dataDir ? { DATA_DIR: dataDir } : {}) });
+  const config = loadConfig({
+    ...baseEnv(),
+    PORT: '0',
+    HOST: '127.0.0.1',
+    ...(dataDir ? { DATA_DIR: dataDir } : {}),
+  });
   return createApplication(config, { logger: createLogger('warn', new LogCapture()), database: options });
 }
 
 async function openChat(baseUrl: string): Promise<{ conversationId: string; token: string }> {
   const headers = { authorization: `Bearer ${ADMIN_KEY}`, 'content-type': 'application/json' };
-  const agent = await (
-    await fetch(`${baseUrl}/api/agents`, { method: 'POST', headers, body: JSON.stringify({ user_id: 'owner-dur', name: 'Dur' }) })
-  ).json();
-  const c = await (await fetch(`${baseUrl}/api/agents/${agent.agent_id}/conversations`, { method: 'POST', headers, body: '{}' })).json();
+  const agentRes = await fetch(`${baseUrl}/api/agents`, {
+    method: 'POST',
+    headers,
+    body: JSON.stringify({ user_id: 'owner-dur', name: 'Dur' }),
+  });
+  const agent = (await agentRes.json()) as { agent_id: string };
+  const convRes = await fetch(`${baseUrl}/api/agents/${agent.agent_id}/conversations`, {
+    method: 'POST',
+    headers,
+    body: '{}',
+  });
+  const c = (await convRes.json()) as { conversation_id: string; customer_token: string };
   return { conversationId: c.conversation_id, token: c.customer_token };
 }
 
-async function sendOver(baseUrl: string, chat: { conversationId: string; token: string }, content: string): Promise<string> {
+async function sendOver(
+  baseUrl: string,
+  chat: { conversationId: string; token: string },
+  content: string,
+): Promise<string> {
   const res = await fetch(`${baseUrl}/api/conversations/${chat.conversationId}/messages`, {
     method: 'POST',
     headers: { authorization: `Bearer ${chat.token}`, 'content-type': 'application/json' },
     body: JSON.stringify({ content }),
   });
   expect(res.status).toBe(202);
-  return (await res.json()).message_id;
+  return ((await res.json()) as { message_id: string }).message_id;
 }
 
 async function waitFor<T>(probe: () => Promise<T | undefined>, timeoutMs: number): Promise<T> {

@@ -1,0 +1,184 @@
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort, type ServiceProcess, startService } from './helpers/process.js';
+
+// The real service, as an operator runs it: `node --import tsx src/main.ts` with an empty DATA_DIR
+// (embedded PostgreSQL, generated keys). The steps build on each other and run in order.
+
+const ACCESS = `ya29.a0Af-${randomBytes(24).toString('base64url')}`;
+const REFRESH = `1//0g-${randomBytes(24).toString('base64url')}`;
+const USER = `owner-${randomBytes(6).toString('hex')}`;
+const SCOPE = 'https://www.googleapis.com/auth/calendar https://www.googleapis.com/auth/calendar.events';
+const EXPIRY = '2031-05-06T07:08:09.000Z';
+const LOCK = 'agent-meetings.lock';
+
+let dir: string;
+let badDir: string;
+let adminKey: string;
+const all: ServiceProcess[] = [];
+let first: ServiceProcess; // killed with SIGKILL
+let second: ServiceProcess; // restarted on the same DATA_DIR, stopped with SIGTERM
+let bad: ServiceProcess; // PORT=abc
+
+function track(p: ServiceProcess): ServiceProcess {
+  all.push(p);
+  return p;
+}
+
+const auth = (key: string) => ({ authorization: `Bearer ${key}` });
+const lockPid = () => (JSON.parse(readFileSync(join(dir, LOCK), 'utf8')) as { pid: number }).pid;
+
+/** Every regular file under `root`, recursively. */
+function filesUnder(root: string): string[] {
+  return readdirSync(root, { recursive: true, encoding: 'utf8' })
+    .map((f) => join(root, f))
+    .filter((f) => statSync(f).isFile());
+}
+
+/** Files under `root` whose raw bytes contain `needle`. */
+function filesContaining(root: string, needle: string): string[] {
+  const bytes = Buffer.from(needle, 'utf8');
+  return filesUnder(root).filter((f) => readFileSync(f).includes(bytes));
+}
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'am-process-'));
+  badDir = join(mkdtempSync(join(tmpdir(), 'am-process-bad-')), 'data');
+  // Both start at once: the failing one does not need to wait for the slow first start.
+  first = track(startService({ DATA_DIR: dir, LOG_LEVEL: 'info' }, await freePort()));
+  bad = track(startService({ DATA_DIR: badDir, PORT: 'abc' }));
+});
+
+afterAll(() => {
+  for (const p of all) p.kill();
+  rmSync(dir, { recursive: true, force: true });
+  rmSync(join(badDir, '..'), { recursive: true, force: true });
+});
+
+describe('the service as a process', () => {
+  it('starts on an empty DATA_DIR: generates its keys, takes the lock, answers /healthz', async () => {
+    await first.waitForHealthy(90_000);
+    adminKey = readFileSync(join(dir, 'admin-api-key'), 'utf8').trim();
+    expect(adminKey.length).toBeGreaterThanOrEqual(16);
+    for (const f of ['admin-api-key', 'token-encryption-key', LOCK]) {
+      expect(statSync(join(dir, f)).mode & 0o777).toBe(0o600);
+    }
+    expect(lockPid()).toBe(first.pid);
+    // The operator is told where the key is, never the key itself.
+    expect(first.stdout).toContain(join(dir, 'admin-api-key'));
+    expect(first.output).not.toContain(adminKey);
+    const ready = await first.fetch('/readyz');
+    expect(ready.status).toBe(200);
+  }, 120_000);
+
+  it('accepts the generated admin key and rejects a wrong one', async () => {
+    const ok = await first.fetch('/api/google-tokens', { headers: auth(adminKey) });
+    expect(ok.status).toBe(200);
+    expect(((await ok.json()) as { tokens: unknown[] }).tokens).toEqual([]);
+
+    const wrong = await first.fetch('/api/google-tokens', { headers: auth(`${adminKey}x`) });
+    expect(wrong.status).toBe(401);
+    expect(await wrong.json()).toMatchObject({ success: false });
+    expect((await first.fetch('/api/google-tokens')).status).toBe(401);
+  });
+
+  it('stores a connection, survives SIGKILL, and a restart takes over the stale lock', async () => {
+    const res = await first.fetch(`/api/users/${USER}/google-calendar/connect`, {
+      method: 'POST',
+      headers: { ...auth(adminKey), 'content-type': 'application/json' },
+      body: JSON.stringify({
+        access_token: ACCESS,
+        refresh_token: REFRESH,
+        token_expiry: EXPIRY,
+        scope: SCOPE,
+      }),
+    });
+    expect(res.status).toBe(200);
+    expect(await res.json()).toMatchObject({ success: true, user_id: USER });
+
+    const killed = await first.stop('SIGKILL');
+    expect(killed.signal).toBe('SIGKILL');
+    // The crash left its lock behind, naming a dead process.
+    expect(lockPid()).toBe(first.pid);
+    expect(() => process.kill(first.pid, 0)).toThrow();
+    // Even straight after the crash (no checkpoint, data only in the WAL), no plaintext on disk.
+    expect(filesContaining(join(dir, 'pgdata'), ACCESS)).toEqual([]);
+    expect(filesContaining(join(dir, 'pgdata'), REFRESH)).toEqual([]);
+
+    second = track(startService({ DATA_DIR: dir, LOG_LEVEL: 'info' }, await freePort()));
+    await second.waitForHealthy(60_000);
+    expect(lockPid()).toBe(second.pid);
+
+    const got = await second.fetch(`/api/google-tokens/${USER}`, { headers: auth(adminKey) });
+    expect(got.status).toBe(200);
+    const text = await got.text();
+    expect(text).not.toContain(ACCESS);
+    expect(text).not.toContain(REFRESH);
+    expect(JSON.parse(text).token_info).toMatchObject({
+      access_token: `${ACCESS.slice(0, 6)}…${ACCESS.slice(-4)}`,
+      refresh_token: `${REFRESH.slice(0, 6)}…${REFRESH.slice(-4)}`,
+      token_expiry: EXPIRY,
+      scope: SCOPE,
+      status: 'connected',
+      is_expired: false,
+    });
+    // The same generated admin key still works after the restart.
+    expect((await second.fetch('/api/google-tokens', { headers: auth(adminKey) })).status).toBe(200);
+    expect((await second.fetch('/api/google-tokens', { headers: auth('wrong-key-wrong-key') })).status).toBe(
+      401,
+    );
+  }, 90_000);
+
+  it('refuses a second process on the same DATA_DIR: it exits non-zero quickly, saying "in use"', async () => {
+    const intruder = track(startService({ DATA_DIR: dir }, await freePort()));
+    const exit = await intruder.waitForExit(30_000);
+    expect(exit.code).toBe(2);
+    expect(intruder.stderr).toContain('in use');
+    expect(intruder.stderr).toContain(`process ${second.pid}`);
+    expect(intruder.stderr).not.toMatch(/\n\s+at /); // a message, not a stack trace
+    // The running one is undisturbed.
+    expect(lockPid()).toBe(second.pid);
+    expect((await second.fetch('/healthz')).status).toBe(200);
+    const still = await second.fetch(`/api/google-tokens/${USER}`, { headers: auth(adminKey) });
+    expect(still.status).toBe(200);
+  });
+
+  it('SIGTERM: exits 0 within a few seconds and removes its lock', async () => {
+    const signalledAt = Date.now();
+    const exit = await second.stop('SIGTERM', 15_000);
+    expect(exit).toMatchObject({ code: 0, signal: null });
+    expect(Date.now() - signalledAt).toBeLessThan(10_000);
+    expect(existsSync(join(dir, LOCK))).toBe(false);
+    expect(readdirSync(dir).sort()).toEqual(['admin-api-key', 'pgdata', 'token-encryption-key']);
+  });
+
+  it('never writes the plaintext tokens to the database files or the logs', () => {
+    const pgdata = join(dir, 'pgdata');
+    expect(filesUnder(pgdata).length).toBeGreaterThan(10);
+    // Control: the row really is in these files (its plaintext columns are found)...
+    expect(filesContaining(pgdata, USER).length).toBeGreaterThan(0);
+    expect(filesContaining(pgdata, 'auth/calendar.events').length).toBeGreaterThan(0);
+    // ...but its tokens, or any long piece of them, are not.
+    for (const secret of [ACCESS, REFRESH, ACCESS.slice(10, 30), REFRESH.slice(10, 30)]) {
+      expect(filesContaining(pgdata, secret)).toEqual([]);
+    }
+    for (const p of all) {
+      expect(p.output).not.toContain(ACCESS);
+      expect(p.output).not.toContain(REFRESH);
+      expect(p.output).not.toContain(adminKey);
+    }
+  });
+
+  it('a bad environment variable: exits with code 2 and a message naming it', async () => {
+    const exit = await bad.waitForExit(30_000);
+    expect(exit.code).toBe(2);
+    expect(bad.stderr).toContain('PORT');
+    expect(bad.stderr).toMatch(/^agent-meetings: Invalid configuration/);
+    expect(bad.stderr).not.toMatch(/\n\s+at /);
+    // It stopped before touching the data directory.
+    expect(existsSync(badDir)).toBe(false);
+  });
+});
