@@ -10,6 +10,7 @@ import { meetingRoutes } from './http/routes/meetings.js';
 import type { ChatModel } from './llm/chat-model.js';
 import { OpenAIChatModel } from './llm/openai-chat-model.js';
 import { createLogger } from './logger.js';
+import { Metrics } from './metrics.js';
 import { AgentStore } from './store/agents.js';
 import { CalendarConnectionStore } from './store/calendar-connections.js';
 import { ConversationStore } from './store/conversations.js';
@@ -46,6 +47,7 @@ export interface Application {
   readonly connections: CalendarConnectionStore;
   readonly meetings: MeetingStore;
   readonly calendar: CalendarGateway;
+  readonly metrics: Metrics;
   /** Binds the HTTP port (api/all roles). */
   listen(): Promise<string>;
   /** Stops accepting, lets in-flight work finish, closes the database. Idempotent. */
@@ -86,6 +88,7 @@ export async function createApplication(
     const conversations = new ConversationStore(db);
     const messages = new MessageStore(db);
     const meetings = new MeetingStore(db);
+    const metrics = new Metrics(() => messages.backlog());
 
     const tokens = new GoogleTokenProvider(
       connections,
@@ -95,12 +98,18 @@ export async function createApplication(
         tokenUrl: config.google.oauthTokenUrl,
         timeoutMs: config.google.timeoutMs,
         now,
+        onRefresh: (outcome) => metrics.tokenRefreshes.inc({ outcome }),
       },
       logger,
     );
     const calendar = new GoogleCalendarGateway(
       tokens,
-      { rootUrl: config.google.apiRootUrl, timeoutMs: config.google.timeoutMs, ...options.google },
+      {
+        rootUrl: config.google.apiRootUrl,
+        timeoutMs: config.google.timeoutMs,
+        onCall: ({ op, ms, status }) => metrics.upstream('google', op, ms, status),
+        ...options.google,
+      },
       logger,
     );
 
@@ -119,6 +128,7 @@ export async function createApplication(
           apiKey: config.openai.apiKey,
           baseURL: config.openai.baseUrl,
           timeoutMs: config.openai.timeoutMs,
+          onCall: ({ ms, status }) => metrics.upstream('openai', 'chat.completions', ms, status),
         });
       const booking = new BookingService({
         calendar,
@@ -126,6 +136,7 @@ export async function createApplication(
         limits: config.booking,
         meetingErrorMessage: config.meetingErrorMessage,
         now,
+        onOutcome: (outcome) => metrics.bookings.inc({ outcome }),
       });
       const processMessage = createMessageProcessor({
         db,
@@ -137,6 +148,7 @@ export async function createApplication(
         meetingErrorMessage: config.meetingErrorMessage,
         actions: booking,
         logger,
+        onOutcome: (outcome) => metrics.jobs.inc({ outcome }),
       });
       await queue.workMessages(processMessage);
     }
@@ -161,6 +173,7 @@ export async function createApplication(
       queue,
       feed,
       rateLimit: config.rateLimit,
+      metrics,
       extraRoutes: [
         async (app) => {
           await app.register(meetingRoutes, { adminKey: config.adminApiKey, meetings, calendar });
@@ -179,6 +192,7 @@ export async function createApplication(
       connections,
       meetings,
       calendar,
+      metrics,
       async listen() {
         if (role === 'worker') return 'worker (no HTTP)';
         return http.listen({ port: config.port, host: config.host });

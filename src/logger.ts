@@ -1,5 +1,6 @@
 import pino, { type Logger } from 'pino';
 import type { LogLevel } from './config.js';
+import { logContext } from './log-context.js';
 
 /**
  * Paths pino replaces with "[redacted]" wherever they appear in a log object: credentials never
@@ -48,6 +49,7 @@ export function createLogger(level: LogLevel, destination?: pino.DestinationStre
       level,
       redact: { paths: REDACT_PATHS, censor: '[redacted]' },
       base: { service: 'agent-meetings' },
+      mixin: () => logContext(),
       serializers: {
         err: pino.stdSerializers.err,
         req: (req: RequestLike) => ({

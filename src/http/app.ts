@@ -15,13 +15,14 @@ import type { Kysely } from 'kysely';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import { DomainError } from '../domain/errors.js';
+import type { Metrics } from '../metrics.js';
 import type { AgentStore } from '../store/agents.js';
 import type { CalendarConnectionStore } from '../store/calendar-connections.js';
 import type { ConversationStore } from '../store/conversations.js';
 import type { MessageStore } from '../store/messages.js';
 import type { DB } from '../store/schema.js';
 import type { JobQueue } from '../worker/queue.js';
-import { isAdmin } from './auth.js';
+import { isAdmin, requireAdmin } from './auth.js';
 import type { LiveFeed } from './live-feed.js';
 import { WindowCounter } from './rate-limit.js';
 import { agentRoutes } from './routes/agents.js';
@@ -45,6 +46,7 @@ export interface HttpDeps {
   queue: Pick<JobQueue, 'enqueueMessage'>;
   feed: LiveFeed;
   rateLimit: Config['rateLimit'];
+  metrics: Metrics;
   /** Extra route plugins registered after the built-in ones (meetings, chat page...). */
   extraRoutes?: Array<(app: FastifyInstance) => Promise<void>>;
 }
@@ -126,6 +128,28 @@ export async function buildHttpApp(deps: HttpDeps): Promise<FastifyInstance> {
       message: `Too many requests from this address; retry in ${Math.ceil(ctx.ttl / 1000)} s`,
     }),
   });
+
+  app.addHook('onResponse', async (req, reply) => {
+    deps.metrics.httpDuration.observe(
+      {
+        method: req.method,
+        route: req.routeOptions.url ?? 'unmatched',
+        status_code: String(reply.statusCode),
+      },
+      reply.elapsedTime / 1000,
+    );
+  });
+  app.get(
+    '/metrics',
+    {
+      schema: { tags: ['operations'], summary: 'Prometheus metrics (admin key)' },
+      preHandler: requireAdmin(deps.adminKey),
+    },
+    async (_req, reply) => {
+      reply.header('content-type', deps.metrics.registry.contentType);
+      return deps.metrics.registry.metrics();
+    },
+  );
 
   await app.register(healthRoutes, { ready: deps.ready });
   await app.register(calendarConnectionRoutes, {

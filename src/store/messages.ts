@@ -85,6 +85,17 @@ export class MessageStore {
     return (await q.execute()).map(toMessage);
   }
 
+  /** Customer messages not answered yet, and how long the oldest has waited (metrics). */
+  async backlog(): Promise<{ depth: number; oldestSeconds: number }> {
+    const r = await sql<{ depth: number; oldest: number | null }>`
+      SELECT count(*)::int AS depth,
+             extract(epoch FROM clock_timestamp() - min(created_at))::float8 AS oldest
+        FROM messages
+       WHERE status = 'pending'`.execute(this.db);
+    const row = r.rows[0];
+    return { depth: row?.depth ?? 0, oldestSeconds: row?.oldest ?? 0 };
+  }
+
   async latest(conversationId: string): Promise<Message | undefined> {
     const r = await this.db
       .selectFrom('messages')

@@ -4,6 +4,7 @@ import { extractBookingActions } from '../domain/booking-action.js';
 import { Upstream } from '../domain/errors.js';
 import { BOOKING_ACTION, bookingToolParameters, buildSystemPrompt } from '../domain/prompt.js';
 import type { ChatModel, ChatTurn } from '../llm/chat-model.js';
+import { addLogContext, withLogContext } from '../log-context.js';
 import type { MessageStore, MessageWork } from '../store/messages.js';
 import type { DB, StoredModelOutput } from '../store/schema.js';
 import type { JobContext, MessageJob } from './queue.js';

@@ -1,0 +1,89 @@
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+
+/**
+ * Prometheus metrics of one process (`GET /metrics`). One registry per application instance, so
+ * several instances in one test process never share counters.
+ */
+export class Metrics {
+  readonly registry = new Registry();
+
+  readonly httpDuration = new Histogram({
+    name: 'http_request_duration_seconds',
+    help: 'HTTP request latency by route',
+    labelNames: ['method', 'route', 'status_code'] as const,
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    registers: [this.registry],
+  });
+
+  readonly jobs = new Counter({
+    name: 'message_jobs_total',
+    help: 'Customer-message jobs by outcome (answered, failed = fallback reply sent, retry, skipped)',
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+  });
+
+  readonly bookings = new Counter({
+    name: 'booking_outcomes_total',
+    help: 'Booking actions by outcome (booked, booked_existing, invalid, limit, not_connected, revoked, google_error)',
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+  });
+
+  readonly upstreamDuration = new Histogram({
+    name: 'upstream_request_duration_seconds',
+    help: 'Google and OpenAI call latency by service, operation and status',
+    labelNames: ['service', 'op', 'status'] as const,
+    buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+    registers: [this.registry],
+  });
+
+  readonly upstreamErrors = new Counter({
+    name: 'upstream_errors_total',
+    help: 'Failed Google and OpenAI calls by service, operation and status',
+    labelNames: ['service', 'op', 'status'] as const,
+    registers: [this.registry],
+  });
+
+  readonly tokenRefreshes = new Counter({
+    name: 'google_token_refreshes_total',
+    help: 'Google access-token refreshes by outcome (refreshed, revoked, failed)',
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+  });
+
+  constructor(queueProbe?: () => Promise<{ depth: number; oldestSeconds: number }>) {
+    collectDefaultMetrics({ register: this.registry });
+    if (queueProbe) {
+      // Read at scrape time: the database is the truth, whichever process answers the scrape.
+      let last: Promise<{ depth: number; oldestSeconds: number }> | undefined;
+      const probe = () => {
+        last ??= queueProbe().finally(() => {
+          last = undefined;
+        });
+        return last;
+      };
+      new Gauge({
+        name: 'queue_depth',
+        help: 'Customer messages waiting for an answer',
+        registers: [this.registry],
+        async collect() {
+          this.set((await probe()).depth);
+        },
+      });
+      new Gauge({
+        name: 'queue_oldest_age_seconds',
+        help: 'Age of the oldest customer message still waiting for an answer',
+        registers: [this.registry],
+        async collect() {
+          this.set((await probe()).oldestSeconds);
+        },
+      });
+    }
+  }
+
+  upstream(service: 'google' | 'openai', op: string, ms: number, status: number | string): void {
+    const labels = { service, op, status: String(status) };
+    this.upstreamDuration.observe(labels, ms / 1000);
+    if (status !== 'ok' && status !== 200 && status !== '200') this.upstreamErrors.inc(labels);
+  }
+}
