@@ -84,6 +84,13 @@ export async function buildHttpApp(deps: HttpDeps): Promise<FastifyInstance> {
     requestTimeout: 30_000,
     // Behind a proxy, set trustProxy in the proxy setup; direct exposure must not trust X-Forwarded-For.
     trustProxy: false,
+    // Router-level rejections (path parameter over 100 chars, malformed URL) in our error shape too.
+    frameworkErrors: (err, _req, reply) => {
+      const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 400;
+      const message =
+        err.code === 'FST_ERR_MAX_PARAM_LENGTH' ? 'A path parameter is too long' : 'Malformed request URL';
+      (reply as FastifyReply).code(status).send({ success: false, error: message });
+    },
   }).withTypeProvider<TypeBoxTypeProvider>();
 
   // Query strings and path params are text, so they are coerced ("50" -> 50); JSON bodies are not:
