@@ -38,8 +38,9 @@ export class ServiceProcess {
   constructor(
     readonly port: number,
     env: Record<string, string>,
+    args: string[] = [],
   ) {
-    this.child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+    this.child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', ...args], {
       cwd: REPO_ROOT,
       // Only what we pass: none of the test runner's variables (DATABASE_URL, NODE_OPTIONS, ...).
       env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp', ...env },
@@ -126,6 +127,6 @@ export class ServiceProcess {
 }
 
 /** Starts `node --import tsx src/main.ts` on a loopback port with only the given environment. */
-export function startService(env: Record<string, string>, port = 0): ServiceProcess {
-  return new ServiceProcess(port, { HOST: '127.0.0.1', PORT: String(port), ...env });
+export function startService(env: Record<string, string>, port = 0, args: string[] = []): ServiceProcess {
+  return new ServiceProcess(port, { HOST: '127.0.0.1', PORT: String(port), ...env }, args);
 }
