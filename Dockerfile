@@ -1,0 +1,14 @@
+# agent-meetings: one image for every role (npm start -- --role=api|worker|all).
+# Not built on the development machines (no Docker engine there); see README "Production".
+FROM node:20.20-bookworm-slim
+WORKDIR /app
+ENV NODE_ENV=production
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
+COPY src ./src
+COPY tsconfig.json ./
+USER node
+EXPOSE 3000
+HEALTHCHECK --interval=10s --timeout=3s CMD node -e "fetch('http://127.0.0.1:'+(process.env.PORT||3000)+'/healthz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"
+ENTRYPOINT ["node", "--import", "tsx", "src/main.ts"]
+CMD ["--role=all"]
