@@ -7,6 +7,7 @@ import { GoogleTokenProvider } from './google/token-provider.js';
 import { buildHttpApp } from './http/app.js';
 import { LiveFeed } from './http/live-feed.js';
 import { meetingRoutes } from './http/routes/meetings.js';
+import { type PageRouteDeps, pageRoutes } from './http/routes/pages.js';
 import type { ChatModel } from './llm/chat-model.js';
 import { OpenAIChatModel } from './llm/openai-chat-model.js';
 import { createLogger } from './logger.js';
@@ -36,6 +37,8 @@ export interface ApplicationOptions {
   google?: Partial<Pick<GoogleCalendarOptions, 'maxAttempts' | 'backoffBaseMs' | 'conferenceWaitMs'>>;
   /** Replaces the OpenAI adapter (e.g. a different provider). */
   chatModel?: ChatModel;
+  /** Chat and meetings pages; only the sandbox (`npm run demo`) passes `sandbox`. */
+  pages?: Omit<PageRouteDeps, 'agents'>;
 }
 
 export interface Application {
@@ -177,6 +180,7 @@ export async function createApplication(
       extraRoutes: [
         async (app) => {
           await app.register(meetingRoutes, { adminKey: config.adminApiKey, meetings, calendar });
+          await app.register(pageRoutes, { agents, ...options.pages });
         },
       ],
     });

@@ -81,6 +81,13 @@ async function openServer(url: string, schema: string, poolSize: number): Promis
   // An idle client that loses its server (restart, failover) emits 'error'; without a listener the
   // process would crash. The pool drops that client and opens a new one on the next query.
   pool.on('error', () => {});
+  // The pool listens only on idle clients. A client checked out between two statements (a
+  // transaction waiting on our code) that loses its server (57P01 on restart) emits 'error' with no
+  // listener, which would kill the process; with this one, its next query fails instead, the
+  // transaction rolls back, and the pool discards the broken client on release.
+  pool.on('connect', (client) => {
+    client.on('error', () => {});
+  });
   const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool }) });
   return {
     kind: 'server',

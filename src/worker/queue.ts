@@ -45,9 +45,20 @@ export class JobQueue {
   readonly #boss: PgBoss;
   readonly #bossSchema: string;
   #started = false;
+  #stopping = false;
+  #unlisten: (() => Promise<void>) | undefined;
+  #dispatcher:
+    | {
+        done: Promise<void>;
+        inFlight: Map<string, JobWithMetadata<MessageJob>>;
+        controllers: Map<string, AbortController>;
+        stopHeartbeat: () => void;
+        wake: () => void;
+      }
+    | undefined;
 
   constructor(
-    database: Database,
+    private readonly database: Database,
     private readonly settings: QueueSettings,
     private readonly logger: Logger,
   ) {
@@ -98,29 +109,120 @@ export class JobQueue {
     await this.#boss.send(MESSAGE_QUEUE, job, { singletonKey: job.conversationId, db: fromKysely(trx) });
   }
 
+  /**
+   * Runs `handler` for up to `concurrency` jobs at once in this process.
+   *
+   * One dispatcher loop instead of pg-boss `work()` with N local workers: pg-boss wakes every one of
+   * its workers on each NOTIFY, so 50 workers meant 50 fetch queries per new message (a serialized
+   * storm on the embedded database). Here a wake-up causes one fetch for all free slots; a freed slot
+   * fetches again at once; polling every 2 s is the backstop for a missed notification. In-flight jobs
+   * are heartbeated (`touch`) so a crash of this process lets them run elsewhere.
+   */
   async workMessages(handler: (job: MessageJob, ctx: JobContext) => Promise<void>): Promise<void> {
-    await this.#boss.work(
-      MESSAGE_QUEUE,
-      {
-        localConcurrency: this.settings.concurrency,
-        batchSize: 1,
-        includeMetadata: true,
-        // NOTIFY wakes workers the moment a job is stored; polling is the backstop for missed ones.
-        pollingIntervalSeconds: 2,
-        notifyPollingIntervalSeconds: 2,
-      },
-      async (jobs: JobWithMetadata<MessageJob>[]) => {
-        for (const job of jobs) {
-          await handler(job.data, {
-            jobId: job.id,
-            attempt: job.retryCount,
-            isLastAttempt: job.retryCount >= job.retryLimit,
-            signal: job.signal,
-            settle: (trx) => this.#settle(trx, job),
-          });
+    const inFlight = new Map<string, JobWithMetadata<MessageJob>>();
+    const controllers = new Map<string, AbortController>();
+    let wake: (() => void) | undefined;
+    let woken = false;
+    const nudge = () => {
+      woken = true;
+      wake?.();
+    };
+    const channel = await this.#wakeChannel();
+    this.#unlisten = await this.database.listen(channel, (queue) => {
+      if (queue === MESSAGE_QUEUE) nudge();
+    });
+    const heartbeat = setInterval(() => {
+      const jobs = [...inFlight.values()].map((j) => ({ id: j.id, retryCount: j.retryCount }));
+      if (jobs.length > 0) {
+        this.#boss
+          .touch(MESSAGE_QUEUE, jobs)
+          .catch((err: unknown) => this.logger.warn({ err }, 'job heartbeat failed'));
+      }
+    }, 4_000);
+    heartbeat.unref();
+
+    const run = async (job: JobWithMetadata<MessageJob>) => {
+      const controller = new AbortController();
+      controllers.set(job.id, controller);
+      try {
+        await handler(job.data, {
+          jobId: job.id,
+          attempt: job.retryCount,
+          isLastAttempt: job.retryCount >= job.retryLimit,
+          signal: controller.signal,
+          settle: (trx) => this.#settle(trx, job),
+        });
+        // A handler that had nothing to do (message already answered) did not settle: complete it
+        // here. For a settled job this is a no-op (the attempt no longer matches).
+        await this.#boss.complete(MESSAGE_QUEUE, { id: job.id, retryCount: job.retryCount });
+      } catch (err) {
+        // Back to pg-boss's retry policy (backoff); a no-op if the attempt was already settled.
+        await this.#boss
+          .fail(
+            MESSAGE_QUEUE,
+            { id: job.id, retryCount: job.retryCount },
+            { message: String((err as Error)?.message ?? err) },
+          )
+          .catch((e: unknown) =>
+            this.logger.error({ err: e, job_id: job.id }, 'could not record a job failure'),
+          );
+      } finally {
+        inFlight.delete(job.id);
+        controllers.delete(job.id);
+        nudge();
+      }
+    };
+
+    const loop = async () => {
+      while (!this.#stopping) {
+        const free = this.settings.concurrency - inFlight.size;
+        let fetched = 0;
+        if (free > 0) {
+          woken = false;
+          try {
+            const jobs = await this.#boss.fetch<MessageJob>(MESSAGE_QUEUE, {
+              batchSize: free,
+              includeMetadata: true,
+            });
+            fetched = jobs.length;
+            for (const job of jobs) {
+              inFlight.set(job.id, job);
+              void run(job);
+            }
+          } catch (err) {
+            this.logger.error({ err }, 'fetching jobs failed');
+            await new Promise((r) => setTimeout(r, 1000));
+          }
         }
-      },
+        // A full batch means more may be waiting; otherwise sleep until woken or the poll.
+        if (fetched > 0 && fetched === free) continue;
+        if (woken) continue;
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, 2_000);
+          wake = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+        wake = undefined;
+      }
+    };
+    this.#dispatcher = {
+      done: loop(),
+      inFlight,
+      controllers,
+      stopHeartbeat: () => clearInterval(heartbeat),
+      wake: nudge,
+    };
+  }
+
+  /** pg-boss's wake-up channel for this schema (its notifyChannelSql). */
+  async #wakeChannel(): Promise<string> {
+    const r = await sql<{ channel: string }>`
+      SELECT 'pgboss_' || left(encode(sha224(convert_to(${this.#bossSchema}::text, 'UTF8')), 'hex'), 24) AS channel`.execute(
+      this.database.db,
     );
+    return r.rows[0]!.channel;
   }
 
   async #settle(trx: Transaction<DB>, job: JobWithMetadata<MessageJob>): Promise<void> {
@@ -150,10 +252,34 @@ export class JobQueue {
     return { queued: q?.queuedCount ?? 0, active: q?.activeCount ?? 0 };
   }
 
-  /** Graceful: running handlers finish (up to `timeoutMs`), then the queue closes. */
+  /**
+   * Graceful: no new jobs; running handlers get `timeoutMs` to finish; whatever is still running
+   * then is failed back to the queue (retried by a live process), and the queue closes.
+   */
   async stop(timeoutMs = 20_000): Promise<void> {
     if (!this.#started) return;
     this.#started = false;
-    await this.#boss.stop({ graceful: true, timeout: timeoutMs, close: true });
+    this.#stopping = true;
+    const d = this.#dispatcher;
+    if (d) {
+      d.wake();
+      await d.done;
+      const deadline = Date.now() + timeoutMs;
+      while (d.inFlight.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      d.stopHeartbeat();
+      const left = [...d.inFlight.values()];
+      for (const c of d.controllers.values()) c.abort();
+      if (left.length > 0) {
+        await this.#boss
+          .fail(
+            MESSAGE_QUEUE,
+            left.map((j) => ({ id: j.id, retryCount: j.retryCount })),
+            { message: 'process stopped' },
+          )
+          .catch(() => {});
+      }
+    }
+    await this.#unlisten?.().catch(() => {});
+    await this.#boss.stop({ graceful: true, timeout: 5_000, close: true });
   }
 }

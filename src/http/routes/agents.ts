@@ -48,7 +48,9 @@ export function agentJson(a: Agent) {
 
 /** Owner API for agents (admin key). */
 export const agentRoutes: FastifyPluginAsyncTypebox<AgentRouteDeps> = async (app, { adminKey, agents }) => {
-  app.addHook('preHandler', requireAdmin(adminKey));
+  // onRequest: credentials are checked before any validation, so a caller without the key learns
+  // nothing about the routes' schemas.
+  app.addHook('onRequest', requireAdmin(adminKey));
 
   app.post(
     '/api/agents',

@@ -53,7 +53,9 @@ export const calendarConnectionRoutes: FastifyPluginAsyncTypebox<CalendarConnect
   deps,
 ) => {
   const { connections, now } = deps;
-  app.addHook('preHandler', requireAdmin(deps.adminKey));
+  // onRequest: credentials are checked before any validation, so a caller without the key learns
+  // nothing about the routes' schemas.
+  app.addHook('onRequest', requireAdmin(deps.adminKey));
 
   app.post(
     '/api/users/:user_id/google-calendar/connect',

@@ -72,7 +72,9 @@ function decodeCursor(cursor: string): { time: Date; id: string } {
 
 /** Owner API for meetings (admin key). */
 export const meetingRoutes: FastifyPluginAsyncTypebox<MeetingRouteDeps> = async (app, deps) => {
-  app.addHook('preHandler', requireAdmin(deps.adminKey));
+  // onRequest: credentials are checked before any validation, so a caller without the key learns
+  // nothing about the routes' schemas.
+  app.addHook('onRequest', requireAdmin(deps.adminKey));
 
   app.get(
     '/api/users/:user_id/meetings',

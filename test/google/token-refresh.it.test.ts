@@ -1,0 +1,288 @@
+/**
+ * The owner's Google access token while booking (issue 4, item 4): refresh when expired or close to
+ * it, persisted encrypted with the refresh token kept; one refresh per owner under concurrency (in
+ * the process and across processes through the database lease); 401 -> one forced refresh and one
+ * retry; invalid_grant -> revoked, MEETING_ERROR_MESSAGE, no loop.
+ * Everything runs through HTTP, the worker, and the real google-auth-library / googleapis clients.
+ */
+import { randomBytes } from 'node:crypto';
+import { sql } from 'kysely';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { GoogleTokenProvider } from '../../src/google/token-provider.js';
+import { GOOGLE_CLIENT_ID, GOOGLE_CLIENT_SECRET, type Stack, startStack } from '../helpers/stack.js';
+
+let s: Stack;
+beforeAll(async () => {
+  // A short Google timeout so that a hung token endpoint is noticed quickly.
+  s = await startStack({ GOOGLE_TIMEOUT_MS: '2000' });
+});
+afterAll(async () => {
+  await s?.close();
+});
+beforeEach(() => {
+  s.openai.reset();
+  s.google.reset();
+});
+
+const uid = (prefix: string) => `${prefix}-${randomBytes(5).toString('hex')}`;
+const ownerEmail = (userId: string) => `${userId}@owner.test`;
+
+function action(days = 1): Record<string, unknown> {
+  const at = new Date(Date.now() + days * 86_400_000);
+  at.setUTCMinutes(0, 0, 0);
+  return {
+    action: 'Time_to_121meet',
+    name: 'Siddhant',
+    email: 'siddhant@gmail.com',
+    title: 'Demo',
+    participants: [],
+    meeting_time: at.toISOString().replace('.000Z', 'Z'),
+    friendly_time: 'tomorrow',
+  };
+}
+
+interface Owner {
+  userId: string;
+  email: string;
+  agentId: string;
+  grant: { refresh_token: string; access_token: string };
+}
+
+async function newOwner(accessTokenExpiresInSeconds?: number): Promise<Owner> {
+  const userId = uid('tk');
+  const grant = await s.connectOwner(
+    userId,
+    accessTokenExpiresInSeconds === undefined ? {} : { accessTokenExpiresInSeconds },
+  );
+  const agent = await s.createAgent({ user_id: userId, name: 'Acme Assistant' });
+  return { userId, email: ownerEmail(userId), agentId: agent.agent_id, grant };
+}
+
+/** Opens a conversation, sends one message the model answers with a booking; returns the reply. */
+async function book(o: Owner, days = 1): Promise<string> {
+  s.openai.responder = () => ({ content: JSON.stringify([action(days)]) });
+  const c = await s.openConversation(o.agentId);
+  await s.send(c.conversation_id, c.customer_token, 'book me');
+  const list = await s.waitForReplies(c.conversation_id, c.customer_token, 1, 30_000);
+  return list.filter((m) => m.role === 'assistant').at(-1)!.content;
+}
+
+async function tokenInfo(userId: string): Promise<Record<string, unknown>> {
+  const res = await s.app.http.inject({ url: `/api/google-tokens/${userId}`, headers: s.admin });
+  expect(res.statusCode).toBe(200);
+  return res.json().token_info;
+}
+
+const tokenCalls = () => s.google.requests.filter((r) => r.op === 'token');
+const inserts = () => s.google.requests.filter((r) => r.op === 'events.insert');
+const isConfirmation = (text: string) => text.startsWith('✅ Meeting confirmed!');
+
+describe('token refresh', () => {
+  it('refreshes an expired token, books, and persists the new token (encrypted, refresh token kept)', async () => {
+    const o = await newOwner(-120);
+    const before = await tokenInfo(o.userId);
+    expect(before).toMatchObject({ is_expired: true, last_refreshed_at: null, status: 'connected' });
+
+    const reply = await book(o);
+    expect(isConfirmation(reply)).toBe(true);
+    expect(s.google.events(o.email)).toHaveLength(1);
+    expect(s.google.refreshCount(o.grant.refresh_token)).toBe(1);
+    const form = tokenCalls()[0]!.body as Record<string, string>;
+    expect(form).toMatchObject({
+      grant_type: 'refresh_token',
+      refresh_token: o.grant.refresh_token,
+      client_id: GOOGLE_CLIENT_ID,
+    });
+    expect(inserts().map((r) => r.status)).toEqual([200]);
+
+    const after = await tokenInfo(o.userId);
+    expect(new Date(String(after.token_expiry)).getTime()).toBeGreaterThan(Date.now() + 50 * 60_000);
+    expect(after.is_expired).toBe(false);
+    expect(after.last_refreshed_at).toEqual(expect.any(String));
+    expect(after.refresh_token).toBe(before.refresh_token);
+    expect(after.access_token).not.toBe(before.access_token);
+
+    const stored = await s.app.connections.get(o.userId);
+    expect(stored?.refreshToken).toBe(o.grant.refresh_token);
+    expect(stored?.accessToken).not.toBe(o.grant.access_token);
+    expect(stored?.accessToken).toMatch(/^ya29\.emu-/);
+    // Stored encrypted: neither token appears in the row as plain text.
+    const raw = await sql<
+      Record<string, unknown>
+    >`SELECT * FROM google_calendar_tokens WHERE user_id = ${o.userId}`.execute(s.app.database.db);
+    const rowText = JSON.stringify(raw.rows[0]);
+    expect(rowText).not.toContain(stored!.accessToken);
+    expect(rowText).not.toContain(o.grant.refresh_token);
+
+    // The next booking uses the stored token: no second refresh.
+    s.google.reset();
+    expect(isConfirmation(await book(o, 2))).toBe(true);
+    expect(tokenCalls()).toHaveLength(0);
+    expect(s.google.refreshCount(o.grant.refresh_token)).toBe(1);
+  });
+
+  it('refreshes a token that expires within 5 minutes, and not one that is fresh', async () => {
+    const soon = await newOwner(120);
+    expect(isConfirmation(await book(soon))).toBe(true);
+    expect(s.google.refreshCount(soon.grant.refresh_token)).toBe(1);
+
+    const fresh = await newOwner(3600);
+    expect(isConfirmation(await book(fresh))).toBe(true);
+    expect(s.google.refreshCount(fresh.grant.refresh_token)).toBe(0);
+  });
+
+  it('refreshes once for 10 concurrent bookings of one owner', async () => {
+    const o = await newOwner(-60);
+    s.openai.responder = async () => {
+      await new Promise((r) => setTimeout(r, 20));
+      return { content: JSON.stringify([action()]) };
+    };
+    const chats = await Promise.all(Array.from({ length: 10 }, () => s.openConversation(o.agentId)));
+    await Promise.all(chats.map((c) => s.send(c.conversation_id, c.customer_token, 'book me')));
+    const lists = await Promise.all(
+      chats.map((c) => s.waitForReplies(c.conversation_id, c.customer_token, 1, 30_000)),
+    );
+    for (const list of lists) expect(isConfirmation(list.at(-1)!.content)).toBe(true);
+    expect(s.google.refreshCount(o.grant.refresh_token)).toBe(1);
+    expect(tokenCalls()).toHaveLength(1);
+    expect(s.google.events(o.email)).toHaveLength(10);
+    const res = await s.app.http.inject({ url: `/api/users/${o.userId}/meetings`, headers: s.admin });
+    expect(res.json().meetings).toHaveLength(10);
+  });
+
+  it('refreshes once across processes: token providers sharing the database take turns through the lease', async () => {
+    const o = await newOwner(-60);
+    const providers = Array.from(
+      { length: 5 },
+      () =>
+        new GoogleTokenProvider(
+          s.app.connections,
+          {
+            clientId: GOOGLE_CLIENT_ID,
+            clientSecret: GOOGLE_CLIENT_SECRET,
+            tokenUrl: s.google.tokenUrl,
+            timeoutMs: 5000,
+          },
+          s.app.logger,
+        ),
+    );
+    s.google.latencyMs = 150; // the refresh takes a while: the others must wait for it
+    try {
+      const tokens = await Promise.all(
+        providers.flatMap((p) => [p.accessToken(o.userId), p.accessToken(o.userId)]),
+      );
+      expect(new Set(tokens).size).toBe(1);
+      expect(tokens[0]).not.toBe(o.grant.access_token);
+    } finally {
+      s.google.latencyMs = 0;
+    }
+    expect(s.google.refreshCount(o.grant.refresh_token)).toBe(1);
+    expect((await s.app.connections.get(o.userId))?.refreshToken).toBe(o.grant.refresh_token);
+  });
+
+  it('recovers from a token endpoint failure (refresh retried) and books once', async () => {
+    const o = await newOwner(-60);
+    s.google.fail('token', { kind: 'status', status: 503 }, 1);
+    expect(isConfirmation(await book(o))).toBe(true);
+    expect(s.google.refreshCount(o.grant.refresh_token)).toBe(1);
+    expect(s.google.events(o.email)).toHaveLength(1);
+  });
+
+  it('gives up on a stalled token endpoint after GOOGLE_TIMEOUT_MS and refreshes again', async () => {
+    const o = await newOwner(-60);
+    s.google.fail('token', { kind: 'stall', ms: 10_000 }, 1);
+    expect(isConfirmation(await book(o))).toBe(true);
+    // The stalled request was abandoned (no answer yet) and a second one got the token.
+    const calls = tokenCalls();
+    expect(calls.map((r) => [r.fault ?? null, r.status])).toEqual([
+      ['stall', 0],
+      [null, 200],
+    ]);
+    expect(s.google.events(o.email)).toHaveLength(1);
+  });
+});
+
+describe('401 from Calendar', () => {
+  it('a token Google rejects although it looks fresh gets one forced refresh and one retry', async () => {
+    const o = await newOwner(3600);
+    s.google.expireAccessToken(o.grant.access_token);
+    const before = await tokenInfo(o.userId);
+    expect(before.is_expired).toBe(false);
+
+    expect(isConfirmation(await book(o))).toBe(true);
+    expect(inserts().map((r) => r.status)).toEqual([401, 200]);
+    expect(s.google.refreshCount(o.grant.refresh_token)).toBe(1);
+    expect(s.google.events(o.email)).toHaveLength(1);
+    const after = await tokenInfo(o.userId);
+    expect(after.last_refreshed_at).toEqual(expect.any(String));
+    expect(after.access_token).not.toBe(before.access_token);
+    expect(after.refresh_token).toBe(before.refresh_token);
+  });
+
+  it('10 concurrent bookings whose token Google rejects share one forced refresh', async () => {
+    const o = await newOwner(3600);
+    s.google.expireAccessToken(o.grant.access_token);
+    s.openai.responder = () => ({ content: JSON.stringify([action()]) });
+    const chats = await Promise.all(Array.from({ length: 10 }, () => s.openConversation(o.agentId)));
+    await Promise.all(chats.map((c) => s.send(c.conversation_id, c.customer_token, 'book me')));
+    const lists = await Promise.all(
+      chats.map((c) => s.waitForReplies(c.conversation_id, c.customer_token, 1, 30_000)),
+    );
+    for (const list of lists) expect(isConfirmation(list.at(-1)!.content)).toBe(true);
+    expect(s.google.refreshCount(o.grant.refresh_token)).toBe(1);
+    const statuses = inserts().map((r) => r.status);
+    expect(statuses.filter((x) => x === 200)).toHaveLength(10);
+    expect(statuses.filter((x) => x === 401).length).toBeGreaterThanOrEqual(1);
+    expect(statuses.filter((x) => x !== 200 && x !== 401)).toEqual([]);
+    expect(s.google.events(o.email)).toHaveLength(10);
+  });
+
+  it('a second 401 after the forced refresh is not retried again: MEETING_ERROR_MESSAGE, no event', async () => {
+    const o = await newOwner(3600);
+    s.google.fail('events.insert', { kind: 'status', status: 401 }, 2);
+    const reply = await book(o);
+    expect(reply).toBe(s.app.config.meetingErrorMessage);
+    expect(inserts().map((r) => r.status)).toEqual([401, 401]);
+    expect(tokenCalls()).toHaveLength(1);
+    expect(s.google.events(o.email)).toHaveLength(0);
+  });
+});
+
+describe('invalid_grant', () => {
+  it('marks the connection revoked, answers MEETING_ERROR_MESSAGE and stops (no retry loop)', async () => {
+    const o = await newOwner(-60);
+    s.google.revokeRefreshToken(o.grant.refresh_token);
+    const reply = await book(o);
+    expect(reply).toBe(s.app.config.meetingErrorMessage);
+    // google-auth-library does not retry a 400; we do not either.
+    expect(tokenCalls().map((r) => r.status)).toEqual([400]);
+    expect(inserts()).toHaveLength(0);
+    expect(s.google.events(o.email)).toHaveLength(0);
+    const info = await tokenInfo(o.userId);
+    expect(info.status).toBe('revoked');
+    expect(info.revoked_at).toEqual(expect.any(String));
+    expect(info.refresh_token).not.toBeNull();
+
+    // Later bookings fail fast without calling Google at all.
+    s.google.reset();
+    expect(await book(o, 2)).toBe(s.app.config.meetingErrorMessage);
+    expect(s.google.requests).toHaveLength(0);
+    const res = await s.app.http.inject({ url: `/api/users/${o.userId}/meetings`, headers: s.admin });
+    expect(res.json().meetings).toEqual([]);
+
+    // Reconnecting clears the revoked state and booking works again.
+    const again = await s.connectOwner(o.userId);
+    expect((await tokenInfo(o.userId)).status).toBe('connected');
+    expect(isConfirmation(await book({ ...o, grant: again }, 3))).toBe(true);
+  });
+
+  it('a 401 whose forced refresh answers invalid_grant also ends revoked, with one refresh attempt', async () => {
+    const o = await newOwner(3600);
+    s.google.revokeRefreshToken(o.grant.refresh_token, { alsoAccessTokens: true });
+    const reply = await book(o);
+    expect(reply).toBe(s.app.config.meetingErrorMessage);
+    expect(inserts().map((r) => r.status)).toEqual([401]);
+    expect(tokenCalls().map((r) => r.status)).toEqual([400]);
+    expect((await tokenInfo(o.userId)).status).toBe('revoked');
+  });
+});

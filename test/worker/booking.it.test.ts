@@ -1,0 +1,550 @@
+/**
+ * Meeting booking through the whole service (issue 4): a customer message goes in over HTTP, the
+ * OpenAI emulator answers with the seed's action (JSON in the text, or a tool call), the worker books
+ * it on the Google emulator through the real clients, stores the meeting and confirms it.
+ * Google's auth and error branches have their own files in test/google/.
+ */
+import { randomBytes } from 'node:crypto';
+import type { calendar_v3 } from '@googleapis/calendar';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import type { ScriptedReply } from '../emulators/openai.js';
+import { messageText } from '../emulators/openai.js';
+import { type Stack, startStack } from '../helpers/stack.js';
+
+let s: Stack;
+beforeAll(async () => {
+  s = await startStack();
+});
+afterAll(async () => {
+  await s?.close();
+});
+beforeEach(() => {
+  s.openai.reset();
+  s.google.reset();
+  s.google.conferenceMode = 'success';
+  s.google.pendingPolls = 2;
+});
+
+type Event = calendar_v3.Schema$Event;
+
+const uid = (prefix: string) => `${prefix}-${randomBytes(5).toString('hex')}`;
+const ownerEmail = (userId: string) => `${userId}@owner.test`;
+
+function formatOffset(minutes: number): string {
+  const abs = Math.abs(minutes);
+  const hh = String(Math.floor(abs / 60)).padStart(2, '0');
+  const mm = String(abs % 60).padStart(2, '0');
+  return `${minutes < 0 ? '-' : '+'}${hh}:${mm}`;
+}
+
+/** `hour:minute` local time, `days` after today's date in that offset: RFC 3339 text and the instant. */
+function wallTime(days: number, hour: number, minute: number, offsetMinutes: number) {
+  const local = new Date(Date.now() + offsetMinutes * 60_000);
+  const localMs = Date.UTC(
+    local.getUTCFullYear(),
+    local.getUTCMonth(),
+    local.getUTCDate() + days,
+    hour,
+    minute,
+  );
+  return {
+    iso: `${new Date(localMs).toISOString().slice(0, 19)}${formatOffset(offsetMinutes)}`,
+    at: new Date(localMs - offsetMinutes * 60_000),
+  };
+}
+
+/** The seed's action (step 3), with overrides. */
+function seedAction(over: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    action: 'Time_to_121meet',
+    name: 'Siddhant',
+    email: 'siddhant@gmail.com',
+    title: 'Demo',
+    participants: ['siddhant@gmail.com'],
+    meeting_time: wallTime(1, 19, 0, 330).iso,
+    friendly_time: 'tomorrow at 7 PM IST',
+    ...over,
+  };
+}
+
+/** The seed's confirmation (step 5), word for word. */
+const confirmation = (friendly: string, link: string) =>
+  `✅ Meeting confirmed!\n\n📅 Meeting scheduled for ${friendly}\n🔗 Join here: ${link}\n\nYou'll receive a calendar invite via email.`;
+const confirmationWithoutLink = (friendly: string) =>
+  `✅ Meeting confirmed!\n\n📅 Meeting scheduled for ${friendly}\n🔗 The meeting link is in your calendar invite.\n\nYou'll receive a calendar invite via email.`;
+const tooMany = (max: number) =>
+  `This conversation already has ${max} upcoming meetings booked, which is the most I can book here. ` +
+  'If you need a change, please contact the business directly.';
+const invalid = (problem: string) =>
+  `I couldn't book that meeting yet: ${problem}. Could you check and tell me again?`;
+
+interface Chat {
+  userId: string;
+  email: string;
+  agentId: string;
+  conversation_id: string;
+  customer_token: string;
+}
+
+async function newChat(
+  opts: { agent?: Record<string, unknown>; connect?: boolean; userId?: string; agentId?: string } = {},
+): Promise<Chat> {
+  const userId = opts.userId ?? uid('bk');
+  if (opts.connect !== false && !opts.userId) await s.connectOwner(userId);
+  const agentId =
+    opts.agentId ??
+    (await s.createAgent({ user_id: userId, name: 'Acme Assistant', ...opts.agent })).agent_id;
+  const c = await s.openConversation(agentId, { customer_name: 'Sid from chat' });
+  return { userId, email: ownerEmail(userId), agentId, ...c };
+}
+
+/** Sends a customer message answered by `reply`; returns the newest assistant reply. */
+async function ask(c: Chat, text: string, reply: ScriptedReply, replies = 1): Promise<string> {
+  s.openai.responder = () => reply;
+  await s.send(c.conversation_id, c.customer_token, text);
+  const list = await s.waitForReplies(c.conversation_id, c.customer_token, replies);
+  return list.filter((m) => m.role === 'assistant').at(-1)?.content ?? '';
+}
+
+const requestsFor = (op: string) => s.google.requests.filter((r) => r.op === op);
+
+async function meetingsOf(userId: string): Promise<Array<Record<string, unknown>>> {
+  const res = await s.app.http.inject({ url: `/api/users/${userId}/meetings`, headers: s.admin });
+  expect(res.statusCode).toBe(200);
+  return res.json().meetings;
+}
+
+async function assistantReplies(c: Chat): Promise<string[]> {
+  return (await s.messages(c.conversation_id, c.customer_token))
+    .filter((m) => m.role === 'assistant')
+    .map((m) => m.content);
+}
+
+describe('booking: the seed flow', () => {
+  it('books the seed’s action end to end: event, meeting row, confirmation', async () => {
+    const c = await newChat({ agent: { timezone: 'Asia/Kolkata', meeting_duration_minutes: 45 } });
+    const start = wallTime(1, 19, 0, 330);
+    const end = wallTime(1, 19, 45, 330);
+    const action = seedAction({
+      meeting_time: start.iso,
+      participants: ['siddhant@gmail.com', 'Priya@Example.com', 'priya@example.com', 'SIDDHANT@gmail.com'],
+    });
+    const text = `Great, I'll set that up for you.\n${JSON.stringify([action], null, 2)}\nTalk soon!`;
+    s.openai.responder = () => ({ content: text });
+    const messageId = await s.send(c.conversation_id, c.customer_token, 'I want to schedule a demo meeting');
+    const list = await s.waitForReplies(c.conversation_id, c.customer_token, 1);
+    expect(s.openai.requests.length).toBe(1);
+    const userTurns = s.openai.requests[0]!.messages.filter((m) => m.role === 'user');
+    expect(messageText(userTurns.at(-1)?.content)).toBe('I want to schedule a demo meeting');
+
+    // On the owner's calendar
+    const events = s.google.events(c.email);
+    expect(events).toHaveLength(1);
+    const ev = events[0]!;
+    expect(ev.id).toMatch(/^[a-v0-9]{5,1024}$/);
+    expect(ev.summary).toBe('Demo');
+    expect(ev.description).toContain('Siddhant');
+    expect(ev.description).toContain('siddhant@gmail.com');
+    expect(ev.attendees?.map((a) => a.email)).toEqual(['siddhant@gmail.com', 'Priya@Example.com']);
+    expect(ev.reminders).toEqual({
+      useDefault: false,
+      overrides: [
+        { method: 'email', minutes: 1440 },
+        { method: 'popup', minutes: 30 },
+      ],
+    });
+    expect(Date.parse(ev.start?.dateTime ?? '')).toBe(start.at.getTime());
+    expect(Date.parse(ev.end?.dateTime ?? '')).toBe(start.at.getTime() + 45 * 60_000);
+    expect(ev.hangoutLink).toMatch(/^https:\/\/meet\.google\.com\/[a-z]{3}-[a-z]{4}-[a-z]{3}$/);
+    expect(ev.conferenceData?.createRequest?.status?.statusCode).toBe('success');
+
+    // What was sent to Google
+    const inserts = requestsFor('events.insert');
+    expect(inserts).toHaveLength(1);
+    expect(inserts[0]!.status).toBe(200);
+    expect(inserts[0]!.query).toMatchObject({ conferenceDataVersion: '1', sendUpdates: 'all' });
+    expect(inserts[0]!.path).toBe('/calendar/v3/calendars/primary/events');
+    const body = inserts[0]!.body as Event;
+    expect(body.id).toBe(ev.id);
+    expect(body.start).toEqual({ dateTime: start.iso, timeZone: 'Asia/Kolkata' });
+    expect(body.end).toEqual({ dateTime: end.iso, timeZone: 'Asia/Kolkata' });
+    expect(body.conferenceData?.createRequest).toEqual({
+      requestId: expect.stringMatching(/^\S{8,}$/),
+      conferenceSolutionKey: { type: 'hangoutsMeet' },
+    });
+    expect(s.google.sentUpdates(c.email)).toEqual([{ eventId: ev.id, op: 'insert', sendUpdates: 'all' }]);
+
+    // Stored, as the owner API shows it
+    const meetings = await meetingsOf(c.userId);
+    expect(meetings).toHaveLength(1);
+    const expected = {
+      meeting_id: expect.stringMatching(/^mtg_[a-z0-9]+$/),
+      user_id: c.userId,
+      agent_id: c.agentId,
+      conversation_id: c.conversation_id,
+      message_id: messageId,
+      google_event_id: ev.id,
+      title: 'Demo',
+      customer_name: 'Siddhant',
+      customer_email: 'siddhant@gmail.com',
+      participants: ['Priya@Example.com'],
+      meeting_time: start.at.toISOString(),
+      duration_minutes: 45,
+      timezone: 'Asia/Kolkata',
+      meet_link: ev.hangoutLink,
+      html_link: ev.htmlLink,
+      status: 'scheduled',
+      cancelled_at: null,
+      created_at: expect.stringMatching(/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/),
+      updated_at: expect.stringMatching(/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/),
+    };
+    expect(meetings[0]).toEqual(expected);
+    const one = await s.app.http.inject({
+      url: `/api/meetings/${meetings[0]!.meeting_id}`,
+      headers: s.admin,
+    });
+    expect(one.statusCode).toBe(200);
+    expect(one.json()).toEqual({ success: true, meeting: meetings[0] });
+
+    // The customer's confirmation: prose first, the seed's text, the real link; no JSON
+    const reply = list.filter((m) => m.role === 'assistant').at(-1)!.content;
+    expect(reply).toBe(
+      `Great, I'll set that up for you.\n\nTalk soon!\n\n${confirmation('tomorrow at 7 PM IST', ev.hangoutLink!)}`,
+    );
+    expect(reply).not.toContain('Time_to_121meet');
+  });
+
+  it('leaves timeZone out when the agent’s zone does not have the action’s offset', async () => {
+    const c = await newChat({ agent: { timezone: 'Europe/Berlin' } });
+    const start = wallTime(2, 10, 30, 330);
+    const reply = await ask(c, 'book', {
+      content: JSON.stringify([seedAction({ meeting_time: start.iso, friendly_time: 'in two days' })]),
+    });
+    const body = requestsFor('events.insert')[0]!.body as Event;
+    expect(body.start).toEqual({ dateTime: start.iso });
+    expect(body.end).toEqual({ dateTime: wallTime(2, 11, 0, 330).iso }); // default 30 minutes
+    const ev = s.google.events(c.email)[0]!;
+    expect(reply).toBe(confirmation('in two days', ev.hangoutLink!));
+    const [m] = await meetingsOf(c.userId);
+    expect(m).toMatchObject({ meeting_time: start.at.toISOString(), duration_minutes: 30 });
+  });
+
+  it('puts the IANA zone on the event for a Z time when the agent’s zone is UTC', async () => {
+    const c = await newChat({ agent: { timezone: 'UTC' } });
+    const start = wallTime(3, 9, 0, 0);
+    const iso = start.iso.replace('+00:00', 'Z');
+    await ask(c, 'book', { content: JSON.stringify(seedAction({ meeting_time: iso })) });
+    const body = requestsFor('events.insert')[0]!.body as Event;
+    expect(body.start?.timeZone).toBe('UTC');
+    expect(Date.parse(body.start?.dateTime ?? '')).toBe(start.at.getTime());
+  });
+
+  it('books from the tool-call form, formatting the time in the agent’s zone when friendly_time is null', async () => {
+    const c = await newChat({ agent: { timezone: 'America/New_York' } });
+    const start = wallTime(4, 15, 0, 0);
+    const reply = await ask(c, 'book a call', {
+      toolCalls: [
+        {
+          name: 'Time_to_121meet',
+          arguments: {
+            name: 'Ana',
+            email: 'ana@example.com',
+            title: 'Onboarding call',
+            participants: ['bob@example.com'],
+            meeting_time: start.iso.replace('+00:00', 'Z'),
+            friendly_time: null,
+          },
+        },
+      ],
+    });
+    const ev = s.google.events(c.email)[0]!;
+    expect(ev.summary).toBe('Onboarding call');
+    expect(ev.attendees?.map((a) => a.email)).toEqual(['ana@example.com', 'bob@example.com']);
+    const when = new Intl.DateTimeFormat('en-US', {
+      timeZone: 'America/New_York',
+      weekday: 'long',
+      year: 'numeric',
+      month: 'long',
+      day: 'numeric',
+      hour: 'numeric',
+      minute: '2-digit',
+      timeZoneName: 'short',
+    }).format(start.at);
+    expect(reply).toBe(confirmation(when, ev.hangoutLink!));
+    const [m] = await meetingsOf(c.userId);
+    expect(m).toMatchObject({
+      customer_name: 'Ana',
+      customer_email: 'ana@example.com',
+      title: 'Onboarding call',
+    });
+  });
+
+  it('uses the conversation’s customer name and "Meeting" when the action has neither name nor title', async () => {
+    const c = await newChat();
+    await ask(c, 'book', {
+      content: `\`\`\`json\n${JSON.stringify(seedAction({ name: null, title: null }))}\n\`\`\``,
+    });
+    const ev = s.google.events(c.email)[0]!;
+    expect(ev.summary).toBe('Meeting');
+    expect(ev.description).toContain('Sid from chat');
+    const [m] = await meetingsOf(c.userId);
+    expect(m).toMatchObject({ title: 'Meeting', customer_name: 'Sid from chat' });
+  });
+});
+
+describe('booking: several actions in one answer', () => {
+  it('books the same meeting once when the model both calls the tool and writes the JSON', async () => {
+    const c = await newChat();
+    const a = seedAction();
+    const { action: _action, ...args } = a;
+    const reply = await ask(c, 'book', {
+      content: `Booking it now.\n${JSON.stringify([a])}`,
+      toolCalls: [{ name: 'Time_to_121meet', arguments: args }],
+    });
+    const events = s.google.events(c.email);
+    expect(events).toHaveLength(1);
+    expect(await meetingsOf(c.userId)).toHaveLength(1);
+    expect(reply).toBe(`Booking it now.\n\n${confirmation('tomorrow at 7 PM IST', events[0]!.hangoutLink!)}`);
+  });
+
+  it('books a repeated array item once', async () => {
+    const c = await newChat();
+    const a = seedAction();
+    const reply = await ask(c, 'book', { content: JSON.stringify([a, a]) });
+    const events = s.google.events(c.email);
+    expect(events).toHaveLength(1);
+    expect(reply).toBe(confirmation('tomorrow at 7 PM IST', events[0]!.hangoutLink!));
+  });
+
+  it('books two different meetings from one answer', async () => {
+    const c = await newChat();
+    const reply = await ask(c, 'book both', {
+      content: JSON.stringify([
+        seedAction({ title: 'First', friendly_time: 'first' }),
+        seedAction({ title: 'Second', meeting_time: wallTime(2, 19, 0, 330).iso, friendly_time: 'second' }),
+      ]),
+    });
+    const link = (t: string) => s.google.events(c.email).find((e) => e.summary === t)!.hangoutLink!;
+    expect(reply).toBe(
+      `${confirmation('first', link('First'))}\n\n${confirmation('second', link('Second'))}`,
+    );
+    expect(await meetingsOf(c.userId)).toHaveLength(2);
+  });
+
+  it('answers a malformed tool call with a clear message and books nothing', async () => {
+    const c = await newChat();
+    const reply = await ask(c, 'book', {
+      toolCalls: [{ name: 'Time_to_121meet', arguments: '{"name": "Sid", "email": ' }],
+    });
+    expect(reply).toBe(invalid('the email is missing; the meeting time is missing'));
+    expect(s.google.requests).toHaveLength(0);
+  });
+});
+
+describe('booking: refusals', () => {
+  it('answers MEETING_ERROR_MESSAGE and books nothing when the owner has no calendar connected', async () => {
+    const c = await newChat({ connect: false });
+    const reply = await ask(c, 'book', { content: JSON.stringify([seedAction()]) });
+    expect(reply).toBe(s.app.config.meetingErrorMessage);
+    expect(s.google.requests).toHaveLength(0);
+    expect(await meetingsOf(c.userId)).toEqual([]);
+  });
+
+  it('keeps the model’s prose before MEETING_ERROR_MESSAGE', async () => {
+    const c = await newChat({ connect: false });
+    const reply = await ask(c, 'book', { content: `One moment!\n${JSON.stringify([seedAction()])}` });
+    expect(reply).toBe(`One moment!\n\n${s.app.config.meetingErrorMessage}`);
+  });
+
+  const cases: Array<[string, Record<string, unknown>, string]> = [
+    [
+      'a time in the past',
+      { meeting_time: wallTime(-1, 10, 0, 330).iso },
+      'that time is in the past, please pick another time',
+    ],
+    [
+      'a time without an offset',
+      { meeting_time: wallTime(1, 10, 0, 0).iso.slice(0, 19) },
+      'the meeting time must be a full date and time with its time zone, e.g. 2025-10-06T19:00:00+05:30',
+    ],
+    [
+      'a time too soon',
+      { meeting_time: new Date(Date.now() + 60_000).toISOString() },
+      "meetings need at least 5 minutes' notice, please pick a later time",
+    ],
+    [
+      'a time beyond the horizon',
+      { meeting_time: wallTime(120, 10, 0, 0).iso },
+      'meetings can be booked at most 90 days ahead, please pick an earlier date',
+    ],
+    ['a bad email', { email: 'siddhant(at)gmail' }, 'the email is not a valid email address'],
+    [
+      'a bad invitee',
+      { participants: ['ok@example.com', 'nope'] },
+      'an invitee is not a valid email address',
+    ],
+    [
+      'too many participants',
+      { participants: Array.from({ length: 11 }, (_, i) => `p${i}@example.com`) },
+      'at most 10 participants can be invited',
+    ],
+    ['a title over 200 characters', { title: 'x'.repeat(201) }, 'the title must be at most 200 characters'],
+  ];
+  it.each(cases)('refuses %s with a clear message and books nothing', async (_label, over, problem) => {
+    const c = await newChat();
+    const reply = await ask(c, 'book', { content: `Sure.\n${JSON.stringify([seedAction(over)])}` });
+    expect(reply).toBe(`Sure.\n\n${invalid(problem)}`);
+    expect(reply).not.toContain('{');
+    expect(s.google.requests).toHaveLength(0);
+    expect(s.google.events(c.email)).toEqual([]);
+    expect(await meetingsOf(c.userId)).toEqual([]);
+  });
+
+  it('books at most MAX_BOOKINGS_PER_CONVERSATION upcoming meetings per conversation', async () => {
+    const c = await newChat();
+    const act = (n: number) =>
+      seedAction({
+        title: `T${n}`,
+        meeting_time: wallTime(n, 10, 0, 330).iso,
+        friendly_time: `day ${n}`,
+      });
+    const linkOf = (title: string) =>
+      s.google.events(c.email).find((e) => e.summary === title)?.hangoutLink ?? 'missing';
+
+    const r1 = await ask(c, 'two please', { content: JSON.stringify([act(1), act(2)]) }, 1);
+    expect(r1).toBe(`${confirmation('day 1', linkOf('T1'))}\n\n${confirmation('day 2', linkOf('T2'))}`);
+    // One more fits; the second action of the same reply is over the limit.
+    const r2 = await ask(c, 'two more', { content: JSON.stringify([act(3), act(4)]) }, 2);
+    expect(r2).toBe(`${confirmation('day 3', linkOf('T3'))}\n\n${tooMany(3)}`);
+    const r3 = await ask(c, 'and one more', { content: JSON.stringify([act(5)]) }, 3);
+    expect(r3).toBe(tooMany(3));
+    expect(s.google.events(c.email).map((e) => e.summary)).toEqual(['T1', 'T2', 'T3']);
+    expect((await meetingsOf(c.userId)).map((m) => m.title)).toEqual(['T1', 'T2', 'T3']);
+
+    // A cancelled meeting no longer counts.
+    const first = (await meetingsOf(c.userId))[0]!;
+    const cancel = await s.app.http.inject({
+      method: 'POST',
+      url: `/api/meetings/${first.meeting_id}/cancel`,
+      headers: s.admin,
+    });
+    expect(cancel.statusCode).toBe(200);
+    const r4 = await ask(c, 'ok, now this one', { content: JSON.stringify([act(6)]) }, 4);
+    expect(r4).toBe(confirmation('day 6', linkOf('T6')));
+
+    // The limit is per conversation: another conversation of the same agent can book.
+    const other = await newChat({ userId: c.userId, agentId: c.agentId });
+    const r5 = await ask(other, 'book', { content: JSON.stringify([act(7)]) });
+    expect(r5).toBe(confirmation('day 7', linkOf('T7')));
+  });
+});
+
+describe('booking: never twice', () => {
+  it('a response lost after the insert gives exactly one event and one meeting (retry -> 409 -> get)', async () => {
+    const c = await newChat();
+    s.google.fail('events.insert', { kind: 'lost-response' }, 1);
+    const reply = await ask(c, 'book', { content: JSON.stringify([seedAction()]) });
+    const events = s.google.events(c.email);
+    expect(events).toHaveLength(1);
+    expect(requestsFor('events.insert').map((r) => r.status)).toEqual([0, 409]);
+    expect(requestsFor('events.get').map((r) => r.status)).toEqual([200]);
+    expect(requestsFor('events.get')[0]!.path).toContain(events[0]!.id!);
+    expect(reply).toBe(confirmation('tomorrow at 7 PM IST', events[0]!.hangoutLink!));
+    const meetings = await meetingsOf(c.userId);
+    expect(meetings).toHaveLength(1);
+    expect(meetings[0]!.google_event_id).toBe(events[0]!.id);
+  });
+
+  it('a job that fails after creating the event runs again and still books once, with one confirmation', async () => {
+    const c = await newChat();
+    // Every attempt of the first run loses its answer (the first one creates the event): the run
+    // gives up with a retryable error and the queue runs the job again, which finds the event.
+    s.google.fail('events.insert', { kind: 'lost-response' }, 4);
+    s.openai.responder = () => ({ content: JSON.stringify([seedAction()]) });
+    const messageId = await s.send(c.conversation_id, c.customer_token, 'book');
+    const list = await s.waitForReplies(c.conversation_id, c.customer_token, 1, 30_000);
+    const inserts = requestsFor('events.insert');
+    expect(inserts.length).toBe(5);
+    expect(inserts.at(-1)!.status).toBe(409);
+    expect(s.openai.requests).toHaveLength(1); // the stored model output was reused
+    const events = s.google.events(c.email);
+    expect(events).toHaveLength(1);
+    expect(list.filter((m) => m.role === 'assistant').map((m) => m.content)).toEqual([
+      confirmation('tomorrow at 7 PM IST', events[0]!.hangoutLink!),
+    ]);
+    expect(await meetingsOf(c.userId)).toHaveLength(1);
+    const row = await s.app.database.db
+      .selectFrom('messages')
+      .select(['status', 'attempts'])
+      .where('message_id', '=', messageId)
+      .executeTakeFirstOrThrow();
+    expect(row.status).toBe('answered');
+    expect(row.attempts).toBeGreaterThanOrEqual(1);
+  });
+
+  it('a duplicate job for an answered message does nothing (worker crash / redelivery)', async () => {
+    const c = await newChat();
+    s.openai.responder = (req) => {
+      const last = [...req.messages].reverse().find((m) => m.role === 'user');
+      return messageText(last?.content) === 'book'
+        ? { content: JSON.stringify([seedAction()]) }
+        : { content: 'Anything else?' };
+    };
+    const messageId = await s.send(c.conversation_id, c.customer_token, 'book');
+    await s.waitForReplies(c.conversation_id, c.customer_token, 1);
+    s.google.reset();
+    // The same job again, then a new message: per-conversation FIFO runs the duplicate first.
+    await s.app.database.db
+      .transaction()
+      .execute((trx) => s.app.queue.enqueueMessage(trx, { messageId, conversationId: c.conversation_id }));
+    await s.send(c.conversation_id, c.customer_token, 'thanks');
+    await s.waitForReplies(c.conversation_id, c.customer_token, 2);
+    const replies = await assistantReplies(c);
+    expect(replies).toHaveLength(2);
+    expect(replies[0]).toMatch(/^✅ Meeting confirmed!/);
+    expect(replies[1]).toBe('Anything else?');
+    expect(s.google.requests.filter((r) => r.op !== 'token')).toEqual([]);
+    expect(s.google.events(c.email)).toHaveLength(1);
+    expect(await meetingsOf(c.userId)).toHaveLength(1);
+  });
+});
+
+describe('booking: the Meet link', () => {
+  it('polls a pending conference until it has a link', async () => {
+    const c = await newChat();
+    s.google.conferenceMode = 'pending';
+    s.google.pendingPolls = 2;
+    const reply = await ask(c, 'book', { content: JSON.stringify([seedAction()]) });
+    const insert = requestsFor('events.insert');
+    expect(insert).toHaveLength(1);
+    expect(requestsFor('events.get').length).toBe(2);
+    const ev = s.google.events(c.email)[0]!;
+    expect(ev.conferenceData?.createRequest?.status?.statusCode).toBe('success');
+    expect(reply).toBe(confirmation('tomorrow at 7 PM IST', ev.hangoutLink!));
+    const [m] = await meetingsOf(c.userId);
+    expect(m!.meet_link).toBe(ev.hangoutLink);
+  });
+
+  it('a failed conference still books; the confirmation says the link is in the invite', async () => {
+    const c = await newChat();
+    s.google.conferenceMode = 'failure';
+    const reply = await ask(c, 'book', { content: JSON.stringify([seedAction()]) });
+    expect(reply).toBe(confirmationWithoutLink('tomorrow at 7 PM IST'));
+    expect(s.google.events(c.email)).toHaveLength(1);
+    const [m] = await meetingsOf(c.userId);
+    expect(m).toMatchObject({ status: 'scheduled', meet_link: null });
+  });
+
+  it('a conference still pending after the wait books without a link (bounded polling)', async () => {
+    const c = await newChat();
+    s.google.conferenceMode = 'pending';
+    s.google.pendingPolls = 1000;
+    const reply = await ask(c, 'book', { content: JSON.stringify([seedAction()]) });
+    expect(reply).toBe(confirmationWithoutLink('tomorrow at 7 PM IST'));
+    const gets = requestsFor('events.get').length;
+    expect(gets).toBeGreaterThanOrEqual(1);
+    expect(gets).toBeLessThanOrEqual(6);
+    const [m] = await meetingsOf(c.userId);
+    expect(m).toMatchObject({ status: 'scheduled', meet_link: null });
+  });
+});
