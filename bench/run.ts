@@ -1,0 +1,113 @@
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { runApi } from './api.js';
+import { runPipeline } from './pipeline.js';
+import { startBenchStack } from './setup.js';
+import { table } from './stats.js';
+
+/**
+ * npm run bench [-- --duration 10 --loads 10,50,200 --concurrency 32 --model-latency 300
+ *                  --google-latency 150 --worker-concurrency 100 --owners 5 --json]
+ * Embedded database always; a PostgreSQL server too when BENCH_DATABASE_URL is set.
+ */
+const { values } = parseArgs({
+  options: {
+    duration: { type: 'string', default: '10' },
+    loads: { type: 'string', default: '10,50,200' },
+    concurrency: { type: 'string', default: '32' },
+    'model-latency': { type: 'string', default: '300' },
+    'google-latency': { type: 'string', default: '150' },
+    'worker-concurrency': { type: 'string', default: '100' },
+    owners: { type: 'string', default: '5' },
+    'api-duration': { type: 'string', default: '5' },
+    only: { type: 'string', default: 'pipeline,api' },
+    json: { type: 'boolean', default: false },
+  },
+});
+const num = (k: keyof typeof values) => {
+  const v = Number(values[k]);
+  if (!Number.isFinite(v) || v <= 0) throw new Error(`--${k} must be a positive number`);
+  return v;
+};
+const loads = String(values.loads)
+  .split(',')
+  .map(Number)
+  .filter((n) => n > 0);
+const only = new Set(String(values.only).split(','));
+const modelLatencyMs = num('model-latency');
+const googleLatencyMs = num('google-latency');
+
+const targets: Array<{ name: string; url?: string }> = [{ name: 'embedded' }];
+if (process.env.BENCH_DATABASE_URL) targets.push({ name: 'server', url: process.env.BENCH_DATABASE_URL });
+
+const report: { date: string; results: unknown[]; [k: string]: unknown } = {
+  date: new Date().toISOString(),
+  node: process.version,
+  options: { ...values, loads },
+  results: [],
+};
+
+for (const target of targets) {
+  if (only.has('pipeline')) {
+    for (const rate of loads) {
+      const stack = await startBenchStack({
+        databaseUrl: target.url,
+        modelLatencyMs,
+        googleLatencyMs,
+        workerConcurrency: num('worker-concurrency'),
+      });
+      try {
+        const r = await runPipeline(stack, {
+          rate,
+          durationS: num('duration'),
+          owners: num('owners'),
+          modelLatencyMs,
+          googleLatencyMs,
+        });
+        (report.results as unknown[]).push({ kind: 'pipeline', database: target.name, ...r });
+        process.stderr.write(`pipeline ${target.name} ${rate}/s done\n`);
+      } finally {
+        await stack.close();
+      }
+    }
+  }
+  if (only.has('api')) {
+    const stack = await startBenchStack({
+      databaseUrl: target.url,
+      modelLatencyMs,
+      googleLatencyMs,
+      workerConcurrency: 1,
+      role: 'api',
+    });
+    try {
+      for (const r of await runApi(stack, {
+        concurrency: num('concurrency'),
+        durationS: num('api-duration'),
+      })) {
+        (report.results as unknown[]).push({ kind: 'api', database: target.name, ...r });
+      }
+      process.stderr.write(`api ${target.name} done\n`);
+    } finally {
+      await stack.close();
+    }
+  }
+}
+
+const results = report.results as Array<Record<string, string | number>>;
+const pipeline = results.filter((r) => r.kind === 'pipeline').map(({ kind: _k, ...r }) => r);
+const api = results.filter((r) => r.kind === 'api').map(({ kind: _k, ...r }) => r);
+const out = [
+  `Pipeline (model ${modelLatencyMs} ms, Google ${googleLatencyMs} ms; overhead = end-to-end minus emulator time)`,
+  table(pipeline),
+  '',
+  'API (same process, same run)',
+  table(api),
+].join('\n');
+process.stdout.write(`${out}\n`);
+
+mkdirSync('bench/results', { recursive: true });
+const file = `bench/results/${report.date.slice(0, 10)}.json`;
+writeFileSync(file, `${JSON.stringify(report, null, 2)}\n`);
+if (values.json) process.stdout.write(`${JSON.stringify(report)}\n`);
+process.stderr.write(`results written to ${file}\n`);
+process.exit(0);
