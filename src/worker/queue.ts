@@ -196,7 +196,9 @@ export class JobQueue {
         }
         // A full batch means more may be waiting; otherwise sleep until woken or the poll.
         if (fetched > 0 && fetched === free) continue;
-        if (woken) continue;
+        // Woken with no free slot: wait (a finishing job nudges again). Looping here would spin
+        // without awaiting and starve the event loop: jobs, heartbeats and signals would all stall.
+        if (woken && this.settings.concurrency - inFlight.size > 0) continue;
         await new Promise<void>((resolve) => {
           const timer = setTimeout(resolve, 2_000);
           wake = () => {
