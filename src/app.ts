@@ -8,11 +8,13 @@ import { buildHttpApp } from './http/app.js';
 import { LiveFeed } from './http/live-feed.js';
 import { meetingRoutes } from './http/routes/meetings.js';
 import { type PageRouteDeps, pageRoutes } from './http/routes/pages.js';
+import { webhookRoutes } from './http/routes/webhooks.js';
 import type { ChatModel } from './llm/chat-model.js';
 import { OpenAIChatModel } from './llm/openai-chat-model.js';
 import { createLogger } from './logger.js';
 import { Metrics } from './metrics.js';
 import { AgentStore } from './store/agents.js';
+import { BookingLeaseStore } from './store/booking-leases.js';
 import { CalendarConnectionStore } from './store/calendar-connections.js';
 import { ConversationStore } from './store/conversations.js';
 import { type Database, type DatabaseOptions, openDatabase } from './store/database.js';
@@ -20,9 +22,12 @@ import { MeetingStore } from './store/meetings.js';
 import { MessageStore } from './store/messages.js';
 import { isMigrated, migrate } from './store/migrate.js';
 import { SecretBox } from './store/secret-box.js';
+import { WebhookStore } from './store/webhooks.js';
 import { BookingService } from './worker/booking-service.js';
+import { OwnerBookingLock } from './worker/owner-lock.js';
 import { createMessageProcessor } from './worker/process-message.js';
 import { JobQueue } from './worker/queue.js';
+import { WebhookDispatcher, type WebhookOptions } from './worker/webhooks.js';
 
 /** api: HTTP only; worker: answers messages only; all: both (the default, one process). */
 export type Role = 'api' | 'worker' | 'all';
@@ -39,6 +44,8 @@ export interface ApplicationOptions {
   chatModel?: ChatModel;
   /** Chat and meetings pages; only the sandbox (`npm run demo`) passes `sandbox`. */
   pages?: Omit<PageRouteDeps, 'agents'>;
+  /** Owner webhook delivery tuning (tests shorten the retry backoff). */
+  webhooks?: WebhookOptions;
 }
 
 export interface Application {
@@ -124,6 +131,13 @@ export async function createApplication(
     await queue.start();
     cleanup.push(() => queue.stop());
 
+    // Owner webhooks: a second pg-boss queue beside the message queue (src/worker/webhooks.ts).
+    const webhookStore = new WebhookStore(db, new SecretBox(config.tokenEncryptionKeys));
+    const webhooks = new WebhookDispatcher(queue.boss, webhookStore, db, logger, options.webhooks);
+    await webhooks.start();
+    cleanup.push(() => webhooks.stop());
+    if (role !== 'api') await webhooks.work();
+
     if (role !== 'api') {
       const model =
         options.chatModel ??
@@ -136,6 +150,9 @@ export async function createApplication(
       const booking = new BookingService({
         calendar,
         meetings,
+        agents,
+        lock: new OwnerBookingLock(new BookingLeaseStore(db), logger),
+        events: webhooks,
         limits: config.booking,
         meetingErrorMessage: config.meetingErrorMessage,
         now,
@@ -179,7 +196,14 @@ export async function createApplication(
       metrics,
       extraRoutes: [
         async (app) => {
-          await app.register(meetingRoutes, { adminKey: config.adminApiKey, meetings, calendar });
+          await app.register(meetingRoutes, {
+            adminKey: config.adminApiKey,
+            meetings,
+            calendar,
+            db,
+            events: webhooks,
+          });
+          await app.register(webhookRoutes, { adminKey: config.adminApiKey, webhooks: webhookStore });
           await app.register(pageRoutes, { agents, ...options.pages });
         },
       ],

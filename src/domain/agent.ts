@@ -1,3 +1,4 @@
+import type { BookingSettings } from './availability.js';
 import { InvalidInput } from './errors.js';
 import { isIanaTimeZone } from './time.js';
 
@@ -9,6 +10,8 @@ export interface Agent {
   timezone: string;
   model: string | null;
   meetingDurationMinutes: number;
+  /** Working hours, buffer, notice and horizon (migration 005); absent where a query did not load them. */
+  booking?: BookingSettings;
   createdAt: Date;
   updatedAt: Date;
 }

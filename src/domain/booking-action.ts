@@ -1,4 +1,4 @@
-import { BOOKING_ACTION } from './prompt.js';
+import { MEETING_ACTIONS } from './prompt.js';
 
 /**
  * Finding the seed's booking action in what the model wrote.
@@ -51,7 +51,7 @@ function isBookingAction(value: unknown): value is Record<string, unknown> {
     typeof value === 'object' &&
     value !== null &&
     !Array.isArray(value) &&
-    (value as { action?: unknown }).action === BOOKING_ACTION
+    (MEETING_ACTIONS as readonly unknown[]).includes((value as { action?: unknown }).action)
   );
 }
 

@@ -68,6 +68,43 @@ function parseRfc3339(value: string): { start: Date; offsetMinutes: number } | u
   return { start: new Date(local - offsetMinutes * 60_000), offsetMinutes };
 }
 
+/**
+ * A meeting time alone (a reschedule's `new_time`, an availability query): same format, notice and
+ * horizon rules as a booking. Returns the problem phrased for the customer, or the instant.
+ */
+export function validateMeetingTime(
+  raw: unknown,
+  limits: Pick<BookingLimits, 'minNoticeMinutes' | 'horizonDays'>,
+  now: Date,
+): { ok: true; start: Date; offsetMinutes: number } | { ok: false; problem: string } {
+  const when = typeof raw === 'string' ? parseRfc3339(raw.trim()) : undefined;
+  if (!when) {
+    return {
+      ok: false,
+      problem: 'the new time must be a full date and time with its time zone, e.g. 2025-10-06T19:00:00+05:30',
+    };
+  }
+  const problem = timingProblem(when.start, limits, now);
+  return problem ? { ok: false, problem } : { ok: true, ...when };
+}
+
+function timingProblem(
+  start: Date,
+  limits: Pick<BookingLimits, 'minNoticeMinutes' | 'horizonDays'>,
+  now: Date,
+): string | undefined {
+  const earliest = now.getTime() + limits.minNoticeMinutes * 60_000;
+  const latest = now.getTime() + limits.horizonDays * 86_400_000;
+  if (start.getTime() <= now.getTime()) return 'that time is in the past, please pick another time';
+  if (start.getTime() < earliest) {
+    return `meetings need at least ${limits.minNoticeMinutes} minutes' notice, please pick a later time`;
+  }
+  if (start.getTime() > latest) {
+    return `meetings can be booked at most ${limits.horizonDays} days ahead, please pick an earlier date`;
+  }
+  return undefined;
+}
+
 /** Checks an action against the rules; `problems` are phrased for the customer. */
 export function validateBookingAction(raw: unknown, limits: BookingLimits, now: Date): ValidationResult {
   const parsed = actionSchema.safeParse(raw);
@@ -93,19 +130,8 @@ export function validateBookingAction(raw: unknown, limits: BookingLimits, now: 
       'the meeting time must be a full date and time with its time zone, e.g. 2025-10-06T19:00:00+05:30',
     );
   } else {
-    const earliest = now.getTime() + limits.minNoticeMinutes * 60_000;
-    const latest = now.getTime() + limits.horizonDays * 86_400_000;
-    if (when.start.getTime() <= now.getTime())
-      problems.push('that time is in the past, please pick another time');
-    else if (when.start.getTime() < earliest) {
-      problems.push(
-        `meetings need at least ${limits.minNoticeMinutes} minutes' notice, please pick a later time`,
-      );
-    } else if (when.start.getTime() > latest) {
-      problems.push(
-        `meetings can be booked at most ${limits.horizonDays} days ahead, please pick an earlier date`,
-      );
-    }
+    const problem = timingProblem(when.start, limits, now);
+    if (problem) problems.push(problem);
   }
   const main = a.email.toLowerCase();
   const seen = new Set([main]);

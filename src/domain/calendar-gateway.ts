@@ -24,8 +24,26 @@ export interface CreatedCalendarEvent {
   existed: boolean;
 }
 
+/** New times for an existing event (a reschedule). */
+export interface EventTimes {
+  startDateTime: string;
+  endDateTime: string;
+  timeZone: string | undefined;
+}
+
+export interface BusyInterval {
+  start: Date;
+  end: Date;
+}
+
 export interface CalendarGateway {
   createEvent(ownerId: string, event: NewCalendarEvent): Promise<CreatedCalendarEvent>;
+  /** Busy time on the owner's primary calendar within [from, to), merged, in order. */
+  freeBusy(ownerId: string, from: Date, to: Date): Promise<BusyInterval[]>;
+  /** True when the event exists and is not cancelled (a retried booking whose insert already happened). */
+  eventExists(ownerId: string, eventId: string): Promise<boolean>;
+  /** Moves an event; attendees are notified (sendUpdates=all). Same times again is harmless. */
+  patchEvent(ownerId: string, eventId: string, times: EventTimes): Promise<CreatedCalendarEvent>;
   /** Resolves when the event is gone, including when it already was (404/410). */
   deleteEvent(ownerId: string, eventId: string): Promise<void>;
 }

@@ -19,3 +19,32 @@ export const bookingTexts = {
     `This conversation already has ${max} upcoming meeting${max === 1 ? '' : 's'} booked, which is the most I can book here. ` +
     'If you need a change, please contact the business directly.',
 } as const;
+
+/** A reschedule's confirmation, in the seed's style. */
+export function rescheduleConfirmation(friendlyTime: string, meetLink: string | null): string {
+  const link = meetLink ? `🔗 Join here: ${meetLink}` : '🔗 The meeting link is in your calendar invite.';
+  return `✅ Meeting rescheduled!\n\n📅 Meeting now scheduled for ${friendlyTime}\n${link}\n\nYou'll receive an updated calendar invite via email.`;
+}
+
+/** A cancellation's confirmation, in the seed's style. */
+export function cancellationConfirmation(friendlyTime: string): string {
+  return `✅ Meeting cancelled.\n\n📅 The meeting scheduled for ${friendlyTime} has been cancelled.\n\nYou'll receive a cancellation email.`;
+}
+
+export const availabilityTexts = {
+  /** The requested time cannot be booked; `alternatives` are friendly times of real free slots. */
+  unavailable: (reason: 'busy' | 'outside_hours', alternatives: string[], hours?: string) => {
+    const why =
+      reason === 'busy'
+        ? 'that time is not available'
+        : `that time is outside our working hours${hours ? ` (${hours})` : ''}`;
+    if (alternatives.length === 0) {
+      return `Sorry, ${why}, and I couldn't find a free time close to it. Could you suggest another day?`;
+    }
+    return `Sorry, ${why}. The nearest free times are:\n${alternatives.map((a) => `• ${a}`).join('\n')}\n\nWhich one would you like?`;
+  },
+  noMeeting: () =>
+    "I couldn't find an upcoming meeting booked in this conversation to change. If you booked elsewhere, please contact the business directly.",
+  unknownMeeting: () =>
+    "I couldn't find that meeting among the upcoming meetings booked in this conversation. Could you tell me which one you mean?",
+} as const;

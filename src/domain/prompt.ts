@@ -54,3 +54,63 @@ export const bookingToolParameters = {
   required: ['name', 'email', 'title', 'participants', 'meeting_time', 'friendly_time'],
   additionalProperties: false,
 } as const;
+
+/** Tools beyond the seed's booking action (issue 8). */
+export const CHECK_AVAILABILITY = 'check_availability';
+export const RESCHEDULE_ACTION = 'reschedule_meeting';
+export const CANCEL_ACTION = 'cancel_meeting';
+
+/** Action names that change meetings (as tool calls, or as JSON `action` in the text). */
+export const MEETING_ACTIONS = [BOOKING_ACTION, RESCHEDULE_ACTION, CANCEL_ACTION] as const;
+
+export const checkAvailabilityParameters = {
+  type: 'object',
+  properties: {
+    start_date: { type: 'string', description: 'First day to check, YYYY-MM-DD in the business time zone' },
+    end_date: {
+      type: ['string', 'null'],
+      description: 'Last day to check (inclusive), YYYY-MM-DD; null for just start_date',
+    },
+  },
+  required: ['start_date', 'end_date'],
+  additionalProperties: false,
+} as const;
+
+export const rescheduleParameters = {
+  type: 'object',
+  properties: {
+    meeting_id: {
+      type: ['string', 'null'],
+      description: 'Id of a meeting listed as booked in this conversation; null for the latest one',
+    },
+    new_time: {
+      type: 'string',
+      description: 'New RFC 3339 date-time with UTC offset, e.g. 2025-10-06T19:00:00+05:30',
+    },
+    friendly_time: { type: ['string', 'null'], description: 'The new time as said to the customer' },
+  },
+  required: ['meeting_id', 'new_time', 'friendly_time'],
+  additionalProperties: false,
+} as const;
+
+export const cancelParameters = {
+  type: 'object',
+  properties: {
+    meeting_id: {
+      type: ['string', 'null'],
+      description: 'Id of a meeting listed as booked in this conversation; null for the latest one',
+    },
+  },
+  required: ['meeting_id'],
+  additionalProperties: false,
+} as const;
+
+/** Instructions for availability, rescheduling and cancelling, appended after the booking ones. */
+export function meetingToolInstructions(): string {
+  return [
+    `Before proposing or booking a time, you can call ${CHECK_AVAILABILITY} to see real free times; offer only those.`,
+    `To move a meeting booked in this conversation, call ${RESCHEDULE_ACTION} (or answer with {"action": "${RESCHEDULE_ACTION}", "meeting_id": <id or null>, "new_time": "<RFC 3339 with offset>", "friendly_time": "<text>"}).`,
+    `To cancel one, call ${CANCEL_ACTION} (or answer with {"action": "${CANCEL_ACTION}", "meeting_id": <id or null>}).`,
+    'Use only meeting ids listed below; with null the most recently booked upcoming meeting is meant.',
+  ].join('\n');
+}

@@ -96,3 +96,34 @@ export function friendlyTime(at: Date, zone: string): string {
     timeZoneName: 'short',
   }).format(at);
 }
+
+/** The local calendar date and clock in `zone` at that instant (weekday 0 = Sunday). */
+export function localDateTime(
+  at: Date,
+  zone: string,
+): { year: number; month: number; day: number; hour: number; minute: number; weekday: number } {
+  const p = zonedParts(at, zone);
+  return {
+    year: p.year,
+    month: p.month,
+    day: p.day,
+    hour: p.hour,
+    minute: p.minute,
+    weekday: new Date(Date.UTC(p.year, p.month - 1, p.day)).getUTCDay(),
+  };
+}
+
+/** The instant a wall-clock time in `zone` denotes (two passes settle the offset around DST changes). */
+export function zonedInstant(
+  year: number,
+  month: number,
+  day: number,
+  hour: number,
+  minute: number,
+  zone: string,
+): Date {
+  const wall = Date.UTC(year, month - 1, day, hour, minute);
+  let t = wall - zoneOffsetMinutes(new Date(wall), zone) * 60_000;
+  t = wall - zoneOffsetMinutes(new Date(t), zone) * 60_000;
+  return new Date(t);
+}

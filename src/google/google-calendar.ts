@@ -1,7 +1,13 @@
 import { calendar, type calendar_v3 } from '@googleapis/calendar';
 import { OAuth2Client } from 'google-auth-library';
 import type { Logger } from 'pino';
-import type { CalendarGateway, CreatedCalendarEvent, NewCalendarEvent } from '../domain/calendar-gateway.js';
+import type {
+  BusyInterval,
+  CalendarGateway,
+  CreatedCalendarEvent,
+  EventTimes,
+  NewCalendarEvent,
+} from '../domain/calendar-gateway.js';
 import { Upstream } from '../domain/errors.js';
 import type { GoogleTokenProvider } from './token-provider.js';
 
@@ -218,6 +224,93 @@ export class GoogleCalendarGateway implements CalendarGateway {
       }
     }
     return current;
+  }
+
+  /**
+   * freeBusy.query on the primary calendar. Needs the `calendar`, `calendar.readonly`,
+   * `calendar.freebusy` or `calendar.events.freebusy` scope: `calendar.events` alone is refused (403).
+   * https://developers.google.com/workspace/calendar/api/v3/reference/freebusy/query
+   */
+  async freeBusy(ownerId: string, from: Date, to: Date): Promise<BusyInterval[]> {
+    let data: calendar_v3.Schema$FreeBusyResponse;
+    try {
+      data = await this.#call(ownerId, 'freebusy.query', async (api) => {
+        const res = await api.freebusy.query(
+          {
+            requestBody: {
+              timeMin: from.toISOString(),
+              timeMax: to.toISOString(),
+              items: [{ id: 'primary' }],
+            },
+          },
+          { retry: false, timeout: this.options.timeoutMs },
+        );
+        return res.data;
+      });
+    } catch (err) {
+      throw this.#toDomain(err);
+    }
+    const cal = data.calendars?.primary;
+    // Per-calendar errors come back with a 200: treat them as "could not check", never as free.
+    if (cal?.errors?.length) {
+      throw new Upstream(
+        `Google freeBusy could not read the calendar (${cal.errors[0]?.reason ?? 'error'})`,
+        false,
+      );
+    }
+    return (cal?.busy ?? [])
+      .map((b) => ({ start: new Date(b.start ?? ''), end: new Date(b.end ?? '') }))
+      .filter((b) => !Number.isNaN(b.start.getTime()) && !Number.isNaN(b.end.getTime()))
+      .sort((a, b) => a.start.getTime() - b.start.getTime());
+  }
+
+  async eventExists(ownerId: string, eventId: string): Promise<boolean> {
+    try {
+      const event = await this.#call(ownerId, 'events.get', async (api) => {
+        const res = await api.events.get(
+          { calendarId: 'primary', eventId },
+          { retry: false, timeout: this.options.timeoutMs },
+        );
+        return res.data;
+      });
+      return event.status !== 'cancelled';
+    } catch (err) {
+      if (err instanceof GoogleFatal && (err.status === 404 || err.status === 410)) return false;
+      throw this.#toDomain(err);
+    }
+  }
+
+  async patchEvent(ownerId: string, eventId: string, times: EventTimes): Promise<CreatedCalendarEvent> {
+    let event: calendar_v3.Schema$Event;
+    try {
+      event = await this.#call(ownerId, 'events.patch', async (api) => {
+        const res = await api.events.patch(
+          {
+            calendarId: 'primary',
+            eventId,
+            sendUpdates: 'all',
+            requestBody: {
+              start: {
+                dateTime: times.startDateTime,
+                ...(times.timeZone ? { timeZone: times.timeZone } : {}),
+              },
+              end: { dateTime: times.endDateTime, ...(times.timeZone ? { timeZone: times.timeZone } : {}) },
+            },
+          },
+          { retry: false, timeout: this.options.timeoutMs },
+        );
+        return res.data;
+      });
+    } catch (err) {
+      throw this.#toDomain(err);
+    }
+    return {
+      eventId: event.id ?? eventId,
+      htmlLink: event.htmlLink ?? null,
+      meetLink: meetLinkOf(event),
+      conferenceStatus: conferenceStatusOf(event),
+      existed: true,
+    };
   }
 
   async deleteEvent(ownerId: string, eventId: string): Promise<void> {

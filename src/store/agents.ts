@@ -1,7 +1,9 @@
 import { type Kysely, type Selectable, sql } from 'kysely';
 import type { Agent } from '../domain/agent.js';
+import { type BookingSettings, DEFAULT_BOOKING_SETTINGS, parseWorkingHours } from '../domain/availability.js';
 import { newId } from './ids.js';
-import type { AgentTable, DB } from './schema.js';
+import type { DB } from './schema.js';
+import { type BookingDB, widen } from './schema-booking.js';
 
 export interface NewAgent {
   userId: string;
@@ -10,11 +12,38 @@ export interface NewAgent {
   timezone?: string | undefined;
   model?: string | null | undefined;
   meetingDurationMinutes?: number | undefined;
+  booking?: Partial<BookingSettings> | undefined;
 }
 
 export type AgentPatch = Partial<Omit<NewAgent, 'userId'>>;
 
-const toAgent = (r: Selectable<AgentTable>): Agent => ({
+function bookingOf(r: Selectable<BookingDB['agents']>): BookingSettings {
+  let workingHours: BookingSettings['workingHours'] = null;
+  if (r.working_hours !== null && r.working_hours !== undefined) {
+    const raw = typeof r.working_hours === 'string' ? JSON.parse(r.working_hours) : r.working_hours;
+    workingHours = parseWorkingHours(raw);
+  }
+  return {
+    workingHours,
+    bufferMinutes: r.buffer_minutes ?? 0,
+    minNoticeMinutes: r.min_notice_minutes ?? null,
+    horizonDays: r.horizon_days ?? null,
+  };
+}
+
+function bookingColumns(b: Partial<BookingSettings> | undefined) {
+  if (!b) return {};
+  return {
+    ...(b.workingHours !== undefined
+      ? { working_hours: b.workingHours === null ? null : JSON.stringify(b.workingHours) }
+      : {}),
+    ...(b.bufferMinutes !== undefined ? { buffer_minutes: b.bufferMinutes } : {}),
+    ...(b.minNoticeMinutes !== undefined ? { min_notice_minutes: b.minNoticeMinutes } : {}),
+    ...(b.horizonDays !== undefined ? { horizon_days: b.horizonDays } : {}),
+  };
+}
+
+const toAgent = (r: Selectable<BookingDB['agents']>): Agent => ({
   agentId: r.agent_id,
   userId: r.user_id,
   name: r.name,
@@ -22,12 +51,26 @@ const toAgent = (r: Selectable<AgentTable>): Agent => ({
   timezone: r.timezone,
   model: r.model,
   meetingDurationMinutes: r.meeting_duration_minutes,
+  booking: bookingOf(r),
   createdAt: r.created_at,
   updatedAt: r.updated_at,
 });
 
 export class AgentStore {
-  constructor(private readonly db: Kysely<DB>) {}
+  private readonly db: Kysely<BookingDB>;
+  constructor(db: Kysely<DB>) {
+    this.db = widen(db);
+  }
+
+  /** The agent's booking settings (defaults when the agent is unknown). */
+  async bookingSettings(agentId: string): Promise<BookingSettings> {
+    const row = await this.db
+      .selectFrom('agents')
+      .selectAll()
+      .where('agent_id', '=', agentId)
+      .executeTakeFirst();
+    return row ? bookingOf(row) : { ...DEFAULT_BOOKING_SETTINGS };
+  }
 
   async create(a: NewAgent): Promise<Agent> {
     const row = await this.db
@@ -40,6 +83,7 @@ export class AgentStore {
         timezone: a.timezone ?? 'UTC',
         model: a.model ?? null,
         meeting_duration_minutes: a.meetingDurationMinutes ?? 30,
+        ...bookingColumns(a.booking),
       })
       .returningAll()
       .executeTakeFirstOrThrow();
@@ -64,6 +108,7 @@ export class AgentStore {
       ...(patch.meetingDurationMinutes !== undefined
         ? { meeting_duration_minutes: patch.meetingDurationMinutes }
         : {}),
+      ...bookingColumns(patch.booking),
     };
     const row = await this.db
       .updateTable('agents')

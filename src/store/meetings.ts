@@ -1,8 +1,11 @@
 import { type Kysely, type Selectable, sql, type Transaction } from 'kysely';
 import { newId } from './ids.js';
 import type { DB, MeetingTable } from './schema.js';
+import { type BookingDB, widen } from './schema-booking.js';
 
 export type Meeting = Selectable<MeetingTable>;
+/** A meeting with the reschedule columns of migration 005. */
+export type MeetingRow = Selectable<BookingDB['meetings']>;
 
 export interface NewMeeting {
   userId: string;
@@ -35,9 +38,9 @@ export interface MeetingFilter {
 export class MeetingStore {
   constructor(private readonly db: Kysely<DB>) {}
 
-  /** Inserts once per idempotency key; a second insert with the same key is a no-op. */
-  async insert(trx: Transaction<DB>, m: NewMeeting): Promise<void> {
-    await trx
+  /** Inserts once per idempotency key; a second insert with the same key is a no-op (undefined). */
+  async insert(trx: Transaction<DB>, m: NewMeeting): Promise<Meeting | undefined> {
+    return trx
       .insertInto('meetings')
       .values({
         meeting_id: newId('mtg'),
@@ -59,7 +62,81 @@ export class MeetingStore {
         status: 'scheduled',
       })
       .onConflict((oc) => oc.column('idempotency_key').doNothing())
+      .returningAll()
+      .executeTakeFirst();
+  }
+
+  /**
+   * The owner's scheduled meetings that overlap [from, to) (callers widen it by the buffer), except
+   * one booking (its own retry) or one meeting (the one being moved).
+   */
+  async overlapping(
+    userId: string,
+    from: Date,
+    to: Date,
+    except: { key?: string; meetingId?: string } = {},
+  ): Promise<Array<{ start: Date; end: Date }>> {
+    let q = this.db
+      .selectFrom('meetings')
+      .select(['meeting_time', 'duration_minutes'])
+      .where('user_id', '=', userId)
+      .where('status', '=', 'scheduled')
+      .where('meeting_time', '<', to)
+      .where(sql<boolean>`meeting_time + make_interval(mins => duration_minutes) > ${from}`);
+    if (except.key) q = q.where('idempotency_key', '!=', except.key);
+    if (except.meetingId) q = q.where('meeting_id', '!=', except.meetingId);
+    const rows = await q.execute();
+    return rows.map((r) => ({
+      start: r.meeting_time,
+      end: new Date(r.meeting_time.getTime() + r.duration_minutes * 60_000),
+    }));
+  }
+
+  /** Upcoming scheduled meetings of one conversation, most recently booked first. */
+  async upcomingInConversation(conversationId: string, now: Date): Promise<MeetingRow[]> {
+    return widen(this.db)
+      .selectFrom('meetings')
+      .selectAll()
+      .where('conversation_id', '=', conversationId)
+      .where('status', '=', 'scheduled')
+      .where('meeting_time', '>', now)
+      .orderBy('created_at', 'desc')
+      .orderBy('meeting_id', 'desc')
+      .limit(20)
       .execute();
+  }
+
+  /** Records a reschedule (in the reply's transaction); only a scheduled meeting moves. */
+  async reschedule(
+    trx: Transaction<DB>,
+    meetingId: string,
+    to: { meetingTime: Date; timezone: string | null },
+  ): Promise<MeetingRow | undefined> {
+    return widen(trx)
+      .updateTable('meetings')
+      .set((eb) => ({
+        previous_meeting_time: eb.ref('meeting_time'),
+        meeting_time: to.meetingTime,
+        timezone: to.timezone,
+        rescheduled_at: sql<Date>`now()`,
+        reschedule_count: sql<number>`reschedule_count + 1`,
+        updated_at: sql<Date>`now()`,
+      }))
+      .where('meeting_id', '=', meetingId)
+      .where('status', '=', 'scheduled')
+      .returningAll()
+      .executeTakeFirst();
+  }
+
+  /** Cancels in the caller's transaction; undefined when it was not scheduled (already cancelled). */
+  async cancelIn(trx: Transaction<DB>, meetingId: string): Promise<MeetingRow | undefined> {
+    return widen(trx)
+      .updateTable('meetings')
+      .set({ status: 'cancelled', cancelled_at: sql<Date>`now()`, updated_at: sql<Date>`now()` })
+      .where('meeting_id', '=', meetingId)
+      .where('status', '=', 'scheduled')
+      .returningAll()
+      .executeTakeFirst();
   }
 
   async byKey(key: string): Promise<Meeting | undefined> {

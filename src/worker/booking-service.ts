@@ -1,52 +1,131 @@
 import type { Logger } from 'pino';
 import {
+  type BookingSettings,
+  describeWorkingHours,
+  freeSlots,
+  type Interval,
+  nearestSlots,
+  overlapsBusy,
+  withinWorkingHours,
+} from '../domain/availability.js';
+import {
   type BookingLimits,
   bookingKey,
   eventTimeZone,
   googleEventIdFor,
   toOffsetIso,
   validateBookingAction,
+  validateMeetingTime,
 } from '../domain/booking-request.js';
 import type { CalendarGateway } from '../domain/calendar-gateway.js';
 import { CalendarNotConnected, Upstream } from '../domain/errors.js';
-import { bookingTexts, meetingConfirmation, withProse } from '../domain/messages.js';
-import { friendlyTime } from '../domain/time.js';
-import type { MeetingStore, NewMeeting } from '../store/meetings.js';
+import {
+  availabilityTexts,
+  bookingTexts,
+  cancellationConfirmation,
+  meetingConfirmation,
+  rescheduleConfirmation,
+  withProse,
+} from '../domain/messages.js';
+import { meetingEventData } from '../domain/owner-events.js';
+import { BOOKING_ACTION, CANCEL_ACTION, RESCHEDULE_ACTION } from '../domain/prompt.js';
+import { friendlyTime, toZonedIso, zonedInstant, zoneOffsetMinutes } from '../domain/time.js';
+import type { AgentStore } from '../store/agents.js';
+import type { MeetingRow, MeetingStore, NewMeeting } from '../store/meetings.js';
 import type { MessageWork } from '../store/messages.js';
+import type { OwnerEventSink } from './owner-events.js';
+import type { OwnerBookingLock, ReleaseOwnerLock } from './owner-lock.js';
 import type { ActionResponder, Reply } from './process-message.js';
 
 export interface BookingServiceDeps {
   calendar: CalendarGateway;
   meetings: MeetingStore;
+  agents: Pick<AgentStore, 'bookingSettings'>;
+  lock: Pick<OwnerBookingLock, 'acquire'>;
   limits: BookingLimits & { maxBookingsPerConversation: number };
   meetingErrorMessage: string;
   now: () => Date;
+  /** Owner webhooks: events recorded in the reply's transaction. */
+  events?: OwnerEventSink | undefined;
   onOutcome?: (outcome: string) => void;
 }
 
+/** How many alternatives a refused time gets, and how far around it they are searched. */
+const ALTERNATIVES = 3;
+const SEARCH_BEFORE_MS = 2 * 86_400_000;
+const SEARCH_AFTER_MS = 14 * 86_400_000;
+/** Slots listed by check_availability at most, and the longest range it reads. */
+const MAX_LISTED_SLOTS = 16;
+const MAX_CHECK_DAYS = 14;
+
+type Persist = NonNullable<Reply['persist']>;
+interface Outcome {
+  text: string;
+  persist?: Persist;
+  stop?: boolean;
+  duplicate?: boolean;
+}
+
+/** State of one reply: the owner lock is taken once and held until the reply has committed. */
+interface ReplyContext {
+  work: MessageWork;
+  log: Logger;
+  settings: BookingSettings;
+  limits: BookingLimits;
+  now: Date;
+  booked: number;
+  requested: Set<string>;
+  release?: ReleaseOwnerLock;
+}
+
 /**
- * Turns the model's booking actions into real meetings (the seed's steps 5–11).
+ * Turns the model's actions into real changes: book (the seed's steps 5–11), reschedule, cancel.
  *
- * Never twice: each action gets an idempotency key from the customer message and the action; the
+ * Never twice: each booking gets an idempotency key from the customer message and the action; the
  * Google event id is derived from it (a repeated insert answers 409 and we fetch the event), and
  * the meeting row (unique key and event id) commits in the same transaction as the confirmation.
  * The confirmation is built from Google's answer, never from the model's words.
+ *
+ * Never double-booked: the availability check (Google freeBusy plus our own scheduled meetings,
+ * widened by the agent's buffer) and the insert run under the owner's booking lock, which is
+ * released only after the reply (and its meeting row) committed or failed.
  */
 export class BookingService implements ActionResponder {
   constructor(private readonly deps: BookingServiceDeps) {}
 
   async respond(work: MessageWork, actions: unknown[], prose: string, log: Logger): Promise<Reply> {
+    const settings = await this.deps.agents.bookingSettings(work.agent.agentId);
+    const ctx: ReplyContext = {
+      work,
+      log,
+      settings,
+      limits: this.#limits(settings),
+      now: this.deps.now(),
+      booked: 0,
+      requested: new Set(),
+    };
     const texts: string[] = [];
-    const persists: NonNullable<Reply['persist']>[] = [];
-    // The model may state one booking twice in an answer (a tool call and the same JSON in its text,
-    // or a repeated array item): each distinct request is booked once.
-    const requested = new Set<string>();
-    for (const [index, action] of actions.entries()) {
-      const result = await this.#bookOne(work, action, index, log, persists.length, requested);
-      if (result.duplicate) continue;
-      texts.push(result.text);
-      if (result.persist) persists.push(result.persist);
-      if (result.stop) break;
+    const persists: Persist[] = [];
+    try {
+      for (const [index, action] of actions.entries()) {
+        const kind = (action as { action?: unknown } | null)?.action;
+        const result =
+          kind === RESCHEDULE_ACTION
+            ? await this.#reschedule(ctx, action as Record<string, unknown>)
+            : kind === CANCEL_ACTION
+              ? await this.#cancel(ctx, action as Record<string, unknown>)
+              : await this.#bookOne(ctx, action, index);
+        if (result.duplicate) continue;
+        texts.push(result.text);
+        if (result.persist) {
+          persists.push(result.persist);
+          if (kind === BOOKING_ACTION || kind === undefined) ctx.booked++;
+        }
+        if (result.stop) break;
+      }
+    } catch (err) {
+      await ctx.release?.();
+      throw err;
     }
     return {
       text: withProse(prose, texts.join('\n\n')),
@@ -55,38 +134,227 @@ export class BookingService implements ActionResponder {
             for (const p of persists) await p(trx);
           }
         : undefined,
+      done: ctx.release,
     };
   }
 
-  async #bookOne(
-    work: MessageWork,
-    action: unknown,
-    index: number,
-    log: Logger,
-    bookedInThisReply: number,
-    requested: Set<string>,
-  ): Promise<{ text: string; persist?: Reply['persist']; stop?: boolean; duplicate?: boolean }> {
-    const { agent, conversation, message } = work;
+  /**
+   * The check_availability tool: free slots between two local dates in the agent's zone, as JSON
+   * for the model. Problems (bad date, no calendar) are results too, so the model can answer.
+   */
+  async checkAvailability(work: MessageWork, rawArgs: unknown, log: Logger): Promise<string> {
+    const settings = await this.deps.agents.bookingSettings(work.agent.agentId);
+    const limits = this.#limits(settings);
+    const zone = work.agent.timezone;
+    const args = (rawArgs ?? {}) as { start_date?: unknown; end_date?: unknown };
+    const first = parseLocalDate(args.start_date);
+    const last =
+      args.end_date === null || args.end_date === undefined ? first : parseLocalDate(args.end_date);
+    if (!first || !last)
+      return JSON.stringify({ error: 'start_date and end_date must be dates as YYYY-MM-DD' });
+    const from = zonedInstant(first.year, first.month, first.day, 0, 0, zone);
+    const days =
+      Math.round(
+        (Date.UTC(last.year, last.month - 1, last.day) - Date.UTC(first.year, first.month - 1, first.day)) /
+          86_400_000,
+      ) + 1;
+    if (days < 1) return JSON.stringify({ error: 'end_date must not be before start_date' });
+    if (days > MAX_CHECK_DAYS)
+      return JSON.stringify({ error: `check at most ${MAX_CHECK_DAYS} days at once` });
+    const to = zonedInstant(last.year, last.month, last.day + 1, 0, 0, zone);
     const now = this.deps.now();
-    const checked = validateBookingAction(action, this.deps.limits, now);
+    let slots: Date[];
+    try {
+      slots = await this.#freeSlotsBetween(work, settings, limits, now, from, to, {});
+    } catch (err) {
+      if (err instanceof CalendarNotConnected || (err instanceof Upstream && !err.retryable)) {
+        log.warn({ err }, 'availability check failed');
+        return JSON.stringify({ error: 'the calendar cannot be read right now; do not offer times' });
+      }
+      throw err;
+    }
+    this.deps.onOutcome?.('availability_checked');
+    return JSON.stringify({
+      time_zone: zone,
+      duration_minutes: work.agent.meetingDurationMinutes,
+      working_hours: settings.workingHours
+        ? describeWorkingHours(settings.workingHours)
+        : 'not set (09:00–18:00 searched)',
+      free_slots: slots
+        .slice(0, MAX_LISTED_SLOTS)
+        .map((s) => ({ start: toZonedIso(s, zone), friendly: friendlyTime(s, zone) })),
+      more: slots.length > MAX_LISTED_SLOTS,
+    });
+  }
+
+  /** Lines for the system prompt: the meetings this conversation may reschedule or cancel. */
+  async promptContext(work: MessageWork): Promise<string> {
+    const upcoming = await this.deps.meetings.upcomingInConversation(
+      work.conversation.conversationId,
+      work.message.createdAt,
+    );
+    if (upcoming.length === 0) return 'Meetings booked in this conversation: none upcoming.';
+    return [
+      'Meetings booked in this conversation (most recent first):',
+      ...upcoming.map(
+        (m) =>
+          `- ${m.meeting_id}: "${m.title}" at ${toZonedIso(m.meeting_time, work.agent.timezone)} (${m.duration_minutes} min)`,
+      ),
+    ].join('\n');
+  }
+
+  #limits(settings: BookingSettings): BookingLimits {
+    return {
+      maxParticipants: this.deps.limits.maxParticipants,
+      minNoticeMinutes: settings.minNoticeMinutes ?? this.deps.limits.minNoticeMinutes,
+      horizonDays: settings.horizonDays ?? this.deps.limits.horizonDays,
+    };
+  }
+
+  async #lock(ctx: ReplyContext): Promise<void> {
+    ctx.release ??= await this.deps.lock.acquire(ctx.work.agent.userId);
+  }
+
+  /** The owner's busy time in [from, to): Google's answer plus our own scheduled meetings. */
+  async #busy(
+    work: MessageWork,
+    from: Date,
+    to: Date,
+    except: { key?: string; meetingId?: string; interval?: Interval },
+  ): Promise<Interval[]> {
+    const userId = work.agent.userId;
+    const [google, ours] = await Promise.all([
+      this.deps.calendar.freeBusy(userId, from, to),
+      this.deps.meetings.overlapping(userId, from, to, except),
+    ]);
+    // A reschedule must not collide with the meeting it moves: its own block is taken out of Google's
+    // answer (freeBusy has no event ids; an event sharing exactly that block is hidden with it).
+    const own = except.interval;
+    const fromGoogle = own ? google.flatMap((b) => subtract(b, own)) : google;
+    return [...fromGoogle, ...ours];
+  }
+
+  async #freeSlotsBetween(
+    work: MessageWork,
+    settings: BookingSettings,
+    limits: BookingLimits,
+    now: Date,
+    from: Date,
+    to: Date,
+    except: { key?: string; meetingId?: string; interval?: Interval },
+    busy?: Interval[],
+  ): Promise<Date[]> {
+    const durationMs = work.agent.meetingDurationMinutes * 60_000;
+    const pad = settings.bufferMinutes * 60_000;
+    const known =
+      busy ??
+      (await this.#busy(
+        work,
+        new Date(from.getTime() - pad),
+        new Date(to.getTime() + durationMs + pad),
+        except,
+      ));
+    return freeSlots({
+      zone: work.agent.timezone,
+      hours: settings.workingHours,
+      durationMinutes: work.agent.meetingDurationMinutes,
+      bufferMinutes: settings.bufferMinutes,
+      busy: known,
+      earliest: new Date(now.getTime() + limits.minNoticeMinutes * 60_000),
+      latest: new Date(now.getTime() + limits.horizonDays * 86_400_000),
+      from,
+      to,
+    });
+  }
+
+  /** The search window around a requested time, and the busy time read for it. */
+  #window(ctx: ReplyContext, start: Date): { from: Date; to: Date; readFrom: Date; readTo: Date } {
+    const from = new Date(Math.max(ctx.now.getTime(), start.getTime() - SEARCH_BEFORE_MS));
+    const to = new Date(start.getTime() + SEARCH_AFTER_MS);
+    const pad = ctx.settings.bufferMinutes * 60_000;
+    const durationMs = 480 * 60_000; // longer than any meeting: one read covers the check too
+    return {
+      from,
+      to,
+      readFrom: new Date(from.getTime() - pad),
+      readTo: new Date(to.getTime() + durationMs + pad),
+    };
+  }
+
+  /** The refusal with the nearest free slots inside working hours (09:00–18:00 when unset). */
+  async #refuse(
+    ctx: ReplyContext,
+    reason: 'busy' | 'outside_hours',
+    start: Date,
+    durationMinutes: number,
+    except: { key?: string; meetingId?: string; interval?: Interval },
+    busy?: Interval[],
+  ): Promise<Outcome> {
+    const w = this.#window(ctx, start);
+    const known = busy ?? (await this.#busy(ctx.work, w.readFrom, w.readTo, except));
+    const work = { ...ctx.work, agent: { ...ctx.work.agent, meetingDurationMinutes: durationMinutes } };
+    const slots = await this.#freeSlotsBetween(
+      work,
+      ctx.settings,
+      ctx.limits,
+      ctx.now,
+      w.from,
+      w.to,
+      except,
+      known,
+    );
+    const zone = ctx.work.agent.timezone;
+    const alternatives = nearestSlots(slots, start, ALTERNATIVES).map((s) => friendlyTime(s, zone));
+    this.deps.onOutcome?.(reason);
+    ctx.log.info({ reason, alternatives: alternatives.length }, 'requested time refused');
+    const hours = ctx.settings.workingHours
+      ? `${describeWorkingHours(ctx.settings.workingHours)}, ${zone}`
+      : undefined;
+    return { text: availabilityTexts.unavailable(reason, alternatives, hours) };
+  }
+
+  /** Calendar failures that end this reply with MEETING_ERROR_MESSAGE; retryable ones rethrow. */
+  #calendarFailure(err: unknown, ctx: ReplyContext, what: string): Outcome {
+    if (err instanceof CalendarNotConnected) {
+      this.deps.onOutcome?.(err.reason === 'revoked' ? 'revoked' : 'not_connected');
+      ctx.log.warn(
+        { user_id: ctx.work.agent.userId, reason: err.reason },
+        `cannot ${what}: calendar not connected`,
+      );
+      return { text: this.deps.meetingErrorMessage, stop: true };
+    }
+    if (err instanceof Upstream && !err.retryable) {
+      this.deps.onOutcome?.('google_error');
+      ctx.log.error({ err }, `Google refused to ${what}`);
+      return { text: this.deps.meetingErrorMessage, stop: true };
+    }
+    throw err; // retryable: the job runs again with the same keys
+  }
+
+  async #bookOne(ctx: ReplyContext, action: unknown, index: number): Promise<Outcome> {
+    const { work, log } = ctx;
+    const { agent, conversation, message } = work;
+    const checked = validateBookingAction(action, ctx.limits, ctx.now);
     if (!checked.ok) {
       this.deps.onOutcome?.('invalid');
       log.info({ problems: checked.problems }, 'booking action rejected');
       return { text: bookingTexts.invalid(checked.problems) };
     }
     const request = checked.request;
+    // The model may state one booking twice in an answer (a tool call and the same JSON in its text,
+    // or a repeated array item): each distinct request is booked once.
     const sameRequest = bookingKey(message.messageId, -1, request); // the key without the position
-    if (requested.has(sameRequest)) {
+    if (ctx.requested.has(sameRequest)) {
       log.info({ index }, 'booking action repeats an earlier one in the same answer; booked once');
       return { text: '', duplicate: true };
     }
-    requested.add(sameRequest);
+    ctx.requested.add(sameRequest);
     const key = bookingKey(message.messageId, index, request);
 
     // An earlier attempt of this job may already have created the Google event (its reply did not
     // commit, so no meeting row counts it yet): the same key makes the insert below find it again.
     const upcoming =
-      (await this.deps.meetings.countUpcoming(conversation.conversationId, now)) + bookedInThisReply;
+      (await this.deps.meetings.countUpcoming(conversation.conversationId, ctx.now)) + ctx.booked;
     if (upcoming >= this.deps.limits.maxBookingsPerConversation) {
       this.deps.onOutcome?.('limit');
       return { text: bookingTexts.tooManyBookings(this.deps.limits.maxBookingsPerConversation), stop: true };
@@ -97,6 +365,19 @@ export class BookingService implements ActionResponder {
     const eventId = googleEventIdFor(key);
     let created: Awaited<ReturnType<CalendarGateway['createEvent']>>;
     try {
+      if (!withinWorkingHours(request.start, end, agent.timezone, ctx.settings.workingHours)) {
+        return await this.#refuse(ctx, 'outside_hours', request.start, agent.meetingDurationMinutes, { key });
+      }
+      await this.#lock(ctx);
+      const w = this.#window(ctx, request.start);
+      const busy = await this.#busy(work, w.readFrom, w.readTo, { key });
+      if (
+        overlapsBusy(request.start, end, busy, ctx.settings.bufferMinutes) &&
+        // Our own event from an earlier attempt of this job shows as busy too: that one is ours.
+        !(await this.deps.calendar.eventExists(agent.userId, eventId))
+      ) {
+        return await this.#refuse(ctx, 'busy', request.start, agent.meetingDurationMinutes, { key }, busy);
+      }
       created = await this.deps.calendar.createEvent(agent.userId, {
         eventId,
         conferenceRequestId: `am-${key.slice(0, 32)}`,
@@ -108,17 +389,7 @@ export class BookingService implements ActionResponder {
         attendees: [request.email, ...request.participants],
       });
     } catch (err) {
-      if (err instanceof CalendarNotConnected) {
-        this.deps.onOutcome?.(err.reason === 'revoked' ? 'revoked' : 'not_connected');
-        log.warn({ user_id: agent.userId, reason: err.reason }, 'cannot book: calendar not connected');
-        return { text: this.deps.meetingErrorMessage, stop: true };
-      }
-      if (err instanceof Upstream && !err.retryable) {
-        this.deps.onOutcome?.('google_error');
-        log.error({ err }, 'Google refused the booking');
-        return { text: this.deps.meetingErrorMessage, stop: true };
-      }
-      throw err; // retryable: the job runs again and books with the same key
+      return this.#calendarFailure(err, ctx, 'book');
     }
     this.deps.onOutcome?.(created.existed ? 'booked_existing' : 'booked');
     log.info(
@@ -145,11 +416,161 @@ export class BookingService implements ActionResponder {
     const when = request.friendlyTime ?? friendlyTime(request.start, agent.timezone);
     return {
       text: meetingConfirmation(when, created.meetLink),
-      persist: (trx) => this.deps.meetings.insert(trx, meeting),
+      persist: async (trx) => {
+        const row = await this.deps.meetings.insert(trx, meeting);
+        if (row && this.deps.events) {
+          await this.deps.events.emit(trx, {
+            userId: agent.userId,
+            type: 'meeting.booked',
+            key: `meeting.booked:${row.meeting_id}`,
+            data: meetingEventData(row),
+          });
+        }
+      },
+    };
+  }
+
+  /**
+   * The meeting an action refers to: one of this conversation's upcoming meetings, by id, or the
+   * most recently booked one when no id is given. An id from anywhere else is never acted on.
+   */
+  async #target(ctx: ReplyContext, action: Record<string, unknown>): Promise<MeetingRow | Outcome> {
+    const upcoming = await this.deps.meetings.upcomingInConversation(
+      ctx.work.conversation.conversationId,
+      ctx.now,
+    );
+    const wanted =
+      typeof action.meeting_id === 'string' && action.meeting_id.trim() !== ''
+        ? action.meeting_id.trim()
+        : null;
+    if (upcoming.length === 0) {
+      this.deps.onOutcome?.('no_meeting');
+      return { text: availabilityTexts.noMeeting() };
+    }
+    if (wanted === null) return upcoming[0]!;
+    const found = upcoming.find((m) => m.meeting_id === wanted);
+    if (!found) {
+      this.deps.onOutcome?.('unknown_meeting');
+      ctx.log.warn({ meeting_id: wanted.slice(0, 60) }, 'action names a meeting outside this conversation');
+      return { text: availabilityTexts.unknownMeeting() };
+    }
+    return found;
+  }
+
+  async #reschedule(ctx: ReplyContext, action: Record<string, unknown>): Promise<Outcome> {
+    const { work, log } = ctx;
+    const { agent } = work;
+    const target = await this.#target(ctx, action);
+    if (!('meeting_id' in target)) return target;
+    const meeting = target;
+    const when = validateMeetingTime(action.new_time, ctx.limits, ctx.now);
+    if (!when.ok) {
+      this.deps.onOutcome?.('invalid');
+      return { text: bookingTexts.invalid([when.problem]) };
+    }
+    const start = when.start;
+    const end = new Date(start.getTime() + meeting.duration_minutes * 60_000);
+    const own = {
+      start: meeting.meeting_time,
+      end: new Date(meeting.meeting_time.getTime() + meeting.duration_minutes * 60_000),
+    };
+    const except = { meetingId: meeting.meeting_id, interval: own };
+    const zone = zoneOffsetMinutes(start, agent.timezone) === when.offsetMinutes ? agent.timezone : undefined;
+    let patched: Awaited<ReturnType<CalendarGateway['patchEvent']>>;
+    try {
+      if (!withinWorkingHours(start, end, agent.timezone, ctx.settings.workingHours)) {
+        return await this.#refuse(ctx, 'outside_hours', start, meeting.duration_minutes, except);
+      }
+      await this.#lock(ctx);
+      const w = this.#window(ctx, start);
+      const busy = await this.#busy(work, w.readFrom, w.readTo, except);
+      if (overlapsBusy(start, end, busy, ctx.settings.bufferMinutes)) {
+        return await this.#refuse(ctx, 'busy', start, meeting.duration_minutes, except, busy);
+      }
+      // Patching to the same times again (a retried job) changes nothing.
+      patched = await this.deps.calendar.patchEvent(agent.userId, meeting.google_event_id, {
+        startDateTime: toOffsetIso(start, when.offsetMinutes),
+        endDateTime: toOffsetIso(end, when.offsetMinutes),
+        timeZone: zone,
+      });
+    } catch (err) {
+      return this.#calendarFailure(err, ctx, 'reschedule');
+    }
+    this.deps.onOutcome?.('rescheduled');
+    log.info({ meeting_id: meeting.meeting_id, event_id: meeting.google_event_id }, 'meeting rescheduled');
+    const friendly =
+      typeof action.friendly_time === 'string' && action.friendly_time.trim()
+        ? action.friendly_time.trim().slice(0, 200)
+        : friendlyTime(start, agent.timezone);
+    return {
+      text: rescheduleConfirmation(friendly, patched.meetLink ?? meeting.meet_link),
+      persist: async (trx) => {
+        const row = await this.deps.meetings.reschedule(trx, meeting.meeting_id, {
+          meetingTime: start,
+          timezone: zone ?? agent.timezone,
+        });
+        if (row && this.deps.events) {
+          await this.deps.events.emit(trx, {
+            userId: agent.userId,
+            type: 'meeting.rescheduled',
+            key: `meeting.rescheduled:${work.message.messageId}:${row.meeting_id}`,
+            data: meetingEventData(row),
+          });
+        }
+      },
+    };
+  }
+
+  async #cancel(ctx: ReplyContext, action: Record<string, unknown>): Promise<Outcome> {
+    const { work, log } = ctx;
+    const target = await this.#target(ctx, action);
+    if (!('meeting_id' in target)) return target;
+    const meeting = target;
+    try {
+      // 404/410 count as done: an earlier attempt (or the owner) already deleted it.
+      await this.deps.calendar.deleteEvent(work.agent.userId, meeting.google_event_id);
+    } catch (err) {
+      return this.#calendarFailure(err, ctx, 'cancel');
+    }
+    this.deps.onOutcome?.('cancelled');
+    log.info({ meeting_id: meeting.meeting_id, event_id: meeting.google_event_id }, 'meeting cancelled');
+    return {
+      text: cancellationConfirmation(
+        friendlyTime(meeting.meeting_time, meeting.timezone ?? work.agent.timezone),
+      ),
+      persist: async (trx) => {
+        const row = await this.deps.meetings.cancelIn(trx, meeting.meeting_id);
+        if (row && this.deps.events) {
+          await this.deps.events.emit(trx, {
+            userId: work.agent.userId,
+            type: 'meeting.cancelled',
+            key: `meeting.cancelled:${row.meeting_id}`,
+            data: meetingEventData(row),
+          });
+        }
+      },
     };
   }
 }
 
 function describeBooking(name: string | null, email: string, agentName: string): string {
   return `Meeting with ${name ? `${name} <${email}>` : email}, booked through the ${agentName} chat assistant.`;
+}
+
+/** `b` without the part covered by `cut` (zero, one or two pieces). */
+function subtract(b: Interval, cut: Interval): Interval[] {
+  if (cut.end <= b.start || cut.start >= b.end) return [b];
+  const out: Interval[] = [];
+  if (b.start < cut.start) out.push({ start: b.start, end: cut.start });
+  if (cut.end < b.end) out.push({ start: cut.end, end: b.end });
+  return out;
+}
+
+function parseLocalDate(raw: unknown): { year: number; month: number; day: number } | undefined {
+  if (typeof raw !== 'string') return undefined;
+  const m = /^(\d{4})-(\d{2})-(\d{2})$/.exec(raw.trim());
+  if (!m) return undefined;
+  const d = new Date(Date.UTC(Number(m[1]), Number(m[2]) - 1, Number(m[3])));
+  if (d.getUTCMonth() !== Number(m[2]) - 1) return undefined;
+  return { year: Number(m[1]), month: Number(m[2]), day: Number(m[3]) };
 }

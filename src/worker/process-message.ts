@@ -2,8 +2,20 @@ import type { Kysely, Transaction } from 'kysely';
 import type { Logger } from 'pino';
 import { extractBookingActions } from '../domain/booking-action.js';
 import { Upstream } from '../domain/errors.js';
-import { BOOKING_ACTION, bookingToolParameters, buildSystemPrompt } from '../domain/prompt.js';
-import type { ChatModel, ChatTurn } from '../llm/chat-model.js';
+import {
+  BOOKING_ACTION,
+  bookingToolParameters,
+  buildSystemPrompt,
+  CANCEL_ACTION,
+  CHECK_AVAILABILITY,
+  cancelParameters,
+  checkAvailabilityParameters,
+  MEETING_ACTIONS,
+  meetingToolInstructions,
+  RESCHEDULE_ACTION,
+  rescheduleParameters,
+} from '../domain/prompt.js';
+import type { ChatModel, ChatResult, ChatTurn, ToolDefinition } from '../llm/chat-model.js';
 import { addLogContext, withLogContext } from '../log-context.js';
 import type { MessageStore, MessageWork } from '../store/messages.js';
 import type { DB, StoredModelOutput } from '../store/schema.js';
@@ -13,11 +25,17 @@ import type { JobContext, MessageJob } from './queue.js';
 export interface Reply {
   text: string;
   persist?: (trx: Transaction<DB>) => Promise<void>;
+  /** Runs once the reply committed or failed to (releases the owner's booking lock). */
+  done?: (() => Promise<void>) | undefined;
 }
 
 /** Turns booking actions into a reply (src/worker/booking-service.ts). */
 export interface ActionResponder {
   respond(work: MessageWork, actions: unknown[], prose: string, log: Logger): Promise<Reply>;
+  /** The check_availability tool's result (JSON text for the model); absent = no such tool. */
+  checkAvailability?(work: MessageWork, args: unknown, log: Logger): Promise<string>;
+  /** Extra system-prompt lines (the conversation's meetings, for reschedule/cancel). */
+  promptContext?(work: MessageWork): Promise<string>;
 }
 
 export interface MessageProcessorDeps {
@@ -31,13 +49,32 @@ export interface MessageProcessorDeps {
   actions: ActionResponder;
   logger: Logger;
   onOutcome?: (outcome: 'answered' | 'failed' | 'retry' | 'skipped') => void;
+  /** Model calls answered with a tool result (check_availability) before it must answer (default 3). */
+  maxToolRounds?: number;
 }
 
-const BOOKING_TOOL = {
+const BOOKING_TOOL: ToolDefinition = {
   name: BOOKING_ACTION,
   description: 'Book a Google Meet video meeting between the customer and the business.',
   parameters: bookingToolParameters as unknown as Record<string, unknown>,
 };
+const RESCHEDULE_TOOL: ToolDefinition = {
+  name: RESCHEDULE_ACTION,
+  description: 'Move a meeting booked in this conversation to a new time (attendees are notified).',
+  parameters: rescheduleParameters as unknown as Record<string, unknown>,
+};
+const CANCEL_TOOL: ToolDefinition = {
+  name: CANCEL_ACTION,
+  description: 'Cancel a meeting booked in this conversation (attendees are notified).',
+  parameters: cancelParameters as unknown as Record<string, unknown>,
+};
+const CHECK_AVAILABILITY_TOOL: ToolDefinition = {
+  name: CHECK_AVAILABILITY,
+  description: 'Free meeting times between two dates in the business time zone (real calendar data).',
+  parameters: checkAvailabilityParameters as unknown as Record<string, unknown>,
+};
+
+const isMeetingAction = (name: string) => (MEETING_ACTIONS as readonly string[]).includes(name);
 
 function describe(err: unknown): string {
   return err instanceof Error ? `${err.name}: ${err.message}` : String(err);
@@ -63,22 +100,28 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
     const agentLog = log.child({ agent_id: work.agent.agentId });
     let phase: 'model' | 'booking' = 'model';
     try {
-      const output = work.message.modelOutput ?? (await askModel(work, ctx.signal));
+      const output = work.message.modelOutput ?? (await askModel(work, ctx.signal, agentLog));
       const reply = await composeReply(work, output, agentLog, () => {
         phase = 'booking';
       });
-      const stored = await deps.db.transaction().execute(async (trx) => {
-        const message = await deps.messages.storeReply(trx, {
-          conversationId: work.message.conversationId,
-          replyTo: work.message.messageId,
-          content: reply.text,
-          outcome: 'answered',
+      let stored: Awaited<ReturnType<MessageStore['storeReply']>>;
+      try {
+        stored = await deps.db.transaction().execute(async (trx) => {
+          const message = await deps.messages.storeReply(trx, {
+            conversationId: work.message.conversationId,
+            replyTo: work.message.messageId,
+            content: reply.text,
+            outcome: 'answered',
+          });
+          // Only the attempt whose reply was stored commits the side rows (meeting).
+          if (message && reply.persist) await reply.persist(trx);
+          await ctx.settle(trx);
+          return message;
         });
-        // Only the attempt whose reply was stored commits the side rows (meeting).
-        if (message && reply.persist) await reply.persist(trx);
-        await ctx.settle(trx);
-        return message;
-      });
+      } finally {
+        // The owner's booking lock is held until the meeting row is visible to the next booking.
+        await reply.done?.();
+      }
       agentLog.info({ attempt: ctx.attempt, stored: Boolean(stored) }, 'message answered');
       deps.onOutcome?.('answered');
     } catch (err) {
@@ -107,17 +150,25 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
     }
   };
 
-  async function askModel(work: MessageWork, signal: AbortSignal): Promise<StoredModelOutput> {
+  async function askModel(work: MessageWork, signal: AbortSignal, log: Logger): Promise<StoredModelOutput> {
     const history = await deps.messages.history(
       work.message.conversationId,
       work.message.seq,
       deps.historyLimit,
     );
+    const context = (await deps.actions.promptContext?.(work)) ?? '';
+    const canCheck = Boolean(deps.actions.checkAvailability);
     const messages: ChatTurn[] = [
       {
         role: 'system',
         // "Now" is when the customer spoke, not when a worker got to it: "tomorrow" must not shift.
-        content: buildSystemPrompt(work.agent.systemPrompt, work.agent.timezone, work.message.createdAt),
+        content: [
+          buildSystemPrompt(work.agent.systemPrompt, work.agent.timezone, work.message.createdAt),
+          meetingToolInstructions(),
+          context,
+        ]
+          .filter(Boolean)
+          .join('\n\n'),
       },
       ...history.map(
         (m): ChatTurn =>
@@ -126,10 +177,39 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
             : { role: 'assistant', content: m.content },
       ),
     ];
-    const result = await deps.model.complete(
-      { model: work.agent.model ?? deps.defaultModel, messages, tools: [BOOKING_TOOL] },
-      signal,
-    );
+    const actionTools = [BOOKING_TOOL, RESCHEDULE_TOOL, CANCEL_TOOL];
+    const maxRounds = deps.maxToolRounds ?? 3;
+    let result: ChatResult;
+    for (let round = 0; ; round++) {
+      // The last call offers no check_availability: the model must answer (bounded cost per message).
+      const tools = canCheck && round < maxRounds ? [...actionTools, CHECK_AVAILABILITY_TOOL] : actionTools;
+      result = await deps.model.complete(
+        { model: work.agent.model ?? deps.defaultModel, messages, tools },
+        signal,
+      );
+      const checks = result.toolCalls.filter((c) => c.name === CHECK_AVAILABILITY);
+      // An answer that acts (book, reschedule, cancel) or says something is final; only a pure
+      // availability question goes back to the model with its results.
+      const final =
+        checks.length === 0 || result.toolCalls.some((c) => isMeetingAction(c.name)) || round >= maxRounds;
+      if (final || !deps.actions.checkAvailability) break;
+      messages.push({ role: 'assistant', content: result.text, toolCalls: result.toolCalls });
+      for (const call of result.toolCalls) {
+        let content: string;
+        if (call.name !== CHECK_AVAILABILITY) {
+          content = JSON.stringify({ error: `unknown tool ${call.name}` });
+        } else {
+          let args: unknown;
+          try {
+            args = JSON.parse(call.arguments);
+          } catch {
+            args = undefined;
+          }
+          content = await deps.actions.checkAvailability(work, args, log);
+        }
+        messages.push({ role: 'tool', toolCallId: call.id, content });
+      }
+    }
     const output: StoredModelOutput = { text: result.text, toolCalls: result.toolCalls };
     // First writer wins; a concurrent attempt that saved first is the output everyone acts on.
     await deps.messages.saveModelOutput(work.message.messageId, output);
@@ -145,12 +225,12 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
   ): Promise<Reply> {
     const { actions: textActions, prose } = extractBookingActions(output.text ?? '');
     const toolActions: unknown[] = output.toolCalls
-      .filter((c) => c.name === BOOKING_ACTION)
+      .filter((c) => isMeetingAction(c.name))
       .map((c) => {
         try {
-          return { action: BOOKING_ACTION, ...JSON.parse(c.arguments) };
+          return { ...JSON.parse(c.arguments), action: c.name };
         } catch {
-          return { action: BOOKING_ACTION, invalid_arguments: true };
+          return { action: c.name, invalid_arguments: true };
         }
       });
     const actions = [...toolActions, ...textActions];

@@ -13,6 +13,7 @@ import {
   parseTimeOfDay,
   resolveMeetingTime,
   sandboxReply,
+  sandboxTurn,
 } from './sandbox-model.js';
 
 // Monday 6 October 2025, 11:20 in Berlin (CEST, +02:00).
@@ -266,5 +267,71 @@ describe('sandbox model: the conversation', () => {
     expect(extractBookingActions(reply).actions[0]).toMatchObject({
       meeting_time: '2025-10-07T15:00:00+00:00',
     });
+  });
+});
+
+describe('sandbox model: availability, reschedule and cancel (issue 8)', () => {
+  const booked = (): Array<{ role: string; content: string }> => [
+    { role: 'system', content: system() },
+    { role: 'user', content: 'Ada Lovelace ada@example.com, a demo tomorrow at 3pm' },
+    {
+      role: 'assistant',
+      content:
+        '✅ Meeting confirmed!\n\n📅 Meeting scheduled for tomorrow at 3 PM GMT+2\n🔗 Join here: https://meet.google.com/x',
+    },
+  ];
+  const TOOLS = [{ type: 'function', function: { name: 'check_availability' } }];
+
+  it('asks the check_availability tool for the day the customer names, then lists the free times', () => {
+    const messages = [
+      { role: 'system', content: system() },
+      { role: 'user', content: 'What times are free on Friday?' },
+    ];
+    expect(sandboxTurn({ messages, tools: TOOLS }, NOW)).toEqual({
+      toolCalls: [{ name: 'check_availability', arguments: { start_date: '2025-10-10', end_date: null } }],
+    });
+    // Without the tool offered (the round cap), it answers in words.
+    expect('content' in sandboxTurn({ messages, tools: [] }, NOW)).toBe(true);
+    const result = JSON.stringify({
+      free_slots: [{ friendly: 'A' }, { friendly: 'B' }, { friendly: 'C' }, { friendly: 'D' }],
+    });
+    expect(
+      sandboxTurn({ messages: [...messages, { role: 'tool', content: result }], tools: TOOLS }, NOW),
+    ).toEqual({
+      content: 'Here are some free times: A; B; C. Which one suits you?',
+    });
+  });
+
+  it('moves the booked meeting to a new time with reschedule_meeting', () => {
+    const messages = [...booked(), { role: 'user', content: 'Can we move it to Wednesday at 10am instead?' }];
+    const { actions, prose } = extractBookingActions(sandboxReply({ messages }, NOW));
+    expect(prose).toBe('Moving your meeting to Wednesday at 10 AM GMT+2.');
+    expect(actions).toEqual([
+      {
+        action: 'reschedule_meeting',
+        meeting_id: null,
+        new_time: '2025-10-08T10:00:00+02:00',
+        friendly_time: 'Wednesday at 10 AM GMT+2',
+      },
+    ]);
+  });
+
+  it('cancels the booked meeting with cancel_meeting; with nothing booked it does not', () => {
+    const { actions } = extractBookingActions(
+      sandboxReply({ messages: [...booked(), { role: 'user', content: 'Please cancel it' }] }, NOW),
+    );
+    expect(actions).toEqual([{ action: 'cancel_meeting', meeting_id: null }]);
+    const none = extractBookingActions(
+      sandboxReply(
+        {
+          messages: [
+            { role: 'system', content: system() },
+            { role: 'user', content: 'cancel' },
+          ],
+        },
+        NOW,
+      ),
+    );
+    expect(none.actions).toEqual([]);
   });
 });

@@ -10,7 +10,12 @@
  *
  * No test-framework imports: the sandbox runs it outside vitest.
  */
-import { BOOKING_ACTION } from '../../src/domain/prompt.js';
+import {
+  BOOKING_ACTION,
+  CANCEL_ACTION,
+  CHECK_AVAILABILITY,
+  RESCHEDULE_ACTION,
+} from '../../src/domain/prompt.js';
 import { toZonedIso, zoneOffsetMinutes } from '../../src/domain/time.js';
 import { type ChatRequest, messageText, type Responder, type ScriptedReply } from './openai.js';
 
@@ -317,10 +322,13 @@ function topicOf(text: string): string | undefined {
   return undefined;
 }
 
-const isConfirmation = (text: string) => text.includes('Meeting confirmed');
-/** Replies after which the customer's earlier time no longer stands (booked, refused, or failed). */
+const isConfirmation = (text: string) => /Meeting (confirmed|rescheduled)!/.test(text);
+/** Replies after which the customer's earlier time no longer stands (booked, moved, cancelled, refused, failed). */
 const closesBooking = (text: string) =>
-  isConfirmation(text) || /couldn't book|trouble scheduling|already has \d+ upcoming/i.test(text);
+  isConfirmation(text) ||
+  /Meeting cancelled|couldn't book|trouble scheduling|already has \d+ upcoming|not available|outside our working hours/i.test(
+    text,
+  );
 
 /** Reads what the customer has said so far from the chat history (oldest first). */
 export function readState(history: Array<{ role: string; text: string }>): BookingState {
@@ -377,6 +385,25 @@ export function sandboxReply(request: Pick<ChatRequest, 'messages'>, fallbackNow
   const s = readState(history);
   const latest = history.at(-1)?.role === 'user' ? (history.at(-1)?.text ?? '') : '';
 
+  // Changes to a meeting booked earlier in this chat: the service picks the conversation's meeting.
+  const hadMeeting = history.some((m) => m.role === 'assistant' && isConfirmation(m.text));
+  if (hadMeeting && /\bcancel/i.test(latest)) {
+    return `Sure — cancelling your meeting.\n\n${JSON.stringify({ action: CANCEL_ACTION, meeting_id: null })}`;
+  }
+  if (hadMeeting && /\b(reschedule|move|change|instead|push)\b/i.test(latest)) {
+    const time = parseTimeOfDay(latest);
+    if (!time) return 'Sure — what day and time would you like to move it to?';
+    const start = resolveMeetingTime(now, parseDay(latest), time);
+    const when = friendlyMeetingTime(now, start);
+    const action = {
+      action: RESCHEDULE_ACTION,
+      meeting_id: null,
+      new_time: toZonedIso(start, now.zone),
+      friendly_time: when,
+    };
+    return `Moving your meeting to ${when}.\n\n${JSON.stringify(action)}`;
+  }
+
   if (s.justBooked) {
     return /\b(thanks|thank you|thx|great|perfect|cool)\b/i.test(latest)
       ? 'You’re welcome! See you in the meeting. 👋'
@@ -425,7 +452,53 @@ function capitalize(s: string): string {
   return s.charAt(0).toUpperCase() + s.slice(1);
 }
 
+const AVAILABILITY_QUESTION = /\b(free|available|availability|open slots?|what times?)\b/i;
+
+/**
+ * One model turn: asks the check_availability tool when the customer asks what is free (and the
+ * tool is offered), turns the tool's answer into a reply, and otherwise answers as `sandboxReply`.
+ */
+export function sandboxTurn(
+  request: Pick<ChatRequest, 'messages' | 'tools'>,
+  fallbackNow: Date = new Date(),
+): ScriptedReply {
+  const last = request.messages.at(-1);
+  if (last?.role === 'tool') {
+    let slots: Array<{ friendly: string }> = [];
+    try {
+      slots =
+        (JSON.parse(messageText(last.content)) as { free_slots?: Array<{ friendly: string }> }).free_slots ??
+        [];
+    } catch {
+      slots = [];
+    }
+    if (slots.length === 0)
+      return { content: 'I couldn’t find a free time that day. Would another day work?' };
+    return {
+      content: `Here are some free times: ${slots
+        .slice(0, 3)
+        .map((x) => x.friendly)
+        .join('; ')}. Which one suits you?`,
+    };
+  }
+  const offered = (request.tools ?? []).some(
+    (t) => (t as { function?: { name?: string } }).function?.name === CHECK_AVAILABILITY,
+  );
+  const latest = last?.role === 'user' ? messageText(last.content) : '';
+  if (offered && AVAILABILITY_QUESTION.test(latest) && !parseTimeOfDay(latest)) {
+    const system = request.messages
+      .filter((m) => m.role === 'system' || m.role === 'developer')
+      .map((m) => messageText(m.content))
+      .join('\n');
+    const now = parsePromptNow(system, fallbackNow);
+    const day = parseDay(latest) ?? { kind: 'offset' as const, days: 1, word: 'tomorrow' };
+    const date = toZonedIso(resolveMeetingTime(now, day, { hour: 12, minute: 0 }), now.zone).slice(0, 10);
+    return { toolCalls: [{ name: CHECK_AVAILABILITY, arguments: { start_date: date, end_date: null } }] };
+  }
+  return { content: sandboxReply(request, fallbackNow) };
+}
+
 /** Plug into the OpenAI emulator: `emulator.responder = sandboxResponder()`. */
 export function sandboxResponder(now: () => Date = () => new Date()): Responder {
-  return (req): ScriptedReply => ({ content: sandboxReply(req, now()) });
+  return (req): ScriptedReply => sandboxTurn(req, now());
 }

@@ -75,6 +75,8 @@ async function tokenInfo(userId: string): Promise<Record<string, unknown>> {
 
 const tokenCalls = () => s.google.requests.filter((r) => r.op === 'token');
 const inserts = () => s.google.requests.filter((r) => r.op === 'events.insert');
+// Every booking reads the owner's availability (freeBusy) before it inserts: the first Calendar call.
+const freeBusyCalls = () => s.google.requests.filter((r) => r.op === 'freebusy.query');
 const isConfirmation = (text: string) => text.startsWith('✅ Meeting confirmed!');
 
 describe('token refresh', () => {
@@ -133,9 +135,11 @@ describe('token refresh', () => {
 
   it('refreshes once for 10 concurrent bookings of one owner', async () => {
     const o = await newOwner(-60);
+    let n = 0;
     s.openai.responder = async () => {
       await new Promise((r) => setTimeout(r, 20));
-      return { content: JSON.stringify([action()]) };
+      // A different hour each: one slot of one owner cannot be booked twice.
+      return { content: JSON.stringify([action(1 + n++ / 24)]) };
     };
     const chats = await Promise.all(Array.from({ length: 10 }, () => s.openConversation(o.agentId)));
     await Promise.all(chats.map((c) => s.send(c.conversation_id, c.customer_token, 'book me')));
@@ -210,7 +214,8 @@ describe('401 from Calendar', () => {
     expect(before.is_expired).toBe(false);
 
     expect(isConfirmation(await book(o))).toBe(true);
-    expect(inserts().map((r) => r.status)).toEqual([401, 200]);
+    expect(freeBusyCalls().map((r) => r.status)).toEqual([401, 200]);
+    expect(inserts().map((r) => r.status)).toEqual([200]);
     expect(s.google.refreshCount(o.grant.refresh_token)).toBe(1);
     expect(s.google.events(o.email)).toHaveLength(1);
     const after = await tokenInfo(o.userId);
@@ -222,7 +227,8 @@ describe('401 from Calendar', () => {
   it('10 concurrent bookings whose token Google rejects share one forced refresh', async () => {
     const o = await newOwner(3600);
     s.google.expireAccessToken(o.grant.access_token);
-    s.openai.responder = () => ({ content: JSON.stringify([action()]) });
+    let n = 0;
+    s.openai.responder = () => ({ content: JSON.stringify([action(1 + n++ / 24)]) });
     const chats = await Promise.all(Array.from({ length: 10 }, () => s.openConversation(o.agentId)));
     await Promise.all(chats.map((c) => s.send(c.conversation_id, c.customer_token, 'book me')));
     const lists = await Promise.all(
@@ -230,7 +236,8 @@ describe('401 from Calendar', () => {
     );
     for (const list of lists) expect(isConfirmation(list.at(-1)!.content)).toBe(true);
     expect(s.google.refreshCount(o.grant.refresh_token)).toBe(1);
-    const statuses = inserts().map((r) => r.status);
+    expect(inserts().map((r) => r.status)).toEqual(Array(10).fill(200));
+    const statuses = freeBusyCalls().map((r) => r.status);
     expect(statuses.filter((x) => x === 200)).toHaveLength(10);
     expect(statuses.filter((x) => x === 401).length).toBeGreaterThanOrEqual(1);
     expect(statuses.filter((x) => x !== 200 && x !== 401)).toEqual([]);
@@ -281,7 +288,8 @@ describe('invalid_grant', () => {
     s.google.revokeRefreshToken(o.grant.refresh_token, { alsoAccessTokens: true });
     const reply = await book(o);
     expect(reply).toBe(s.app.config.meetingErrorMessage);
-    expect(inserts().map((r) => r.status)).toEqual([401]);
+    expect(freeBusyCalls().map((r) => r.status)).toEqual([401]);
+    expect(inserts()).toHaveLength(0);
     expect(tokenCalls().map((r) => r.status)).toEqual([400]);
     expect((await tokenInfo(o.userId)).status).toBe('revoked');
   });

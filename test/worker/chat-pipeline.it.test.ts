@@ -37,7 +37,12 @@ describe('chat pipeline', () => {
     expect(messageText(req.messages[0]!.content)).toContain('You are the Acme assistant.');
     expect(messageText(req.messages[0]!.content)).toContain('"action": "Time_to_121meet"');
     const tools = req.tools as Array<{ function: { name: string; strict: boolean } }>;
-    expect(tools.map((t) => t.function.name)).toEqual(['Time_to_121meet']);
+    expect(tools.map((t) => t.function.name)).toEqual([
+      'Time_to_121meet',
+      'reschedule_meeting',
+      'cancel_meeting',
+      'check_availability',
+    ]);
     expect(tools[0]!.function.strict).toBe(true);
     expect(req.parallel_tool_calls).toBe(false);
   });

@@ -1,6 +1,12 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Type } from 'typebox';
 import { type Agent, assertTimeZone, MEETING_DURATION } from '../../domain/agent.js';
+import {
+  BOOKING_SETTING_LIMITS,
+  type BookingSettings,
+  DEFAULT_BOOKING_SETTINGS,
+  parseWorkingHours,
+} from '../../domain/availability.js';
 import { assertUserId } from '../../domain/calendar-connection.js';
 import { InvalidInput, NotFound } from '../../domain/errors.js';
 import type { AgentStore } from '../../store/agents.js';
@@ -20,6 +26,13 @@ const AgentBody = Type.Object({
   timezone: Type.String(),
   model: Type.Union([Type.String(), Type.Null()]),
   meeting_duration_minutes: Type.Integer(),
+  working_hours: Type.Union([
+    Type.Record(Type.String(), Type.Array(Type.Object({ start: Type.String(), end: Type.String() }))),
+    Type.Null(),
+  ]),
+  buffer_minutes: Type.Integer(),
+  min_notice_minutes: Type.Union([Type.Integer(), Type.Null()]),
+  horizon_days: Type.Union([Type.Integer(), Type.Null()]),
   created_at: Type.String(),
   updated_at: Type.String(),
 });
@@ -30,9 +43,68 @@ const editable = {
   timezone: Type.String({ minLength: 1, maxLength: 100, description: 'IANA zone, e.g. Europe/Berlin' }),
   model: Type.Union([Type.String({ minLength: 1, maxLength: 100 }), Type.Null()]),
   meeting_duration_minutes: Type.Integer({ minimum: MEETING_DURATION.min, maximum: MEETING_DURATION.max }),
+  working_hours: Type.Union(
+    [
+      Type.Record(
+        Type.String({ maxLength: 20 }),
+        Type.Array(
+          Type.Object(
+            { start: Type.String({ maxLength: 5 }), end: Type.String({ maxLength: 5 }) },
+            { additionalProperties: false },
+          ),
+          { maxItems: 6 },
+        ),
+        { maxProperties: 7 },
+      ),
+      Type.Null(),
+    ],
+    {
+      description:
+        'Open ranges per weekday in the agent’s zone, e.g. {"monday":[{"start":"09:00","end":"17:00"}]}; absent weekdays are closed; null = any time',
+    },
+  ),
+  buffer_minutes: Type.Integer({
+    minimum: BOOKING_SETTING_LIMITS.bufferMinutes.min,
+    maximum: BOOKING_SETTING_LIMITS.bufferMinutes.max,
+    description: 'Free time kept before and after every meeting',
+  }),
+  min_notice_minutes: Type.Union([
+    Type.Integer({
+      minimum: BOOKING_SETTING_LIMITS.minNoticeMinutes.min,
+      maximum: BOOKING_SETTING_LIMITS.minNoticeMinutes.max,
+    }),
+    Type.Null(),
+  ]),
+  horizon_days: Type.Union([
+    Type.Integer({
+      minimum: BOOKING_SETTING_LIMITS.horizonDays.min,
+      maximum: BOOKING_SETTING_LIMITS.horizonDays.max,
+    }),
+    Type.Null(),
+  ]),
 };
 
+interface SettingsBody {
+  working_hours?: unknown;
+  buffer_minutes?: number | undefined;
+  min_notice_minutes?: number | null | undefined;
+  horizon_days?: number | null | undefined;
+}
+
+/** The booking settings a body sets (validated: weekdays, HH:MM, ranges in order). */
+function settingsFrom(b: SettingsBody): Partial<BookingSettings> {
+  return {
+    ...(b.working_hours !== undefined
+      ? { workingHours: b.working_hours === null ? null : parseWorkingHours(b.working_hours) }
+      : {}),
+    ...(b.buffer_minutes !== undefined ? { bufferMinutes: b.buffer_minutes } : {}),
+    ...(b.min_notice_minutes !== undefined ? { minNoticeMinutes: b.min_notice_minutes } : {}),
+    ...(b.horizon_days !== undefined ? { horizonDays: b.horizon_days } : {}),
+  };
+}
+
 export function agentJson(a: Agent) {
+  const booking = a.booking ?? DEFAULT_BOOKING_SETTINGS;
   return {
     agent_id: a.agentId,
     user_id: a.userId,
@@ -41,6 +113,13 @@ export function agentJson(a: Agent) {
     timezone: a.timezone,
     model: a.model,
     meeting_duration_minutes: a.meetingDurationMinutes,
+    working_hours: (booking.workingHours ?? null) as Record<
+      string,
+      Array<{ start: string; end: string }>
+    > | null,
+    buffer_minutes: booking.bufferMinutes,
+    min_notice_minutes: booking.minNoticeMinutes,
+    horizon_days: booking.horizonDays,
     created_at: a.createdAt.toISOString(),
     updated_at: a.updatedAt.toISOString(),
   };
@@ -66,6 +145,10 @@ export const agentRoutes: FastifyPluginAsyncTypebox<AgentRouteDeps> = async (app
             timezone: Type.Optional(editable.timezone),
             model: Type.Optional(editable.model),
             meeting_duration_minutes: Type.Optional(editable.meeting_duration_minutes),
+            working_hours: Type.Optional(editable.working_hours),
+            buffer_minutes: Type.Optional(editable.buffer_minutes),
+            min_notice_minutes: Type.Optional(editable.min_notice_minutes),
+            horizon_days: Type.Optional(editable.horizon_days),
           },
           { additionalProperties: false },
         ),
@@ -77,7 +160,9 @@ export const agentRoutes: FastifyPluginAsyncTypebox<AgentRouteDeps> = async (app
       assertUserId(b.user_id);
       if (b.timezone !== undefined) assertTimeZone(b.timezone);
       if (b.name.trim() === '') throw new InvalidInput('name must not be blank');
+      const booking = settingsFrom(b);
       const agent = await agents.create({
+        booking,
         userId: b.user_id,
         name: b.name.trim(),
         systemPrompt: b.system_prompt,
@@ -122,6 +207,10 @@ export const agentRoutes: FastifyPluginAsyncTypebox<AgentRouteDeps> = async (app
             timezone: Type.Optional(editable.timezone),
             model: Type.Optional(editable.model),
             meeting_duration_minutes: Type.Optional(editable.meeting_duration_minutes),
+            working_hours: Type.Optional(editable.working_hours),
+            buffer_minutes: Type.Optional(editable.buffer_minutes),
+            min_notice_minutes: Type.Optional(editable.min_notice_minutes),
+            horizon_days: Type.Optional(editable.horizon_days),
           },
           { additionalProperties: false, minProperties: 1 },
         ),
@@ -132,7 +221,9 @@ export const agentRoutes: FastifyPluginAsyncTypebox<AgentRouteDeps> = async (app
       const b = req.body;
       if (b.timezone !== undefined) assertTimeZone(b.timezone);
       if (b.name !== undefined && b.name.trim() === '') throw new InvalidInput('name must not be blank');
+      const booking = settingsFrom(b);
       const agent = await agents.update(req.params.agent_id, {
+        booking,
         name: b.name?.trim(),
         systemPrompt: b.system_prompt,
         timezone: b.timezone,

@@ -1,9 +1,13 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import type { Kysely } from 'kysely';
 import { Type } from 'typebox';
 import { parseZonedDateTime } from '../../domain/calendar-connection.js';
 import type { CalendarGateway } from '../../domain/calendar-gateway.js';
 import { CalendarNotConnected, Conflict, InvalidInput, NotFound, Upstream } from '../../domain/errors.js';
+import { meetingEventData } from '../../domain/owner-events.js';
 import type { Meeting, MeetingStore } from '../../store/meetings.js';
+import type { DB } from '../../store/schema.js';
+import type { OwnerEventSink } from '../../worker/owner-events.js';
 import { requireAdmin } from '../auth.js';
 import { errorResponses, IdString, UserIdParams } from '../schemas.js';
 
@@ -11,6 +15,9 @@ export interface MeetingRouteDeps {
   adminKey: string;
   meetings: MeetingStore;
   calendar: CalendarGateway;
+  /** With both: the cancellation and its meeting.cancelled webhook commit together. */
+  db?: Kysely<DB>;
+  events?: OwnerEventSink;
 }
 
 const MeetingJson = Type.Object({
@@ -181,7 +188,22 @@ export const meetingRoutes: FastifyPluginAsyncTypebox<MeetingRouteDeps> = async 
         }
         throw err;
       }
-      const cancelled = await deps.meetings.markCancelled(m.meeting_id);
+      const { db, events } = deps;
+      const cancelled =
+        db && events
+          ? await db.transaction().execute(async (trx) => {
+              const row = await deps.meetings.cancelIn(trx, m.meeting_id);
+              if (row) {
+                await events.emit(trx, {
+                  userId: row.user_id,
+                  type: 'meeting.cancelled',
+                  key: `meeting.cancelled:${row.meeting_id}`,
+                  data: meetingEventData(row),
+                });
+              }
+              return row;
+            })
+          : await deps.meetings.markCancelled(m.meeting_id);
       return { success: true as const, meeting: meetingJson(cancelled ?? m) };
     },
   );

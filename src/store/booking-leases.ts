@@ -1,0 +1,56 @@
+import { type Kysely, sql } from 'kysely';
+import type { DB } from './schema.js';
+import { type BookingDB, widen } from './schema-booking.js';
+
+/**
+ * Per-owner booking leases (owner_booking_leases): one holder at a time may check availability and
+ * book for an owner. Each statement is a single short query, so nothing holds a transaction (or the
+ * embedded database's only connection) while the holder talks to Google.
+ */
+export class BookingLeaseStore {
+  private readonly db: Kysely<BookingDB>;
+  constructor(db: Kysely<DB>) {
+    this.db = widen(db);
+  }
+
+  /** Takes the lease when it is free, lapsed, or already ours. */
+  async tryAcquire(userId: string, holder: string, leaseMs: number): Promise<boolean> {
+    const until = sql<Date>`now() + make_interval(secs => ${leaseMs / 1000})`;
+    const r = await this.db
+      .insertInto('owner_booking_leases')
+      .values({ user_id: userId, holder, lease_until: until })
+      .onConflict((oc) =>
+        oc
+          .column('user_id')
+          .doUpdateSet({ holder, lease_until: until })
+          .where((eb) =>
+            eb.or([
+              eb('owner_booking_leases.lease_until', '<', sql<Date>`now()`),
+              eb('owner_booking_leases.holder', '=', holder),
+            ]),
+          ),
+      )
+      .returning('user_id')
+      .executeTakeFirst();
+    return r !== undefined;
+  }
+
+  /** Extends a lease we hold; false when it was lost (lapsed and taken by someone else). */
+  async renew(userId: string, holder: string, leaseMs: number): Promise<boolean> {
+    const r = await this.db
+      .updateTable('owner_booking_leases')
+      .set({ lease_until: sql<Date>`now() + make_interval(secs => ${leaseMs / 1000})` })
+      .where('user_id', '=', userId)
+      .where('holder', '=', holder)
+      .executeTakeFirst();
+    return Number(r.numUpdatedRows) > 0;
+  }
+
+  async release(userId: string, holder: string): Promise<void> {
+    await this.db
+      .deleteFrom('owner_booking_leases')
+      .where('user_id', '=', userId)
+      .where('holder', '=', holder)
+      .execute();
+  }
+}

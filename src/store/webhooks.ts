@@ -1,0 +1,154 @@
+import { randomBytes } from 'node:crypto';
+import { type Kysely, type Selectable, sql, type Transaction } from 'kysely';
+import type { OwnerEvent } from '../domain/owner-events.js';
+import type { DB } from './schema.js';
+import { type BookingDB, type WebhookDeliveryTable, widen } from './schema-booking.js';
+import type { SecretBox } from './secret-box.js';
+
+export type WebhookDelivery = Selectable<WebhookDeliveryTable>;
+
+export interface OwnerWebhook {
+  userId: string;
+  url: string;
+  secret: string;
+  createdAt: Date;
+  updatedAt: Date;
+}
+
+const deliveryId = () => `whd_${randomBytes(10).toString('hex')}`;
+
+/** Owner webhooks (secret sealed by the SecretBox, bound to the owner's row) and their deliveries. */
+export class WebhookStore {
+  private readonly db: Kysely<BookingDB>;
+  constructor(
+    db: Kysely<DB>,
+    private readonly box: SecretBox,
+  ) {
+    this.db = widen(db);
+  }
+
+  async put(userId: string, url: string, secret: string): Promise<{ created: boolean }> {
+    const secretEnc = this.box.encrypt(secret, `owner_webhooks:${userId}:secret`);
+    const r = await this.db
+      .insertInto('owner_webhooks')
+      .values({ user_id: userId, url, secret_enc: secretEnc })
+      .onConflict((oc) =>
+        oc.column('user_id').doUpdateSet({ url, secret_enc: secretEnc, updated_at: sql`now()` }),
+      )
+      .returning(sql<boolean>`(xmax = 0)`.as('created'))
+      .executeTakeFirstOrThrow();
+    return { created: Boolean(r.created) };
+  }
+
+  async get(userId: string): Promise<OwnerWebhook | undefined> {
+    const r = await this.db
+      .selectFrom('owner_webhooks')
+      .selectAll()
+      .where('user_id', '=', userId)
+      .executeTakeFirst();
+    if (!r) return undefined;
+    return {
+      userId: r.user_id,
+      url: r.url,
+      secret: this.box.decrypt(r.secret_enc, `owner_webhooks:${userId}:secret`),
+      createdAt: r.created_at,
+      updatedAt: r.updated_at,
+    };
+  }
+
+  async delete(userId: string): Promise<boolean> {
+    const r = await this.db.deleteFrom('owner_webhooks').where('user_id', '=', userId).executeTakeFirst();
+    return Number(r.numDeletedRows) > 0;
+  }
+
+  /**
+   * Records a delivery in the caller's transaction when the owner has a webhook; once per event key
+   * (a retried job records nothing new). Returns the new delivery's id.
+   */
+  async record(trx: Transaction<DB>, e: OwnerEvent): Promise<string | undefined> {
+    const t = widen(trx);
+    const hook = await t
+      .selectFrom('owner_webhooks')
+      .select('user_id')
+      .where('user_id', '=', e.userId)
+      .executeTakeFirst();
+    if (!hook) return undefined;
+    const r = await t
+      .insertInto('webhook_deliveries')
+      .values({
+        delivery_id: deliveryId(),
+        user_id: e.userId,
+        event_type: e.type,
+        event_key: e.key.slice(0, 200),
+        payload: JSON.stringify(e.data),
+      })
+      .onConflict((oc) => oc.column('event_key').doNothing())
+      .returning('delivery_id')
+      .executeTakeFirst();
+    return r?.delivery_id;
+  }
+
+  async delivery(id: string): Promise<WebhookDelivery | undefined> {
+    return this.db
+      .selectFrom('webhook_deliveries')
+      .selectAll()
+      .where('delivery_id', '=', id)
+      .executeTakeFirst();
+  }
+
+  async recordAttempt(
+    id: string,
+    outcome: { ok: boolean; statusCode: number | null; error: string | null; final: boolean },
+  ): Promise<void> {
+    await this.db
+      .updateTable('webhook_deliveries')
+      .set({
+        attempts: sql<number>`attempts + 1`,
+        last_attempt_at: sql<Date>`now()`,
+        last_status_code: outcome.statusCode,
+        last_error: outcome.ok ? null : (outcome.error?.slice(0, 500) ?? null),
+        ...(outcome.ok
+          ? { status: 'delivered' as const, delivered_at: sql<Date>`now()` }
+          : outcome.final
+            ? { status: 'failed' as const }
+            : {}),
+      })
+      .where('delivery_id', '=', id)
+      .where('status', '=', 'pending')
+      .execute();
+  }
+
+  async list(userId: string, limit: number, before?: string): Promise<WebhookDelivery[]> {
+    let q = this.db
+      .selectFrom('webhook_deliveries')
+      .selectAll()
+      .where('user_id', '=', userId)
+      .orderBy('created_at', 'desc')
+      .orderBy('delivery_id', 'desc')
+      .limit(limit);
+    if (before) {
+      q = q.where((eb) =>
+        eb(
+          eb.refTuple('created_at', 'delivery_id'),
+          '<',
+          eb.tuple(
+            eb.selectFrom('webhook_deliveries').select('created_at').where('delivery_id', '=', before),
+            eb.val(before),
+          ),
+        ),
+      );
+    }
+    return q.execute();
+  }
+
+  /** Deliveries written by SQL (the revocation trigger) that still need a job; marked in `trx`. */
+  async claimUnenqueued(trx: Transaction<DB>, limit: number): Promise<string[]> {
+    const r = await sql<{ delivery_id: string }>`
+      UPDATE webhook_deliveries SET enqueued = true
+      WHERE delivery_id IN (
+        SELECT delivery_id FROM webhook_deliveries WHERE NOT enqueued
+        ORDER BY created_at LIMIT ${limit} FOR UPDATE SKIP LOCKED)
+      RETURNING delivery_id`.execute(trx);
+    return r.rows.map((x) => x.delivery_id);
+  }
+}

@@ -1,0 +1,8 @@
+import type { Transaction } from 'kysely';
+import type { OwnerEvent } from '../domain/owner-events.js';
+import type { DB } from '../store/schema.js';
+
+/** Records an owner event in the caller's transaction (src/worker/webhooks.ts delivers it). */
+export interface OwnerEventSink {
+  emit(trx: Transaction<DB>, event: OwnerEvent): Promise<void>;
+}

@@ -1,0 +1,102 @@
+import { randomUUID } from 'node:crypto';
+import type { Logger } from 'pino';
+import { Upstream } from '../domain/errors.js';
+import type { BookingLeaseStore } from '../store/booking-leases.js';
+
+export interface OwnerLockOptions {
+  /** Lease length; renewed every third of it while held, so a crashed holder blocks at most this long. */
+  leaseMs?: number;
+  /** How long to wait for the lease before giving up (retryable: the job runs again later). */
+  waitMs?: number;
+}
+
+export type ReleaseOwnerLock = () => Promise<void>;
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * "Two customers asking for the same slot of one owner at the same moment cannot both get it": the
+ * availability check and the booking (freeBusy -> events.insert -> meeting row committed) run under
+ * one lock per owner, across every process.
+ *
+ * Why a lease row and not an advisory lock: the critical section contains Google calls (seconds).
+ * A transaction-scoped advisory lock would keep a transaction open across them, and on the embedded
+ * database (one connection) that blocks every other query of the process; a session advisory lock
+ * needs a dedicated connection per held owner on a server and does not exist as such on PGlite. A
+ * lease (like the token-refresh lease) is a few one-statement queries on either database; it is
+ * renewed while held and lapses by itself if its holder dies. In this process, callers for the same
+ * owner queue on a promise chain first, so they do not poll the database against each other.
+ */
+export class OwnerBookingLock {
+  readonly #local = new Map<string, Promise<void>>();
+  readonly #leaseMs: number;
+  readonly #waitMs: number;
+
+  constructor(
+    private readonly leases: BookingLeaseStore,
+    private readonly logger: Logger,
+    options: OwnerLockOptions = {},
+  ) {
+    this.#leaseMs = options.leaseMs ?? 30_000;
+    this.#waitMs = options.waitMs ?? 25_000;
+  }
+
+  async acquire(userId: string): Promise<ReleaseOwnerLock> {
+    const previous = this.#local.get(userId) ?? Promise.resolve();
+    let releaseLocal!: () => void;
+    const mine = new Promise<void>((resolve) => {
+      releaseLocal = resolve;
+    });
+    const tail = previous.then(() => mine);
+    this.#local.set(userId, tail);
+    const dropLocal = () => {
+      releaseLocal();
+      if (this.#local.get(userId) === tail) this.#local.delete(userId);
+    };
+
+    const deadline = Date.now() + this.#waitMs;
+    try {
+      await Promise.race([
+        previous,
+        sleep(this.#waitMs).then(() => {
+          throw new Upstream(`timed out waiting for another booking of ${userId}`, true);
+        }),
+      ]);
+      const holder = randomUUID();
+      let delay = 25;
+      while (!(await this.leases.tryAcquire(userId, holder, this.#leaseMs))) {
+        if (Date.now() > deadline) {
+          throw new Upstream(`timed out waiting for another process's booking of ${userId}`, true);
+        }
+        await sleep(delay);
+        delay = Math.min(delay * 2, 250);
+      }
+      const renewal = setInterval(() => {
+        this.leases.renew(userId, holder, this.#leaseMs).then(
+          (held) => {
+            if (!held) this.logger.error({ user_id: userId }, 'booking lease lost while held');
+          },
+          (err: unknown) => this.logger.warn({ err, user_id: userId }, 'booking lease renewal failed'),
+        );
+      }, this.#leaseMs / 3);
+      renewal.unref();
+      let released = false;
+      return async () => {
+        if (released) return;
+        released = true;
+        clearInterval(renewal);
+        try {
+          await this.leases.release(userId, holder);
+        } catch (err) {
+          // It lapses by itself within leaseMs.
+          this.logger.warn({ err, user_id: userId }, 'could not release the booking lease');
+        } finally {
+          dropLocal();
+        }
+      };
+    } catch (err) {
+      dropLocal();
+      throw err;
+    }
+  }
+}

@@ -1,0 +1,187 @@
+import { createHmac } from 'node:crypto';
+import type { Transaction } from 'kysely';
+import { fromKysely, type JobWithMetadata, type PgBoss } from 'pg-boss';
+import type { Logger } from 'pino';
+import type { OwnerEvent } from '../domain/owner-events.js';
+import type { DB } from '../store/schema.js';
+import type { WebhookStore } from '../store/webhooks.js';
+import type { OwnerEventSink } from './owner-events.js';
+
+/** pg-boss queue of webhook deliveries (beside the customer-message queue, same database). */
+export const WEBHOOK_QUEUE = 'webhook-deliveries';
+
+export interface WebhookJob {
+  deliveryId: string;
+}
+
+export interface WebhookOptions {
+  /** Retries after the first attempt (pg-boss, exponential backoff with jitter). */
+  retryLimit?: number;
+  retryDelaySeconds?: number;
+  retryDelayMaxSeconds?: number;
+  timeoutMs?: number;
+  /** How often rows written by SQL (calendar.revoked) are picked up. */
+  relayIntervalMs?: number;
+}
+
+/** `sha256=<hex>` of HMAC-SHA256(secret, "<timestamp>.<body>"): what receivers recompute. */
+export function webhookSignature(secret: string, timestamp: string, body: string): string {
+  return `sha256=${createHmac('sha256', secret).update(`${timestamp}.${body}`).digest('hex')}`;
+}
+
+/**
+ * Owner webhooks: an event is recorded (delivery row + pg-boss job) in the same transaction as the
+ * change it reports, so a committed change always has its delivery and a rolled-back one never
+ * does. Deliveries are JSON POSTs signed with the owner's secret (`X-Signature`,
+ * `X-Signature-Timestamp`), retried by pg-boss with backoff until a 2xx or the retries are spent;
+ * each attempt is recorded on the delivery row. At-least-once: receivers dedupe on the body's `id`.
+ */
+export class WebhookDispatcher implements OwnerEventSink {
+  readonly #retryLimit: number;
+  readonly #retryDelay: number;
+  readonly #retryDelayMax: number;
+  readonly #timeoutMs: number;
+  readonly #relayIntervalMs: number;
+  #relay: NodeJS.Timeout | undefined;
+  #working = false;
+
+  constructor(
+    private readonly boss: PgBoss,
+    private readonly store: WebhookStore,
+    private readonly db: import('kysely').Kysely<DB>,
+    private readonly logger: Logger,
+    options: WebhookOptions = {},
+  ) {
+    this.#retryLimit = options.retryLimit ?? 8;
+    this.#retryDelay = options.retryDelaySeconds ?? 10;
+    this.#retryDelayMax = options.retryDelayMaxSeconds ?? 3600;
+    this.#timeoutMs = options.timeoutMs ?? 10_000;
+    this.#relayIntervalMs = options.relayIntervalMs ?? 5_000;
+  }
+
+  /** Creates the queue (every role: API processes enqueue too). */
+  async start(): Promise<void> {
+    const options = {
+      retryLimit: this.#retryLimit,
+      retryDelay: this.#retryDelay,
+      retryBackoff: true,
+      retryDelayMax: this.#retryDelayMax,
+      expireInSeconds: 5 * 60,
+    };
+    if (!(await this.boss.getQueue(WEBHOOK_QUEUE))) {
+      try {
+        await this.boss.createQueue(WEBHOOK_QUEUE, options);
+      } catch (err) {
+        if (!(await this.boss.getQueue(WEBHOOK_QUEUE))) throw err;
+      }
+    } else {
+      await this.boss.updateQueue(WEBHOOK_QUEUE, options);
+    }
+  }
+
+  async emit(trx: Transaction<DB>, event: OwnerEvent): Promise<void> {
+    const deliveryId = await this.store.record(trx, event);
+    if (deliveryId) await this.#enqueue(trx, deliveryId);
+  }
+
+  async #enqueue(trx: Transaction<DB>, deliveryId: string): Promise<void> {
+    await this.boss.send(WEBHOOK_QUEUE, { deliveryId } satisfies WebhookJob, {
+      db: fromKysely(trx),
+      singletonKey: deliveryId,
+    });
+  }
+
+  /** Worker role: delivers jobs, and relays deliveries written by SQL (calendar.revoked). */
+  async work(): Promise<void> {
+    this.#working = true;
+    await this.boss.work<WebhookJob>(
+      WEBHOOK_QUEUE,
+      { batchSize: 1, includeMetadata: true, pollingIntervalSeconds: 0.5 },
+      async (jobs) => {
+        for (const job of jobs as JobWithMetadata<WebhookJob>[]) await this.#deliver(job);
+      },
+    );
+    const relay = () => {
+      this.relayOnce().catch((err: unknown) => this.logger.warn({ err }, 'webhook relay failed'));
+    };
+    relay();
+    this.#relay = setInterval(relay, this.#relayIntervalMs);
+    this.#relay.unref();
+  }
+
+  /** Enqueues deliveries that have no job yet (written by the revocation trigger). */
+  async relayOnce(): Promise<number> {
+    return this.db.transaction().execute(async (trx) => {
+      const ids = await this.store.claimUnenqueued(trx, 50);
+      for (const id of ids) await this.#enqueue(trx, id);
+      return ids.length;
+    });
+  }
+
+  async #deliver(job: JobWithMetadata<WebhookJob>): Promise<void> {
+    const d = await this.store.delivery(job.data.deliveryId);
+    if (d?.status !== 'pending') return;
+    const hook = await this.store.get(d.user_id);
+    const final = job.retryCount >= job.retryLimit;
+    if (!hook) {
+      await this.store.recordAttempt(d.delivery_id, {
+        ok: false,
+        statusCode: null,
+        error: 'the owner has no webhook any more',
+        final: true,
+      });
+      return;
+    }
+    const body = JSON.stringify({
+      id: d.delivery_id,
+      type: d.event_type,
+      created_at: d.created_at.toISOString(),
+      data: typeof d.payload === 'string' ? JSON.parse(d.payload) : d.payload,
+    });
+    const timestamp = String(Math.floor(Date.now() / 1000));
+    let statusCode: number | null = null;
+    let error: string | null = null;
+    try {
+      const res = await fetch(hook.url, {
+        method: 'POST',
+        headers: {
+          'content-type': 'application/json',
+          'user-agent': 'agent-meetings-webhooks/1',
+          'x-webhook-id': d.delivery_id,
+          'x-webhook-event': d.event_type,
+          'x-signature-timestamp': timestamp,
+          'x-signature': webhookSignature(hook.secret, timestamp, body),
+        },
+        body,
+        redirect: 'manual',
+        signal: AbortSignal.timeout(this.#timeoutMs),
+      });
+      statusCode = res.status;
+      await res.body?.cancel().catch(() => {});
+      if (res.status < 200 || res.status >= 300) error = `receiver answered ${res.status}`;
+    } catch (err) {
+      error = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+    }
+    await this.store.recordAttempt(d.delivery_id, { ok: error === null, statusCode, error, final });
+    const log = this.logger.child({
+      delivery_id: d.delivery_id,
+      event: d.event_type,
+      attempt: job.retryCount,
+    });
+    if (error === null) {
+      log.info({ status: statusCode }, 'webhook delivered');
+      return;
+    }
+    if (final) {
+      log.error({ error }, 'webhook delivery failed; retries spent');
+      return;
+    }
+    log.warn({ error }, 'webhook delivery failed; will retry');
+    throw new Error(error); // pg-boss retries with backoff
+  }
+
+  async stop(): Promise<void> {
+    if (this.#relay) clearInterval(this.#relay);
+    if (this.#working) await this.boss.offWork(WEBHOOK_QUEUE).catch(() => {});
+  }
+}

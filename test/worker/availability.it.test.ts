@@ -1,0 +1,362 @@
+/**
+ * Availability before booking, alternatives, per-owner serialization, the check_availability tool,
+ * and reschedule / cancel by chat (issue 8) — through HTTP, the real clients and both emulators.
+ */
+import { randomBytes } from 'node:crypto';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import type { ChatRequest, ScriptedReply } from '../emulators/openai.js';
+import { messageText } from '../emulators/openai.js';
+import { type Stack, startStack } from '../helpers/stack.js';
+
+let s: Stack;
+beforeAll(async () => {
+  s = await startStack();
+});
+afterAll(async () => {
+  await s?.close();
+});
+beforeEach(() => {
+  s.openai.reset();
+  s.google.reset();
+});
+
+const uid = (prefix: string) => `${prefix}-${randomBytes(5).toString('hex')}`;
+const ownerEmail = (userId: string) => `${userId}@owner.test`;
+const IST = 330;
+const ALL_WEEK_9_TO_17 = Object.fromEntries(
+  ['monday', 'tuesday', 'wednesday', 'thursday', 'friday', 'saturday', 'sunday'].map((d) => [
+    d,
+    [{ start: '09:00', end: '17:00' }],
+  ]),
+);
+
+/** `hour:minute` IST, `days` after today's IST date. */
+function ist(days: number, hour: number, minute = 0) {
+  const local = new Date(Date.now() + IST * 60_000);
+  const localMs = Date.UTC(
+    local.getUTCFullYear(),
+    local.getUTCMonth(),
+    local.getUTCDate() + days,
+    hour,
+    minute,
+  );
+  return {
+    iso: `${new Date(localMs).toISOString().slice(0, 19)}+05:30`,
+    at: new Date(localMs - IST * 60_000),
+    date: new Date(localMs).toISOString().slice(0, 10),
+  };
+}
+
+const friendly = (at: Date) =>
+  new Intl.DateTimeFormat('en-US', {
+    timeZone: 'Asia/Kolkata',
+    weekday: 'long',
+    year: 'numeric',
+    month: 'long',
+    day: 'numeric',
+    hour: 'numeric',
+    minute: '2-digit',
+    timeZoneName: 'short',
+  }).format(at);
+
+function bookingAction(meetingTime: string, over: Record<string, unknown> = {}) {
+  return {
+    action: 'Time_to_121meet',
+    name: 'Siddhant',
+    email: 'siddhant@gmail.com',
+    title: 'Demo',
+    participants: [],
+    meeting_time: meetingTime,
+    friendly_time: null,
+    ...over,
+  };
+}
+
+interface Chat {
+  userId: string;
+  email: string;
+  agentId: string;
+  conversation_id: string;
+  customer_token: string;
+}
+
+async function newOwner(agent: Record<string, unknown> = {}) {
+  const userId = uid('av');
+  await s.connectOwner(userId);
+  const created = await s.createAgent({
+    user_id: userId,
+    name: 'Acme Assistant',
+    timezone: 'Asia/Kolkata',
+    meeting_duration_minutes: 30,
+    ...agent,
+  });
+  return { userId, email: ownerEmail(userId), agentId: created.agent_id };
+}
+
+async function chatWith(owner: { userId: string; email: string; agentId: string }): Promise<Chat> {
+  const c = await s.openConversation(owner.agentId, { customer_name: 'Sid' });
+  return { ...owner, ...c };
+}
+
+async function ask(c: Chat, text: string, reply: ScriptedReply | ((req: ChatRequest) => ScriptedReply)) {
+  s.openai.responder = typeof reply === 'function' ? reply : () => reply;
+  const before = (await s.messages(c.conversation_id, c.customer_token)).filter(
+    (m) => m.role === 'assistant',
+  );
+  await s.send(c.conversation_id, c.customer_token, text);
+  const list = await s.waitForReplies(c.conversation_id, c.customer_token, before.length + 1);
+  return list.filter((m) => m.role === 'assistant').at(-1)!.content;
+}
+
+async function meetingsOf(userId: string): Promise<Array<Record<string, unknown>>> {
+  const res = await s.app.http.inject({ url: `/api/users/${userId}/meetings`, headers: s.admin });
+  expect(res.statusCode).toBe(200);
+  return res.json().meetings;
+}
+
+const liveEvents = (email: string) => s.google.events(email).filter((e) => e.status !== 'cancelled');
+
+describe('agent booking settings', () => {
+  it('are validated and returned by the owner API', async () => {
+    const o = await newOwner({ working_hours: ALL_WEEK_9_TO_17, buffer_minutes: 15, min_notice_minutes: 60 });
+    const res = await s.app.http.inject({ url: `/api/agents/${o.agentId}`, headers: s.admin });
+    expect(res.json()).toMatchObject({
+      working_hours: { monday: [{ start: '09:00', end: '17:00' }] },
+      buffer_minutes: 15,
+      min_notice_minutes: 60,
+      horizon_days: null,
+    });
+    for (const bad of [
+      { working_hours: { funday: [] } },
+      { working_hours: { monday: [{ start: '18:00', end: '09:00' }] } },
+      { working_hours: { monday: [{ start: '9am', end: '17:00' }] } },
+      { buffer_minutes: -5 },
+      { horizon_days: 0 },
+    ]) {
+      const r = await s.app.http.inject({
+        method: 'PATCH',
+        url: `/api/agents/${o.agentId}`,
+        headers: s.admin,
+        payload: bad,
+      });
+      expect(r.statusCode, JSON.stringify(bad)).toBe(400);
+      expect(r.json().success).toBe(false);
+    }
+    const cleared = await s.app.http.inject({
+      method: 'PATCH',
+      url: `/api/agents/${o.agentId}`,
+      headers: s.admin,
+      payload: { working_hours: null },
+    });
+    expect(cleared.json().working_hours).toBeNull();
+  });
+});
+
+describe('availability before booking', () => {
+  it('a busy slot gets the 3 nearest free slots inside working hours; booking one of them works', async () => {
+    const o = await newOwner({ working_hours: ALL_WEEK_9_TO_17 });
+    s.google.addBusy(o.email, ist(2, 10).at, ist(2, 11).at);
+    const c = await chatWith(o);
+
+    const refused = await ask(c, 'Demo at 10 please', {
+      content: JSON.stringify([bookingAction(ist(2, 10).iso)]),
+    });
+    expect(refused).toBe(
+      `Sorry, that time is not available. The nearest free times are:\n` +
+        `• ${friendly(ist(2, 9).at)}\n• ${friendly(ist(2, 9, 30).at)}\n• ${friendly(ist(2, 11).at)}\n\n` +
+        'Which one would you like?',
+    );
+    expect(liveEvents(o.email)).toHaveLength(0);
+    expect(await meetingsOf(o.userId)).toHaveLength(0);
+    const fb = s.google.requests.filter((r) => r.op === 'freebusy.query');
+    expect(fb.length).toBeGreaterThanOrEqual(1);
+    expect(fb.every((r) => r.status === 200)).toBe(true);
+
+    const booked = await ask(c, '11 works', { content: JSON.stringify([bookingAction(ist(2, 11).iso)]) });
+    expect(booked.startsWith('✅ Meeting confirmed!')).toBe(true);
+    expect(liveEvents(o.email)).toHaveLength(1);
+    const [m] = await meetingsOf(o.userId);
+    expect(m?.meeting_time).toBe(ist(2, 11).at.toISOString());
+  });
+
+  it('the buffer keeps free time around busy blocks', async () => {
+    const o = await newOwner({ working_hours: ALL_WEEK_9_TO_17, buffer_minutes: 15 });
+    s.google.addBusy(o.email, ist(2, 10).at, ist(2, 11).at);
+    const c = await chatWith(o);
+    // 11:00 touches the busy block's buffer; 11:30 is the nearest start after it.
+    const refused = await ask(c, 'at 11', { content: JSON.stringify([bookingAction(ist(2, 11).iso)]) });
+    expect(refused).toContain('that time is not available');
+    expect(refused).toContain(friendly(ist(2, 11, 30).at));
+    expect(refused).not.toContain(friendly(ist(2, 9, 30).at));
+  });
+
+  it('a time outside working hours is refused the same way, with alternatives inside them', async () => {
+    const o = await newOwner({ working_hours: ALL_WEEK_9_TO_17 });
+    const c = await chatWith(o);
+    const refused = await ask(c, 'at 8pm', { content: JSON.stringify([bookingAction(ist(2, 20).iso)]) });
+    expect(refused.startsWith('Sorry, that time is outside our working hours (Monday 09:00–17:00;')).toBe(
+      true,
+    );
+    expect(refused).toContain('Asia/Kolkata)');
+    expect(refused).toContain(friendly(ist(2, 16, 30).at));
+    expect(refused).toContain(friendly(ist(2, 16).at));
+    expect(refused).toContain(friendly(ist(2, 15, 30).at));
+    expect(liveEvents(o.email)).toHaveLength(0);
+    expect(s.google.requests.filter((r) => r.op === 'events.insert')).toHaveLength(0);
+  });
+
+  it('without working hours any free time is booked, as the seed did', async () => {
+    const o = await newOwner();
+    const c = await chatWith(o);
+    const reply = await ask(c, 'at 11pm', { content: JSON.stringify([bookingAction(ist(2, 23).iso)]) });
+    expect(reply.startsWith('✅ Meeting confirmed!')).toBe(true);
+  });
+
+  it('two customers asking for the same slot of one owner at the same moment: exactly one gets it', async () => {
+    const o = await newOwner();
+    const chats = await Promise.all([chatWith(o), chatWith(o), chatWith(o)]);
+    const slot = ist(3, 12);
+    s.openai.responder = () => ({ content: JSON.stringify([bookingAction(slot.iso)]) });
+    await Promise.all(chats.map((c) => s.send(c.conversation_id, c.customer_token, 'noon please')));
+    const replies = await Promise.all(
+      chats.map(
+        async (c) =>
+          (await s.waitForReplies(c.conversation_id, c.customer_token, 1)).filter(
+            (m) => m.role === 'assistant',
+          )[0]!.content,
+      ),
+    );
+    expect(replies.filter((r) => r.startsWith('✅ Meeting confirmed!'))).toHaveLength(1);
+    expect(replies.filter((r) => r.startsWith('Sorry, that time is not available.'))).toHaveLength(2);
+    expect(liveEvents(o.email)).toHaveLength(1);
+    expect(await meetingsOf(o.userId)).toHaveLength(1);
+  });
+});
+
+describe('check_availability tool', () => {
+  it('the model gets real free slots as the tool result, then answers', async () => {
+    const o = await newOwner({ working_hours: { ...ALL_WEEK_9_TO_17 } });
+    const day = ist(2, 9);
+    s.google.addBusy(o.email, ist(2, 9).at, ist(2, 16).at);
+    const c = await chatWith(o);
+    const reply = await ask(c, 'When are you free?', (req) => {
+      const last = req.messages.at(-1)!;
+      if (last.role === 'tool')
+        return { content: `I can do ${JSON.parse(messageText(last.content)).free_slots[0].friendly}.` };
+      return {
+        toolCalls: [{ name: 'check_availability', arguments: { start_date: day.date, end_date: null } }],
+      };
+    });
+    expect(s.openai.requests).toHaveLength(2);
+    const toolMessage = s.openai.requests[1]!.messages.at(-1)!;
+    const result = JSON.parse(messageText(toolMessage.content));
+    expect(result.time_zone).toBe('Asia/Kolkata');
+    expect(result.free_slots.map((x: { start: string }) => x.start)).toEqual([
+      ist(2, 16).iso,
+      ist(2, 16, 30).iso,
+    ]);
+    expect(reply).toBe(`I can do ${friendly(ist(2, 16).at)}.`);
+  });
+
+  it('tool rounds are capped: after 3, the tool is no longer offered and the model must answer', async () => {
+    const o = await newOwner();
+    const c = await chatWith(o);
+    const reply = await ask(c, 'Anything free?', (req) => {
+      const offered = (req.tools as Array<{ function: { name: string } }>).some(
+        (t) => t.function.name === 'check_availability',
+      );
+      if (!offered) return { content: 'Let me get back to you.' };
+      return {
+        toolCalls: [
+          { name: 'check_availability', arguments: { start_date: ist(2, 9).date, end_date: null } },
+        ],
+      };
+    });
+    expect(reply).toBe('Let me get back to you.');
+    expect(s.openai.requests).toHaveLength(4);
+    expect(s.google.requests.filter((r) => r.op === 'freebusy.query')).toHaveLength(3);
+  });
+});
+
+describe('reschedule and cancel by chat', () => {
+  it('moves and then cancels the conversation’s meeting; Google notifies attendees; rows record it', async () => {
+    const o = await newOwner({ working_hours: ALL_WEEK_9_TO_17 });
+    const c = await chatWith(o);
+    const other = await chatWith(o);
+    const booked = await ask(c, 'book', { content: JSON.stringify([bookingAction(ist(2, 10).iso)]) });
+    expect(booked.startsWith('✅ Meeting confirmed!')).toBe(true);
+    await ask(other, 'book', {
+      content: JSON.stringify([bookingAction(ist(2, 15).iso, { title: 'Other' })]),
+    });
+    const [mine, theirs] = await meetingsOf(o.userId);
+    expect(mine?.title).toBe('Demo');
+
+    // The moved-to time overlaps the meeting's own old slot: that is not a conflict.
+    const moved = await ask(c, 'Can we do 10:15 instead?', (req) => {
+      expect(messageText(req.messages[0]!.content)).toContain(String(mine?.meeting_id));
+      return {
+        toolCalls: [
+          {
+            name: 'reschedule_meeting',
+            arguments: { meeting_id: null, new_time: ist(2, 10, 15).iso, friendly_time: null },
+          },
+        ],
+      };
+    });
+    expect(moved).toBe(
+      `✅ Meeting rescheduled!\n\n📅 Meeting now scheduled for ${friendly(ist(2, 10, 15).at)}\n🔗 Join here: ${mine?.meet_link}\n\nYou'll receive an updated calendar invite via email.`,
+    );
+    const event = s.google.events(o.email).find((e) => e.id === mine?.google_event_id)!;
+    expect(new Date(event.start!.dateTime!).toISOString()).toBe(ist(2, 10, 15).at.toISOString());
+    expect(s.google.sentUpdates(o.email)).toContainEqual({
+      eventId: mine?.google_event_id,
+      op: 'patch',
+      sendUpdates: 'all',
+    });
+    const after = await s.app.http.inject({ url: `/api/meetings/${mine?.meeting_id}`, headers: s.admin });
+    expect(after.json().meeting.meeting_time).toBe(ist(2, 10, 15).at.toISOString());
+
+    // Moving onto the other conversation's meeting is refused with alternatives.
+    const clash = await ask(c, '3pm?', {
+      toolCalls: [
+        {
+          name: 'reschedule_meeting',
+          arguments: { meeting_id: null, new_time: ist(2, 15).iso, friendly_time: null },
+        },
+      ],
+    });
+    expect(clash.startsWith('Sorry, that time is not available.')).toBe(true);
+
+    // An id of another conversation's meeting is never acted on.
+    const foreign = await ask(c, 'cancel', {
+      toolCalls: [{ name: 'cancel_meeting', arguments: { meeting_id: theirs?.meeting_id } }],
+    });
+    expect(foreign).toContain("couldn't find that meeting");
+    expect(s.google.sentUpdates(o.email).filter((u) => u.op === 'delete')).toHaveLength(0);
+
+    const cancelled = await ask(c, 'cancel it', {
+      content: JSON.stringify({ action: 'cancel_meeting', meeting_id: null }),
+    });
+    expect(cancelled).toBe(
+      `✅ Meeting cancelled.\n\n📅 The meeting scheduled for ${friendly(ist(2, 10, 15).at)} has been cancelled.\n\nYou'll receive a cancellation email.`,
+    );
+    expect(s.google.sentUpdates(o.email)).toContainEqual({
+      eventId: mine?.google_event_id,
+      op: 'delete',
+      sendUpdates: 'all',
+    });
+    const final = await s.app.http.inject({ url: `/api/meetings/${mine?.meeting_id}`, headers: s.admin });
+    expect(final.json().meeting.status).toBe('cancelled');
+    const theirsNow = await s.app.http.inject({
+      url: `/api/meetings/${theirs?.meeting_id}`,
+      headers: s.admin,
+    });
+    expect(theirsNow.json().meeting.status).toBe('scheduled');
+
+    // Nothing left to change in this conversation.
+    const none = await ask(c, 'cancel again', {
+      toolCalls: [{ name: 'cancel_meeting', arguments: { meeting_id: null } }],
+    });
+    expect(none).toContain("couldn't find an upcoming meeting");
+  });
+});

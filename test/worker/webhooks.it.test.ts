@@ -1,0 +1,278 @@
+/**
+ * Owner webhooks (issue 8): signed JSON POSTs for meeting.booked / rescheduled / cancelled and
+ * calendar.revoked, recorded in the change's transaction, delivered through pg-boss with retries,
+ * visible at GET /api/users/:user_id/webhook/deliveries. A real HTTP receiver verifies signatures.
+ */
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { sql } from 'kysely';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { type Stack, startStack } from '../helpers/stack.js';
+
+interface Received {
+  path: string;
+  headers: Record<string, string | string[] | undefined>;
+  body: string;
+  json: { id: string; type: string; created_at: string; data: Record<string, unknown> };
+}
+
+let s: Stack;
+let server: Server;
+let base: string;
+const received: Received[] = [];
+/** Per path: how many more requests answer 500. */
+const failures = new Map<string, number>();
+
+beforeAll(async () => {
+  server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks).toString('utf8');
+      const path = req.url ?? '/';
+      const left = failures.get(path) ?? 0;
+      if (left > 0) {
+        failures.set(path, left - 1);
+        res.writeHead(500).end('nope');
+        return;
+      }
+      received.push({ path, headers: req.headers, body, json: JSON.parse(body) });
+      res.writeHead(204).end();
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  s = await startStack({}, { webhooks: { retryLimit: 3, retryDelaySeconds: 1, relayIntervalMs: 200 } });
+});
+afterAll(async () => {
+  await s?.close();
+  await new Promise((r) => server?.close(r));
+});
+beforeEach(() => {
+  s.openai.reset();
+  s.google.reset();
+});
+
+const uid = (prefix: string) => `${prefix}-${randomBytes(5).toString('hex')}`;
+
+function at(days: number, hourUtc: number): string {
+  const d = new Date(Date.now() + days * 86_400_000);
+  d.setUTCHours(hourUtc, 0, 0, 0);
+  return d.toISOString().replace('.000Z', 'Z');
+}
+
+function verify(r: Received, secret: string): boolean {
+  const ts = String(r.headers['x-signature-timestamp']);
+  const expected = `sha256=${createHmac('sha256', secret).update(`${ts}.${r.body}`).digest('hex')}`;
+  const got = String(r.headers['x-signature']);
+  return got.length === expected.length && timingSafeEqual(Buffer.from(got), Buffer.from(expected));
+}
+
+async function waitFor<T>(
+  what: string,
+  fn: () => T | undefined | Promise<T | undefined>,
+  ms = 20_000,
+): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v !== undefined && v !== false) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+async function putWebhook(userId: string, body: Record<string, unknown>) {
+  return s.app.http.inject({
+    method: 'PUT',
+    url: `/api/users/${userId}/webhook`,
+    headers: s.admin,
+    payload: body,
+  });
+}
+
+async function deliveries(userId: string) {
+  const res = await s.app.http.inject({ url: `/api/users/${userId}/webhook/deliveries`, headers: s.admin });
+  expect(res.statusCode).toBe(200);
+  return res.json().deliveries as Array<Record<string, unknown>>;
+}
+
+async function ownerWithHook(path: string) {
+  const userId = uid('wh');
+  await s.connectOwner(userId);
+  const agent = await s.createAgent({ user_id: userId, name: 'Acme Assistant' });
+  const res = await putWebhook(userId, { url: `${base}${path}` });
+  expect(res.statusCode).toBe(200);
+  const secret = res.json().secret as string;
+  return { userId, email: `${userId}@owner.test`, agentId: agent.agent_id, secret };
+}
+
+async function say(
+  agentId: string,
+  conv: { conversation_id: string; customer_token: string } | undefined,
+  reply: unknown,
+) {
+  const c = conv ?? (await s.openConversation(agentId));
+  s.openai.responder = () => ({ content: JSON.stringify(reply) });
+  const before = (await s.messages(c.conversation_id, c.customer_token)).filter(
+    (m) => m.role === 'assistant',
+  ).length;
+  await s.send(c.conversation_id, c.customer_token, 'please');
+  const list = await s.waitForReplies(c.conversation_id, c.customer_token, before + 1);
+  return { conv: c, text: list.filter((m) => m.role === 'assistant').at(-1)!.content };
+}
+
+const booking = (time: string) => [
+  {
+    action: 'Time_to_121meet',
+    name: 'Sid',
+    email: 'sid@example.com',
+    title: 'Demo',
+    participants: [],
+    meeting_time: time,
+    friendly_time: null,
+  },
+];
+
+describe('webhook settings', () => {
+  it('validates the URL, generates a secret once, stores it encrypted, needs the admin key', async () => {
+    const userId = uid('wh');
+    expect((await putWebhook(userId, { url: 'ftp://example.com/x' })).statusCode).toBe(400);
+    expect((await putWebhook(userId, { url: 'not a url' })).statusCode).toBe(400);
+    expect((await putWebhook(userId, { url: `${base}/x`, secret: 'short' })).statusCode).toBe(400);
+    const anon = await s.app.http.inject({
+      method: 'PUT',
+      url: `/api/users/${userId}/webhook`,
+      payload: { url: `${base}/x` },
+    });
+    expect(anon.statusCode).toBe(401);
+
+    const res = await putWebhook(userId, { url: `${base}/x` });
+    expect(res.statusCode).toBe(200);
+    const secret = res.json().secret as string;
+    expect(secret).toMatch(/^whsec_[A-Za-z0-9_-]{40,}$/);
+    const read = await s.app.http.inject({ url: `/api/users/${userId}/webhook`, headers: s.admin });
+    expect(read.json()).toMatchObject({ url: `${base}/x` });
+    expect(read.body).not.toContain(secret);
+    const stored = await sql<{
+      secret_enc: string;
+    }>`SELECT secret_enc FROM owner_webhooks WHERE user_id = ${userId}`.execute(s.app.database.db);
+    expect(stored.rows[0]?.secret_enc).toMatch(/^v1\./);
+    expect(stored.rows[0]?.secret_enc).not.toContain(secret);
+
+    const own = await putWebhook(userId, { url: `${base}/y`, secret: 'my-own-secret-0123456789' });
+    expect(own.json().secret).toBeUndefined();
+  });
+});
+
+describe('webhook deliveries', () => {
+  it('booked, rescheduled and cancelled by chat: each change POSTed once, signed', async () => {
+    const o = await ownerWithHook('/chat');
+    const first = await say(o.agentId, undefined, booking(at(2, 10)));
+    expect(first.text.startsWith('✅ Meeting confirmed!')).toBe(true);
+    const moved = await say(o.agentId, first.conv, [
+      { action: 'reschedule_meeting', meeting_id: null, new_time: at(2, 12), friendly_time: null },
+    ]);
+    expect(moved.text.startsWith('✅ Meeting rescheduled!')).toBe(true);
+    const cancelled = await say(o.agentId, first.conv, [{ action: 'cancel_meeting', meeting_id: null }]);
+    expect(cancelled.text.startsWith('✅ Meeting cancelled.')).toBe(true);
+
+    const mine = await waitFor('three deliveries', () => {
+      const got = received.filter((r) => r.path === '/chat');
+      return got.length >= 3 ? got : undefined;
+    });
+    expect(mine.map((r) => r.json.type).sort()).toEqual([
+      'meeting.booked',
+      'meeting.cancelled',
+      'meeting.rescheduled',
+    ]);
+    for (const r of mine) {
+      expect(verify(r, o.secret)).toBe(true);
+      expect(verify(r, 'another-secret-0123456789')).toBe(false);
+      expect(r.headers['content-type']).toBe('application/json');
+      expect(r.json.id).toMatch(/^whd_/);
+    }
+    const byType = Object.fromEntries(
+      mine.map((r) => [r.json.type, r.json.data.meeting as Record<string, unknown>]),
+    );
+    expect(byType['meeting.booked']?.meeting_time).toBe(new Date(at(2, 10)).toISOString());
+    expect(byType['meeting.rescheduled']?.meeting_time).toBe(new Date(at(2, 12)).toISOString());
+    expect(byType['meeting.rescheduled']?.previous_meeting_time).toBe(new Date(at(2, 10)).toISOString());
+    expect(byType['meeting.cancelled']?.status).toBe('cancelled');
+
+    await waitFor('delivered statuses', async () =>
+      (await deliveries(o.userId)).every((d) => d.status === 'delivered') ? true : undefined,
+    );
+    const list = await deliveries(o.userId);
+    expect(list).toHaveLength(3);
+    for (const d of list)
+      expect(d).toMatchObject({ status: 'delivered', attempts: 1, last_error: null, last_status_code: 204 });
+  });
+
+  it('a failing receiver gets retries with backoff until it accepts; the delivery shows the attempts', async () => {
+    const o = await ownerWithHook('/flaky');
+    failures.set('/flaky', 2);
+    await say(o.agentId, undefined, booking(at(3, 9)));
+    const got = await waitFor('the delivery after two failures', () =>
+      received.find((r) => r.path === '/flaky'),
+    );
+    expect(got.json.type).toBe('meeting.booked');
+    expect(verify(got, o.secret)).toBe(true);
+    const [d] = await waitFor('delivered', async () => {
+      const list = await deliveries(o.userId);
+      return list[0]?.status === 'delivered' ? list : undefined;
+    });
+    expect(d).toMatchObject({
+      event_type: 'meeting.booked',
+      status: 'delivered',
+      attempts: 3,
+      last_error: null,
+    });
+  });
+
+  it('a receiver that never accepts: the delivery ends failed with its last error', async () => {
+    const o = await ownerWithHook('/down');
+    failures.set('/down', 100);
+    await say(o.agentId, undefined, booking(at(3, 11)));
+    const [d] = await waitFor(
+      'failed',
+      async () => {
+        const list = await deliveries(o.userId);
+        return list[0]?.status === 'failed' ? list : undefined;
+      },
+      40_000,
+    );
+    expect(d).toMatchObject({
+      status: 'failed',
+      attempts: 4,
+      last_status_code: 500,
+      last_error: 'receiver answered 500',
+    });
+  });
+
+  it('the owner API cancel and a revoked calendar are delivered too', async () => {
+    const o = await ownerWithHook('/admin');
+    await say(o.agentId, undefined, booking(at(4, 9)));
+    const meetings = (
+      await s.app.http.inject({ url: `/api/users/${o.userId}/meetings`, headers: s.admin })
+    ).json().meetings;
+    const cancel = await s.app.http.inject({
+      method: 'POST',
+      url: `/api/meetings/${meetings[0].meeting_id}/cancel`,
+      headers: s.admin,
+    });
+    expect(cancel.statusCode).toBe(200);
+    await waitFor('cancel delivery', () =>
+      received.find((r) => r.path === '/admin' && r.json.type === 'meeting.cancelled'),
+    );
+
+    // Revocation happens inside the token refresh (invalid_grant): the trigger records it.
+    await s.app.connections.markRevoked(o.userId);
+    const revoked = await waitFor('revoked delivery', () =>
+      received.find((r) => r.path === '/admin' && r.json.type === 'calendar.revoked'),
+    );
+    expect(verify(revoked, o.secret)).toBe(true);
+    expect(revoked.json.data.user_id).toBe(o.userId);
+  });
+});
