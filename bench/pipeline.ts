@@ -81,7 +81,8 @@ export async function runPipeline(
     const last = [...req.messages].reverse().find((m) => m.role === 'user');
     const idx = Number(/#(\d+)/.exec(messageText(last?.content))?.[1]);
     if (!modelArrival.has(idx)) modelArrival.set(idx, arrived);
-    const when = new Date(base + idx * 60_000).toISOString().replace(/\.\d{3}Z$/, 'Z');
+    // One hour apart: no two bookings of an owner overlap (availability would refuse them).
+    const when = new Date(base + idx * 3_600_000).toISOString().replace(/\.\d{3}Z$/, 'Z');
     return {
       content: `Booking it.\n[{"action":"Time_to_121meet","name":"Bench ${idx}","email":"c${idx}@bench.test","title":"Bench","participants":[],"meeting_time":"${when}","friendly_time":"soon"}]`,
     };
@@ -143,7 +144,8 @@ export async function runPipeline(
     lastAnswer = Math.max(lastAnswer, answered);
     e2e.push(answered - sentAt.get(row.message_id)!);
     if (row.content.includes('✅ Meeting confirmed!')) confirmed++;
-    else if (process.env.BENCH_DEBUG) process.stderr.write(`not confirmed: ${row.content.slice(0, 160)}\n`);
+    else if (process.env.BENCH_DEBUG)
+      process.stderr.write(`not confirmed: ${JSON.stringify(row.content.slice(0, 300))}\n`);
     // Pickup: the model request's arrival minus the moment the message was stored.
     const arrived = modelArrival.get(Number(/#(\d+)/.exec(row.question)?.[1]));
     if (arrived !== undefined) pickup.push(arrived - new Date(row.asked).getTime());
