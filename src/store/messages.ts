@@ -188,13 +188,25 @@ export class MessageStore {
       .execute();
   }
 
-  async saveModelOutput(messageId: string, output: StoredModelOutput): Promise<void> {
-    await this.db
+  /**
+   * Keeps the first model output stored for a message and returns the one that is stored: ours, or
+   * that of a concurrent attempt that saved first (everyone then acts on the same output).
+   */
+  async saveModelOutput(messageId: string, output: StoredModelOutput): Promise<StoredModelOutput> {
+    const saved = await this.db
       .updateTable('messages')
       .set({ model_output: JSON.stringify(output) })
       .where('message_id', '=', messageId)
       .where('model_output', 'is', null)
-      .execute();
+      .returning('model_output')
+      .executeTakeFirst();
+    if (saved?.model_output) return saved.model_output;
+    const existing = await this.db
+      .selectFrom('messages')
+      .select('model_output')
+      .where('message_id', '=', messageId)
+      .executeTakeFirst();
+    return existing?.model_output ?? output;
   }
 
   /**

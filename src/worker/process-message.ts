@@ -212,9 +212,7 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
     }
     const output: StoredModelOutput = { text: result.text, toolCalls: result.toolCalls };
     // First writer wins; a concurrent attempt that saved first is the output everyone acts on.
-    await deps.messages.saveModelOutput(work.message.messageId, output);
-    const saved = await deps.messages.loadWork(work.message.messageId);
-    return saved?.message.modelOutput ?? output;
+    return deps.messages.saveModelOutput(work.message.messageId, output);
   }
 
   async function composeReply(

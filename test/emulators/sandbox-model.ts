@@ -16,7 +16,7 @@ import {
   CHECK_AVAILABILITY,
   RESCHEDULE_ACTION,
 } from '../../src/domain/prompt.js';
-import { toZonedIso, zoneOffsetMinutes } from '../../src/domain/time.js';
+import { toZonedIso, zonedInstant } from '../../src/domain/time.js';
 import { type ChatRequest, messageText, type Responder, type ScriptedReply } from './openai.js';
 
 /** "Now" as the system prompt states it: the wall clock in the agent's zone. */
@@ -119,21 +119,6 @@ export function parsePromptNow(system: string, fallback: Date = new Date()): Pro
     hour: fallback.getUTCHours(),
     minute: fallback.getUTCMinutes(),
   };
-}
-
-/** The instant a wall-clock time in `zone` denotes (two passes settle the offset around DST changes). */
-export function zonedInstant(
-  year: number,
-  month: number,
-  day: number,
-  hour: number,
-  minute: number,
-  zone: string,
-): Date {
-  const wall = Date.UTC(year, month - 1, day, hour, minute);
-  let t = wall - zoneOffsetMinutes(new Date(wall), zone) * 60_000;
-  t = wall - zoneOffsetMinutes(new Date(t), zone) * 60_000;
-  return new Date(t);
 }
 
 function normalize(text: string): string {
