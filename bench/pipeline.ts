@@ -1,7 +1,6 @@
-import { sql } from 'kysely';
 import { messageText } from '../test/emulators/openai.js';
-import { type BenchStack, json } from './setup.js';
-import { round, rssSampler, summarize } from './stats.js';
+import { type BenchStack, eachLimited, json } from './setup.js';
+import { cpuMeter, round, summarize } from './stats.js';
 
 export interface PipelineResult {
   offered_per_s: number;
@@ -10,6 +9,7 @@ export interface PipelineResult {
   bookings_per_s: number;
   e2e_p50_ms: number;
   e2e_p99_ms: number;
+  emulator_p50_ms: number;
   overhead_p50_ms: number;
   overhead_p99_ms: number;
   pickup_p50_ms: number;
@@ -17,26 +17,52 @@ export interface PipelineResult {
   peak_rss_mb: number;
   owners: number;
   refreshes_per_owner: string;
+  cpu_service_pct: number;
+  cpu_bench_pct: number;
+  cpu_postgres_pct: number;
+  /** Where the overhead goes, p50 of each stage in ms (see bench/README.md). */
+  stages: Record<string, number>;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+interface Booking {
+  idx: number;
+  conversationId: string;
+  token: string;
+  owner: number;
+  messageId?: string;
+  sentAt?: number;
+  askedAt?: number;
+  answeredAt?: number;
+  answer?: string;
+  /** The model request's arrival and answer (bench clock). */
+  modelCalls: Array<{ at: number; doneAt: number }>;
+}
+
 /**
- * Open-loop load: `rate` customer messages per second for `durationS`, each asking the (emulated)
- * model to book; measures from the HTTP send to the committed confirmation (database clock).
+ * Open-loop load: `rate` customer messages per second for `durationS`, each in its own conversation
+ * and asking the (emulated) model to book. Everything goes through the service's HTTP API; the
+ * timestamps of the question and the answer are the ones the service stored (database clock, read
+ * back through the API after the run, so reading them costs the service nothing while it works).
+ *
+ * Overhead is measured per booking: end-to-end minus the time this booking spent inside the
+ * emulators (its model call, the owner's token refresh while it waited for it, its freeBusy and its
+ * events.insert — matched through the account each Calendar request authenticated as).
  */
 export async function runPipeline(
   stack: BenchStack,
-  opts: { rate: number; durationS: number; owners: number; modelLatencyMs: number; googleLatencyMs: number },
+  opts: { rate: number; durationS: number; owners: number },
 ): Promise<PipelineResult> {
   const admin = { authorization: `Bearer ${stack.adminKey}`, 'content-type': 'application/json' };
   const tag = Math.random().toString(36).slice(2, 8);
   // Owners whose access tokens expire in 2 minutes (inside the 5-minute margin): each must be
   // refreshed exactly once, however many bookings race for it.
-  const owners: Array<{ userId: string; agentId: string; refreshToken: string }> = [];
+  const owners: Array<{ userId: string; email: string; agentId: string; refreshToken: string }> = [];
   for (let i = 0; i < opts.owners; i++) {
     const userId = `bench-${tag}-${i}`;
-    const grant = stack.google.grant({ email: `${userId}@bench.test`, accessTokenExpiresInSeconds: 120 });
+    const email = `${userId}@bench.test`;
+    const grant = stack.google.grant({ email, accessTokenExpiresInSeconds: 120 });
     await json(
       await fetch(`${stack.baseUrl}/api/users/${userId}/google-calendar/connect`, {
         method: 'POST',
@@ -56,102 +82,190 @@ export async function runPipeline(
         body: JSON.stringify({ user_id: userId, name: 'Bench' }),
       }),
     );
-    owners.push({ userId, agentId: agent.agent_id, refreshToken: grant.refresh_token });
+    owners.push({ userId, email, agentId: agent.agent_id, refreshToken: grant.refresh_token });
   }
 
   const total = Math.max(1, Math.round(opts.rate * opts.durationS));
-  const chats: Array<{ id: string; token: string }> = [];
+  const bookings: Booking[] = [];
   for (let i = 0; i < total; i++) {
+    const owner = i % owners.length;
     const c = await json<{ conversation_id: string; customer_token: string }>(
-      await fetch(`${stack.baseUrl}/api/agents/${owners[i % owners.length]!.agentId}/conversations`, {
+      await fetch(`${stack.baseUrl}/api/agents/${owners[owner]!.agentId}/conversations`, {
         method: 'POST',
         headers: { 'content-type': 'application/json' },
         body: '{}',
       }),
     );
-    chats.push({ id: c.conversation_id, token: c.customer_token });
+    bookings.push({
+      idx: i,
+      conversationId: c.conversation_id,
+      token: c.customer_token,
+      owner,
+      modelCalls: [],
+    });
   }
 
-  // The emulated model answers every message with a booking action; the time the request reached
-  // it (minus its fixed latency) is when the worker started on that message.
-  const modelArrival = new Map<number, number>();
+  // The emulated model answers every message with a booking action, one hour apart per booking so
+  // that no two bookings of an owner overlap (availability would refuse them).
   const base = Date.now() + 86_400_000;
   stack.openai.responder = (req) => {
-    const arrived = Date.now() - opts.modelLatencyMs;
+    const doneAt = Date.now();
     const last = [...req.messages].reverse().find((m) => m.role === 'user');
     const idx = Number(/#(\d+)/.exec(messageText(last?.content))?.[1]);
-    if (!modelArrival.has(idx)) modelArrival.set(idx, arrived);
-    // One hour apart: no two bookings of an owner overlap (availability would refuse them).
+    bookings[idx]?.modelCalls.push({ at: doneAt - stack.openai.latencyMs, doneAt });
     const when = new Date(base + idx * 3_600_000).toISOString().replace(/\.\d{3}Z$/, 'Z');
     return {
       content: `Booking it.\n[{"action":"Time_to_121meet","name":"Bench ${idx}","email":"c${idx}@bench.test","title":"Bench","participants":[],"meeting_time":"${when}","friendly_time":"soon"}]`,
     };
   };
+  stack.google.requests.length = 0;
 
-  const rss = rssSampler();
-  const sentAt = new Map<string, number>();
-  const messageIds: string[] = [];
+  const cpu = cpuMeter(stack.service.pid);
   const started = Date.now();
   const sends: Promise<void>[] = [];
-  for (let i = 0; i < total; i++) {
-    const due = started + (i * 1000) / opts.rate;
+  for (const b of bookings) {
+    const due = started + (b.idx * 1000) / opts.rate;
     const wait = due - Date.now();
     if (wait > 0) await sleep(wait);
-    const chat = chats[i]!;
-    const t0 = Date.now();
+    b.sentAt = Date.now();
     sends.push(
-      fetch(`${stack.baseUrl}/api/conversations/${chat.id}/messages`, {
+      fetch(`${stack.baseUrl}/api/conversations/${b.conversationId}/messages`, {
         method: 'POST',
-        headers: { authorization: `Bearer ${chat.token}`, 'content-type': 'application/json' },
-        body: JSON.stringify({ content: `please book #${i}` }),
+        headers: { authorization: `Bearer ${b.token}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ content: `please book #${b.idx}` }),
       })
         .then((r) => json<{ message_id: string }>(r))
         .then((r) => {
-          sentAt.set(r.message_id, t0);
-          messageIds.push(r.message_id);
+          b.messageId = r.message_id;
         }),
     );
   }
   await Promise.all(sends);
 
-  const db = stack.app.database.db;
-  const deadline = Date.now() + 120_000 + total * 50;
-  for (;;) {
-    const r = await sql<{
-      n: number;
-    }>`SELECT count(*)::int AS n FROM messages WHERE reply_to = ANY(${messageIds})`.execute(db);
-    if (r.rows[0]!.n >= total) break;
-    if (Date.now() > deadline) throw new Error(`only ${r.rows[0]!.n}/${total} replies after the deadline`);
+  // Wait without touching the service: until Google saw one insert per booking (or nothing moved
+  // for a while), then read every conversation back once, and again for any still unanswered.
+  const inserts = () => stack.google.requests.filter((r) => r.op === 'events.insert' && r.doneAt).length;
+  let seen = -1;
+  let still = Date.now();
+  while (inserts() < total && Date.now() - still < 20_000) {
+    if (inserts() !== seen) {
+      seen = inserts();
+      still = Date.now();
+    }
     await sleep(50);
   }
-  rss.stop();
-  const rows = await sql<{
-    message_id: string;
-    question: string;
-    content: string;
-    asked: Date;
-    answered: Date;
-  }>`
-    SELECT c.message_id, c.content AS question, a.content, c.created_at AS asked, a.created_at AS answered
-      FROM messages c JOIN messages a ON a.reply_to = c.message_id
-     WHERE c.message_id = ANY(${messageIds})`.execute(db);
+  const cpuUse = cpu.stop();
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    const open = bookings.filter((b) => b.answeredAt === undefined);
+    if (open.length === 0) break;
+    if (Date.now() > deadline)
+      throw new Error(`only ${total - open.length}/${total} replies after the deadline`);
+    await eachLimited(open, 8, async (b) => {
+      const { messages } = await json<{
+        messages: Array<{ message_id: string; role: string; content: string; created_at: string }>;
+      }>(
+        await fetch(`${stack.baseUrl}/api/conversations/${b.conversationId}/messages`, {
+          headers: { authorization: `Bearer ${b.token}` },
+        }),
+      );
+      const asked = messages.find((m) => m.message_id === b.messageId);
+      const answer = messages.find((m) => m.role === 'assistant');
+      if (asked && answer) {
+        b.askedAt = Date.parse(asked.created_at);
+        b.answeredAt = Date.parse(answer.created_at);
+        b.answer = answer.content;
+      }
+    });
+    if (bookings.some((b) => b.answeredAt === undefined)) await sleep(250);
+  }
+  const peakRss = stack.peakRss();
+
+  // Emulator time per booking. Calendar requests, per owner in arrival order: a booking's freeBusy
+  // is the owner's last one before its events.insert (an owner's bookings take turns under the
+  // per-owner lease); the insert names the customer as attendee.
+  const googleMs = new Map<number, number>();
+  const calls = new Map<
+    number,
+    { freeBusy?: { at: number; doneAt: number }; insert: { at: number; doneAt: number } }
+  >();
+  const lastFreeBusyCall = new Map<string, { at: number; doneAt: number }>();
+  const lastFreeBusy = new Map<string, number>();
+  const refreshes = new Map<string, Array<{ at: number; doneAt: number }>>();
+  const ownerByRefresh = new Map(owners.map((o) => [o.refreshToken, o.email]));
+  for (const r of [...stack.google.requests].sort((a, b) => a.at - b.at)) {
+    const spent = (r.doneAt ?? r.at) - r.at;
+    if (r.op === 'token') {
+      const email = ownerByRefresh.get((r.body as Record<string, string> | undefined)?.refresh_token ?? '');
+      if (email && r.doneAt)
+        refreshes.set(email, [...(refreshes.get(email) ?? []), { at: r.at, doneAt: r.doneAt }]);
+    } else if (r.op === 'freebusy.query' && r.account) {
+      lastFreeBusy.set(r.account, spent);
+      if (r.doneAt) lastFreeBusyCall.set(r.account, { at: r.at, doneAt: r.doneAt });
+    } else if (r.op === 'events.insert' && r.account) {
+      const attendees = (r.body as { attendees?: Array<{ email?: string }> } | undefined)?.attendees ?? [];
+      const idx = attendees.map((a) => /^c(\d+)@bench\.test$/.exec(a.email ?? '')?.[1]).find(Boolean);
+      if (idx === undefined) continue;
+      googleMs.set(
+        Number(idx),
+        (googleMs.get(Number(idx)) ?? 0) + spent + (lastFreeBusy.get(r.account) ?? 0),
+      );
+      lastFreeBusy.delete(r.account);
+      if (r.doneAt) {
+        calls.set(Number(idx), {
+          freeBusy: lastFreeBusyCall.get(r.account),
+          insert: { at: r.at, doneAt: r.doneAt },
+        });
+      }
+      lastFreeBusyCall.delete(r.account);
+    }
+  }
+
   const e2e: number[] = [];
+  const overhead: number[] = [];
+  const emulator: number[] = [];
   const pickup: number[] = [];
+  const stage: Record<string, number[]> = {
+    http_store: [],
+    pickup: [],
+    model_to_freebusy: [],
+    freebusy_to_insert: [],
+    insert_to_reply: [],
+  };
   let lastAnswer = 0;
   let confirmed = 0;
-  for (const row of rows.rows) {
-    const answered = new Date(row.answered).getTime();
+  for (const b of bookings) {
+    const answered = b.answeredAt!;
     lastAnswer = Math.max(lastAnswer, answered);
-    e2e.push(answered - sentAt.get(row.message_id)!);
-    if (row.content.includes('✅ Meeting confirmed!')) confirmed++;
+    const total = answered - b.sentAt!;
+    const model = b.modelCalls.reduce((s, c) => s + (c.doneAt - c.at), 0);
+    // The owner's refresh, for the part of it this booking waited through (after its model answer).
+    const modelDone = b.modelCalls.at(-1)?.doneAt ?? b.sentAt!;
+    const refresh = (refreshes.get(owners[b.owner]!.email) ?? []).reduce(
+      (s, r) => s + Math.max(0, Math.min(r.doneAt, answered) - Math.max(r.at, modelDone)),
+      0,
+    );
+    const spent = model + refresh + (googleMs.get(b.idx) ?? 0);
+    e2e.push(total);
+    emulator.push(spent);
+    overhead.push(total - spent);
+    if (b.answer?.includes('✅ Meeting confirmed!')) confirmed++;
     else if (process.env.BENCH_DEBUG)
-      process.stderr.write(`not confirmed: ${JSON.stringify(row.content.slice(0, 300))}\n`);
-    // Pickup: the model request's arrival minus the moment the message was stored.
-    const arrived = modelArrival.get(Number(/#(\d+)/.exec(row.question)?.[1]));
-    if (arrived !== undefined) pickup.push(arrived - new Date(row.asked).getTime());
+      process.stderr.write(`not confirmed: ${JSON.stringify(b.answer?.slice(0, 300))}\n`);
+    // Pickup: message stored -> the model request reached the emulator.
+    if (b.modelCalls[0] && b.askedAt !== undefined) pickup.push(b.modelCalls[0].at - b.askedAt);
+    // Stages of a booking that needed no refresh (the refresh is the emulator's time, not ours).
+    const c = calls.get(b.idx);
+    if (refresh === 0 && c?.freeBusy && b.modelCalls.length === 1 && b.askedAt !== undefined) {
+      stage.http_store!.push(b.askedAt - b.sentAt!);
+      stage.pickup!.push(b.modelCalls[0]!.at - b.askedAt);
+      stage.model_to_freebusy!.push(c.freeBusy.at - modelDone);
+      stage.freebusy_to_insert!.push(c.insert.at - c.freeBusy.doneAt);
+      stage.insert_to_reply!.push(answered - c.insert.doneAt);
+    }
   }
-  const emulatorMs = opts.modelLatencyMs + opts.googleLatencyMs;
   const e = summarize(e2e);
+  const o = summarize(overhead);
   const p = summarize(pickup);
   const refreshCounts = owners.map((o) => stack.google.refreshCount(o.refreshToken));
   return {
@@ -161,12 +275,15 @@ export async function runPipeline(
     bookings_per_s: round(total / ((lastAnswer - started) / 1000)),
     e2e_p50_ms: round(e.p50),
     e2e_p99_ms: round(e.p99),
-    overhead_p50_ms: round(e.p50 - emulatorMs),
-    overhead_p99_ms: round(e.p99 - emulatorMs),
+    emulator_p50_ms: round(summarize(emulator).p50),
+    overhead_p50_ms: round(o.p50),
+    overhead_p99_ms: round(o.p99),
     pickup_p50_ms: round(p.p50),
     pickup_p99_ms: round(p.p99),
-    peak_rss_mb: round(rss.peak() / 1024 / 1024, 0),
+    peak_rss_mb: round(peakRss / 1024 / 1024, 0),
     owners: owners.length,
     refreshes_per_owner: [...new Set(refreshCounts)].join('/'),
+    ...(cpuUse as { cpu_service_pct: number; cpu_bench_pct: number; cpu_postgres_pct: number }),
+    stages: Object.fromEntries(Object.entries(stage).map(([k, v]) => [k, round(summarize(v).p50)])),
   };
 }

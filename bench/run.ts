@@ -21,6 +21,9 @@ const { values } = parseArgs({
     owners: { type: 'string', default: '5' },
     'api-duration': { type: 'string', default: '5' },
     only: { type: 'string', default: 'pipeline,api' },
+    databases: { type: 'string', default: 'embedded,server' },
+    /** Writes the service's CPU profiles (node --cpu-prof) to this directory. */
+    profile: { type: 'string' },
     json: { type: 'boolean', default: false },
   },
 });
@@ -37,8 +40,12 @@ const only = new Set(String(values.only).split(','));
 const modelLatencyMs = num('model-latency');
 const googleLatencyMs = num('google-latency');
 
-const targets: Array<{ name: string; url?: string }> = [{ name: 'embedded' }];
-if (process.env.BENCH_DATABASE_URL) targets.push({ name: 'server', url: process.env.BENCH_DATABASE_URL });
+const databases = new Set(String(values.databases).split(','));
+const targets: Array<{ name: string; url?: string }> = [];
+if (databases.has('embedded')) targets.push({ name: 'embedded' });
+if (databases.has('server') && process.env.BENCH_DATABASE_URL) {
+  targets.push({ name: 'server', url: process.env.BENCH_DATABASE_URL });
+}
 
 const report: { date: string; results: unknown[]; [k: string]: unknown } = {
   date: new Date().toISOString(),
@@ -55,15 +62,10 @@ for (const target of targets) {
         modelLatencyMs,
         googleLatencyMs,
         workerConcurrency: num('worker-concurrency'),
+        cpuProfDir: values.profile,
       });
       try {
-        const r = await runPipeline(stack, {
-          rate,
-          durationS: num('duration'),
-          owners: num('owners'),
-          modelLatencyMs,
-          googleLatencyMs,
-        });
+        const r = await runPipeline(stack, { rate, durationS: num('duration'), owners: num('owners') });
         (report.results as unknown[]).push({ kind: 'pipeline', database: target.name, ...r });
         process.stderr.write(`pipeline ${target.name} ${rate}/s done\n`);
       } finally {
@@ -78,6 +80,7 @@ for (const target of targets) {
       googleLatencyMs,
       workerConcurrency: 1,
       role: 'api',
+      cpuProfDir: values.profile,
     });
     try {
       for (const r of await runApi(stack, {
@@ -94,13 +97,23 @@ for (const target of targets) {
 }
 
 const results = report.results as Array<Record<string, string | number>>;
-const pipeline = results.filter((r) => r.kind === 'pipeline').map(({ kind: _k, ...r }) => r);
+const pipeline = results.filter((r) => r.kind === 'pipeline').map(({ kind: _k, stages: _s, ...r }) => r);
+const stages = results
+  .filter((r) => r.kind === 'pipeline')
+  .map((r) => ({
+    database: r.database!,
+    offered_per_s: r.offered_per_s!,
+    ...(r.stages as unknown as Record<string, number>),
+  }));
 const api = results.filter((r) => r.kind === 'api').map(({ kind: _k, ...r }) => r);
 const out = [
-  `Pipeline (model ${modelLatencyMs} ms, Google ${googleLatencyMs} ms; overhead = end-to-end minus emulator time)`,
+  `Pipeline (model ${modelLatencyMs} ms, Google ${googleLatencyMs} ms; overhead = end-to-end minus each booking's emulator time)`,
   table(pipeline),
   '',
-  'API (same process, same run)',
+  'Where the overhead goes (p50 ms per stage, bookings that waited for no token refresh)',
+  table(stages),
+  '',
+  'API (service, bare route and load generator each in their own process, same run)',
   table(api),
 ].join('\n');
 process.stdout.write(`${out}\n`);

@@ -1,31 +1,39 @@
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
-import { type Application, createApplication } from '../src/app.js';
-import { loadConfig } from '../src/config.js';
-import { createLogger } from '../src/logger.js';
 import { type GoogleEmulator, startGoogleEmulator } from '../test/emulators/google.js';
 import { type OpenAIEmulator, startOpenAIEmulator } from '../test/emulators/openai.js';
+import { freePort, type ServiceProcess, startService } from '../test/helpers/process.js';
 
 export interface BenchStack {
-  app: Application;
+  /** The service under test: `node --import tsx src/main.ts` in its own process. */
+  service: ServiceProcess;
   google: GoogleEmulator;
   openai: OpenAIEmulator;
   baseUrl: string;
   adminKey: string;
   database: 'embedded' | 'server';
+  /** The service process's peak resident memory so far (VmHWM), in bytes. */
+  peakRss(): number;
   close(): Promise<void>;
 }
 
-/** The whole service on a fresh database (embedded in a temp dir, or a fresh schema on the server). */
+/**
+ * The whole service on a fresh database (embedded in a temp dir, or a fresh schema on the server),
+ * started as its own process exactly as `npm start` does, so that it has an event loop (and a core)
+ * of its own. The emulators and the load generator share this process.
+ */
 export async function startBenchStack(opts: {
   databaseUrl?: string | undefined;
   modelLatencyMs: number;
   googleLatencyMs: number;
   workerConcurrency: number;
   role?: 'api' | 'all';
+  /** Directory for the service's `--cpu-prof` output; no profiling without it. */
+  cpuProfDir?: string | undefined;
+  extraEnv?: Record<string, string>;
 }): Promise<BenchStack> {
   const google = await startGoogleEmulator({
     clientId: 'bench',
@@ -36,15 +44,12 @@ export async function startBenchStack(opts: {
   const adminKey = randomBytes(24).toString('base64url');
   const schema = `bench_${randomBytes(4).toString('hex')}`;
   const dir = opts.databaseUrl ? undefined : mkdtempSync(join(tmpdir(), 'am-bench-'));
-  const config = loadConfig({
-    PORT: '0',
-    HOST: '127.0.0.1',
+  const env: Record<string, string> = {
     ADMIN_API_KEY: adminKey,
     TOKEN_ENCRYPTION_KEY: randomBytes(32).toString('base64'),
-    DATA_DIR: dir ?? '/nonexistent',
     ...(opts.databaseUrl
       ? { DATABASE_URL: opts.databaseUrl, DATABASE_SCHEMA: schema, DATABASE_POOL_SIZE: '20' }
-      : {}),
+      : { DATA_DIR: dir! }),
     GOOGLE_CLIENT_ID: 'bench',
     GOOGLE_CLIENT_SECRET: 'bench-secret',
     GOOGLE_API_ROOT_URL: google.rootUrl,
@@ -55,19 +60,45 @@ export async function startBenchStack(opts: {
     RATE_LIMIT_PER_IP: '1000000',
     RATE_LIMIT_PER_CONVERSATION: '1000000',
     MAX_BOOKINGS_PER_CONVERSATION: '1000',
-    LOG_LEVEL: 'silent',
-  });
-  const app = await createApplication(config, { logger: createLogger('silent'), role: opts.role ?? 'all' });
-  const baseUrl = await app.listen();
+    LOG_LEVEL: 'warn',
+    ...opts.extraEnv,
+  };
+  const nodeArgs = [
+    ...(opts.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${opts.cpuProfDir}`] : []),
+    ...(process.env.BENCH_SERVICE_NODE_ARGS?.split(' ').filter(Boolean) ?? []),
+  ];
+  const service = startService(env, await freePort(), [`--role=${opts.role ?? 'all'}`], nodeArgs);
+  try {
+    await service.waitForHealthy(120_000);
+  } catch (err) {
+    service.kill();
+    await google.close();
+    await openai.close();
+    throw err;
+  }
+  let peak = 0;
+  const peakRss = () => {
+    try {
+      const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${service.pid}/status`, 'utf8'));
+      if (m) peak = Math.max(peak, Number(m[1]) * 1024);
+    } catch {
+      // exited, or no /proc: keep the last reading
+    }
+    return peak;
+  };
   return {
-    app,
+    service,
     google,
     openai,
-    baseUrl,
+    baseUrl: service.baseUrl,
     adminKey,
     database: opts.databaseUrl ? 'server' : 'embedded',
+    peakRss,
     async close() {
-      await app.stop();
+      peakRss();
+      const exit = await service.stop('SIGTERM', 60_000);
+      if (exit.code !== 0)
+        process.stderr.write(`service exited with ${JSON.stringify(exit)}\n${service.stderr}\n`);
       await google.close();
       await openai.close();
       if (dir) rmSync(dir, { recursive: true, force: true });
@@ -86,4 +117,17 @@ export async function startBenchStack(opts: {
 export async function json<T>(res: Response): Promise<T> {
   if (!res.ok) throw new Error(`${res.status} ${await res.text()}`);
   return (await res.json()) as T;
+}
+
+/** Runs `fn` over `items` with at most `limit` in flight. */
+export async function eachLimited<T>(items: T[], limit: number, fn: (item: T, i: number) => Promise<void>) {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(limit, items.length) }, async () => {
+      while (next < items.length) {
+        const i = next++;
+        await fn(items[i]!, i);
+      }
+    }),
+  );
 }

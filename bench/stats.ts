@@ -1,3 +1,4 @@
+import { readdirSync, readFileSync } from 'node:fs';
 /** Small statistics helpers for the benchmarks. */
 
 export function percentile(sorted: number[], p: number): number {
@@ -38,4 +39,49 @@ export function table(rows: Array<Record<string, string | number>>): string {
     line(width.map((w) => '-'.repeat(w))),
     ...rows.map((r) => line(cols.map((c) => String(r[c])))),
   ].join('\n');
+}
+
+/** CPU seconds (user + system) used so far by process `pid`, from /proc (0 when unreadable). */
+export function cpuSeconds(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100; // utime + stime, in clock ticks (USER_HZ)
+  } catch {
+    return 0;
+  }
+}
+
+/** CPU seconds used so far by every process whose command name is `comm` (e.g. the PostgreSQL server's). */
+export function cpuSecondsOf(comm: string): number {
+  let total = 0;
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if (readFileSync(`/proc/${entry}/comm`, 'utf8').trim() === comm) total += cpuSeconds(Number(entry));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return total;
+}
+
+/** Share of one core each part used between `start()` and `stop()`, in percent. */
+export function cpuMeter(servicePid: number): { stop(): Record<string, number> } {
+  const t0 = performance.now();
+  const service0 = cpuSeconds(servicePid);
+  const bench0 = process.cpuUsage();
+  const pg0 = cpuSecondsOf('postgres');
+  return {
+    stop() {
+      const wall = (performance.now() - t0) / 1000;
+      const bench = process.cpuUsage(bench0);
+      const pct = (s: number) => Math.round((100 * s) / wall);
+      return {
+        cpu_service_pct: pct(cpuSeconds(servicePid) - service0),
+        cpu_bench_pct: pct((bench.user + bench.system) / 1e6),
+        cpu_postgres_pct: pct(cpuSecondsOf('postgres') - pg0),
+      };
+    },
+  };
 }

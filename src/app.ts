@@ -16,6 +16,7 @@ import { Metrics } from './metrics.js';
 import { AgentStore } from './store/agents.js';
 import { BookingLeaseStore } from './store/booking-leases.js';
 import { CalendarConnectionStore } from './store/calendar-connections.js';
+import { ConnectionCache } from './store/connection-cache.js';
 import { ConversationStore } from './store/conversations.js';
 import { type Database, type DatabaseOptions, openDatabase } from './store/database.js';
 import { MeetingStore } from './store/meetings.js';
@@ -176,6 +177,9 @@ export async function createApplication(
     const feed = new LiveFeed(database);
     if (role !== 'worker') await feed.start();
     cleanup.push(() => feed.stop());
+    const connectionCache = new ConnectionCache(database, (userId) => connections.get(userId));
+    if (role !== 'worker') await connectionCache.start();
+    cleanup.push(() => connectionCache.stop());
 
     const http = await buildHttpApp({
       logger,
@@ -186,6 +190,7 @@ export async function createApplication(
         return isMigrated(database.db);
       },
       connections,
+      connectionCache,
       db,
       agents,
       conversations,

@@ -42,6 +42,12 @@ export interface CalendarGateway {
   freeBusy(ownerId: string, from: Date, to: Date): Promise<BusyInterval[]>;
   /** True when the event exists and is not cancelled (a retried booking whose insert already happened). */
   eventExists(ownerId: string, eventId: string): Promise<boolean>;
+  /**
+   * The event as createEvent would have answered it (a pending conference awaited the same way), or
+   * null when it does not exist or was cancelled. Read-only: a booking giving up uses it to find the
+   * event an insert whose answer was lost may have created.
+   */
+  findEvent(ownerId: string, eventId: string): Promise<CreatedCalendarEvent | null>;
   /** Moves an event; attendees are notified (sendUpdates=all). Same times again is harmless. */
   patchEvent(ownerId: string, eventId: string, times: EventTimes): Promise<CreatedCalendarEvent>;
   /** Resolves when the event is gone, including when it already was (404/410). */

@@ -177,10 +177,24 @@ export class GoogleCalendarGateway implements CalendarGateway {
       if (!(err instanceof GoogleFatal) || err.status !== 409) throw this.#toDomain(err);
       existed = true;
       event = await this.#getEvent(ownerId, e.eventId);
+      // Deleted since (by the owner): Google keeps the id, so it can be neither booked again nor
+      // confirmed. https://developers.google.com/workspace/calendar/api/v3/reference/events/get
+      if (event.status === 'cancelled') {
+        throw new Upstream(`Google events.insert: event ${e.eventId} exists but was cancelled`, false);
+      }
     }
-    event = await this.#awaitConference(ownerId, event);
+    return this.#created(ownerId, event, e.eventId, existed);
+  }
+
+  async #created(
+    ownerId: string,
+    found: calendar_v3.Schema$Event,
+    eventId: string,
+    existed: boolean,
+  ): Promise<CreatedCalendarEvent> {
+    const event = await this.#awaitConference(ownerId, found);
     return {
-      eventId: event.id ?? e.eventId,
+      eventId: event.id ?? eventId,
       htmlLink: event.htmlLink ?? null,
       meetLink: meetLinkOf(event),
       conferenceStatus: conferenceStatusOf(event),
@@ -265,6 +279,16 @@ export class GoogleCalendarGateway implements CalendarGateway {
   }
 
   async eventExists(ownerId: string, eventId: string): Promise<boolean> {
+    return (await this.#liveEvent(ownerId, eventId)) !== null;
+  }
+
+  async findEvent(ownerId: string, eventId: string): Promise<CreatedCalendarEvent | null> {
+    const event = await this.#liveEvent(ownerId, eventId);
+    return event ? this.#created(ownerId, event, eventId, true) : null;
+  }
+
+  /** events.get; null for 404/410 and for a cancelled (deleted) event, which get still returns. */
+  async #liveEvent(ownerId: string, eventId: string): Promise<calendar_v3.Schema$Event | null> {
     try {
       const event = await this.#call(ownerId, 'events.get', async (api) => {
         const res = await api.events.get(
@@ -273,9 +297,9 @@ export class GoogleCalendarGateway implements CalendarGateway {
         );
         return res.data;
       });
-      return event.status !== 'cancelled';
+      return event.status === 'cancelled' ? null : event;
     } catch (err) {
-      if (err instanceof GoogleFatal && (err.status === 404 || err.status === 410)) return false;
+      if (err instanceof GoogleFatal && (err.status === 404 || err.status === 410)) return null;
       throw this.#toDomain(err);
     }
   }

@@ -1,7 +1,7 @@
 import { OAuth2Client } from 'google-auth-library';
 import type { Logger } from 'pino';
 import { CalendarNotConnected, Upstream } from '../domain/errors.js';
-import type { CalendarConnectionStore } from '../store/calendar-connections.js';
+import type { CalendarConnection, CalendarConnectionStore } from '../store/calendar-connections.js';
 
 export interface TokenProviderOptions {
   clientId: string;
@@ -29,6 +29,10 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
  * - across processes, a lease on the owner's row (`refresh_lock_until`) elects one refresher; the
  *   others poll the row until the new token is stored, then use it.
  * A refresh that answers `invalid_grant` marks the connection revoked and stops there: no loop.
+ *
+ * The owner may reconnect (new tokens through the API) while a refresh is in flight: its outcome is
+ * stored, or the connection revoked, only if the tokens are still those it started from; otherwise
+ * the refresh's result is dropped and the reconnected tokens are used (refreshed if need be).
  */
 export class GoogleTokenProvider {
   readonly #inFlight = new Map<string, Promise<string>>();
@@ -84,7 +88,9 @@ export class GoogleTokenProvider {
           const current = await this.#load(userId);
           const nowFresh = current.tokenExpiry.getTime() - this.#now().getTime() > this.#margin;
           if (nowFresh && current.accessToken !== rejected) return current.accessToken;
-          return await this.#refresh(userId, current.refreshToken);
+          const token = await this.#refresh(current);
+          if (token !== undefined) return token;
+          // Replaced while we refreshed (a reconnect): go round again and use what is stored now.
         } finally {
           await this.connections.releaseRefreshLease(userId).catch(() => {});
         }
@@ -96,9 +102,14 @@ export class GoogleTokenProvider {
     }
   }
 
-  async #refresh(userId: string, refreshToken: string | null): Promise<string> {
-    if (!refreshToken) {
-      await this.connections.markRevoked(userId);
+  /**
+   * Refreshes `c` through Google's token endpoint and stores the result. Undefined when the stored
+   * tokens were replaced meanwhile (the owner reconnected): nothing was stored or revoked then.
+   */
+  async #refresh(c: CalendarConnection): Promise<string | undefined> {
+    const userId = c.userId;
+    if (!c.refreshToken) {
+      if (!(await this.connections.markRevoked(userId, c.revision))) return undefined;
       throw new CalendarNotConnected(`user ${userId} has no refresh token`, 'revoked');
     }
     const client = new OAuth2Client({
@@ -109,14 +120,29 @@ export class GoogleTokenProvider {
       // waiting on it) indefinitely; the library retries a timed-out refresh by itself.
       transporterOptions: { timeout: this.options.timeoutMs },
     });
-    client.setCredentials({ refresh_token: refreshToken });
+    client.setCredentials({ refresh_token: c.refreshToken });
+    // A token response may carry a new (rotated) refresh token, but the library then overwrites it
+    // with the one it sent, in its credentials and in the response data alike. Its 'tokens' event
+    // sees the response before that: keep the rotated one from there.
+    // https://developers.google.com/identity/protocols/oauth2/web-server#offline
+    let rotated: string | undefined;
+    client.on('tokens', (t) => {
+      if (t.refresh_token && t.refresh_token !== c.refreshToken) rotated = t.refresh_token;
+    });
     let token: string | null | undefined;
     try {
       token = (await client.getAccessToken()).token;
     } catch (err) {
       const data = (err as { response?: { data?: { error?: string } }; status?: number }).response?.data;
       if (data?.error === 'invalid_grant') {
-        await this.connections.markRevoked(userId);
+        // Google refused the refresh token we sent; a reconnect that landed meanwhile brought another.
+        if (!(await this.connections.markRevoked(userId, c.revision))) {
+          this.logger.info(
+            { user_id: userId },
+            'old refresh token refused (invalid_grant) after a reconnect; using the new tokens',
+          );
+          return undefined;
+        }
         this.options.onRefresh?.('revoked');
         this.logger.warn(
           { user_id: userId },
@@ -133,10 +159,21 @@ export class GoogleTokenProvider {
     const creds = client.credentials;
     if (!token || !creds.expiry_date)
       throw new Upstream('Google token refresh returned no access token', true);
-    // Google usually sends no new refresh token: keep the stored one (saveRefreshed does).
-    await this.connections.saveRefreshed(userId, token, new Date(creds.expiry_date), creds.refresh_token);
+    const saved = await this.connections.saveRefreshed(userId, c.revision, {
+      accessToken: token,
+      expiry: new Date(creds.expiry_date),
+      // Usually none: Google keeps the refresh token, and so does the stored row then.
+      refreshToken: rotated,
+    });
+    if (!saved) {
+      this.logger.info(
+        { user_id: userId, rotated: rotated !== undefined },
+        'connection replaced during the token refresh; its result is dropped for the new tokens',
+      );
+      return undefined;
+    }
     this.options.onRefresh?.('refreshed');
-    this.logger.info({ user_id: userId }, 'Google access token refreshed');
+    this.logger.info({ user_id: userId, rotated: rotated !== undefined }, 'Google access token refreshed');
     return token;
   }
 }

@@ -18,6 +18,7 @@ import { DomainError } from '../domain/errors.js';
 import type { Metrics } from '../metrics.js';
 import type { AgentStore } from '../store/agents.js';
 import type { CalendarConnectionStore } from '../store/calendar-connections.js';
+import type { ConnectionCache } from '../store/connection-cache.js';
 import type { ConversationStore } from '../store/conversations.js';
 import type { MessageStore } from '../store/messages.js';
 import type { DB } from '../store/schema.js';
@@ -39,6 +40,7 @@ export interface HttpDeps {
   now: () => Date;
   ready: () => Promise<boolean>;
   connections: CalendarConnectionStore;
+  connectionCache: Pick<ConnectionCache, 'get' | 'evict'>;
   db: Kysely<DB>;
   agents: AgentStore;
   conversations: ConversationStore;
@@ -162,6 +164,7 @@ export async function buildHttpApp(deps: HttpDeps): Promise<FastifyInstance> {
   await app.register(calendarConnectionRoutes, {
     adminKey: deps.adminKey,
     connections: deps.connections,
+    cache: deps.connectionCache,
     now: deps.now,
   });
   await app.register(agentRoutes, { adminKey: deps.adminKey, agents: deps.agents });

@@ -1,4 +1,4 @@
-import { type Kysely, type Selectable, sql, type Transaction } from 'kysely';
+import { type ExpressionBuilder, type Kysely, type Selectable, sql, type Transaction } from 'kysely';
 import type { ValidConnection } from '../domain/calendar-connection.js';
 import { InvalidInput } from '../domain/errors.js';
 import type { CalendarConnectionTable, DB } from './schema.js';
@@ -15,9 +15,24 @@ export interface CalendarConnection {
   lastRefreshedAt: Date | null;
   createdAt: Date;
   updatedAt: Date;
+  /** Which stored tokens these are: pass it back to saveRefreshed / markRevoked. */
+  revision: TokenRevision;
 }
 
-export type CalendarConnectionSummary = Omit<CalendarConnection, 'accessToken' | 'refreshToken'> & {
+/**
+ * The sealed token values as read: the connection's version. Every write of the tokens (connect,
+ * reconnect, refresh) seals them again under a fresh random nonce, so the stored ciphertexts differ
+ * after each write, even when a reconnect keeps the same refresh token; no counter column needed.
+ */
+export interface TokenRevision {
+  readonly accessTokenEnc: string;
+  readonly refreshTokenEnc: string | null;
+}
+
+export type CalendarConnectionSummary = Omit<
+  CalendarConnection,
+  'accessToken' | 'refreshToken' | 'revision'
+> & {
   hasRefreshToken: boolean;
 };
 
@@ -130,25 +145,33 @@ export class CalendarConnectionStore {
     return Number(r.numDeletedRows) > 0;
   }
 
-  /** Stores a refreshed access token; keeps the stored refresh token unless Google sent a new one. */
+  /**
+   * Stores a refreshed access token, and the refresh token when Google rotated it (else the stored
+   * one stays). Only if the tokens are still those the refresh started from (`seen`): when the owner
+   * reconnected meanwhile, the result of refreshing the old grant must not overwrite the new tokens.
+   * False when nothing was stored.
+   */
   async saveRefreshed(
     userId: string,
-    accessToken: string,
-    expiry: Date,
-    refreshToken?: string | null,
-  ): Promise<void> {
-    await this.db
+    seen: TokenRevision,
+    refreshed: { accessToken: string; expiry: Date; refreshToken?: string | null | undefined },
+  ): Promise<boolean> {
+    const r = await this.db
       .updateTable('google_calendar_tokens')
       .set({
-        access_token_enc: this.seal(userId, 'access_token', accessToken),
-        ...(refreshToken ? { refresh_token_enc: this.seal(userId, 'refresh_token', refreshToken) } : {}),
-        token_expiry: expiry,
+        access_token_enc: this.seal(userId, 'access_token', refreshed.accessToken),
+        ...(refreshed.refreshToken
+          ? { refresh_token_enc: this.seal(userId, 'refresh_token', refreshed.refreshToken) }
+          : {}),
+        token_expiry: refreshed.expiry,
         last_refreshed_at: sql<Date>`now()`,
         refresh_lock_until: null,
         updated_at: sql<Date>`now()`,
       })
       .where('user_id', '=', userId)
-      .execute();
+      .where((eb) => unchanged(eb, seen))
+      .executeTakeFirst();
+    return Number(r.numUpdatedRows) > 0;
   }
 
   /**
@@ -175,8 +198,14 @@ export class CalendarConnectionStore {
       .execute();
   }
 
-  async markRevoked(userId: string): Promise<void> {
-    await this.db
+  /**
+   * Marks the connection revoked. With `seen` (a refresh answered invalid_grant), only if the tokens
+   * are still those that refresh used: Google refusing the old refresh token says nothing about the
+   * tokens of a reconnect that landed meanwhile. Without it, unconditionally (an operator's call).
+   * False when nothing changed.
+   */
+  async markRevoked(userId: string, seen?: TokenRevision): Promise<boolean> {
+    let q = this.db
       .updateTable('google_calendar_tokens')
       .set({
         status: 'revoked',
@@ -184,8 +213,10 @@ export class CalendarConnectionStore {
         refresh_lock_until: null,
         updated_at: sql<Date>`now()`,
       })
-      .where('user_id', '=', userId)
-      .execute();
+      .where('user_id', '=', userId);
+    if (seen) q = q.where((eb) => unchanged(eb, seen));
+    const r = await q.executeTakeFirst();
+    return Number(r.numUpdatedRows) > 0;
   }
 
   private toConnection(row: Row): CalendarConnection {
@@ -202,6 +233,17 @@ export class CalendarConnectionStore {
       lastRefreshedAt: row.last_refreshed_at,
       createdAt: row.created_at,
       updatedAt: row.updated_at,
+      revision: { accessTokenEnc: row.access_token_enc, refreshTokenEnc: row.refresh_token_enc },
     };
   }
+}
+
+/** The row still holds the tokens as they were read (compare-and-set on the sealed values). */
+function unchanged(eb: ExpressionBuilder<DB, 'google_calendar_tokens'>, seen: TokenRevision) {
+  return eb.and([
+    eb('access_token_enc', '=', seen.accessTokenEnc),
+    seen.refreshTokenEnc === null
+      ? eb('refresh_token_enc', 'is', null)
+      : eb('refresh_token_enc', '=', seen.refreshTokenEnc),
+  ]);
 }

@@ -22,9 +22,14 @@ export interface Database {
   /**
    * Calls `onPayload` for every NOTIFY on `channel` (from any process on this database). On a server
    * the listening connection reconnects by itself; notifications sent while it was down are lost,
-   * so listeners must also catch up by querying (the SSE route does).
+   * so listeners must also catch up by querying (the SSE route does). `onState` is told when the
+   * listening connection is up (true: from now on nothing is missed) or lost (false).
    */
-  listen(channel: string, onPayload: (payload: string) => void): Promise<() => Promise<void>>;
+  listen(
+    channel: string,
+    onPayload: (payload: string) => void,
+    onState?: (listening: boolean) => void,
+  ): Promise<() => Promise<void>>;
   /** Embedded only: a tarball of the data directory (backups; a seed for `embeddedSeed`). */
   dump?(): Promise<Blob>;
   close(): Promise<void>;
@@ -102,7 +107,7 @@ async function openServer(url: string, schema: string, poolSize: number): Promis
     ping: async () => {
       await sql`SELECT 1`.execute(db);
     },
-    listen: (channel, onPayload) => listenOnServer(url, schema, channel, onPayload),
+    listen: (channel, onPayload, onState) => listenOnServer(url, schema, channel, onPayload, onState),
     close: async () => {
       await db.destroy();
     },
@@ -115,6 +120,7 @@ async function listenOnServer(
   schema: string,
   channel: string,
   onPayload: (payload: string) => void,
+  onState: (listening: boolean) => void = () => {},
 ): Promise<() => Promise<void>> {
   let client: pg.Client | undefined;
   let stopped = false;
@@ -133,9 +139,11 @@ async function listenOnServer(
     await c.connect();
     await c.query(`LISTEN ${quoteChannel(channel)}`);
     client = c;
+    onState(true);
   };
   const reconnect = () => {
     if (stopped || retryTimer) return;
+    onState(false);
     const old = client;
     client = undefined;
     old?.removeAllListeners();
@@ -199,8 +207,10 @@ async function openEmbedded(
     ping: async () => {
       await sql`SELECT 1`.execute(db);
     },
-    listen: async (channel, onPayload) => {
+    listen: async (channel, onPayload, onState) => {
+      // One process, one session: nothing is ever missed.
       const unlisten = await pglite.listen(channel, onPayload);
+      onState?.(true);
       return async () => {
         if (!pglite.closed) await unlisten();
       };

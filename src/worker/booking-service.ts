@@ -17,7 +17,7 @@ import {
   validateBookingAction,
   validateMeetingTime,
 } from '../domain/booking-request.js';
-import type { CalendarGateway } from '../domain/calendar-gateway.js';
+import type { CalendarGateway, CreatedCalendarEvent } from '../domain/calendar-gateway.js';
 import { CalendarNotConnected, Upstream } from '../domain/errors.js';
 import {
   availabilityTexts,
@@ -35,7 +35,7 @@ import type { MeetingRow, MeetingStore, NewMeeting } from '../store/meetings.js'
 import type { MessageWork } from '../store/messages.js';
 import type { OwnerEventSink } from './owner-events.js';
 import type { OwnerBookingLock, ReleaseOwnerLock } from './owner-lock.js';
-import type { ActionResponder, Reply } from './process-message.js';
+import type { ActionResponder, Reply, RespondOptions } from './process-message.js';
 
 export interface BookingServiceDeps {
   calendar: CalendarGateway;
@@ -73,6 +73,8 @@ interface ReplyContext {
   settings: BookingSettings;
   limits: BookingLimits;
   now: Date;
+  /** No retry follows this attempt: a failure now is the customer's answer. */
+  lastAttempt: boolean;
   booked: number;
   requested: Set<string>;
   release?: ReleaseOwnerLock;
@@ -82,8 +84,9 @@ interface ReplyContext {
  * Turns the model's actions into real changes: book (the seed's steps 5–11), reschedule, cancel.
  *
  * Never twice: each booking gets an idempotency key from the customer message and the action; the
- * Google event id is derived from it (a repeated insert answers 409 and we fetch the event), and
- * the meeting row (unique key and event id) commits in the same transaction as the confirmation.
+ * Google event id is derived from it (a repeated insert answers 409 and we fetch the event; a
+ * booking about to give up looks that id up first), and the meeting row (unique key and event id)
+ * commits in the same transaction as the confirmation.
  * The confirmation is built from Google's answer, never from the model's words.
  *
  * Never double-booked: the availability check (Google freeBusy plus our own scheduled meetings,
@@ -93,7 +96,13 @@ interface ReplyContext {
 export class BookingService implements ActionResponder {
   constructor(private readonly deps: BookingServiceDeps) {}
 
-  async respond(work: MessageWork, actions: unknown[], prose: string, log: Logger): Promise<Reply> {
+  async respond(
+    work: MessageWork,
+    actions: unknown[],
+    prose: string,
+    log: Logger,
+    options: RespondOptions = {},
+  ): Promise<Reply> {
     const settings = await this.deps.agents.bookingSettings(work.agent.agentId);
     const ctx: ReplyContext = {
       work,
@@ -101,6 +110,7 @@ export class BookingService implements ActionResponder {
       settings,
       limits: this.#limits(settings),
       now: this.deps.now(),
+      lastAttempt: options.lastAttempt ?? false,
       booked: 0,
       requested: new Set(),
     };
@@ -331,6 +341,50 @@ export class BookingService implements ActionResponder {
     throw err; // retryable: the job runs again with the same keys
   }
 
+  /**
+   * Before a booking gives up (Google refused, or anything failed on the job's last attempt), looks
+   * its event up by the derived id: an insert whose answer was lost, in this attempt or an earlier
+   * one, may have created it and sent the invitations. Found and not cancelled, it is recorded and
+   * confirmed through the normal success path; otherwise (or if the lookup fails too) the original
+   * failure stands. Earlier attempts skip this: their retry's insert finds the event (409).
+   *
+   * Nothing is booked twice, and the path is idempotent under retries and crashes:
+   * - the lookup only reads (events.get): it never creates an event;
+   * - the id derives from this booking's key (customer message, action index, request), so the only
+   *   event it can find is this booking's own, inserted after the availability check under the
+   *   owner lock;
+   * - the meeting row (unique idempotency key and event id) commits in the reply's transaction, and
+   *   the reply is unique per customer message: a duplicate or redelivered job finds the message
+   *   answered and does nothing; a crash before that commit leaves the event without a row, as it
+   *   was before the lookup, and any later run of the job finds it again (409 on its insert, or
+   *   this lookup) and records it once.
+   */
+  async #eventCreatedBefore(
+    ctx: ReplyContext,
+    eventId: string,
+    err: unknown,
+  ): Promise<CreatedCalendarEvent | null> {
+    if (err instanceof CalendarNotConnected) return null; // no token to look with
+    const givingUp = ctx.lastAttempt || (err instanceof Upstream && !err.retryable);
+    if (!givingUp) return null;
+    try {
+      const found = await this.deps.calendar.findEvent(ctx.work.agent.userId, eventId);
+      if (found) {
+        ctx.log.warn(
+          { err, event_id: eventId, last_attempt: ctx.lastAttempt },
+          'booking failed after its event was created; recording the event found on the calendar',
+        );
+      }
+      return found;
+    } catch (lookupErr) {
+      ctx.log.error(
+        { err: lookupErr, event_id: eventId },
+        'could not look up the booking’s event before giving up; it may exist without a meeting row',
+      );
+      return null;
+    }
+  }
+
   async #bookOne(ctx: ReplyContext, action: unknown, index: number): Promise<Outcome> {
     const { work, log } = ctx;
     const { agent, conversation, message } = work;
@@ -363,7 +417,8 @@ export class BookingService implements ActionResponder {
     const zone = eventTimeZone(request, agent.timezone);
     const end = new Date(request.start.getTime() + agent.meetingDurationMinutes * 60_000);
     const eventId = googleEventIdFor(key);
-    let created: Awaited<ReturnType<CalendarGateway['createEvent']>>;
+    let created: CreatedCalendarEvent;
+    let recovered = false;
     try {
       if (!withinWorkingHours(request.start, end, agent.timezone, ctx.settings.workingHours)) {
         return await this.#refuse(ctx, 'outside_hours', request.start, agent.meetingDurationMinutes, { key });
@@ -389,11 +444,19 @@ export class BookingService implements ActionResponder {
         attendees: [request.email, ...request.participants],
       });
     } catch (err) {
-      return this.#calendarFailure(err, ctx, 'book');
+      const found = await this.#eventCreatedBefore(ctx, eventId, err);
+      if (!found) return this.#calendarFailure(err, ctx, 'book');
+      created = found;
+      recovered = true;
     }
-    this.deps.onOutcome?.(created.existed ? 'booked_existing' : 'booked');
+    this.deps.onOutcome?.(recovered ? 'booked_recovered' : created.existed ? 'booked_existing' : 'booked');
     log.info(
-      { event_id: created.eventId, conference: created.conferenceStatus, existed: created.existed },
+      {
+        event_id: created.eventId,
+        conference: created.conferenceStatus,
+        existed: created.existed,
+        recovered,
+      },
       'meeting booked on Google Calendar',
     );
     const meeting: NewMeeting = {

@@ -29,9 +29,21 @@ export interface Reply {
   done?: (() => Promise<void>) | undefined;
 }
 
+/** What a responder knows about the job attempt it runs in. */
+export interface RespondOptions {
+  /** No retry follows: a failure now ends with MEETING_ERROR_MESSAGE (see JobContext.isLastAttempt). */
+  lastAttempt?: boolean;
+}
+
 /** Turns booking actions into a reply (src/worker/booking-service.ts). */
 export interface ActionResponder {
-  respond(work: MessageWork, actions: unknown[], prose: string, log: Logger): Promise<Reply>;
+  respond(
+    work: MessageWork,
+    actions: unknown[],
+    prose: string,
+    log: Logger,
+    options?: RespondOptions,
+  ): Promise<Reply>;
   /** The check_availability tool's result (JSON text for the model); absent = no such tool. */
   checkAvailability?(work: MessageWork, args: unknown, log: Logger): Promise<string>;
   /** Extra system-prompt lines (the conversation's meetings, for reschedule/cancel). */
@@ -101,7 +113,7 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
     let phase: 'model' | 'booking' = 'model';
     try {
       const output = work.message.modelOutput ?? (await askModel(work, ctx.signal, agentLog));
-      const reply = await composeReply(work, output, agentLog, () => {
+      const reply = await composeReply(work, output, agentLog, ctx.isLastAttempt, () => {
         phase = 'booking';
       });
       let stored: Awaited<ReturnType<MessageStore['storeReply']>>;
@@ -219,6 +231,7 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
     work: MessageWork,
     output: StoredModelOutput,
     log: Logger,
+    lastAttempt: boolean,
     enteringBooking: () => void,
   ): Promise<Reply> {
     const { actions: textActions, prose } = extractBookingActions(output.text ?? '');
@@ -234,7 +247,7 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
     const actions = [...toolActions, ...textActions];
     if (actions.length > 0) {
       enteringBooking();
-      return deps.actions.respond(work, actions, prose, log);
+      return deps.actions.respond(work, actions, prose, log, { lastAttempt });
     }
     if (prose) return { text: prose };
     // Empty answer: treat as a model failure so the customer is never left without a reply.

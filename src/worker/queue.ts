@@ -22,7 +22,9 @@ export interface JobContext {
   /**
    * Completes the job inside the caller's transaction (with the reply it produced), and wakes the
    * workers when this conversation has a next message waiting: under key_strict_fifo that message
-   * became fetchable only now, and no insert NOTIFY will announce it.
+   * became fetchable only now, and no insert NOTIFY will announce it. A handler that settles must
+   * return normally only once that transaction committed (a failed commit must throw): the queue
+   * then skips its own completion.
    */
   settle(trx: Transaction<DB>): Promise<void>;
 }
@@ -141,20 +143,30 @@ export class JobQueue {
     }, 4_000);
     heartbeat.unref();
 
+    // True when the last fetch filled every free slot: more work may be waiting, so a finishing job
+    // fetches again. Otherwise new work announces itself (NOTIFY on insert, the settle's NOTIFY for a
+    // conversation's next message) and retries after a backoff are found by the 2 s poll, so a
+    // finishing job costs no extra fetch.
+    let saturated = false;
     const run = async (job: JobWithMetadata<MessageJob>) => {
       const controller = new AbortController();
       controllers.set(job.id, controller);
+      let settled = false;
       try {
         await handler(job.data, {
           jobId: job.id,
           attempt: job.retryCount,
           isLastAttempt: job.retryCount >= job.retryLimit,
           signal: controller.signal,
-          settle: (trx) => this.#settle(trx, job),
+          settle: async (trx) => {
+            await this.#settle(trx, job);
+            settled = true;
+          },
         });
-        // A handler that had nothing to do (message already answered) did not settle: complete it
-        // here. For a settled job this is a no-op (the attempt no longer matches).
-        await this.#boss.complete(MESSAGE_QUEUE, { id: job.id, retryCount: job.retryCount });
+        // A handler that settled did so in its reply's transaction, and returns only once that
+        // transaction committed (a failed commit throws, and lands in `fail` below). A handler that
+        // had nothing to do (message already answered) did not settle: complete the job here.
+        if (!settled) await this.#boss.complete(MESSAGE_QUEUE, { id: job.id, retryCount: job.retryCount });
       } catch (err) {
         // Back to pg-boss's retry policy (backoff); a no-op if the attempt was already settled.
         await this.#boss
@@ -169,7 +181,7 @@ export class JobQueue {
       } finally {
         inFlight.delete(job.id);
         controllers.delete(job.id);
-        nudge();
+        if (saturated || woken) nudge();
       }
     };
 
@@ -185,6 +197,7 @@ export class JobQueue {
               includeMetadata: true,
             });
             fetched = jobs.length;
+            saturated = fetched === free;
             for (const job of jobs) {
               inFlight.set(job.id, job);
               void run(job);

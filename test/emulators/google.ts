@@ -59,6 +59,10 @@ export interface RequestLogEntry {
   status: number;
   /** Date.now() when the request arrived. */
   at: number;
+  /** Date.now() when the answer was written (unset while pending, or when none was sent). */
+  doneAt?: number;
+  /** The account's email when the request carried a valid access token. */
+  account?: string;
   op: Exclude<GoogleOp, '*'> | 'unknown';
   fault?: Fault['kind'];
 }
@@ -149,6 +153,8 @@ interface RefreshToken {
   scope: string;
   revoked: boolean;
   refreshes: number;
+  /** The refresh token that replaced this one (rotation on). */
+  rotatedTo?: string;
 }
 
 interface AuthCode {
@@ -273,6 +279,13 @@ export class GoogleEmulator {
   conferenceMode: 'success' | 'pending' | 'failure' = 'success';
   /** With mode 'pending', the Nth events.get after the insert (N = pendingPolls) sees success. */
   pendingPolls = 2;
+  /**
+   * Refresh token rotation: each successful refresh_token grant also answers a new `refresh_token`,
+   * and the one it replaces stops working at once (invalid_grant), as with OAuth rotation
+   * (RFC 9700 §4.14.2). Google documents that a refresh may return a new refresh token; a client
+   * that keeps the old one is locked out at its next refresh. Off by default (Google's usual answer).
+   */
+  rotateRefreshTokens = false;
   latencyMs: number;
 
   private readonly clientId: string;
@@ -389,6 +402,11 @@ export class GoogleEmulator {
     return [...(this.accounts.get(email.toLowerCase())?.sentUpdates ?? [])];
   }
 
+  /** The refresh token a refresh with `refreshToken` answered in its place (rotation on). */
+  rotatedRefreshToken(refreshToken: string): string | undefined {
+    return this.refreshTokens.get(refreshToken)?.rotatedTo;
+  }
+
   /** Successful refresh_token grants: in total, or for one refresh token. */
   refreshCount(refreshToken?: string): number {
     if (refreshToken !== undefined) return this.refreshTokens.get(refreshToken)?.refreshes ?? 0;
@@ -458,7 +476,7 @@ export class GoogleEmulator {
           ? oauthError(400, 'invalid_request', 'Bad Request')
           : calendarError(400, 'parseError', 'Parse Error');
     } else {
-      reply = this.dispatch(route, req, entry.query, parsed.value);
+      reply = this.dispatch(route, req, entry, parsed.value);
     }
 
     if (fault?.kind === 'lost-response') {
@@ -469,13 +487,16 @@ export class GoogleEmulator {
     // A client that gave up (timeout during a stall) never receives it: logged as 0.
     entry.status = res.destroyed ? 0 : reply.status;
     send(res, reply);
+    entry.doneAt = Date.now();
   }
 
-  private dispatch(route: Route, req: IncomingMessage, query: Record<string, string>, body: unknown): Reply {
+  private dispatch(route: Route, req: IncomingMessage, entry: RequestLogEntry, body: unknown): Reply {
+    const query = entry.query;
     if (route.op === 'token') return this.token(req, asForm(body));
     if (route.op === 'revoke') return this.revoke(query, asForm(body));
     const caller = this.authenticate(req, route.op);
     if ('status' in caller) return caller;
+    entry.account = caller.account.email;
     if (route.op === 'freebusy.query') return this.freeBusy(caller, body);
     const calendarId = route.calendarId ?? '';
     const account = caller.account;
@@ -550,7 +571,24 @@ export class GoogleEmulator {
     if (!grant || grant.revoked)
       return oauthError(400, 'invalid_grant', 'Token has been expired or revoked.');
     grant.refreshes += 1;
-    const access = this.issueAccessToken(grant.email, grant.scope, this.accessTokenTtlSeconds, refreshToken);
+    let rotated: string | undefined;
+    if (this.rotateRefreshTokens) {
+      rotated = `1//emu-${token(32)}`;
+      this.refreshTokens.set(rotated, {
+        email: grant.email,
+        scope: grant.scope,
+        revoked: false,
+        refreshes: 0,
+      });
+      grant.revoked = true;
+      grant.rotatedTo = rotated;
+    }
+    const access = this.issueAccessToken(
+      grant.email,
+      grant.scope,
+      this.accessTokenTtlSeconds,
+      rotated ?? refreshToken,
+    );
     // Google usually sends no refresh_token on a refresh: the client must keep the one it has.
     return {
       status: 200,
@@ -558,6 +596,7 @@ export class GoogleEmulator {
       body: {
         access_token: access.token,
         expires_in: this.accessTokenTtlSeconds,
+        ...(rotated ? { refresh_token: rotated } : {}),
         scope: grant.scope,
         token_type: 'Bearer',
       },

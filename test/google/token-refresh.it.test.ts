@@ -294,3 +294,115 @@ describe('invalid_grant', () => {
     expect((await tokenInfo(o.userId)).status).toBe('revoked');
   });
 });
+
+async function until(what: string, check: () => boolean, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** Another process's token provider on the same database. */
+const otherProvider = () =>
+  new GoogleTokenProvider(
+    s.app.connections,
+    {
+      clientId: GOOGLE_CLIENT_ID,
+      clientSecret: GOOGLE_CLIENT_SECRET,
+      tokenUrl: s.google.tokenUrl,
+      timeoutMs: 5000,
+    },
+    s.app.logger,
+  );
+
+describe('a reconnect landing while a refresh is in flight', () => {
+  it('keeps the reconnected tokens: the refresh of the old grant stores nothing and the new token is used', async () => {
+    const o = await newOwner(-60);
+    // The refresh answers only after the owner has reconnected.
+    s.google.fail('token', { kind: 'stall', ms: 1000 }, 1);
+    const pending = otherProvider().accessToken(o.userId);
+    await until('the refresh to reach Google', () => tokenCalls().length === 1);
+    const again = await s.connectOwner(o.userId);
+
+    expect(await pending).toBe(again.access_token);
+    // The stalled refresh did complete at Google; its token (from the old grant) was dropped.
+    expect(tokenCalls().map((r) => [r.fault ?? null, r.status])).toEqual([['stall', 200]]);
+    expect(s.google.refreshCount(o.grant.refresh_token)).toBe(1);
+    expect(s.google.refreshCount(again.refresh_token)).toBe(0);
+    const stored = await s.app.connections.get(o.userId);
+    expect(stored).toMatchObject({
+      accessToken: again.access_token,
+      refreshToken: again.refresh_token,
+      status: 'connected',
+    });
+    expect(stored?.lastRefreshedAt).toBeNull();
+  });
+
+  it('an invalid_grant for the OLD refresh token does not revoke the reconnected calendar: the booking succeeds', async () => {
+    const o = await newOwner(-60);
+    s.google.revokeRefreshToken(o.grant.refresh_token);
+    s.google.fail('token', { kind: 'stall', ms: 1000 }, 1);
+    s.openai.responder = () => ({ content: JSON.stringify([action(4)]) });
+    const c = await s.openConversation(o.agentId);
+    await s.send(c.conversation_id, c.customer_token, 'book me');
+    await until('the refresh to reach Google', () => tokenCalls().length === 1);
+    const again = await s.connectOwner(o.userId);
+
+    const list = await s.waitForReplies(c.conversation_id, c.customer_token, 1, 30_000);
+    expect(isConfirmation(list.filter((m) => m.role === 'assistant').at(-1)!.content)).toBe(true);
+    expect(tokenCalls().map((r) => r.status)).toEqual([400]);
+    expect(s.google.events(o.email)).toHaveLength(1);
+    const info = await tokenInfo(o.userId);
+    expect(info).toMatchObject({ status: 'connected', revoked_at: null });
+    const stored = await s.app.connections.get(o.userId);
+    expect(stored?.accessToken).toBe(again.access_token);
+    expect(stored?.refreshToken).toBe(again.refresh_token);
+    const revokedHooks = await sql<{ n: number }>`
+      SELECT count(*)::int AS n FROM webhook_deliveries
+      WHERE user_id = ${o.userId} AND event_type = 'calendar.revoked'`.execute(s.app.database.db);
+    expect(revokedHooks.rows[0]?.n).toBe(0);
+  });
+
+  it('an invalid_grant with no reconnect still revokes (the guard changes nothing then)', async () => {
+    const o = await newOwner(-60);
+    s.google.revokeRefreshToken(o.grant.refresh_token);
+    await expect(otherProvider().accessToken(o.userId)).rejects.toMatchObject({
+      name: 'CalendarNotConnected',
+      reason: 'revoked',
+    });
+    expect((await tokenInfo(o.userId)).status).toBe('revoked');
+  });
+});
+
+describe('refresh token rotation', () => {
+  it('stores the refresh token Google rotated (encrypted) and refreshes with it next time', async () => {
+    s.google.rotateRefreshTokens = true;
+    try {
+      const o = await newOwner(-60);
+      expect(isConfirmation(await book(o))).toBe(true);
+      const rotated = s.google.rotatedRefreshToken(o.grant.refresh_token);
+      expect(rotated).toMatch(/^1\/\/emu-/);
+      const stored = await s.app.connections.get(o.userId);
+      expect(stored?.refreshToken).toBe(rotated);
+      const raw = await sql<
+        Record<string, unknown>
+      >`SELECT * FROM google_calendar_tokens WHERE user_id = ${o.userId}`.execute(s.app.database.db);
+      expect(JSON.stringify(raw.rows[0])).not.toContain(rotated);
+
+      // Google now rejects the access token: the forced refresh must use the rotated refresh token
+      // (the old one answers invalid_grant since the rotation).
+      s.google.reset();
+      s.google.expireAccessToken(stored!.accessToken);
+      expect(isConfirmation(await book(o, 2))).toBe(true);
+      expect(tokenCalls().map((r) => [(r.body as Record<string, string>).refresh_token, r.status])).toEqual([
+        [rotated, 200],
+      ]);
+      const next = s.google.rotatedRefreshToken(rotated!);
+      expect((await s.app.connections.get(o.userId))?.refreshToken).toBe(next);
+      expect((await tokenInfo(o.userId)).status).toBe('connected');
+    } finally {
+      s.google.rotateRefreshTokens = false;
+    }
+  });
+});

@@ -39,8 +39,9 @@ export class ServiceProcess {
     readonly port: number,
     env: Record<string, string>,
     args: string[] = [],
+    nodeArgs: string[] = [],
   ) {
-    this.child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', ...args], {
+    this.child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', 'src/main.ts', ...args], {
       cwd: REPO_ROOT,
       // Only what we pass: none of the test runner's variables (DATABASE_URL, NODE_OPTIONS, ...).
       env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp', ...env },
@@ -127,6 +128,11 @@ export class ServiceProcess {
 }
 
 /** Starts `node --import tsx src/main.ts` on a loopback port with only the given environment. */
-export function startService(env: Record<string, string>, port = 0, args: string[] = []): ServiceProcess {
-  return new ServiceProcess(port, { HOST: '127.0.0.1', PORT: String(port), ...env }, args);
+export function startService(
+  env: Record<string, string>,
+  port = 0,
+  args: string[] = [],
+  nodeArgs: string[] = [],
+): ServiceProcess {
+  return new ServiceProcess(port, { HOST: '127.0.0.1', PORT: String(port), ...env }, args, nodeArgs);
 }

@@ -1,5 +1,5 @@
 import { sql } from 'kysely';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { startTestApp, type TestApp } from '../helpers/app.js';
 
 const ACCESS = 'ya29.a0AfB_byD-access-token-plaintext-0001';
@@ -201,6 +201,34 @@ describe('calendar connection API', () => {
       headers: t.admin,
     });
     expect(del.statusCode).toBe(400);
+  });
+
+  it('GET reads its own writes at once and sees other writers’ changes (cached, evicted on NOTIFY)', async () => {
+    const get = async () =>
+      (await t.app.http.inject({ url: '/api/google-tokens/cached-1', headers: t.admin })).json();
+    expect((await connect('cached-1', validBody())).statusCode).toBe(200);
+    expect((await get()).token_info.access_token).toBe('ya29.a…0001');
+    expect((await get()).token_info.access_token).toBe('ya29.a…0001'); // now from memory
+    // Reconnect through this API: the very next GET has the new token.
+    expect(
+      (await connect('cached-1', validBody({ access_token: 'ya29.second-token-9999' }))).statusCode,
+    ).toBe(200);
+    expect((await get()).token_info.access_token).toBe('ya29.s…9999');
+    // A change made elsewhere (a worker process, an operator): seen once its notification arrives.
+    await sql`UPDATE google_calendar_tokens SET status = 'revoked', revoked_at = now() WHERE user_id = 'cached-1'`.execute(
+      t.app.database.db,
+    );
+    await vi.waitFor(async () => expect((await get()).token_info.status).toBe('revoked'));
+    // Disconnect through this API: gone at once.
+    const del = await t.app.http.inject({
+      method: 'DELETE',
+      url: '/api/google-tokens/cached-1',
+      headers: t.admin,
+    });
+    expect(del.statusCode).toBe(200);
+    expect(
+      (await t.app.http.inject({ url: '/api/google-tokens/cached-1', headers: t.admin })).statusCode,
+    ).toBe(404);
   });
 
   it('accepts user ids with letters, digits and -_.@', async () => {

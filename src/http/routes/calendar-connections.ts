@@ -8,12 +8,15 @@ import {
 } from '../../domain/calendar-connection.js';
 import { InvalidInput, NotFound } from '../../domain/errors.js';
 import type { CalendarConnectionStore, CalendarConnectionSummary } from '../../store/calendar-connections.js';
+import type { ConnectionCache } from '../../store/connection-cache.js';
 import { requireAdmin } from '../auth.js';
 import { errorResponses, UserIdParams } from '../schemas.js';
 
 export interface CalendarConnectionRouteDeps {
   adminKey: string;
   connections: CalendarConnectionStore;
+  /** Serves the single-connection GET from memory; writes here evict it at once. */
+  cache: Pick<ConnectionCache, 'get' | 'evict'>;
   now: () => Date;
 }
 
@@ -52,7 +55,7 @@ export const calendarConnectionRoutes: FastifyPluginAsyncTypebox<CalendarConnect
   app,
   deps,
 ) => {
-  const { connections, now } = deps;
+  const { connections, cache, now } = deps;
   // onRequest: credentials are checked before any validation, so a caller without the key learns
   // nothing about the routes' schemas.
   app.addHook('onRequest', requireAdmin(deps.adminKey));
@@ -79,6 +82,7 @@ export const calendarConnectionRoutes: FastifyPluginAsyncTypebox<CalendarConnect
     async (req) => {
       const valid = validateConnectInput(req.body);
       const saved = await connections.connect(req.params.user_id, valid);
+      cache.evict(req.params.user_id);
       return {
         success: true as const,
         message: 'Google Calendar connected successfully',
@@ -118,7 +122,7 @@ export const calendarConnectionRoutes: FastifyPluginAsyncTypebox<CalendarConnect
       },
     },
     async (req) => {
-      const c = await connections.get(req.params.user_id);
+      const c = await cache.get(req.params.user_id);
       if (!c) throw new NotFound(`No Google Calendar connection for user ${req.params.user_id}`);
       return {
         success: true as const,
@@ -200,6 +204,7 @@ export const calendarConnectionRoutes: FastifyPluginAsyncTypebox<CalendarConnect
     },
     async (req) => {
       const deleted = await connections.delete(req.params.user_id);
+      cache.evict(req.params.user_id);
       if (!deleted) throw new NotFound(`No Google Calendar connection for user ${req.params.user_id}`);
       return { success: true as const, message: 'Google Calendar disconnected', user_id: req.params.user_id };
     },

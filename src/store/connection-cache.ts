@@ -1,0 +1,80 @@
+import type { CalendarConnection } from './calendar-connections.js';
+import type { Database } from './database.js';
+
+/** Channel the google_calendar_tokens trigger (migration 006) notifies with the changed user_id. */
+export const CONNECTION_CHANNEL = 'agent_meetings_connections';
+
+/**
+ * Read-through cache of calendar connections for the owner API's `GET /api/google-tokens/:user_id`,
+ * which dashboards poll. Without it every poll costs a database round trip; with it a poll is served
+ * from memory (measured in bench/README.md).
+ *
+ * Coherence across processes: a trigger on google_calendar_tokens NOTIFYs the user_id on every
+ * insert, update and delete, whoever writes (this API, a worker refreshing a token in another
+ * process, an operator's SQL). Each process evicts on the notification. The remaining window is the
+ * notification's delivery after commit (milliseconds); writes made through this process also evict
+ * at once (`evict`), so a caller reads its own writes.
+ *
+ * A read racing a change must not put the old row back after the eviction: every notification
+ * bumps an epoch, and a read only fills the cache if no notification arrived while it ran. While the
+ * LISTEN connection is down (server restart) notifications can be lost, so the cache is emptied and
+ * bypassed until it is back.
+ *
+ * Only this read path uses the cache; the worker's token provider reads the row under its own rules.
+ */
+export class ConnectionCache {
+  readonly #entries = new Map<string, CalendarConnection | null>();
+  #epoch = 0;
+  #live = false;
+  #unlisten: (() => Promise<void>) | undefined;
+
+  constructor(
+    private readonly database: Database,
+    private readonly load: (userId: string) => Promise<CalendarConnection | undefined>,
+    private readonly maxEntries = 10_000,
+  ) {}
+
+  async start(): Promise<void> {
+    this.#unlisten = await this.database.listen(
+      CONNECTION_CHANNEL,
+      (userId) => this.evict(userId),
+      (listening) => {
+        this.#epoch++;
+        this.#entries.clear();
+        this.#live = listening;
+      },
+    );
+  }
+
+  async stop(): Promise<void> {
+    this.#live = false;
+    this.#entries.clear();
+    await this.#unlisten?.();
+  }
+
+  async get(userId: string): Promise<CalendarConnection | undefined> {
+    const hit = this.#entries.get(userId);
+    if (hit !== undefined) return hit ?? undefined;
+    const epoch = this.#epoch;
+    const row = await this.load(userId);
+    if (this.#live && epoch === this.#epoch) {
+      if (this.#entries.size >= this.maxEntries) {
+        // Map iterates in insertion order: drop the oldest entry.
+        const oldest = this.#entries.keys().next();
+        if (!oldest.done) this.#entries.delete(oldest.value);
+      }
+      this.#entries.set(userId, row ?? null);
+    }
+    return row;
+  }
+
+  /** Forget one owner's row (after a write through this process, or on its notification). */
+  evict(userId: string): void {
+    this.#epoch++;
+    this.#entries.delete(userId);
+  }
+
+  get size(): number {
+    return this.#entries.size;
+  }
+}

@@ -1,0 +1,108 @@
+/**
+ * The calendar connection store's compare-and-set writes: a refresh stores its result, and an
+ * invalid_grant revokes, only while the tokens are still those the refresh read (its revision).
+ * A reconnect in between (with or without a new refresh token) makes both change nothing.
+ */
+import { randomBytes } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CalendarConnectionStore } from '../../src/store/calendar-connections.js';
+import { type Database, openDatabase } from '../../src/store/database.js';
+import { migrate } from '../../src/store/migrate.js';
+import { SecretBox } from '../../src/store/secret-box.js';
+import { testDatabaseOptions } from '../helpers/database.js';
+
+let database: Database;
+let cleanup: () => Promise<void>;
+let store: CalendarConnectionStore;
+beforeAll(async () => {
+  const options = testDatabaseOptions();
+  cleanup = options.cleanup;
+  database = await openDatabase(options);
+  await migrate(database.db);
+  store = new CalendarConnectionStore(database.db, new SecretBox([randomBytes(32)]));
+});
+afterAll(async () => {
+  await database?.close();
+  await cleanup?.();
+});
+
+const uid = () => `cc-${randomBytes(5).toString('hex')}`;
+const inAnHour = () => new Date(Date.now() + 3_600_000);
+const scope = 'https://www.googleapis.com/auth/calendar';
+
+async function connected(userId: string, refreshToken: string | undefined = '1//first') {
+  return store.connect(userId, {
+    accessToken: `ya29.${randomBytes(6).toString('hex')}`,
+    refreshToken,
+    tokenExpiry: new Date(Date.now() - 60_000),
+    scope,
+  });
+}
+
+describe('saveRefreshed', () => {
+  it('stores the refreshed token (and a rotated refresh token, sealed) while the tokens are unchanged', async () => {
+    const userId = uid();
+    const c = await connected(userId);
+    const expiry = inAnHour();
+    expect(
+      await store.saveRefreshed(userId, c.revision, {
+        accessToken: 'ya29.refreshed',
+        expiry,
+        refreshToken: '1//rotated',
+      }),
+    ).toBe(true);
+    const after = await store.get(userId);
+    expect(after).toMatchObject({
+      accessToken: 'ya29.refreshed',
+      refreshToken: '1//rotated',
+      tokenExpiry: expiry,
+    });
+    expect(after?.lastRefreshedAt).toBeInstanceOf(Date);
+    expect(after?.revision.refreshTokenEnc).not.toContain('rotated');
+    // The same revision again: the row moved on, so a second writer changes nothing.
+    expect(await store.saveRefreshed(userId, c.revision, { accessToken: 'ya29.late', expiry })).toBe(false);
+    expect((await store.get(userId))?.accessToken).toBe('ya29.refreshed');
+  });
+
+  it('changes nothing once the owner reconnected, with a new refresh token or keeping the stored one', async () => {
+    for (const newRefresh of ['1//second', undefined]) {
+      const userId = uid();
+      const before = await connected(userId);
+      const again = await connected(userId, newRefresh);
+      expect(
+        await store.saveRefreshed(userId, before.revision, {
+          accessToken: 'ya29.from-the-old-grant',
+          expiry: inAnHour(),
+          refreshToken: '1//rotated-old',
+        }),
+      ).toBe(false);
+      const stored = await store.get(userId);
+      expect(stored).toMatchObject({
+        accessToken: again.accessToken,
+        refreshToken: newRefresh ?? '1//first',
+        lastRefreshedAt: null,
+      });
+    }
+  });
+});
+
+describe('markRevoked', () => {
+  it('with the revision the refresh read: revokes while unchanged, not after a reconnect', async () => {
+    const userId = uid();
+    const before = await connected(userId);
+    await connected(userId, '1//second');
+    expect(await store.markRevoked(userId, before.revision)).toBe(false);
+    expect((await store.get(userId))?.status).toBe('connected');
+
+    const current = (await store.get(userId))!;
+    expect(await store.markRevoked(userId, current.revision)).toBe(true);
+    expect(await store.get(userId)).toMatchObject({ status: 'revoked', revokedAt: expect.any(Date) });
+  });
+
+  it('without a revision (an operator’s decision): unconditional', async () => {
+    const userId = uid();
+    await connected(userId);
+    expect(await store.markRevoked(userId)).toBe(true);
+    expect((await store.get(userId))?.status).toBe('revoked');
+  });
+});

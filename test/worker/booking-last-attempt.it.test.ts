@@ -1,0 +1,238 @@
+/**
+ * The job's last attempt, when Google may already hold the booking's event: an insert whose answer
+ * was lost (in this run or an earlier one) created the event and sent the invitations, yet the run
+ * ends in a failure. Before answering MEETING_ERROR_MESSAGE the worker looks the booking's derived
+ * event id up; an event that exists (and is not cancelled) is recorded and confirmed exactly like a
+ * normal booking. Driven through HTTP, the worker, the real clients and the Google emulator's faults.
+ */
+import { randomBytes } from 'node:crypto';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { sql } from 'kysely';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { type Stack, startStack } from '../helpers/stack.js';
+
+let s: Stack;
+let hooks: Server;
+let hookUrl: string;
+beforeAll(async () => {
+  // Two runs per job (JOB_RETRY_LIMIT=1): the second is the last attempt.
+  s = await startStack({ JOB_RETRY_LIMIT: '1', GOOGLE_TIMEOUT_MS: '2000' });
+  hooks = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => res.writeHead(204).end());
+  });
+  await new Promise<void>((r) => hooks.listen(0, '127.0.0.1', r));
+  hookUrl = `http://127.0.0.1:${(hooks.address() as AddressInfo).port}/hook`;
+});
+afterAll(async () => {
+  await s?.close();
+  await new Promise((r) => hooks?.close(r));
+});
+beforeEach(() => {
+  s.openai.reset();
+  s.google.reset();
+});
+
+const uid = (prefix: string) => `${prefix}-${randomBytes(5).toString('hex')}`;
+
+function action(): Record<string, unknown> {
+  const at = new Date(Date.now() + 3 * 86_400_000);
+  at.setUTCHours(10, 0, 0, 0);
+  return {
+    action: 'Time_to_121meet',
+    name: 'Siddhant',
+    email: 'siddhant@gmail.com',
+    title: 'Demo',
+    participants: [],
+    meeting_time: at.toISOString().replace('.000Z', 'Z'),
+    friendly_time: 'in three days at 10 AM UTC',
+  };
+}
+
+const confirmation = (link: string) =>
+  `✅ Meeting confirmed!\n\n📅 Meeting scheduled for in three days at 10 AM UTC\n🔗 Join here: ${link}\n\nYou'll receive a calendar invite via email.`;
+
+interface Booking {
+  userId: string;
+  email: string;
+  conversationId: string;
+  token: string;
+  messageId: string;
+}
+
+/** An owner with a webhook, and one customer message whose answer is a booking (not awaited). */
+async function startBooking(): Promise<Booking> {
+  const userId = uid('la');
+  await s.connectOwner(userId);
+  const hook = await s.app.http.inject({
+    method: 'PUT',
+    url: `/api/users/${userId}/webhook`,
+    headers: s.admin,
+    payload: { url: hookUrl },
+  });
+  expect(hook.statusCode).toBe(200);
+  const agent = await s.createAgent({ user_id: userId, name: 'Acme Assistant' });
+  const c = await s.openConversation(agent.agent_id);
+  s.openai.responder = () => ({ content: JSON.stringify([action()]) });
+  const messageId = await s.send(c.conversation_id, c.customer_token, 'book me');
+  return {
+    userId,
+    email: `${userId}@owner.test`,
+    conversationId: c.conversation_id,
+    token: c.customer_token,
+    messageId,
+  };
+}
+
+async function replies(b: Booking): Promise<string[]> {
+  const list = await s.waitForReplies(b.conversationId, b.token, 1, 30_000);
+  return list.filter((m) => m.role === 'assistant').map((m) => m.content);
+}
+
+const requestsFor = (op: string) => s.google.requests.filter((r) => r.op === op);
+
+async function until(what: string, check: () => boolean | Promise<boolean>, ms = 20_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+async function meetings(userId: string): Promise<Array<Record<string, unknown>>> {
+  const res = await s.app.http.inject({ url: `/api/users/${userId}/meetings`, headers: s.admin });
+  expect(res.statusCode).toBe(200);
+  return res.json().meetings;
+}
+
+async function message(messageId: string) {
+  return s.app.database.db
+    .selectFrom('messages')
+    .select(['status', 'attempts', 'last_error'])
+    .where('message_id', '=', messageId)
+    .executeTakeFirstOrThrow();
+}
+
+/** Owner webhook deliveries recorded for the user (committed with the reply). */
+async function deliveryTypes(userId: string): Promise<string[]> {
+  const r = await sql<{ event_type: string }>`
+    SELECT event_type FROM webhook_deliveries WHERE user_id = ${userId}`.execute(s.app.database.db);
+  return r.rows.map((row) => row.event_type);
+}
+
+/** The first run's 4 inserts all lose their answers (the first creates the event); returns its id. */
+async function firstRunCreatesTheEventUnseen(b: Booking): Promise<string> {
+  await until('the first run to give up', async () => (await message(b.messageId)).attempts >= 1);
+  expect(requestsFor('events.insert').map((r) => r.fault)).toEqual(Array(4).fill('lost-response'));
+  const events = s.google.events(b.email);
+  expect(events).toHaveLength(1);
+  return events[0]!.id!;
+}
+
+describe('last attempt: the booking’s event exists although every insert answer was lost', () => {
+  it('is looked up, recorded and confirmed like a normal booking (meeting row, webhook, once)', async () => {
+    s.google.fail('events.insert', { kind: 'lost-response' }, 8);
+    const b = await startBooking();
+    const eventId = await firstRunCreatesTheEventUnseen(b);
+    const texts = await replies(b);
+
+    // Both runs lost every answer. The second saw the slot busy with its own event (one get), tried
+    // to insert again, and before giving up read the derived id once more and found the event.
+    expect(requestsFor('events.insert').map((r) => r.fault)).toEqual(Array(8).fill('lost-response'));
+    const gets = requestsFor('events.get');
+    expect(gets.map((r) => r.status)).toEqual([200, 200]);
+    expect(gets.at(-1)!.at).toBeGreaterThanOrEqual(requestsFor('events.insert').at(-1)!.at);
+    for (const g of gets) expect(g.path).toContain(eventId);
+    const events = s.google.events(b.email);
+    expect(events).toHaveLength(1);
+    expect(texts).toEqual([confirmation(events[0]!.hangoutLink!)]);
+    const rows = await meetings(b.userId);
+    expect(rows).toHaveLength(1);
+    expect(rows[0]).toMatchObject({
+      google_event_id: eventId,
+      meet_link: events[0]!.hangoutLink,
+      customer_email: 'siddhant@gmail.com',
+      status: 'scheduled',
+    });
+    expect((await message(b.messageId)).status).toBe('answered');
+    expect(await deliveryTypes(b.userId)).toEqual(['meeting.booked']);
+
+    // The same job delivered again (a crash after the commit, a duplicate): nothing more happens.
+    s.google.reset();
+    await s.app.database.db
+      .transaction()
+      .execute((trx) =>
+        s.app.queue.enqueueMessage(trx, { messageId: b.messageId, conversationId: b.conversationId }),
+      );
+    s.openai.responder = () => ({ content: 'Anything else?' });
+    await s.send(b.conversationId, b.token, 'thanks');
+    await s.waitForReplies(b.conversationId, b.token, 2, 30_000);
+    expect(s.google.requests.filter((r) => r.op.startsWith('events.'))).toEqual([]);
+    expect(s.google.events(b.email)).toHaveLength(1);
+    expect(await meetings(b.userId)).toHaveLength(1);
+    expect(await deliveryTypes(b.userId)).toEqual(['meeting.booked']);
+  });
+
+  it('an event made by an earlier run is found when the last run fails before inserting (freeBusy outage)', async () => {
+    s.google.fail('events.insert', { kind: 'lost-response' }, 4);
+    const b = await startBooking();
+    const eventId = await firstRunCreatesTheEventUnseen(b);
+    // The retry's availability read fails on every attempt: it never reaches the insert.
+    s.google.fail('freebusy.query', { kind: 'status', status: 503 }, 4);
+    const texts = await replies(b);
+
+    expect(requestsFor('events.insert')).toHaveLength(4);
+    expect(requestsFor('freebusy.query').map((r) => r.status)).toEqual([200, 503, 503, 503, 503]);
+    expect(requestsFor('events.get').map((r) => r.path)).toEqual([expect.stringContaining(eventId)]);
+    const events = s.google.events(b.email);
+    expect(events).toHaveLength(1);
+    expect(texts).toEqual([confirmation(events[0]!.hangoutLink!)]);
+    expect((await meetings(b.userId)).map((m) => m.google_event_id)).toEqual([eventId]);
+    expect(await deliveryTypes(b.userId)).toEqual(['meeting.booked']);
+  });
+});
+
+describe('last attempt: no usable event', () => {
+  it('an event that does not exist: MEETING_ERROR_MESSAGE after one lookup, no meeting', async () => {
+    s.google.fail('events.insert', { kind: 'status', status: 503 }, 8);
+    const b = await startBooking();
+    const texts = await replies(b);
+    expect(texts).toEqual([s.app.config.meetingErrorMessage]);
+    expect(requestsFor('events.insert')).toHaveLength(8);
+    expect(requestsFor('events.get').map((r) => r.status)).toEqual([404]);
+    expect(s.google.events(b.email)).toEqual([]);
+    expect(await meetings(b.userId)).toEqual([]);
+    expect(await message(b.messageId)).toMatchObject({
+      status: 'failed',
+      last_error: expect.stringMatching(/503/),
+    });
+    expect(await deliveryTypes(b.userId)).toEqual([]);
+  });
+
+  it('an event the owner deleted meanwhile is not confirmed (lookup finds it cancelled)', async () => {
+    s.google.fail('events.insert', { kind: 'lost-response' }, 4);
+    const b = await startBooking();
+    const eventId = await firstRunCreatesTheEventUnseen(b);
+    await s.app.calendar.deleteEvent(b.userId, eventId);
+    s.google.fail('events.insert', { kind: 'lost-response' }, 4);
+    const texts = await replies(b);
+    expect(texts).toEqual([s.app.config.meetingErrorMessage]);
+    expect(requestsFor('events.get').map((r) => r.status)).toEqual([200]);
+    expect(s.google.events(b.email).map((e) => e.status)).toEqual(['cancelled']);
+    expect(await meetings(b.userId)).toEqual([]);
+    expect((await message(b.messageId)).status).toBe('failed');
+  });
+
+  it('an insert answering 409 for an event the owner deleted meanwhile is not confirmed either', async () => {
+    s.google.fail('events.insert', { kind: 'lost-response' }, 4);
+    const b = await startBooking();
+    const eventId = await firstRunCreatesTheEventUnseen(b);
+    await s.app.calendar.deleteEvent(b.userId, eventId);
+    const texts = await replies(b);
+    expect(texts).toEqual([s.app.config.meetingErrorMessage]);
+    expect(requestsFor('events.insert').at(-1)!.status).toBe(409);
+    expect(s.google.events(b.email).map((e) => e.status)).toEqual(['cancelled']);
+    expect(await meetings(b.userId)).toEqual([]);
+  });
+});
