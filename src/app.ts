@@ -101,6 +101,12 @@ export async function createApplication(
     const meetings = new MeetingStore(db);
     const metrics = new Metrics(() => messages.backlog());
 
+    // Served from memory while fresh, evicted on every change by NOTIFY (API reads and the worker's
+    // token lookups alike).
+    const connectionCache = new ConnectionCache(database, (userId) => connections.get(userId));
+    await connectionCache.start();
+    cleanup.push(() => connectionCache.stop());
+
     const tokens = new GoogleTokenProvider(
       connections,
       {
@@ -110,6 +116,7 @@ export async function createApplication(
         timeoutMs: config.google.timeoutMs,
         now,
         onRefresh: (outcome) => metrics.tokenRefreshes.inc({ outcome }),
+        cached: (userId) => connectionCache.get(userId),
       },
       logger,
     );
@@ -151,7 +158,6 @@ export async function createApplication(
       const booking = new BookingService({
         calendar,
         meetings,
-        agents,
         lock: new OwnerBookingLock(new BookingLeaseStore(db), logger),
         events: webhooks,
         limits: config.booking,
@@ -177,9 +183,6 @@ export async function createApplication(
     const feed = new LiveFeed(database);
     if (role !== 'worker') await feed.start();
     cleanup.push(() => feed.stop());
-    const connectionCache = new ConnectionCache(database, (userId) => connections.get(userId));
-    if (role !== 'worker') await connectionCache.start();
-    cleanup.push(() => connectionCache.stop());
 
     const http = await buildHttpApp({
       logger,

@@ -16,6 +16,12 @@ export interface TokenProviderOptions {
   waitMs?: number;
   now?: () => Date;
   onRefresh?: (outcome: 'refreshed' | 'revoked' | 'failed') => void;
+  /**
+   * A cached read of the connection (src/store/connection-cache.ts, evicted by NOTIFY on every
+   * change) for the common case, a token that is still fresh: no database round trip per Google
+   * call. Everything that decides a refresh re-reads the row from the database.
+   */
+  cached?: (userId: string) => Promise<CalendarConnection | undefined>;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -57,7 +63,7 @@ export class GoogleTokenProvider {
    * refreshed even if not yet expired, unless someone already replaced it.
    */
   async accessToken(userId: string, rejected?: string): Promise<string> {
-    const c = await this.#load(userId);
+    const c = await this.#load(userId, this.options.cached);
     const fresh = c.tokenExpiry.getTime() - this.#now().getTime() > this.#margin;
     if (fresh && c.accessToken !== rejected) return c.accessToken;
     let flight = this.#inFlight.get(userId);
@@ -68,8 +74,11 @@ export class GoogleTokenProvider {
     return flight;
   }
 
-  async #load(userId: string) {
-    const c = await this.connections.get(userId);
+  async #load(
+    userId: string,
+    read: (userId: string) => Promise<CalendarConnection | undefined> = (id) => this.connections.get(id),
+  ) {
+    const c = await read(userId);
     if (!c) throw new CalendarNotConnected(`user ${userId} has no Google Calendar connection`, 'missing');
     if (c.status === 'revoked')
       throw new CalendarNotConnected(`user ${userId}'s Google access was revoked`, 'revoked');

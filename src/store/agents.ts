@@ -1,6 +1,6 @@
 import { type Kysely, type Selectable, sql } from 'kysely';
 import type { Agent } from '../domain/agent.js';
-import { type BookingSettings, DEFAULT_BOOKING_SETTINGS, parseWorkingHours } from '../domain/availability.js';
+import { type BookingSettings, parseWorkingHours } from '../domain/availability.js';
 import { newId } from './ids.js';
 import type { DB } from './schema.js';
 import { type BookingDB, widen } from './schema-booking.js';
@@ -17,7 +17,13 @@ export interface NewAgent {
 
 export type AgentPatch = Partial<Omit<NewAgent, 'userId'>>;
 
-function bookingOf(r: Selectable<BookingDB['agents']>): BookingSettings {
+/** An agent row's booking settings (also read by MessageStore.loadWork, which joins the agent). */
+export function bookingOf(
+  r: Pick<
+    Selectable<BookingDB['agents']>,
+    'working_hours' | 'buffer_minutes' | 'min_notice_minutes' | 'horizon_days'
+  >,
+): BookingSettings {
   let workingHours: BookingSettings['workingHours'] = null;
   if (r.working_hours !== null && r.working_hours !== undefined) {
     const raw = typeof r.working_hours === 'string' ? JSON.parse(r.working_hours) : r.working_hours;
@@ -63,15 +69,6 @@ export class AgentStore {
   }
 
   /** The agent's booking settings (defaults when the agent is unknown). */
-  async bookingSettings(agentId: string): Promise<BookingSettings> {
-    const row = await this.db
-      .selectFrom('agents')
-      .selectAll()
-      .where('agent_id', '=', agentId)
-      .executeTakeFirst();
-    return row ? bookingOf(row) : { ...DEFAULT_BOOKING_SETTINGS };
-  }
-
   async create(a: NewAgent): Promise<Agent> {
     const row = await this.db
       .insertInto('agents')

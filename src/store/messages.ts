@@ -1,7 +1,10 @@
 import { type Kysely, type Selectable, sql, type Transaction } from 'kysely';
 import type { Agent } from '../domain/agent.js';
+import type { BookingSettings } from '../domain/availability.js';
+import { bookingOf } from './agents.js';
 import { newId } from './ids.js';
 import type { DB, MessageTable, StoredModelOutput } from './schema.js';
+import { widen } from './schema-booking.js';
 
 /** Channel on which a committed message announces itself (payload: conversation id). */
 export const MESSAGE_CHANNEL = 'agent_meetings_messages';
@@ -24,6 +27,8 @@ export interface MessageWork {
   };
   conversation: { conversationId: string; customerName: string | null; customerEmail: string | null };
   agent: Agent;
+  /** The agent's booking settings, read in the same query (one round trip less per booking). */
+  booking: BookingSettings;
 }
 
 const toMessage = (
@@ -108,7 +113,7 @@ export class MessageStore {
   }
 
   async loadWork(messageId: string): Promise<MessageWork | undefined> {
-    const r = await this.db
+    const r = await widen(this.db)
       .selectFrom('messages as m')
       .innerJoin('conversations as c', 'c.conversation_id', 'm.conversation_id')
       .innerJoin('agents as a', 'a.agent_id', 'c.agent_id')
@@ -133,6 +138,10 @@ export class MessageStore {
         'a.meeting_duration_minutes',
         'a.created_at as agent_created_at',
         'a.updated_at as agent_updated_at',
+        'a.working_hours',
+        'a.buffer_minutes',
+        'a.min_notice_minutes',
+        'a.horizon_days',
       ])
       .where('m.message_id', '=', messageId)
       .executeTakeFirst();
@@ -161,6 +170,7 @@ export class MessageStore {
         createdAt: r.agent_created_at,
         updatedAt: r.agent_updated_at,
       },
+      booking: bookingOf(r),
     };
   }
 

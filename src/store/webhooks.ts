@@ -66,26 +66,15 @@ export class WebhookStore {
    * (a retried job records nothing new). Returns the new delivery's id.
    */
   async record(trx: Transaction<DB>, e: OwnerEvent): Promise<string | undefined> {
-    const t = widen(trx);
-    const hook = await t
-      .selectFrom('owner_webhooks')
-      .select('user_id')
-      .where('user_id', '=', e.userId)
-      .executeTakeFirst();
-    if (!hook) return undefined;
-    const r = await t
-      .insertInto('webhook_deliveries')
-      .values({
-        delivery_id: deliveryId(),
-        user_id: e.userId,
-        event_type: e.type,
-        event_key: e.key.slice(0, 200),
-        payload: JSON.stringify(e.data),
-      })
-      .onConflict((oc) => oc.column('event_key').doNothing())
-      .returning('delivery_id')
-      .executeTakeFirst();
-    return r?.delivery_id;
+    // One statement: the delivery row exists only if the owner has a webhook (no separate lookup).
+    const r = await sql<{ delivery_id: string }>`
+      INSERT INTO webhook_deliveries (delivery_id, user_id, event_type, event_key, payload)
+      SELECT ${deliveryId()}, user_id, ${e.type}, ${e.key.slice(0, 200)}, ${JSON.stringify(e.data)}::jsonb
+        FROM owner_webhooks
+       WHERE user_id = ${e.userId}
+      ON CONFLICT (event_key) DO NOTHING
+      RETURNING delivery_id`.execute(trx);
+    return r.rows[0]?.delivery_id;
   }
 
   async delivery(id: string): Promise<WebhookDelivery | undefined> {

@@ -30,7 +30,6 @@ import {
 import { meetingEventData } from '../domain/owner-events.js';
 import { BOOKING_ACTION, CANCEL_ACTION, RESCHEDULE_ACTION } from '../domain/prompt.js';
 import { friendlyTime, toZonedIso, zonedInstant, zoneOffsetMinutes } from '../domain/time.js';
-import type { AgentStore } from '../store/agents.js';
 import type { MeetingRow, MeetingStore, NewMeeting } from '../store/meetings.js';
 import type { MessageWork } from '../store/messages.js';
 import type { OwnerEventSink } from './owner-events.js';
@@ -40,7 +39,6 @@ import type { ActionResponder, Reply, RespondOptions } from './process-message.j
 export interface BookingServiceDeps {
   calendar: CalendarGateway;
   meetings: MeetingStore;
-  agents: Pick<AgentStore, 'bookingSettings'>;
   lock: Pick<OwnerBookingLock, 'acquire'>;
   limits: BookingLimits & { maxBookingsPerConversation: number };
   meetingErrorMessage: string;
@@ -103,7 +101,7 @@ export class BookingService implements ActionResponder {
     log: Logger,
     options: RespondOptions = {},
   ): Promise<Reply> {
-    const settings = await this.deps.agents.bookingSettings(work.agent.agentId);
+    const settings = work.booking;
     const ctx: ReplyContext = {
       work,
       log,
@@ -153,7 +151,7 @@ export class BookingService implements ActionResponder {
    * for the model. Problems (bad date, no calendar) are results too, so the model can answer.
    */
   async checkAvailability(work: MessageWork, rawArgs: unknown, log: Logger): Promise<string> {
-    const settings = await this.deps.agents.bookingSettings(work.agent.agentId);
+    const settings = work.booking;
     const limits = this.#limits(settings);
     const zone = work.agent.timezone;
     const args = (rawArgs ?? {}) as { start_date?: unknown; end_date?: unknown };

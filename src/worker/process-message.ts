@@ -16,7 +16,6 @@ import {
   rescheduleParameters,
 } from '../domain/prompt.js';
 import type { ChatModel, ChatResult, ChatTurn, ToolDefinition } from '../llm/chat-model.js';
-import { addLogContext, withLogContext } from '../log-context.js';
 import type { MessageStore, MessageWork } from '../store/messages.js';
 import type { DB, StoredModelOutput } from '../store/schema.js';
 import type { JobContext, MessageJob } from './queue.js';
@@ -163,12 +162,11 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
   };
 
   async function askModel(work: MessageWork, signal: AbortSignal, log: Logger): Promise<StoredModelOutput> {
-    const history = await deps.messages.history(
-      work.message.conversationId,
-      work.message.seq,
-      deps.historyLimit,
-    );
-    const context = (await deps.actions.promptContext?.(work)) ?? '';
+    // Two independent reads, side by side (two pool connections on a server).
+    const [history, context = ''] = await Promise.all([
+      deps.messages.history(work.message.conversationId, work.message.seq, deps.historyLimit),
+      deps.actions.promptContext?.(work),
+    ]);
     const canCheck = Boolean(deps.actions.checkAvailability);
     const messages: ChatTurn[] = [
       {

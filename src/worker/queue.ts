@@ -245,20 +245,16 @@ export class JobQueue {
     await this.#boss.complete(MESSAGE_QUEUE, { id: job.id, retryCount: job.retryCount }, null, {
       db: fromKysely(trx),
     });
-    const next = await trx
-      .selectFrom('messages')
-      .select('message_id')
-      .where('conversation_id', '=', job.data.conversationId)
-      .where('status', '=', 'pending')
-      .where('message_id', '!=', job.data.messageId)
-      .limit(1)
-      .executeTakeFirst();
-    if (next) {
-      // pg-boss's wake-up channel (its notifyChannelSql): every worker of this queue, in every process.
-      await sql`SELECT pg_notify('pgboss_' || left(encode(sha224(convert_to(${this.#bossSchema}::text, 'UTF8')), 'hex'), 24), ${MESSAGE_QUEUE})`.execute(
-        trx,
-      );
-    }
+    // pg-boss's wake-up channel (its notifyChannelSql), for every worker of this queue in every
+    // process, only when this conversation has a next message waiting: one statement, the NOTIFY is
+    // evaluated only for the row found.
+    await sql`
+      SELECT pg_notify('pgboss_' || left(encode(sha224(convert_to(${this.#bossSchema}::text, 'UTF8')), 'hex'), 24), ${MESSAGE_QUEUE})
+        FROM (SELECT 1 FROM messages
+               WHERE conversation_id = ${job.data.conversationId}
+                 AND status = 'pending'
+                 AND message_id <> ${job.data.messageId}
+               LIMIT 1) AS next`.execute(trx);
   }
 
   /** Jobs waiting or running (metrics, tests). */

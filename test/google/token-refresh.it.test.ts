@@ -9,6 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { GoogleTokenProvider } from '../../src/google/token-provider.js';
+import type { CalendarConnection } from '../../src/store/calendar-connections.js';
 import { GOOGLE_CLIENT_ID, GOOGLE_CLIENT_SECRET, type Stack, startStack } from '../helpers/stack.js';
 
 let s: Stack;
@@ -404,5 +405,50 @@ describe('refresh token rotation', () => {
     } finally {
       s.google.rotateRefreshTokens = false;
     }
+  });
+});
+
+describe('the cached read of a fresh token', () => {
+  const withCache = (cached: (userId: string) => Promise<CalendarConnection | undefined>) =>
+    new GoogleTokenProvider(
+      s.app.connections,
+      {
+        clientId: GOOGLE_CLIENT_ID,
+        clientSecret: GOOGLE_CLIENT_SECRET,
+        tokenUrl: s.google.tokenUrl,
+        timeoutMs: 5000,
+        cached,
+      },
+      s.app.logger,
+    );
+
+  it('serves a fresh token from the cache; a rejected or stale cached token goes to the database', async () => {
+    const o = await newOwner();
+    const stored = (await s.app.connections.get(o.userId))!;
+    const inCache = { ...stored, accessToken: 'ya29.from-the-cache' };
+    const provider = withCache(async () => inCache);
+    // Fresh in the cache: used as is (no database read decides it).
+    expect(await provider.accessToken(o.userId)).toBe('ya29.from-the-cache');
+    // Google refused the cached one: the stored (different, fresh) token is used, no refresh.
+    expect(await provider.accessToken(o.userId, 'ya29.from-the-cache')).toBe(o.grant.access_token);
+    // Expired in the cache but fresh in the database (refreshed elsewhere): the stored one, no refresh.
+    const stale = withCache(async () => ({ ...inCache, tokenExpiry: new Date(Date.now() - 60_000) }));
+    expect(await stale.accessToken(o.userId)).toBe(o.grant.access_token);
+    expect(s.google.refreshCount(o.grant.refresh_token)).toBe(0);
+  });
+
+  it('the service’s worker reads a refreshed token through the cache once the change is announced', async () => {
+    const o = await newOwner(-60);
+    s.openai.responder = () => ({ content: JSON.stringify([action(5)]) });
+    for (const days of [0, 1]) {
+      const c = await s.openConversation(o.agentId);
+      s.openai.responder = () => ({ content: JSON.stringify([action(5 + days)]) });
+      await s.send(c.conversation_id, c.customer_token, 'book me');
+      const list = await s.waitForReplies(c.conversation_id, c.customer_token, 1, 30_000);
+      expect(isConfirmation(list.filter((m) => m.role === 'assistant').at(-1)!.content)).toBe(true);
+    }
+    // The first booking refreshed; the second used the refreshed token (from memory or the row).
+    expect(s.google.refreshCount(o.grant.refresh_token)).toBe(1);
+    expect(s.google.events(o.email)).toHaveLength(2);
   });
 });
