@@ -5,6 +5,9 @@ import { cpuMeter, round, summarize } from './stats.js';
 export interface PipelineResult {
   offered_per_s: number;
   bookings: number;
+  send_errors: number;
+  /** Accepted but not answered 60 s after the calendar stopped seeing new bookings. */
+  unanswered: number;
   confirmed: number;
   bookings_per_s: number;
   e2e_p50_ms: number;
@@ -36,6 +39,8 @@ interface Booking {
   askedAt?: number;
   answeredAt?: number;
   answer?: string;
+  /** The POST failed (connection refused or timed out, or an error status). */
+  sendError?: string;
   /** The model request's arrival and answer (bench clock). */
   modelCalls: Array<{ at: number; doneAt: number }>;
 }
@@ -135,19 +140,26 @@ export async function runPipeline(
         body: JSON.stringify({ content: `please book #${b.idx}` }),
       })
         .then((r) => json<{ message_id: string }>(r))
-        .then((r) => {
-          b.messageId = r.message_id;
-        }),
+        .then(
+          (r) => {
+            b.messageId = r.message_id;
+          },
+          (err: unknown) => {
+            // Counted, not fatal: an overloaded service refusing or timing out is a result too.
+            b.sendError = String((err as Error)?.message ?? err);
+          },
+        ),
     );
   }
   await Promise.all(sends);
 
   // Wait without touching the service: until Google saw one insert per booking (or nothing moved
   // for a while), then read every conversation back once, and again for any still unanswered.
+  const accepted = bookings.filter((b) => b.messageId !== undefined);
   const inserts = () => stack.google.requests.filter((r) => r.op === 'events.insert' && r.doneAt).length;
   let seen = -1;
   let still = Date.now();
-  while (inserts() < total && Date.now() - still < 20_000) {
+  while (inserts() < accepted.length && Date.now() - still < 20_000) {
     if (inserts() !== seen) {
       seen = inserts();
       still = Date.now();
@@ -157,10 +169,9 @@ export async function runPipeline(
   const cpuUse = cpu.stop();
   const deadline = Date.now() + 60_000;
   for (;;) {
-    const open = bookings.filter((b) => b.answeredAt === undefined);
-    if (open.length === 0) break;
-    if (Date.now() > deadline)
-      throw new Error(`only ${total - open.length}/${total} replies after the deadline`);
+    const open = accepted.filter((b) => b.answeredAt === undefined);
+    // Past the deadline, what is still unanswered is reported as such (an overloaded run).
+    if (open.length === 0 || Date.now() > deadline) break;
     await eachLimited(open, 8, async (b) => {
       const { messages } = await json<{
         messages: Array<{ message_id: string; role: string; content: string; created_at: string }>;
@@ -177,7 +188,7 @@ export async function runPipeline(
         b.answer = answer.content;
       }
     });
-    if (bookings.some((b) => b.answeredAt === undefined)) await sleep(250);
+    if (accepted.some((b) => b.answeredAt === undefined)) await sleep(250);
   }
   const peakRss = stack.peakRss();
 
@@ -234,7 +245,8 @@ export async function runPipeline(
   };
   let lastAnswer = 0;
   let confirmed = 0;
-  for (const b of bookings) {
+  const answeredOnes = accepted.filter((b) => b.answeredAt !== undefined);
+  for (const b of answeredOnes) {
     const answered = b.answeredAt!;
     lastAnswer = Math.max(lastAnswer, answered);
     const total = answered - b.sentAt!;
@@ -254,12 +266,13 @@ export async function runPipeline(
       process.stderr.write(`not confirmed: ${JSON.stringify(b.answer?.slice(0, 300))}\n`);
     // Pickup: message stored -> the model request reached the emulator.
     if (b.modelCalls[0] && b.askedAt !== undefined) pickup.push(b.modelCalls[0].at - b.askedAt);
-    // Stages of a booking that needed no refresh (the refresh is the emulator's time, not ours).
+    // Stages of the booking (its emulator calls excluded).
     const c = calls.get(b.idx);
-    if (refresh === 0 && c?.freeBusy && b.modelCalls.length === 1 && b.askedAt !== undefined) {
+    if (c?.freeBusy && b.modelCalls.length === 1 && b.askedAt !== undefined) {
       stage.http_store!.push(b.askedAt - b.sentAt!);
       stage.pickup!.push(b.modelCalls[0]!.at - b.askedAt);
-      stage.model_to_freebusy!.push(c.freeBusy.at - modelDone);
+      // Minus the token refresh this booking waited for (emulator time, not ours).
+      stage.model_to_freebusy!.push(c.freeBusy.at - modelDone - refresh);
       stage.freebusy_to_insert!.push(c.insert.at - c.freeBusy.doneAt);
       stage.insert_to_reply!.push(answered - c.insert.doneAt);
     }
@@ -271,8 +284,10 @@ export async function runPipeline(
   return {
     offered_per_s: opts.rate,
     bookings: total,
+    send_errors: total - accepted.length,
+    unanswered: accepted.length - answeredOnes.length,
     confirmed,
-    bookings_per_s: round(total / ((lastAnswer - started) / 1000)),
+    bookings_per_s: round(answeredOnes.length / ((lastAnswer - started) / 1000)),
     e2e_p50_ms: round(e.p50),
     e2e_p99_ms: round(e.p99),
     emulator_p50_ms: round(summarize(emulator).p50),

@@ -12,13 +12,13 @@ import { table } from './stats.js';
  */
 const { values } = parseArgs({
   options: {
-    duration: { type: 'string', default: '10' },
+    duration: { type: 'string', default: '5' },
     loads: { type: 'string', default: '10,50,200' },
     concurrency: { type: 'string', default: '32' },
     'model-latency': { type: 'string', default: '300' },
     'google-latency': { type: 'string', default: '150' },
     'worker-concurrency': { type: 'string', default: '100' },
-    owners: { type: 'string', default: '5' },
+    owners: { type: 'string', default: '50' },
     'api-duration': { type: 'string', default: '5' },
     only: { type: 'string', default: 'pipeline,api' },
     databases: { type: 'string', default: 'embedded,server' },
@@ -110,7 +110,7 @@ const out = [
   `Pipeline (model ${modelLatencyMs} ms, Google ${googleLatencyMs} ms; overhead = end-to-end minus each booking's emulator time)`,
   table(pipeline),
   '',
-  'Where the overhead goes (p50 ms per stage, bookings that waited for no token refresh)',
+  'Where the overhead goes (p50 ms per stage, emulator time excluded)',
   table(stages),
   '',
   'API (service, bare route and load generator each in their own process, same run)',
