@@ -8,8 +8,9 @@
 import { randomBytes } from 'node:crypto';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { GoogleTokenProvider } from '../../src/google/token-provider.js';
+import { GoogleTokenProvider, type TokenProviderOptions } from '../../src/google/token-provider.js';
 import type { CalendarConnection } from '../../src/store/calendar-connections.js';
+import { bookingAction } from '../helpers/actions.js';
 import { GOOGLE_CLIENT_ID, GOOGLE_CLIENT_SECRET, type Stack, startStack } from '../helpers/stack.js';
 
 let s: Stack;
@@ -25,21 +26,28 @@ beforeEach(() => {
   s.google.reset();
 });
 
+/** Another process's token provider on the same database. */
+function otherProvider(options: Partial<TokenProviderOptions> = {}): GoogleTokenProvider {
+  return new GoogleTokenProvider(
+    s.app.connections,
+    {
+      clientId: GOOGLE_CLIENT_ID,
+      clientSecret: GOOGLE_CLIENT_SECRET,
+      tokenUrl: s.google.tokenUrl,
+      timeoutMs: 5000,
+      ...options,
+    },
+    s.app.logger,
+  );
+}
+
 const uid = (prefix: string) => `${prefix}-${randomBytes(5).toString('hex')}`;
 const ownerEmail = (userId: string) => `${userId}@owner.test`;
 
 function action(days = 1): Record<string, unknown> {
   const at = new Date(Date.now() + days * 86_400_000);
   at.setUTCMinutes(0, 0, 0);
-  return {
-    action: 'Time_to_121meet',
-    name: 'Siddhant',
-    email: 'siddhant@gmail.com',
-    title: 'Demo',
-    participants: [],
-    meeting_time: at.toISOString().replace('.000Z', 'Z'),
-    friendly_time: 'tomorrow',
-  };
+  return bookingAction(at, { friendly_time: 'tomorrow' });
 }
 
 interface Owner {
@@ -157,20 +165,7 @@ describe('token refresh', () => {
 
   it('refreshes once across processes: token providers sharing the database take turns through the lease', async () => {
     const o = await newOwner(-60);
-    const providers = Array.from(
-      { length: 5 },
-      () =>
-        new GoogleTokenProvider(
-          s.app.connections,
-          {
-            clientId: GOOGLE_CLIENT_ID,
-            clientSecret: GOOGLE_CLIENT_SECRET,
-            tokenUrl: s.google.tokenUrl,
-            timeoutMs: 5000,
-          },
-          s.app.logger,
-        ),
-    );
+    const providers = Array.from({ length: 5 }, () => otherProvider());
     s.google.latencyMs = 150; // the refresh takes a while: the others must wait for it
     try {
       const tokens = await Promise.all(
@@ -304,19 +299,6 @@ async function until(what: string, check: () => boolean, ms = 10_000): Promise<v
   }
 }
 
-/** Another process's token provider on the same database. */
-const otherProvider = () =>
-  new GoogleTokenProvider(
-    s.app.connections,
-    {
-      clientId: GOOGLE_CLIENT_ID,
-      clientSecret: GOOGLE_CLIENT_SECRET,
-      tokenUrl: s.google.tokenUrl,
-      timeoutMs: 5000,
-    },
-    s.app.logger,
-  );
-
 describe('a reconnect landing while a refresh is in flight', () => {
   it('keeps the reconnected tokens: the refresh of the old grant stores nothing and the new token is used', async () => {
     const o = await newOwner(-60);
@@ -410,17 +392,7 @@ describe('refresh token rotation', () => {
 
 describe('the cached read of a fresh token', () => {
   const withCache = (cached: (userId: string) => Promise<CalendarConnection | undefined>) =>
-    new GoogleTokenProvider(
-      s.app.connections,
-      {
-        clientId: GOOGLE_CLIENT_ID,
-        clientSecret: GOOGLE_CLIENT_SECRET,
-        tokenUrl: s.google.tokenUrl,
-        timeoutMs: 5000,
-        cached,
-      },
-      s.app.logger,
-    );
+    otherProvider({ cached });
 
   it('serves a fresh token from the cache; a rejected or stale cached token goes to the database', async () => {
     const o = await newOwner();

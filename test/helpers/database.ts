@@ -1,7 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import pg from 'pg';
-import type { DatabaseOptions } from '../../src/store/database.js';
+import { type Database, type DatabaseOptions, openDatabase } from '../../src/store/database.js';
+import { migrate } from '../../src/store/migrate.js';
 
 /**
  * Where a test's database lives: a fresh in-memory PGlite (project "embedded"), or a private schema
@@ -36,6 +37,26 @@ export function testDatabaseOptions(
       } finally {
         await client.end();
       }
+    },
+  };
+}
+
+/** A migrated database of the test's kind; `close` also drops its schema on the server. */
+export async function openTestDatabase(): Promise<{ database: Database; close(): Promise<void> }> {
+  const options = testDatabaseOptions();
+  const database = await openDatabase(options);
+  try {
+    await migrate(database.db);
+  } catch (err) {
+    await database.close();
+    await options.cleanup();
+    throw err;
+  }
+  return {
+    database,
+    async close() {
+      await database.close();
+      await options.cleanup();
     },
   };
 }

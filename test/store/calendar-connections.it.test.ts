@@ -6,24 +6,17 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CalendarConnectionStore } from '../../src/store/calendar-connections.js';
-import { type Database, openDatabase } from '../../src/store/database.js';
-import { migrate } from '../../src/store/migrate.js';
 import { SecretBox } from '../../src/store/secret-box.js';
-import { testDatabaseOptions } from '../helpers/database.js';
+import { openTestDatabase } from '../helpers/database.js';
 
-let database: Database;
-let cleanup: () => Promise<void>;
+let db: Awaited<ReturnType<typeof openTestDatabase>>;
 let store: CalendarConnectionStore;
 beforeAll(async () => {
-  const options = testDatabaseOptions();
-  cleanup = options.cleanup;
-  database = await openDatabase(options);
-  await migrate(database.db);
-  store = new CalendarConnectionStore(database.db, new SecretBox([randomBytes(32)]));
+  db = await openTestDatabase();
+  store = new CalendarConnectionStore(db.database.db, new SecretBox([randomBytes(32)]));
 });
 afterAll(async () => {
-  await database?.close();
-  await cleanup?.();
+  await db?.close();
 });
 
 const uid = () => `cc-${randomBytes(5).toString('hex')}`;

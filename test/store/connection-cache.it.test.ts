@@ -8,21 +8,17 @@ import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { type CalendarConnection, CalendarConnectionStore } from '../../src/store/calendar-connections.js';
 import { ConnectionCache } from '../../src/store/connection-cache.js';
-import { type Database, openDatabase } from '../../src/store/database.js';
-import { migrate } from '../../src/store/migrate.js';
+import type { Database } from '../../src/store/database.js';
 import { SecretBox } from '../../src/store/secret-box.js';
-import { testDatabaseOptions } from '../helpers/database.js';
+import { openTestDatabase } from '../helpers/database.js';
 
 let database: Database;
-let cleanup: () => Promise<void>;
+let close: () => Promise<void>;
 let store: CalendarConnectionStore;
 let loads: string[];
 let cache: ConnectionCache;
 beforeAll(async () => {
-  const options = testDatabaseOptions();
-  cleanup = options.cleanup;
-  database = await openDatabase(options);
-  await migrate(database.db);
+  ({ database, close } = await openTestDatabase());
   store = new CalendarConnectionStore(database.db, new SecretBox([randomBytes(32)]));
   loads = [];
   cache = new ConnectionCache(database, (userId) => {
@@ -33,8 +29,7 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await cache?.stop();
-  await database?.close();
-  await cleanup?.();
+  await close?.();
 });
 
 const uid = () => `cache-${randomBytes(5).toString('hex')}`;

@@ -6,6 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { ChatRequest, ScriptedReply } from '../emulators/openai.js';
 import { messageText } from '../emulators/openai.js';
+import { bookingAction } from '../helpers/actions.js';
 import { type Stack, startStack } from '../helpers/stack.js';
 
 let s: Stack;
@@ -58,19 +59,6 @@ const friendly = (at: Date) =>
     minute: '2-digit',
     timeZoneName: 'short',
   }).format(at);
-
-function bookingAction(meetingTime: string, over: Record<string, unknown> = {}) {
-  return {
-    action: 'Time_to_121meet',
-    name: 'Siddhant',
-    email: 'siddhant@gmail.com',
-    title: 'Demo',
-    participants: [],
-    meeting_time: meetingTime,
-    friendly_time: null,
-    ...over,
-  };
-}
 
 interface Chat {
   userId: string;

@@ -10,6 +10,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { bookingAction } from '../helpers/actions.js';
 import { type Stack, startStack } from '../helpers/stack.js';
 
 let s: Stack;
@@ -39,15 +40,7 @@ const uid = (prefix: string) => `${prefix}-${randomBytes(5).toString('hex')}`;
 function action(): Record<string, unknown> {
   const at = new Date(Date.now() + 3 * 86_400_000);
   at.setUTCHours(10, 0, 0, 0);
-  return {
-    action: 'Time_to_121meet',
-    name: 'Siddhant',
-    email: 'siddhant@gmail.com',
-    title: 'Demo',
-    participants: [],
-    meeting_time: at.toISOString().replace('.000Z', 'Z'),
-    friendly_time: 'in three days at 10 AM UTC',
-  };
+  return bookingAction(at, { friendly_time: 'in three days at 10 AM UTC' });
 }
 
 const confirmation = (link: string) =>
