@@ -195,43 +195,31 @@ export async function runPipeline(
   // Emulator time per booking. Calendar requests, per owner in arrival order: a booking's freeBusy
   // is the owner's last one before its events.insert (an owner's bookings take turns under the
   // per-owner lease); the insert names the customer as attendee.
-  const googleMs = new Map<number, number>();
-  const calls = new Map<
-    number,
-    { freeBusy?: { at: number; doneAt: number }; insert: { at: number; doneAt: number } }
-  >();
-  const lastFreeBusyCall = new Map<string, { at: number; doneAt: number }>();
-  const lastFreeBusy = new Map<string, number>();
-  const refreshes = new Map<string, Array<{ at: number; doneAt: number }>>();
+  type Interval = { at: number; doneAt: number };
+  const spentIn = (c: Interval | undefined) => (c ? c.doneAt - c.at : 0);
+  // Per booking: its last freeBusy and insert (for the stages), and the Calendar time of all its tries.
+  const calls = new Map<number, { freeBusy?: Interval; insert: Interval; spent: number }>();
+  const lastFreeBusy = new Map<string, Interval>();
+  const refreshes = new Map<string, Interval[]>();
   const ownerByRefresh = new Map(owners.map((o) => [o.refreshToken, o.email]));
   for (const r of [...stack.google.requests].sort((a, b) => a.at - b.at)) {
-    const spent = (r.doneAt ?? r.at) - r.at;
+    // A request never answered counts as no time.
+    const call = { at: r.at, doneAt: r.doneAt ?? r.at };
     if (r.op === 'token') {
       const email = ownerByRefresh.get((r.body as Record<string, string> | undefined)?.refresh_token ?? '');
-      if (email && r.doneAt)
-        refreshes.set(email, [...(refreshes.get(email) ?? []), { at: r.at, doneAt: r.doneAt }]);
+      if (email) refreshes.set(email, [...(refreshes.get(email) ?? []), call]);
     } else if (r.op === 'freebusy.query' && r.account) {
-      lastFreeBusy.set(r.account, spent);
-      if (r.doneAt) lastFreeBusyCall.set(r.account, { at: r.at, doneAt: r.doneAt });
+      lastFreeBusy.set(r.account, call);
     } else if (r.op === 'events.insert' && r.account) {
       const attendees = (r.body as { attendees?: Array<{ email?: string }> } | undefined)?.attendees ?? [];
       const idx = attendees.map((a) => /^c(\d+)@bench\.test$/.exec(a.email ?? '')?.[1]).find(Boolean);
       if (idx === undefined) continue;
-      googleMs.set(
-        Number(idx),
-        (googleMs.get(Number(idx)) ?? 0) + spent + (lastFreeBusy.get(r.account) ?? 0),
-      );
+      const freeBusy = lastFreeBusy.get(r.account);
+      const before = calls.get(Number(idx))?.spent ?? 0;
+      calls.set(Number(idx), { freeBusy, insert: call, spent: before + spentIn(freeBusy) + spentIn(call) });
       lastFreeBusy.delete(r.account);
-      if (r.doneAt) {
-        calls.set(Number(idx), {
-          freeBusy: lastFreeBusyCall.get(r.account),
-          insert: { at: r.at, doneAt: r.doneAt },
-        });
-      }
-      lastFreeBusyCall.delete(r.account);
     }
   }
-
   const e2e: number[] = [];
   const overhead: number[] = [];
   const emulator: number[] = [];
@@ -257,7 +245,8 @@ export async function runPipeline(
       (s, r) => s + Math.max(0, Math.min(r.doneAt, answered) - Math.max(r.at, modelDone)),
       0,
     );
-    const spent = model + refresh + (googleMs.get(b.idx) ?? 0);
+    const c = calls.get(b.idx);
+    const spent = model + refresh + (c?.spent ?? 0);
     e2e.push(total);
     emulator.push(spent);
     overhead.push(total - spent);
@@ -267,7 +256,6 @@ export async function runPipeline(
     // Pickup: message stored -> the model request reached the emulator.
     if (b.modelCalls[0] && b.askedAt !== undefined) pickup.push(b.modelCalls[0].at - b.askedAt);
     // Stages of the booking (its emulator calls excluded).
-    const c = calls.get(b.idx);
     if (c?.freeBusy && b.modelCalls.length === 1 && b.askedAt !== undefined) {
       stage.http_store!.push(b.askedAt - b.sentAt!);
       stage.pickup!.push(b.modelCalls[0]!.at - b.askedAt);

@@ -64,26 +64,31 @@ export interface MessageProcessorDeps {
   maxToolRounds?: number;
 }
 
-const BOOKING_TOOL: ToolDefinition = {
-  name: BOOKING_ACTION,
-  description: 'Book a Google Meet video meeting between the customer and the business.',
-  parameters: bookingToolParameters as unknown as Record<string, unknown>,
-};
-const RESCHEDULE_TOOL: ToolDefinition = {
-  name: RESCHEDULE_ACTION,
-  description: 'Move a meeting booked in this conversation to a new time (attendees are notified).',
-  parameters: rescheduleParameters as unknown as Record<string, unknown>,
-};
-const CANCEL_TOOL: ToolDefinition = {
-  name: CANCEL_ACTION,
-  description: 'Cancel a meeting booked in this conversation (attendees are notified).',
-  parameters: cancelParameters as unknown as Record<string, unknown>,
-};
-const CHECK_AVAILABILITY_TOOL: ToolDefinition = {
-  name: CHECK_AVAILABILITY,
-  description: 'Free meeting times between two dates in the business time zone (real calendar data).',
-  parameters: checkAvailabilityParameters as unknown as Record<string, unknown>,
-};
+const tool = (name: string, description: string, parameters: unknown): ToolDefinition => ({
+  name,
+  description,
+  parameters: parameters as Record<string, unknown>,
+});
+const BOOKING_TOOL = tool(
+  BOOKING_ACTION,
+  'Book a Google Meet video meeting between the customer and the business.',
+  bookingToolParameters,
+);
+const RESCHEDULE_TOOL = tool(
+  RESCHEDULE_ACTION,
+  'Move a meeting booked in this conversation to a new time (attendees are notified).',
+  rescheduleParameters,
+);
+const CANCEL_TOOL = tool(
+  CANCEL_ACTION,
+  'Cancel a meeting booked in this conversation (attendees are notified).',
+  cancelParameters,
+);
+const CHECK_AVAILABILITY_TOOL = tool(
+  CHECK_AVAILABILITY,
+  'Free meeting times between two dates in the business time zone (real calendar data).',
+  checkAvailabilityParameters,
+);
 
 const isMeetingAction = (name: string) => (MEETING_ACTIONS as readonly string[]).includes(name);
 

@@ -125,6 +125,18 @@ export function agentJson(a: Agent) {
   };
 }
 
+/** Every editable field but the name, optional on create and on patch alike. */
+const optionalFields = {
+  system_prompt: Type.Optional(editable.system_prompt),
+  timezone: Type.Optional(editable.timezone),
+  model: Type.Optional(editable.model),
+  meeting_duration_minutes: Type.Optional(editable.meeting_duration_minutes),
+  working_hours: Type.Optional(editable.working_hours),
+  buffer_minutes: Type.Optional(editable.buffer_minutes),
+  min_notice_minutes: Type.Optional(editable.min_notice_minutes),
+  horizon_days: Type.Optional(editable.horizon_days),
+};
+
 /** Owner API for agents (admin key). */
 export const agentRoutes: FastifyPluginAsyncTypebox<AgentRouteDeps> = async (app, { adminKey, agents }) => {
   // onRequest: credentials are checked before any validation, so a caller without the key learns
@@ -141,14 +153,7 @@ export const agentRoutes: FastifyPluginAsyncTypebox<AgentRouteDeps> = async (app
           {
             user_id: Type.String({ minLength: 1, maxLength: 50 }),
             name: editable.name,
-            system_prompt: Type.Optional(editable.system_prompt),
-            timezone: Type.Optional(editable.timezone),
-            model: Type.Optional(editable.model),
-            meeting_duration_minutes: Type.Optional(editable.meeting_duration_minutes),
-            working_hours: Type.Optional(editable.working_hours),
-            buffer_minutes: Type.Optional(editable.buffer_minutes),
-            min_notice_minutes: Type.Optional(editable.min_notice_minutes),
-            horizon_days: Type.Optional(editable.horizon_days),
+            ...optionalFields,
           },
           { additionalProperties: false },
         ),
@@ -203,14 +208,7 @@ export const agentRoutes: FastifyPluginAsyncTypebox<AgentRouteDeps> = async (app
         body: Type.Object(
           {
             name: Type.Optional(editable.name),
-            system_prompt: Type.Optional(editable.system_prompt),
-            timezone: Type.Optional(editable.timezone),
-            model: Type.Optional(editable.model),
-            meeting_duration_minutes: Type.Optional(editable.meeting_duration_minutes),
-            working_hours: Type.Optional(editable.working_hours),
-            buffer_minutes: Type.Optional(editable.buffer_minutes),
-            min_notice_minutes: Type.Optional(editable.min_notice_minutes),
-            horizon_days: Type.Optional(editable.horizon_days),
+            ...optionalFields,
           },
           { additionalProperties: false, minProperties: 1 },
         ),
