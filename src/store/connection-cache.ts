@@ -15,16 +15,21 @@ export const CONNECTION_CHANNEL = 'agent_meetings_connections';
  * notification's delivery after commit (milliseconds); writes made through this process also evict
  * at once (`evict`), so a caller reads its own writes.
  *
- * A read racing a change must not put the old row back after the eviction: every notification
- * bumps an epoch, and a read only fills the cache if no notification arrived while it ran. While the
- * LISTEN connection is down (server restart) notifications can be lost, so the cache is emptied and
- * bypassed until it is back.
+ * A read racing a change must not put the old row back after the eviction: a read fills the cache
+ * only if no notification for that owner (and no loss of the LISTEN connection) arrived while it ran.
+ * The check is per owner, not global: with many owners, some token is refreshed every few seconds,
+ * and a global check would keep the cache from ever filling under load (measured in bench/README.md).
+ * Concurrent misses for one owner share one database read; a read started before an eviction is
+ * never shared with a caller that arrives after it (read-your-writes). While the LISTEN connection
+ * is down (server restart) notifications can be lost, so the cache is emptied and bypassed until it
+ * is back.
  *
  * Only this read path uses the cache; the worker's token provider reads the row under its own rules.
  */
 export class ConnectionCache {
   readonly #entries = new Map<string, CalendarConnection | null>();
-  #epoch = 0;
+  /** Reads in flight, one per owner; an eviction marks its read stale and removes it from here. */
+  readonly #loading = new Map<string, Load>();
   #live = false;
   #unlisten: (() => Promise<void>) | undefined;
 
@@ -39,8 +44,7 @@ export class ConnectionCache {
       CONNECTION_CHANNEL,
       (userId) => this.evict(userId),
       (listening) => {
-        this.#epoch++;
-        this.#entries.clear();
+        this.#forgetAll();
         this.#live = listening;
       },
     );
@@ -48,33 +52,58 @@ export class ConnectionCache {
 
   async stop(): Promise<void> {
     this.#live = false;
-    this.#entries.clear();
+    this.#forgetAll();
     await this.#unlisten?.();
   }
 
   async get(userId: string): Promise<CalendarConnection | undefined> {
     const hit = this.#entries.get(userId);
     if (hit !== undefined) return hit ?? undefined;
-    const epoch = this.#epoch;
-    const row = await this.load(userId);
-    if (this.#live && epoch === this.#epoch) {
-      if (this.#entries.size >= this.maxEntries) {
-        // Map iterates in insertion order: drop the oldest entry.
-        const oldest = this.#entries.keys().next();
-        if (!oldest.done) this.#entries.delete(oldest.value);
-      }
-      this.#entries.set(userId, row ?? null);
+    const shared = this.#loading.get(userId);
+    if (shared) return shared.row;
+    const load: Load = { stale: false, row: this.load(userId) };
+    this.#loading.set(userId, load);
+    try {
+      const row = await load.row;
+      if (this.#live && !load.stale) this.#remember(userId, row ?? null);
+      return row;
+    } finally {
+      if (this.#loading.get(userId) === load) this.#loading.delete(userId);
     }
-    return row;
   }
 
   /** Forget one owner's row (after a write through this process, or on its notification). */
   evict(userId: string): void {
-    this.#epoch++;
     this.#entries.delete(userId);
+    const load = this.#loading.get(userId);
+    if (load) {
+      load.stale = true;
+      this.#loading.delete(userId);
+    }
   }
 
   get size(): number {
     return this.#entries.size;
   }
+
+  #remember(userId: string, row: CalendarConnection | null): void {
+    if (this.#entries.size >= this.maxEntries) {
+      // Map iterates in insertion order: drop the oldest entry.
+      const oldest = this.#entries.keys().next();
+      if (!oldest.done) this.#entries.delete(oldest.value);
+    }
+    this.#entries.set(userId, row);
+  }
+
+  #forgetAll(): void {
+    this.#entries.clear();
+    for (const load of this.#loading.values()) load.stale = true;
+    this.#loading.clear();
+  }
+}
+
+interface Load {
+  /** A notification for this owner (or a lost LISTEN connection) arrived while the read ran. */
+  stale: boolean;
+  row: Promise<CalendarConnection | undefined>;
 }

@@ -114,6 +114,61 @@ describe('ConnectionCache', () => {
     }
   });
 
+  it('keeps a row read while another owner changed (the check is per owner)', async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    const userId = uid();
+    const other = uid();
+    await connect(userId);
+    const racing = new ConnectionCache(database, async (id) => {
+      const row = await store.get(id);
+      await gate;
+      return row;
+    });
+    await racing.start();
+    try {
+      const read = racing.get(userId);
+      racing.evict(other); // another owner's token refreshed meanwhile
+      release();
+      expect((await read)?.userId).toBe(userId);
+      expect(racing.size).toBe(1);
+    } finally {
+      await racing.stop();
+    }
+  });
+
+  it('shares one read among concurrent misses, but not with a caller that arrives after a change', async () => {
+    const gates: Array<() => void> = [];
+    let n = 0;
+    const userId = uid();
+    await connect(userId);
+    const shared = new ConnectionCache(database, async (id) => {
+      n++;
+      const row = await store.get(id);
+      await new Promise<void>((r) => gates.push(r));
+      return row;
+    });
+    await shared.start();
+    try {
+      const first = [shared.get(userId), shared.get(userId), shared.get(userId)];
+      await vi.waitFor(() => expect(gates).toHaveLength(1));
+      expect(n).toBe(1);
+      // A write lands (its notification evicts): a read from now on must not get the older read.
+      await store.markRevoked(userId);
+      shared.evict(userId);
+      const after = shared.get(userId);
+      await vi.waitFor(() => expect(gates).toHaveLength(2));
+      expect(n).toBe(2);
+      for (const g of gates) g();
+      for (const r of await Promise.all(first)) expect(r?.status).toBe('connected');
+      expect((await after)?.status).toBe('revoked');
+    } finally {
+      await shared.stop();
+    }
+  });
+
   it('is bypassed until it listens, and emptied when the listening connection is lost', async () => {
     let state: ((listening: boolean) => void) | undefined;
     const fake = {
