@@ -29,7 +29,22 @@ export interface MessageWork {
   agent: Agent;
   /** The agent's booking settings, read in the same query (one round trip less per booking). */
   booking: BookingSettings;
+  /** The last messages up to and including this one, oldest first (the model's history). */
+  history: Message[];
+  /** The conversation's scheduled meetings still ahead when the message was sent, newest booked first. */
+  upcomingMeetings: UpcomingMeeting[];
 }
+
+/** A meeting the customer may refer to (the prompt lists them for reschedule and cancel). */
+export interface UpcomingMeeting {
+  meetingId: string;
+  title: string;
+  meetingTime: Date;
+  durationMinutes: number;
+}
+
+/** How many upcoming meetings of a conversation the prompt lists at most. */
+const UPCOMING_LISTED = 20;
 
 const toMessage = (
   r: Pick<Selectable<MessageTable>, 'message_id' | 'conversation_id' | 'role' | 'content' | 'created_at'>,
@@ -41,28 +56,47 @@ const toMessage = (
   createdAt: r.created_at,
 });
 
-type Executor = Kysely<DB> | Transaction<DB>;
+/** The columns a stored message comes back with. */
+type StoredRow = Pick<
+  Selectable<MessageTable>,
+  'message_id' | 'conversation_id' | 'role' | 'content' | 'created_at'
+>;
+
+/** A message as json_agg renders it. */
+type JsonMessage = Omit<
+  Pick<Selectable<MessageTable>, 'message_id' | 'conversation_id' | 'role' | 'content'>,
+  never
+> & {
+  created_at: string;
+};
+/** An upcoming meeting as json_agg renders it. */
+interface JsonUpcoming {
+  meeting_id: string;
+  title: string;
+  meeting_time: string;
+  duration_minutes: number;
+}
 
 export class MessageStore {
   constructor(private readonly db: Kysely<DB>) {}
 
+  /** Stores a customer message and announces its conversation (live feeds), in one statement. */
   async insertCustomerMessage(
     trx: Transaction<DB>,
     conversationId: string,
     content: string,
   ): Promise<Message> {
-    const row = await trx
-      .insertInto('messages')
-      .values({
-        message_id: newId('msg'),
-        conversation_id: conversationId,
-        role: 'customer',
-        content,
-        status: 'pending',
-      })
-      .returning(['message_id', 'conversation_id', 'role', 'content', 'created_at'])
-      .executeTakeFirstOrThrow();
-    await this.announce(trx, conversationId);
+    const r = await sql<StoredRow>`
+      WITH ins AS (
+        INSERT INTO messages (message_id, conversation_id, role, content, status)
+        VALUES (${newId('msg')}, ${conversationId}, 'customer', ${content}, 'pending')
+        RETURNING message_id, conversation_id, role, content, created_at
+      ), announced AS (
+        SELECT pg_notify(${MESSAGE_CHANNEL}, conversation_id) FROM ins
+      )
+      SELECT ins.*, (SELECT count(*) FROM announced) AS announced FROM ins`.execute(trx);
+    const row = r.rows[0];
+    if (!row) throw new Error('message insert returned no row');
     return toMessage(row);
   }
 
@@ -112,7 +146,12 @@ export class MessageStore {
     return r ? toMessage(r) : undefined;
   }
 
-  async loadWork(messageId: string): Promise<MessageWork | undefined> {
+  /**
+   * Everything the worker needs to answer a customer message, in one statement (one round trip
+   * before the model call): the message, its conversation and agent, the history the model sees
+   * (`historyLimit` messages up to this one) and the conversation's upcoming meetings.
+   */
+  async loadWork(messageId: string, historyLimit: number): Promise<MessageWork | undefined> {
     const r = await widen(this.db)
       .selectFrom('messages as m')
       .innerJoin('conversations as c', 'c.conversation_id', 'm.conversation_id')
@@ -142,6 +181,23 @@ export class MessageStore {
         'a.buffer_minutes',
         'a.min_notice_minutes',
         'a.horizon_days',
+        // JSON aggregates: timestamps come back as ISO text, turned into Dates below.
+        sql<JsonMessage[]>`(
+          SELECT coalesce(json_agg(h ORDER BY h.seq), '[]'::json)
+            FROM (SELECT message_id, conversation_id, role, content, created_at, seq
+                    FROM messages
+                   WHERE conversation_id = m.conversation_id AND seq <= m.seq
+                   ORDER BY seq DESC
+                   LIMIT ${historyLimit}) h)`.as('history'),
+        sql<JsonUpcoming[]>`(
+          SELECT coalesce(json_agg(u ORDER BY u.created_at DESC, u.meeting_id DESC), '[]'::json)
+            FROM (SELECT meeting_id, title, meeting_time, duration_minutes, created_at
+                    FROM meetings
+                   WHERE conversation_id = m.conversation_id
+                     AND status = 'scheduled'
+                     AND meeting_time > m.created_at
+                   ORDER BY created_at DESC, meeting_id DESC
+                   LIMIT ${UPCOMING_LISTED}) u)`.as('upcoming'),
       ])
       .where('m.message_id', '=', messageId)
       .executeTakeFirst();
@@ -171,20 +227,14 @@ export class MessageStore {
         updatedAt: r.agent_updated_at,
       },
       booking: bookingOf(r),
+      history: r.history.map((h) => toMessage({ ...h, created_at: new Date(h.created_at) })),
+      upcomingMeetings: r.upcoming.map((u) => ({
+        meetingId: u.meeting_id,
+        title: u.title,
+        meetingTime: new Date(u.meeting_time),
+        durationMinutes: u.duration_minutes,
+      })),
     };
-  }
-
-  /** The last `limit` messages up to and including the one with `uptoSeq`, oldest first. */
-  async history(conversationId: string, uptoSeq: string, limit: number): Promise<Message[]> {
-    const rows = await this.db
-      .selectFrom('messages')
-      .select(['message_id', 'conversation_id', 'role', 'content', 'created_at'])
-      .where('conversation_id', '=', conversationId)
-      .where('seq', '<=', uptoSeq)
-      .orderBy('seq', 'desc')
-      .limit(limit)
-      .execute();
-    return rows.reverse().map(toMessage);
   }
 
   async recordAttempt(messageId: string, error?: string): Promise<void> {
@@ -234,34 +284,31 @@ export class MessageStore {
       error?: string;
     },
   ): Promise<Message | undefined> {
-    const row = await trx
-      .insertInto('messages')
-      .values({
-        message_id: newId('msg'),
-        conversation_id: input.conversationId,
-        role: 'assistant',
-        content: input.content,
-        reply_to: input.replyTo,
-      })
-      .onConflict((oc) => oc.column('reply_to').where('reply_to', 'is not', null).doNothing())
-      .returning(['message_id', 'conversation_id', 'role', 'content', 'created_at'])
-      .executeTakeFirst();
-    if (!row) return undefined;
-    await trx
-      .updateTable('messages')
-      .set({
-        status: input.outcome,
-        processed_at: sql<Date>`clock_timestamp()`,
-        ...(input.error !== undefined ? { last_error: input.error.slice(0, 2000) } : {}),
-      })
-      .where('message_id', '=', input.replyTo)
-      .execute();
-    await this.announce(trx, input.conversationId);
-    return toMessage(row);
-  }
-
-  /** Wakes SSE listeners in every process once the transaction commits. */
-  private async announce(trx: Executor, conversationId: string): Promise<void> {
-    await sql`SELECT pg_notify(${MESSAGE_CHANNEL}, ${conversationId})`.execute(trx);
+    // One statement (one round trip in the reply's transaction): insert the reply, close the customer
+    // message and announce the conversation, the last two only when the reply was inserted. The
+    // UPDATE touches another row than the INSERT, so both data-modifying parts run on one snapshot
+    // without seeing each other, as PostgreSQL requires. The final SELECT reads `announced`: an
+    // unreferenced plain CTE would not run.
+    const r = await sql<
+      Pick<Selectable<MessageTable>, 'message_id' | 'conversation_id' | 'role' | 'content' | 'created_at'>
+    >`
+      WITH reply AS (
+        INSERT INTO messages (message_id, conversation_id, role, content, reply_to)
+        VALUES (${newId('msg')}, ${input.conversationId}, 'assistant', ${input.content}, ${input.replyTo})
+        ON CONFLICT (reply_to) WHERE reply_to IS NOT NULL DO NOTHING
+        RETURNING message_id, conversation_id, role, content, created_at
+      ), closed AS (
+        UPDATE messages
+           SET status = ${input.outcome},
+               processed_at = clock_timestamp(),
+               last_error = COALESCE(${input.error?.slice(0, 2000) ?? null}::text, last_error)
+         WHERE message_id = ${input.replyTo}
+           AND EXISTS (SELECT 1 FROM reply)
+      ), announced AS (
+        SELECT pg_notify(${MESSAGE_CHANNEL}, conversation_id) FROM reply
+      )
+      SELECT reply.*, (SELECT count(*) FROM announced) AS announced FROM reply`.execute(trx);
+    const row = r.rows[0];
+    return row ? toMessage(row) : undefined;
   }
 }

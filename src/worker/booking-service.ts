@@ -196,17 +196,14 @@ export class BookingService implements ActionResponder {
   }
 
   /** Lines for the system prompt: the meetings this conversation may reschedule or cancel. */
-  async promptContext(work: MessageWork): Promise<string> {
-    const upcoming = await this.deps.meetings.upcomingInConversation(
-      work.conversation.conversationId,
-      work.message.createdAt,
-    );
+  promptContext(work: MessageWork): string {
+    const upcoming = work.upcomingMeetings;
     if (upcoming.length === 0) return 'Meetings booked in this conversation: none upcoming.';
     return [
       'Meetings booked in this conversation (most recent first):',
       ...upcoming.map(
         (m) =>
-          `- ${m.meeting_id}: "${m.title}" at ${toZonedIso(m.meeting_time, work.agent.timezone)} (${m.duration_minutes} min)`,
+          `- ${m.meetingId}: "${m.title}" at ${toZonedIso(m.meetingTime, work.agent.timezone)} (${m.durationMinutes} min)`,
       ),
     ].join('\n');
   }

@@ -45,8 +45,8 @@ export interface ActionResponder {
   ): Promise<Reply>;
   /** The check_availability tool's result (JSON text for the model); absent = no such tool. */
   checkAvailability?(work: MessageWork, args: unknown, log: Logger): Promise<string>;
-  /** Extra system-prompt lines (the conversation's meetings, for reschedule/cancel). */
-  promptContext?(work: MessageWork): Promise<string>;
+  /** Extra system-prompt lines (the conversation's meetings, for reschedule/cancel), from `work`. */
+  promptContext?(work: MessageWork): string;
 }
 
 export interface MessageProcessorDeps {
@@ -108,7 +108,7 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
       conversation_id: job.conversationId,
       job_id: ctx.jobId,
     });
-    const work = await deps.messages.loadWork(job.messageId);
+    const work = await deps.messages.loadWork(job.messageId, deps.historyLimit);
     if (!work || work.message.role !== 'customer' || work.message.status !== 'pending') {
       deps.onOutcome?.('skipped');
       return;
@@ -167,11 +167,7 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
   };
 
   async function askModel(work: MessageWork, signal: AbortSignal, log: Logger): Promise<StoredModelOutput> {
-    // Two independent reads, side by side (two pool connections on a server).
-    const [history, context = ''] = await Promise.all([
-      deps.messages.history(work.message.conversationId, work.message.seq, deps.historyLimit),
-      deps.actions.promptContext?.(work),
-    ]);
+    const context = deps.actions.promptContext?.(work) ?? '';
     const canCheck = Boolean(deps.actions.checkAvailability);
     const messages: ChatTurn[] = [
       {
@@ -185,7 +181,7 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
           .filter(Boolean)
           .join('\n\n'),
       },
-      ...history.map(
+      ...work.history.map(
         (m): ChatTurn =>
           m.role === 'customer'
             ? { role: 'user', content: m.content }
