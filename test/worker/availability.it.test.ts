@@ -281,7 +281,10 @@ describe('reschedule and cancel by chat', () => {
 
     // The moved-to time overlaps the meeting's own old slot: that is not a conflict.
     const moved = await ask(c, 'Can we do 10:15 instead?', (req) => {
-      expect(messageText(req.messages[0]!.content)).toContain(String(mine?.meeting_id));
+      const system = messageText(req.messages[0]!.content);
+      expect(system).toContain(String(mine?.meeting_id));
+      // Only this conversation's meetings are offered to move or cancel.
+      expect(system).not.toContain(String(theirs?.meeting_id));
       return {
         toolCalls: [
           {

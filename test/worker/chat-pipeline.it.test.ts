@@ -5,7 +5,7 @@ import { type Stack, startStack } from '../helpers/stack.js';
 
 let s: Stack;
 beforeAll(async () => {
-  s = await startStack({ JOB_RETRY_LIMIT: '2' });
+  s = await startStack({ JOB_RETRY_LIMIT: '2', HISTORY_LIMIT: '3' });
 });
 afterAll(async () => {
   await s?.close();
@@ -88,6 +88,22 @@ describe('chat pipeline', () => {
     ]);
   });
 
+  it('sends only the last HISTORY_LIMIT messages, oldest first, ending with the one answered', async () => {
+    let n = 0;
+    s.openai.responder = () => ({ content: `reply ${++n}` });
+    const c = await newChat();
+    for (const [i, text] of ['one', 'two', 'three'].entries()) {
+      await s.send(c.conversation_id, c.customer_token, text);
+      await s.waitForReplies(c.conversation_id, c.customer_token, i + 1);
+    }
+    const last = s.openai.requests.at(-1)!;
+    expect(last.messages.slice(1).map((m) => [m.role, messageText(m.content)])).toEqual([
+      ['user', 'two'],
+      ['assistant', 'reply 2'],
+      ['user', 'three'],
+    ]);
+  });
+
   it('answers 5 quick messages one at a time, in order', async () => {
     let active = 0;
     let maxActive = 0;
@@ -111,9 +127,12 @@ describe('chat pipeline', () => {
     const replies = list.filter((m) => m.role === 'assistant').map((m) => m.content);
     expect(replies).toEqual(['re: m1', 're: m2', 're: m3', 're: m4', 're: m5']);
     expect(maxActive).toBe(1);
-    // each request saw exactly the history up to its own message
-    const seen = s.openai.requests.map((r) => r.messages.filter((m) => m.role === 'user').length);
-    expect(seen).toEqual([1, 2, 3, 4, 5]);
+    // Each request saw the history up to its own message (replies came later), the last
+    // HISTORY_LIMIT = 3 of it.
+    const seen = s.openai.requests.map((r) =>
+      r.messages.filter((m) => m.role === 'user').map((m) => messageText(m.content)),
+    );
+    expect(seen).toEqual([['m1'], ['m1', 'm2'], ['m1', 'm2', 'm3'], ['m2', 'm3', 'm4'], ['m3', 'm4', 'm5']]);
   });
 
   it('runs different conversations in parallel', async () => {
