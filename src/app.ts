@@ -82,6 +82,7 @@ export async function createApplication(
       dataDir: config.dataDir,
       schema: config.databaseSchema,
       poolSize: config.databasePoolSize,
+      preparedStatements: config.databasePreparedStatements,
     },
   );
   const cleanup: Array<() => Promise<void>> = [() => database.close()];

@@ -35,6 +35,7 @@ const envSchema = z.object({
     .regex(/^[a-z_][a-z0-9_]{0,62}$/, 'must be a lowercase SQL identifier')
     .default('public'),
   DATABASE_POOL_SIZE: int(2, 500).default(10),
+  DATABASE_PREPARED_STATEMENTS: z.enum(['on', 'off']).default('on'),
   DATA_DIR: z.string().min(1).default('./data'),
   ADMIN_API_KEY: z.string().min(16, 'must be at least 16 characters').optional(),
   TOKEN_ENCRYPTION_KEY: z.string().min(1).optional(),
@@ -71,6 +72,8 @@ export interface Config {
   readonly databaseUrl: string | undefined;
   readonly databaseSchema: string;
   readonly databasePoolSize: number;
+  /** Server only: run our statements as named prepared statements (off behind transaction poolers). */
+  readonly databasePreparedStatements: boolean;
   readonly dataDir: string;
   readonly adminApiKey: string;
   /** Base64 32-byte keys; the first encrypts, all decrypt. */
@@ -200,6 +203,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     databaseUrl: e.DATABASE_URL,
     databaseSchema: e.DATABASE_SCHEMA,
     databasePoolSize: e.DATABASE_POOL_SIZE,
+    databasePreparedStatements: e.DATABASE_PREPARED_STATEMENTS === 'on',
     dataDir,
     adminApiKey: adminApiKey!,
     tokenEncryptionKeys: Object.freeze(parseEncryptionKeys(encryptionKey!)),

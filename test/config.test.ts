@@ -46,6 +46,7 @@ describe('loadConfig defaults', () => {
     expect(c.databaseUrl).toBe(PG_URL);
     expect(c.databaseSchema).toBe('public');
     expect(c.databasePoolSize).toBe(10);
+    expect(c.databasePreparedStatements).toBe(true);
     expect(c.dataDir).toBe(dir);
     expect(c.adminApiKey).toBe(ADMIN);
     expect(c.tokenEncryptionKeys).toHaveLength(1);
@@ -87,8 +88,10 @@ describe('loadConfig defaults', () => {
         DATABASE_SCHEMA: 'meetings_1',
         MEETING_ERROR_MESSAGE: 'Custom failure text',
         OPENAI_BASE_URL: 'http://127.0.0.1:9999/v1',
+        DATABASE_PREPARED_STATEMENTS: 'off',
       }),
     );
+    expect(c.databasePreparedStatements).toBe(false);
     expect(c.port).toBe(8080);
     expect(c.host).toBe('127.0.0.1');
     expect(c.workerConcurrency).toBe(7);
@@ -166,6 +169,7 @@ describe('loadConfig rejects bad values, naming the variable', () => {
     ['ADMIN_API_KEY', 'short'],
     ['ADMIN_API_KEY', '123456789012345'],
     ['WORKER_CONCURRENCY', '0'],
+    ['DATABASE_PREPARED_STATEMENTS', 'yes'],
     ['DATABASE_SCHEMA', 'Robert"; DROP TABLE x'],
   ])('%s=%s', (name, value) => {
     const err = configError(() => loadConfig(serverEnv({ [name]: value })));

@@ -1,0 +1,40 @@
+/**
+ * On a server, our parameterized statements run as named prepared statements (parsed once per
+ * connection), unless DATABASE_PREPARED_STATEMENTS=off (for transaction-pooling proxies).
+ */
+import { sql } from 'kysely';
+import { describe, expect, it } from 'vitest';
+import { openDatabase } from '../../src/store/database.js';
+import { testDatabaseKind, testDatabaseOptions } from '../helpers/database.js';
+
+async function preparedAfterTwoRuns(preparedStatements: boolean) {
+  const options = testDatabaseOptions({ fresh: true });
+  const database = await openDatabase({ ...options, preparedStatements });
+  try {
+    // One transaction = one connection: what it prepared is visible in its own session.
+    return await database.db.transaction().execute(async (trx) => {
+      for (const n of [1, 2]) {
+        const r = await sql<{ n: number }>`SELECT ${n}::int + 40 AS n`.execute(trx);
+        expect(r.rows[0]?.n).toBe(n + 40);
+      }
+      const r = await sql<{ statement: string }>`SELECT statement FROM pg_prepared_statements`.execute(trx);
+      return r.rows.map((row) => row.statement);
+    });
+  } finally {
+    await database.close();
+    await options.cleanup();
+  }
+}
+
+describe.runIf(testDatabaseKind() === 'server')('prepared statements (server)', () => {
+  it('prepares a parameterized statement once per connection and reuses it', async () => {
+    const statements = await preparedAfterTwoRuns(true);
+    expect(statements.filter((s) => s.includes('+ 40 AS n'))).toHaveLength(1);
+    // Statements without parameters (this one, BEGIN) are not kept.
+    expect(statements.some((s) => s.includes('pg_prepared_statements'))).toBe(false);
+  });
+
+  it('prepares nothing when turned off', async () => {
+    expect(await preparedAfterTwoRuns(false)).toEqual([]);
+  });
+});
