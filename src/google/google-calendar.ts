@@ -9,6 +9,7 @@ import type {
   NewCalendarEvent,
 } from '../domain/calendar-gateway.js';
 import { Upstream } from '../domain/errors.js';
+import { isIanaTimeZone, zonedInstant } from '../domain/time.js';
 import type { GoogleTokenProvider } from './token-provider.js';
 
 export interface GoogleCalendarOptions {
@@ -66,6 +67,30 @@ function conferenceStatusOf(event: calendar_v3.Schema$Event): CreatedCalendarEve
   const code = event.conferenceData?.createRequest?.status?.statusCode;
   if (code === 'success' || code === 'pending' || code === 'failure') return code;
   return meetLinkOf(event) ? 'success' : 'none';
+}
+
+/** Pages of events.list (2500 events each) read at most to find busy time. */
+const MAX_EVENT_PAGES = 10;
+
+/** An event's busy interval as freeBusy would report it, or null when it does not block time. */
+export function busyIntervalOf(event: calendar_v3.Schema$Event, zone: string): BusyInterval | null {
+  if (event.status === 'cancelled' || event.transparency === 'transparent') return null;
+  if (event.attendees?.some((a) => a.self && a.responseStatus === 'declined')) return null;
+  const start = instantOf(event.start, zone);
+  const end = instantOf(event.end, zone);
+  if (!start || !end || end <= start) return null;
+  return { start, end };
+}
+
+/** A dateTime, or an all-day date at midnight in the calendar's time zone. */
+function instantOf(t: calendar_v3.Schema$EventDateTime | undefined, zone: string): Date | null {
+  if (t?.dateTime) {
+    const at = new Date(t.dateTime);
+    return Number.isNaN(at.getTime()) ? null : at;
+  }
+  const m = t?.date ? /^(\d{4})-(\d{2})-(\d{2})$/.exec(t.date) : null;
+  if (!m) return null;
+  return zonedInstant(Number(m[1]), Number(m[2]), Number(m[3]), 0, 0, isIanaTimeZone(zone) ? zone : 'UTC');
 }
 
 /** Google Calendar v3 through the official client, with our own retries, refresh and idempotency. */
@@ -242,7 +267,8 @@ export class GoogleCalendarGateway implements CalendarGateway {
 
   /**
    * freeBusy.query on the primary calendar. Needs the `calendar`, `calendar.readonly`,
-   * `calendar.freebusy` or `calendar.events.freebusy` scope: `calendar.events` alone is refused (403).
+   * `calendar.freebusy` or `calendar.events.freebusy` scope: `calendar.events` alone is refused (403),
+   * and then the busy time is read with events.list, which that scope allows.
    * https://developers.google.com/workspace/calendar/api/v3/reference/freebusy/query
    */
   async freeBusy(ownerId: string, from: Date, to: Date): Promise<BusyInterval[]> {
@@ -262,6 +288,11 @@ export class GoogleCalendarGateway implements CalendarGateway {
         return res.data;
       });
     } catch (err) {
+      // A grant of calendar.events alone may create events but not query freeBusy (403
+      // insufficientPermissions); it may list them, so the busy time is read from the events.
+      if (err instanceof GoogleFatal && err.status === 403 && err.reason === 'insufficientPermissions') {
+        return this.#busyFromEvents(ownerId, from, to);
+      }
       throw this.#toDomain(err);
     }
     const cal = data.calendars?.primary;
@@ -276,6 +307,47 @@ export class GoogleCalendarGateway implements CalendarGateway {
       .map((b) => ({ start: new Date(b.start ?? ''), end: new Date(b.end ?? '') }))
       .filter((b) => !Number.isNaN(b.start.getTime()) && !Number.isNaN(b.end.getTime()))
       .sort((a, b) => a.start.getTime() - b.start.getTime());
+  }
+
+  /**
+   * Busy time from events.list, counted the way freeBusy counts it: every event of the primary
+   * calendar in the range (recurring ones expanded) except cancelled ones, transparent ("free")
+   * ones and invitations the owner declined. All-day events span their dates in the calendar's
+   * time zone. https://developers.google.com/workspace/calendar/api/v3/reference/events/list
+   */
+  async #busyFromEvents(ownerId: string, from: Date, to: Date): Promise<BusyInterval[]> {
+    const busy: BusyInterval[] = [];
+    let pageToken: string | undefined;
+    for (let page = 0; page < MAX_EVENT_PAGES; page++) {
+      let data: calendar_v3.Schema$Events;
+      try {
+        data = await this.#call(ownerId, 'events.list', async (api) => {
+          const res = await api.events.list(
+            {
+              calendarId: 'primary',
+              timeMin: from.toISOString(),
+              timeMax: to.toISOString(),
+              singleEvents: true,
+              maxResults: 2500,
+              ...(pageToken ? { pageToken } : {}),
+            },
+            { retry: false, timeout: this.options.timeoutMs },
+          );
+          return res.data;
+        });
+      } catch (err) {
+        throw this.#toDomain(err);
+      }
+      const zone = data.timeZone ?? 'UTC';
+      for (const event of data.items ?? []) {
+        const interval = busyIntervalOf(event, zone);
+        if (interval) busy.push(interval);
+      }
+      pageToken = data.nextPageToken ?? undefined;
+      if (!pageToken) return busy.sort((a, b) => a.start.getTime() - b.start.getTime());
+    }
+    // Never "free" because we stopped reading: the booking fails instead.
+    throw new Upstream(`Google events.list: more than ${MAX_EVENT_PAGES} pages of events to check`, false);
   }
 
   async eventExists(ownerId: string, eventId: string): Promise<boolean> {

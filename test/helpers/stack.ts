@@ -13,7 +13,7 @@ export interface Stack extends TestApp {
   /** Connects an owner's calendar through the HTTP API with a fresh emulator grant. */
   connectOwner(
     userId: string,
-    opts?: { accessTokenExpiresInSeconds?: number },
+    opts?: { accessTokenExpiresInSeconds?: number; scope?: string },
   ): Promise<{ refresh_token: string; access_token: string }>;
   createAgent(body: Record<string, unknown>): Promise<{ agent_id: string; [k: string]: unknown }>;
   openConversation(

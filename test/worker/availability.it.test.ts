@@ -4,6 +4,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { CALENDAR_SCOPES } from '../emulators/google.js';
 import type { ChatRequest, ScriptedReply } from '../emulators/openai.js';
 import { messageText } from '../emulators/openai.js';
 import { bookingAction } from '../helpers/actions.js';
@@ -68,9 +69,9 @@ interface Chat {
   customer_token: string;
 }
 
-async function newOwner(agent: Record<string, unknown> = {}) {
+async function newOwner(agent: Record<string, unknown> = {}, scope?: string) {
   const userId = uid('av');
-  await s.connectOwner(userId);
+  await s.connectOwner(userId, scope ? { scope } : {});
   const created = await s.createAgent({
     user_id: userId,
     name: 'Acme Assistant',
@@ -165,6 +166,47 @@ describe('availability before booking', () => {
     expect(liveEvents(o.email)).toHaveLength(1);
     const [m] = await meetingsOf(o.userId);
     expect(m?.meeting_time).toBe(ist(2, 11).at.toISOString());
+  });
+
+  it('with calendar.events alone (freeBusy refused) busy time comes from the owner’s events', async () => {
+    const o = await newOwner({ working_hours: ALL_WEEK_9_TO_17 }, CALENDAR_SCOPES.events);
+    // The owner's own appointments, made in Google Calendar: a busy one at 10:00, a "free" one at 13:00.
+    const token = s.google.grant({ email: o.email, scope: CALENDAR_SCOPES.events }).access_token;
+    for (const [hour, transparency] of [
+      [10, 'opaque'],
+      [13, 'transparent'],
+    ] as const) {
+      const res = await fetch(`${s.google.rootUrl}calendar/v3/calendars/primary/events`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+        body: JSON.stringify({
+          summary: `own ${hour}`,
+          transparency,
+          start: { dateTime: ist(2, hour).iso },
+          end: { dateTime: ist(2, hour + 1).iso },
+        }),
+      });
+      expect(res.status).toBe(200);
+    }
+    s.google.reset();
+    const c = await chatWith(o);
+
+    const refused = await ask(c, 'Demo at 10 please', {
+      content: JSON.stringify([bookingAction(ist(2, 10).iso)]),
+    });
+    expect(refused).toContain('that time is not available');
+    expect(refused).toContain(friendly(ist(2, 11).at));
+    const fb = s.google.requests.filter((r) => r.op === 'freebusy.query');
+    expect(fb.length).toBeGreaterThanOrEqual(1);
+    expect(fb.every((r) => r.status === 403)).toBe(true);
+    expect(s.google.requests.filter((r) => r.op === 'events.list' && r.status === 200).length).toBe(
+      fb.length,
+    );
+
+    const booked = await ask(c, '13:00 then', { content: JSON.stringify([bookingAction(ist(2, 13).iso)]) });
+    expect(booked.startsWith('✅ Meeting confirmed!')).toBe(true);
+    const [m] = await meetingsOf(o.userId);
+    expect(m?.meeting_time).toBe(ist(2, 13).at.toISOString());
   });
 
   it('the buffer keeps free time around busy blocks', async () => {
