@@ -23,11 +23,29 @@ export interface ExtractedActions {
  */
 const MAX_DEPTH = 32;
 
-/** End index (exclusive) of the balanced JSON-ish value starting at `start`, or -1. */
-function scanBalanced(text: string, start: number): number {
+/**
+ * Characters all the scans of one text may step over together. Each scan stops at its value's
+ * end, so real answers (a few kB, a few brackets) use a tiny part of it; but quotes can keep every
+ * bracket inside a string (`{"\"` repeated: 30,000 characters took a second), and then each start
+ * scans to the end: quadratic again. Past the budget the rest of the text is prose, so no model
+ * output costs more than a few milliseconds of CPU.
+ */
+const SCAN_BUDGET = 4_000_000;
+
+/**
+ * End index (exclusive) of the balanced JSON-ish value starting at `start`, or -1. Charges the
+ * characters it stepped over to `budget` and stops when it runs out.
+ */
+function scanBalanced(text: string, start: number, budget: { left: number }): number {
+  const stop = Math.min(text.length, start + budget.left);
+  let i = start;
+  const end = (result: number) => {
+    budget.left -= Math.min(i, stop - 1) - start + 1;
+    return result;
+  };
   const stack: string[] = [];
   let inString = false;
-  for (let i = start; i < text.length; i++) {
+  for (; i < stop; i++) {
     const ch = text[i];
     if (inString) {
       if (ch === '\\') i++;
@@ -36,14 +54,14 @@ function scanBalanced(text: string, start: number): number {
     }
     if (ch === '"') inString = true;
     else if (ch === '{' || ch === '[') {
-      if (stack.length === MAX_DEPTH) return -1;
+      if (stack.length === MAX_DEPTH) return end(-1);
       stack.push(ch === '{' ? '}' : ']');
     } else if (ch === '}' || ch === ']') {
-      if (stack.pop() !== ch) return -1;
-      if (stack.length === 0) return i + 1;
+      if (stack.pop() !== ch) return end(-1);
+      if (stack.length === 0) return end(i + 1);
     }
   }
-  return -1;
+  return end(-1);
 }
 
 function isBookingAction(value: unknown): value is Record<string, unknown> {
@@ -65,14 +83,15 @@ function actionsIn(value: unknown): Record<string, unknown>[] | undefined {
 export function extractBookingActions(text: string): ExtractedActions {
   const actions: Record<string, unknown>[] = [];
   const cuts: Array<[number, number]> = [];
+  const budget = { left: SCAN_BUDGET };
   let i = 0;
-  while (i < text.length) {
+  while (i < text.length && budget.left > 0) {
     const ch = text[i];
     if (ch !== '{' && ch !== '[') {
       i++;
       continue;
     }
-    const end = scanBalanced(text, i);
+    const end = scanBalanced(text, i, budget);
     if (end === -1) {
       i++;
       continue;

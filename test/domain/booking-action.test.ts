@@ -245,6 +245,16 @@ describe('extractBookingActions', () => {
     expect(result.actions).toEqual([SEED_ACTION]);
   });
 
+  it('bounds the work on brackets that quotes keep inside strings, keeping what it found', () => {
+    // `{"\"` repeated keeps every `{` inside a string, so each one scanned to the end (30,000
+    // characters took a second); a budget now ends the search, the rest being prose. This input
+    // finishing at all is what the test guards (speed is measured by `npm run bench`).
+    const soup = '{"\\"'.repeat(200_000);
+    const result = extractBookingActions(`${JSON.stringify(SEED_ACTION)} ${soup}`);
+    expect(result.actions).toEqual([SEED_ACTION]);
+    expect(result.prose).toBe(soup);
+  });
+
   it('keeps the action objects exactly as the model wrote them (extra fields too)', () => {
     const { actions } = extractBookingActions(JSON.stringify({ ...SEED_ACTION, extra: [1, '2'] }));
     expect(actions).toEqual([{ ...SEED_ACTION, extra: [1, '2'] }]);
