@@ -1,22 +1,24 @@
 /** Time-zone helpers on top of Intl (the runtime's IANA database); no I/O. */
 
-const zoneCache = new Map<string, boolean>();
+/**
+ * Zone names already found valid, lower-cased (Intl accepts any casing). Only valid names are kept,
+ * so the set is bounded by the zone database however many distinct strings callers (model output
+ * included) throw at it.
+ */
+const knownZones = new Set<string>();
 
 /** True for names in the IANA time zone database ("Asia/Kolkata", "UTC"); false for "UTC+05:30". */
 export function isIanaTimeZone(zone: string): boolean {
-  const known = zoneCache.get(zone);
-  if (known !== undefined) return known;
-  let ok = false;
-  if (/^[A-Za-z][A-Za-z0-9_+\-/]*$/.test(zone) && !/^(UTC|GMT)[+-]/i.test(zone)) {
-    try {
-      new Intl.DateTimeFormat('en-US', { timeZone: zone });
-      ok = true;
-    } catch {
-      ok = false;
-    }
+  const key = zone.toLowerCase();
+  if (knownZones.has(key)) return true;
+  if (!/^[A-Za-z][A-Za-z0-9_+\-/]*$/.test(zone) || /^(UTC|GMT)[+-]/i.test(zone)) return false;
+  try {
+    new Intl.DateTimeFormat('en-US', { timeZone: zone });
+  } catch {
+    return false;
   }
-  zoneCache.set(zone, ok);
-  return ok;
+  knownZones.add(key);
+  return true;
 }
 
 interface ZonedParts {
