@@ -1,8 +1,10 @@
 /**
- * On a server, our parameterized statements run as named prepared statements (parsed once per
- * connection), unless DATABASE_PREPARED_STATEMENTS=off (for transaction-pooling proxies).
+ * Server connection settings: our parameterized statements run as named prepared statements (parsed
+ * once per connection) unless DATABASE_PREPARED_STATEMENTS=off (for transaction-pooling proxies);
+ * pg-boss's own connections commit without waiting for the WAL flush, ours wait.
  */
 import { sql } from 'kysely';
+import pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import { openDatabase } from '../../src/store/database.js';
 import { testDatabaseKind, testDatabaseOptions } from '../helpers/database.js';
@@ -36,5 +38,27 @@ describe.runIf(testDatabaseKind() === 'server')('prepared statements (server)', 
 
   it('prepares nothing when turned off', async () => {
     expect(await preparedAfterTwoRuns(false)).toEqual([]);
+  });
+});
+
+describe.runIf(testDatabaseKind() === 'server')('commit durability (server)', () => {
+  it('pg-boss connections commit asynchronously, ours synchronously', async () => {
+    const options = testDatabaseOptions({ fresh: true });
+    const database = await openDatabase(options);
+    try {
+      const boss = database.bossOptions() as pg.ClientConfig;
+      const client = new pg.Client(boss);
+      await client.connect();
+      try {
+        expect((await client.query('SHOW synchronous_commit')).rows[0].synchronous_commit).toBe('off');
+      } finally {
+        await client.end();
+      }
+      const ours = await sql<{ synchronous_commit: string }>`SHOW synchronous_commit`.execute(database.db);
+      expect(ours.rows[0]?.synchronous_commit).toBe('on');
+    } finally {
+      await database.close();
+      await options.cleanup();
+    }
   });
 });
