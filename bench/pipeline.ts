@@ -125,7 +125,7 @@ export async function runPipeline(
   };
   stack.google.requests.length = 0;
 
-  const cpu = cpuMeter(stack.service.pid);
+  const cpu = cpuMeter(stack.pids());
   const started = Date.now();
   const sends: Promise<void>[] = [];
   for (const b of bookings) {

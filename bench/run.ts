@@ -7,8 +7,9 @@ import { table } from './stats.js';
 
 /**
  * npm run bench [-- --duration 10 --loads 10,50,200 --concurrency 32 --model-latency 300
- *                  --google-latency 150 --worker-concurrency 100 --owners 5 --json]
- * Embedded database always; a PostgreSQL server too when BENCH_DATABASE_URL is set.
+ *                  --google-latency 150 --worker-concurrency 100 --owners 5 --workers 2 --json]
+ * Embedded database always; a PostgreSQL server too when BENCH_DATABASE_URL is set. With
+ * `--workers N` the server pipeline runs one `--role=api` process and N `--role=worker` processes.
  */
 const { values } = parseArgs({
   options: {
@@ -19,6 +20,8 @@ const { values } = parseArgs({
     'google-latency': { type: 'string', default: '150' },
     'worker-concurrency': { type: 'string', default: '100' },
     owners: { type: 'string', default: '50' },
+    /** Server pipeline only: N `--role=worker` processes beside one `--role=api` (0 = one `--role=all`). */
+    workers: { type: 'string', default: '0' },
     'api-duration': { type: 'string', default: '5' },
     only: { type: 'string', default: 'pipeline,api' },
     databases: { type: 'string', default: 'embedded,server' },
@@ -37,6 +40,8 @@ const loads = String(values.loads)
   .map(Number)
   .filter((n) => n > 0);
 const only = new Set(String(values.only).split(','));
+const workers = Number(values.workers);
+if (!Number.isInteger(workers) || workers < 0) throw new Error('--workers must be 0 or more');
 const modelLatencyMs = num('model-latency');
 const googleLatencyMs = num('google-latency');
 
@@ -57,17 +62,20 @@ const report: { date: string; results: unknown[]; [k: string]: unknown } = {
 for (const target of targets) {
   if (only.has('pipeline')) {
     for (const rate of loads) {
+      const split = target.url && workers > 0 ? workers : 0;
       const stack = await startBenchStack({
         databaseUrl: target.url,
         modelLatencyMs,
         googleLatencyMs,
         workerConcurrency: num('worker-concurrency'),
+        workers: split,
         cpuProfDir: values.profile,
       });
+      const database = split ? `${target.name} (api + ${split} workers)` : target.name;
       try {
         const r = await runPipeline(stack, { rate, durationS: num('duration'), owners: num('owners') });
-        (report.results as unknown[]).push({ kind: 'pipeline', database: target.name, ...r });
-        process.stderr.write(`pipeline ${target.name} ${rate}/s done\n`);
+        (report.results as unknown[]).push({ kind: 'pipeline', database, ...r });
+        process.stderr.write(`pipeline ${database} ${rate}/s done\n`);
       } finally {
         await stack.close();
       }

@@ -15,7 +15,11 @@ export interface BenchStack {
   baseUrl: string;
   adminKey: string;
   database: 'embedded' | 'server';
-  /** The service process's peak resident memory so far (VmHWM), in bytes. */
+  /** Worker processes (`--role=worker`) beside `service` (then `--role=api`), when asked for. */
+  workers: ServiceProcess[];
+  /** Every process of the service (for CPU figures). */
+  pids(): number[];
+  /** The service processes' peak resident memory so far (VmHWM, summed), in bytes. */
   peakRss(): number;
   close(): Promise<void>;
 }
@@ -31,6 +35,8 @@ export async function startBenchStack(opts: {
   googleLatencyMs: number;
   workerConcurrency: number;
   role?: 'api' | 'all';
+  /** Server only: this many `--role=worker` processes, and the main process runs `--role=api`. */
+  workers?: number;
   /** Directory for the service's `--cpu-prof` output; no profiling without it. */
   cpuProfDir?: string | undefined;
   extraEnv?: Record<string, string>;
@@ -67,27 +73,48 @@ export async function startBenchStack(opts: {
     ...(opts.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${opts.cpuProfDir}`] : []),
     ...(process.env.BENCH_SERVICE_NODE_ARGS?.split(' ').filter(Boolean) ?? []),
   ];
-  const service = startService(env, await freePort(), [`--role=${opts.role ?? 'all'}`], nodeArgs);
+  const split = (opts.workers ?? 0) > 0;
+  if (split && !opts.databaseUrl) throw new Error('--workers needs the server database');
+  const service = startService(
+    env,
+    await freePort(),
+    [`--role=${split ? 'api' : (opts.role ?? 'all')}`],
+    nodeArgs,
+  );
+  const workers: ServiceProcess[] = [];
   try {
     await service.waitForHealthy(120_000);
+    for (let i = 0; i < (opts.workers ?? 0); i++) {
+      // A worker serves no HTTP: it is ready when it says so, which it does at level info (and then
+      // logs one line per answered message, which the single-process figures do not pay).
+      const worker = startService({ ...env, LOG_LEVEL: 'info' }, 0, ['--role=worker'], nodeArgs);
+      workers.push(worker);
+      await worker.waitForOutput('agent-meetings listening on', 120_000);
+    }
   } catch (err) {
     service.kill();
+    for (const w of workers) w.kill();
     await google.close();
     await openai.close();
     throw err;
   }
-  let peak = 0;
+  const all = [service, ...workers];
+  const peaks = new Map<number, number>();
   const peakRss = () => {
-    try {
-      const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${service.pid}/status`, 'utf8'));
-      if (m) peak = Math.max(peak, Number(m[1]) * 1024);
-    } catch {
-      // exited, or no /proc: keep the last reading
+    for (const p of all) {
+      try {
+        const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${p.pid}/status`, 'utf8'));
+        if (m) peaks.set(p.pid, Math.max(peaks.get(p.pid) ?? 0, Number(m[1]) * 1024));
+      } catch {
+        // exited, or no /proc: keep the last reading
+      }
     }
-    return peak;
+    return [...peaks.values()].reduce((a, b) => a + b, 0);
   };
   return {
     service,
+    workers,
+    pids: () => all.map((p) => p.pid),
     google,
     openai,
     baseUrl: service.baseUrl,
@@ -96,9 +123,11 @@ export async function startBenchStack(opts: {
     peakRss,
     async close() {
       peakRss();
-      const exit = await service.stop('SIGTERM', 60_000);
-      if (exit.code !== 0)
-        process.stderr.write(`service exited with ${JSON.stringify(exit)}\n${service.stderr}\n`);
+      for (const p of all) {
+        const exit = await p.stop('SIGTERM', 60_000);
+        if (exit.code !== 0)
+          process.stderr.write(`service exited with ${JSON.stringify(exit)}\n${p.stderr}\n`);
+      }
       await google.close();
       await openai.close();
       if (dir) rmSync(dir, { recursive: true, force: true });

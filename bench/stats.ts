@@ -66,10 +66,11 @@ export function cpuSecondsOf(comm: string): number {
   return total;
 }
 
-/** Share of one core each part used between `start()` and `stop()`, in percent. */
-export function cpuMeter(servicePid: number): { stop(): Record<string, number> } {
+/** Share of one core each part used between `start()` and `stop()`, in percent (service: all its processes). */
+export function cpuMeter(servicePids: number[]): { stop(): Record<string, number> } {
   const t0 = performance.now();
-  const service0 = cpuSeconds(servicePid);
+  const serviceCpu = () => servicePids.reduce((sum, pid) => sum + cpuSeconds(pid), 0);
+  const service0 = serviceCpu();
   const bench0 = process.cpuUsage();
   const pg0 = cpuSecondsOf('postgres');
   return {
@@ -78,7 +79,7 @@ export function cpuMeter(servicePid: number): { stop(): Record<string, number> }
       const bench = process.cpuUsage(bench0);
       const pct = (s: number) => Math.round((100 * s) / wall);
       return {
-        cpu_service_pct: pct(cpuSeconds(servicePid) - service0),
+        cpu_service_pct: pct(serviceCpu() - service0),
         cpu_bench_pct: pct((bench.user + bench.system) / 1e6),
         cpu_postgres_pct: pct(cpuSecondsOf('postgres') - pg0),
       };

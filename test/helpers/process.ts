@@ -79,6 +79,17 @@ export class ServiceProcess {
     return fetch(`${this.baseUrl}${path}`, init);
   }
 
+  /** Resolves once the process printed `text`; rejects (with the output) if it exits first. */
+  async waitForOutput(text: string, timeoutMs = 60_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!this.output.includes(text)) {
+      if (!this.running) throw new Error(`service exited before printing "${text}"\n${this.output}`);
+      if (Date.now() > deadline)
+        throw new Error(`service did not print "${text}" in ${timeoutMs} ms\n${this.output}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
   /** Resolves once GET /healthz answers 200; rejects (with the output) if the process exits first. */
   async waitForHealthy(timeoutMs = 60_000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
