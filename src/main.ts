@@ -13,22 +13,49 @@ function parseRole(argv: string[]): Role {
 }
 
 async function main(): Promise<void> {
-  let app: Application;
+  // Graceful shutdown: stop accepting, finish in-flight work, close the database. A second signal
+  // (or 30 s) forces the exit. The handlers are installed before anything starts: a signal that
+  // arrives while the service is still starting (migrations, the queue) lets startup finish and then
+  // stops it the same way, instead of killing the process halfway.
+  let app: Application | undefined;
+  let requested: string | undefined;
+  const stop = (running: Application, signal: string) => {
+    running.logger.info({ signal }, 'shutting down');
+    running.stop().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        running.logger.error({ err }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  const onSignal = (signal: string) => {
+    if (requested !== undefined) process.exit(1);
+    requested = signal;
+    const force = setTimeout(() => process.exit(1), 30_000);
+    force.unref();
+    if (app) stop(app, signal);
+  };
+  process.on('SIGTERM', () => onSignal('SIGTERM'));
+  process.on('SIGINT', () => onSignal('SIGINT'));
+
   try {
     const config = loadConfig();
     const role = parseRole(process.argv.slice(2));
     const logger = createLogger(config.logLevel);
     for (const note of config.startupNotes) logger.warn(note);
-    app = await createApplication(config, { logger, role });
-    const address = await app.listen();
+    const started = await createApplication(config, { logger, role });
+    const address = await started.listen();
+    app = started;
     logger.info(
       {
         address,
         role,
-        database: app.database.kind === 'embedded' ? `embedded (${config.dataDir})` : 'server',
+        database: started.database.kind === 'embedded' ? `embedded (${config.dataDir})` : 'server',
       },
       `agent-meetings listening on ${address} (docs: ${address}/docs)`,
     );
+    if (requested !== undefined) stop(started, requested);
   } catch (err) {
     if (err instanceof ConfigError || err instanceof DataDirLockedError) {
       process.stderr.write(`agent-meetings: ${err.message}\n`);
@@ -36,28 +63,6 @@ async function main(): Promise<void> {
     }
     throw err;
   }
-
-  // Graceful shutdown: stop accepting, finish in-flight work, close the database. A second signal
-  // (or 30 s) forces the exit.
-  let shuttingDown = false;
-  const shutdown = (signal: string) => {
-    if (shuttingDown) {
-      process.exit(1);
-    }
-    shuttingDown = true;
-    app.logger.info({ signal }, 'shutting down');
-    const force = setTimeout(() => process.exit(1), 30_000);
-    force.unref();
-    app.stop().then(
-      () => process.exit(0),
-      (err: unknown) => {
-        app.logger.error({ err }, 'shutdown failed');
-        process.exit(1);
-      },
-    );
-  };
-  process.on('SIGTERM', () => shutdown('SIGTERM'));
-  process.on('SIGINT', () => shutdown('SIGINT'));
 }
 
 await main();

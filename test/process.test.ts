@@ -182,3 +182,21 @@ describe('the service as a process', () => {
     expect(existsSync(badDir)).toBe(false);
   });
 });
+
+describe('a signal while starting', () => {
+  it('SIGTERM during startup: startup finishes, then it stops cleanly (exit 0, lock removed)', async () => {
+    const startingDir = mkdtempSync(join(tmpdir(), 'am-process-starting-'));
+    const p = track(startService({ DATA_DIR: startingDir }, await freePort()));
+    try {
+      // The generated-key notes come right after the configuration is read, before the embedded
+      // database and the queue start (seconds on this machine).
+      await p.waitForOutput('TOKEN_ENCRYPTION_KEY not set', 60_000);
+      expect(p.output).not.toContain('agent-meetings listening on');
+      const exit = await p.stop('SIGTERM', 60_000);
+      expect(exit).toMatchObject({ code: 0, signal: null });
+      expect(existsSync(join(startingDir, LOCK))).toBe(false);
+    } finally {
+      rmSync(startingDir, { recursive: true, force: true });
+    }
+  });
+});

@@ -80,16 +80,25 @@ const PREPARED_PER_CONNECTION = 200;
  */
 export class PreparingClient extends pg.Client {
   readonly #names = new Map<string, string>();
+  #prepared = 0;
 
   // biome-ignore lint/suspicious/noExplicitAny: node-postgres's query has a dozen overloads.
   override query(config: any, values?: any, callback?: any): any {
-    if (typeof config === 'string' && Array.isArray(values) && values.length > 0) {
+    if (typeof config === 'string' && Array.isArray(values) && values.length > 0 && !callback) {
       let name = this.#names.get(config);
-      if (name === undefined && this.#names.size < PREPARED_PER_CONNECTION) {
-        name = `am_${this.#names.size}`;
+      if (name === undefined && this.#prepared < PREPARED_PER_CONNECTION) {
+        name = `am_${this.#prepared++}`;
         this.#names.set(config, name);
       }
-      if (name !== undefined) return super.query({ name, text: config, values }, callback);
+      if (name !== undefined) {
+        return (super.query({ name, text: config, values }) as Promise<unknown>).catch((err: unknown) => {
+          // A migration changed a table under a prepared `SELECT *` (a rolling deploy): PostgreSQL
+          // refuses that statement from now on. This execution fails (like any statement during a
+          // schema change); the next one prepares the text afresh under a new name.
+          if ((err as { code?: string }).code === '0A000') this.#names.delete(config);
+          throw err;
+        });
+      }
     }
     return super.query(config, values, callback);
   }

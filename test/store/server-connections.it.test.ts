@@ -62,3 +62,34 @@ describe.runIf(testDatabaseKind() === 'server')('commit durability (server)', ()
     }
   });
 });
+
+describe.runIf(testDatabaseKind() === 'server')('prepared statements and schema changes (server)', () => {
+  it('a prepared SELECT * whose table changed fails once, then is prepared afresh', async () => {
+    const options = testDatabaseOptions({ fresh: true });
+    const database = await openDatabase({ ...options, poolSize: 1 });
+    try {
+      await sql`CREATE TABLE widgets (id int PRIMARY KEY)`.execute(database.db);
+      await sql`INSERT INTO widgets VALUES (1)`.execute(database.db);
+      const read = () =>
+        sql<Record<string, unknown>>`SELECT * FROM widgets WHERE id = ${1}`.execute(database.db);
+      expect((await read()).rows).toEqual([{ id: 1 }]);
+      // Another process migrates (here: the same pool's only connection, outside the statement).
+      await sql`ALTER TABLE widgets ADD COLUMN label text`.execute(database.db);
+      const outcomes: string[] = [];
+      for (let i = 0; i < 3; i++) {
+        try {
+          const r = await read();
+          outcomes.push(JSON.stringify(r.rows));
+        } catch (err) {
+          outcomes.push(String((err as { code?: string }).code));
+        }
+      }
+      // PostgreSQL refuses the old statement ("cached plan must not change result type") once;
+      // the next execution prepares the text afresh (without that, every later one failed too).
+      expect(outcomes).toEqual(['0A000', '[{"id":1,"label":null}]', '[{"id":1,"label":null}]']);
+    } finally {
+      await database.close();
+      await options.cleanup();
+    }
+  });
+});

@@ -127,12 +127,20 @@ describe('chat pipeline', () => {
     const replies = list.filter((m) => m.role === 'assistant').map((m) => m.content);
     expect(replies).toEqual(['re: m1', 're: m2', 're: m3', 're: m4', 're: m5']);
     expect(maxActive).toBe(1);
-    // Each request saw the history up to its own message (replies came later), the last
-    // HISTORY_LIMIT = 3 of it.
-    const seen = s.openai.requests.map((r) =>
-      r.messages.filter((m) => m.role === 'user').map((m) => messageText(m.content)),
-    );
-    expect(seen).toEqual([['m1'], ['m1', 'm2'], ['m1', 'm2', 'm3'], ['m2', 'm3', 'm4'], ['m3', 'm4', 'm5']]);
+    // Each request saw the history up to its own message, the last HISTORY_LIMIT = 3 of it (how
+    // many of them are replies depends on how fast the replies came): it ends with its own message,
+    // and the customer messages in it are the ones just before, in order.
+    for (const [i, r] of s.openai.requests.entries()) {
+      const history = r.messages.slice(1);
+      // At least its own and the customer messages before it (up to 3); never more than 3.
+      expect(history.length).toBeGreaterThanOrEqual(Math.min(3, i + 1));
+      expect(history.length).toBeLessThanOrEqual(3);
+      expect(history.at(-1)).toMatchObject({ role: 'user' });
+      expect(messageText(history.at(-1)!.content)).toBe(`m${i + 1}`);
+      const users = history.filter((m) => m.role === 'user').map((m) => messageText(m.content));
+      const own = i + 1;
+      expect(users).toEqual(Array.from({ length: users.length }, (_, k) => `m${own - users.length + 1 + k}`));
+    }
   });
 
   it('runs different conversations in parallel', async () => {
