@@ -147,17 +147,6 @@ export class MeetingStore {
     return this.db.selectFrom('meetings').selectAll().where('meeting_id', '=', meetingId).executeTakeFirst();
   }
 
-  async countUpcoming(conversationId: string, now: Date): Promise<number> {
-    const r = await this.db
-      .selectFrom('meetings')
-      .select(sql<number>`count(*)::int`.as('n'))
-      .where('conversation_id', '=', conversationId)
-      .where('status', '=', 'scheduled')
-      .where('meeting_time', '>', now)
-      .executeTakeFirstOrThrow();
-    return r.n;
-  }
-
   async list(f: MeetingFilter): Promise<Meeting[]> {
     let q = this.db
       .selectFrom('meetings')

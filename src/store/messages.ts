@@ -33,6 +33,8 @@ export interface MessageWork {
   history: Message[];
   /** The conversation's scheduled meetings still ahead when the message was sent, newest booked first. */
   upcomingMeetings: UpcomingMeeting[];
+  /** How many of the conversation's scheduled meetings are still ahead now (the per-conversation limit). */
+  upcomingMeetingCount: number;
 }
 
 /** A meeting the customer may refer to (the prompt lists them for reschedule and cancel). */
@@ -149,7 +151,9 @@ export class MessageStore {
   /**
    * Everything the worker needs to answer a customer message, in one statement (one round trip
    * before the model call): the message, its conversation and agent, the history the model sees
-   * (`historyLimit` messages up to this one) and the conversation's upcoming meetings.
+   * (`historyLimit` messages up to this one) and the conversation's upcoming meetings. Messages of a
+   * conversation are answered one at a time, so its meetings do not change between this read and
+   * the booking that counts them.
    */
   async loadWork(messageId: string, historyLimit: number): Promise<MessageWork | undefined> {
     const r = await widen(this.db)
@@ -198,6 +202,11 @@ export class MessageStore {
                      AND meeting_time > m.created_at
                    ORDER BY created_at DESC, meeting_id DESC
                    LIMIT ${UPCOMING_LISTED}) u)`.as('upcoming'),
+        sql<number>`(
+          SELECT count(*)::int FROM meetings
+           WHERE conversation_id = m.conversation_id
+             AND status = 'scheduled'
+             AND meeting_time > now())`.as('upcoming_count'),
       ])
       .where('m.message_id', '=', messageId)
       .executeTakeFirst();
@@ -234,6 +243,7 @@ export class MessageStore {
         meetingTime: new Date(u.meeting_time),
         durationMinutes: u.duration_minutes,
       })),
+      upcomingMeetingCount: r.upcoming_count,
     };
   }
 
@@ -282,16 +292,23 @@ export class MessageStore {
       content: string;
       outcome: 'answered' | 'failed';
       error?: string;
+      /**
+       * NOTIFY this when the conversation has another message waiting: the queue's wake-up for a
+       * next message that becomes fetchable only once this one's job completes (JobContext.wakeNext).
+       */
+      wakeNext?: { channel: string; payload: string };
     },
   ): Promise<Message | undefined> {
     // One statement (one round trip in the reply's transaction): insert the reply, close the customer
-    // message and announce the conversation, the last two only when the reply was inserted. The
-    // UPDATE touches another row than the INSERT, so both data-modifying parts run on one snapshot
-    // without seeing each other, as PostgreSQL requires. The final SELECT reads `announced`: an
-    // unreferenced plain CTE would not run.
-    const r = await sql<
-      Pick<Selectable<MessageTable>, 'message_id' | 'conversation_id' | 'role' | 'content' | 'created_at'>
-    >`
+    // message and announce the conversation (the last two only when the reply was inserted), and
+    // wake the workers if a next message waits. The UPDATE touches another row than the INSERT, so
+    // both data-modifying parts run on one snapshot without seeing each other, as PostgreSQL
+    // requires; on that snapshot the message being answered is still pending, hence `<>`. Plain
+    // CTEs run only when their output is used (the planner drops unused columns), so the final
+    // SELECT returns the NOTIFY count, and always one row (the reply's columns are null when another
+    // attempt stored it first).
+    const wake = input.wakeNext;
+    const r = await sql<StoredRow | { [K in keyof StoredRow]: null }>`
       WITH reply AS (
         INSERT INTO messages (message_id, conversation_id, role, content, reply_to)
         VALUES (${newId('msg')}, ${input.conversationId}, 'assistant', ${input.content}, ${input.replyTo})
@@ -306,9 +323,19 @@ export class MessageStore {
            AND EXISTS (SELECT 1 FROM reply)
       ), announced AS (
         SELECT pg_notify(${MESSAGE_CHANNEL}, conversation_id) FROM reply
+      ), woken AS (
+        SELECT pg_notify(${wake?.channel ?? ''}::text, ${wake?.payload ?? ''}::text)
+          FROM (SELECT 1 FROM messages
+                 WHERE ${wake !== undefined}::boolean
+                   AND conversation_id = ${input.conversationId}
+                   AND status = 'pending'
+                   AND message_id <> ${input.replyTo}
+                 LIMIT 1) AS next
+      ), notified AS (
+        SELECT (SELECT count(*) FROM announced) + (SELECT count(*) FROM woken) AS n
       )
-      SELECT reply.*, (SELECT count(*) FROM announced) AS announced FROM reply`.execute(trx);
+      SELECT reply.*, notified.n AS notified FROM notified LEFT JOIN reply ON true`.execute(trx);
     const row = r.rows[0];
-    return row ? toMessage(row) : undefined;
+    return row?.message_id ? toMessage(row as StoredRow) : undefined;
   }
 }

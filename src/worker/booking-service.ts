@@ -402,8 +402,9 @@ export class BookingService implements ActionResponder {
 
     // An earlier attempt of this job may already have created the Google event (its reply did not
     // commit, so no meeting row counts it yet): the same key makes the insert below find it again.
-    const upcoming =
-      (await this.deps.meetings.countUpcoming(conversation.conversationId, ctx.now)) + ctx.booked;
+    // The count was read with the message (this conversation's meetings are added only through its
+    // own messages, answered one at a time); bookings earlier in this answer are added.
+    const upcoming = work.upcomingMeetingCount + ctx.booked;
     if (upcoming >= this.deps.limits.maxBookingsPerConversation) {
       this.deps.onOutcome?.('limit');
       return { text: bookingTexts.tooManyBookings(this.deps.limits.maxBookingsPerConversation), stop: true };

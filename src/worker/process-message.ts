@@ -128,6 +128,7 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
             replyTo: work.message.messageId,
             content: reply.text,
             outcome: 'answered',
+            wakeNext: ctx.wakeNext,
           });
           // Only the attempt whose reply was stored commits the side rows (meeting).
           if (message && reply.persist) await reply.persist(trx);
@@ -159,6 +160,7 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
           content: phase === 'model' ? deps.llmErrorMessage : deps.meetingErrorMessage,
           outcome: 'failed',
           error: describe(err),
+          wakeNext: ctx.wakeNext,
         });
         await ctx.settle(trx);
       });

@@ -20,11 +20,17 @@ export interface JobContext {
   isLastAttempt: boolean;
   signal: AbortSignal;
   /**
-   * Completes the job inside the caller's transaction (with the reply it produced), and wakes the
-   * workers when this conversation has a next message waiting: under key_strict_fifo that message
-   * became fetchable only now, and no insert NOTIFY will announce it. A handler that settles must
-   * return normally only once that transaction committed (a failed commit must throw): the queue
-   * then skips its own completion.
+   * The NOTIFY that wakes every worker of this queue (pg-boss's channel, this queue's name). Under
+   * key_strict_fifo a conversation's next message becomes fetchable only when this job completes,
+   * and no insert NOTIFY will announce it again: the transaction that settles must send this when
+   * the conversation has a next message waiting (MessageStore.storeReply does, in the reply's
+   * statement).
+   */
+  wakeNext: { channel: string; payload: string };
+  /**
+   * Completes the job inside the caller's transaction (with the reply it produced, and `wakeNext`).
+   * A handler that settles must return normally only once that transaction committed (a failed
+   * commit must throw): the queue then skips its own completion.
    */
   settle(trx: Transaction<DB>): Promise<void>;
 }
@@ -158,6 +164,7 @@ export class JobQueue {
           attempt: job.retryCount,
           isLastAttempt: job.retryCount >= job.retryLimit,
           signal: controller.signal,
+          wakeNext: { channel, payload: MESSAGE_QUEUE },
           settle: async (trx) => {
             await this.#settle(trx, job);
             settled = true;
@@ -245,16 +252,6 @@ export class JobQueue {
     await this.#boss.complete(MESSAGE_QUEUE, { id: job.id, retryCount: job.retryCount }, null, {
       db: fromKysely(trx),
     });
-    // pg-boss's wake-up channel (its notifyChannelSql), for every worker of this queue in every
-    // process, only when this conversation has a next message waiting: one statement, the NOTIFY is
-    // evaluated only for the row found.
-    await sql`
-      SELECT pg_notify('pgboss_' || left(encode(sha224(convert_to(${this.#bossSchema}::text, 'UTF8')), 'hex'), 24), ${MESSAGE_QUEUE})
-        FROM (SELECT 1 FROM messages
-               WHERE conversation_id = ${job.data.conversationId}
-                 AND status = 'pending'
-                 AND message_id <> ${job.data.messageId}
-               LIMIT 1) AS next`.execute(trx);
   }
 
   /** Jobs waiting or running (metrics, tests). */
