@@ -70,7 +70,7 @@ const PREPARED_PER_CONNECTION = 200;
 /**
  * A node-postgres client that runs every parameterized statement as a named prepared statement on
  * its connection: PostgreSQL parses it once per connection instead of once per execution, and after
- * a few executions plans it once too (plan_cache_mode auto). Parse and plan were about half of the
+ * a few executions plans it once too (plan_cache_mode auto). Parse and plan were ~40 % of the
  * server's time for our short statements (bench/README.md). node-postgres remembers the names per
  * connection and prepares again on a new one. Statements without parameters (BEGIN, COMMIT,
  * migrations, pg-boss's multi-statement transactions) stay unnamed; the names per connection are
