@@ -29,6 +29,16 @@ export interface PipelineResult {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** Warm-up bookings per second at most (with as many owners of their own). */
+const WARMUP_RATE = 20;
+
+interface Owner {
+  userId: string;
+  email: string;
+  agentId: string;
+  refreshToken: string;
+}
+
 interface Booking {
   idx: number;
   conversationId: string;
@@ -57,115 +67,59 @@ interface Booking {
  */
 export async function runPipeline(
   stack: BenchStack,
-  opts: { rate: number; durationS: number; owners: number },
+  opts: { rate: number; durationS: number; owners: number; warmupS: number },
 ): Promise<PipelineResult> {
-  const admin = { authorization: `Bearer ${stack.adminKey}`, 'content-type': 'application/json' };
   const tag = Math.random().toString(36).slice(2, 8);
   // Owners whose access tokens expire in 2 minutes (inside the 5-minute margin): each must be
   // refreshed exactly once, however many bookings race for it.
-  const owners: Array<{ userId: string; email: string; agentId: string; refreshToken: string }> = [];
-  for (let i = 0; i < opts.owners; i++) {
-    const userId = `bench-${tag}-${i}`;
-    const email = `${userId}@bench.test`;
-    const grant = stack.google.grant({ email, accessTokenExpiresInSeconds: 120 });
-    await json(
-      await fetch(`${stack.baseUrl}/api/users/${userId}/google-calendar/connect`, {
-        method: 'POST',
-        headers: admin,
-        body: JSON.stringify({
-          access_token: grant.access_token,
-          refresh_token: grant.refresh_token,
-          token_expiry: grant.expiry.toISOString(),
-          scope: `https://www.googleapis.com/auth/calendar ${grant.scope}`,
-        }),
-      }),
-    );
-    const agent = await json<{ agent_id: string }>(
-      await fetch(`${stack.baseUrl}/api/agents`, {
-        method: 'POST',
-        headers: admin,
-        body: JSON.stringify({ user_id: userId, name: 'Bench' }),
-      }),
-    );
-    owners.push({ userId, email, agentId: agent.agent_id, refreshToken: grant.refresh_token });
-  }
-
-  const total = Math.max(1, Math.round(opts.rate * opts.durationS));
-  const bookings: Booking[] = [];
-  for (let i = 0; i < total; i++) {
-    const owner = i % owners.length;
-    const c = await json<{ conversation_id: string; customer_token: string }>(
-      await fetch(`${stack.baseUrl}/api/agents/${owners[owner]!.agentId}/conversations`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: '{}',
-      }),
-    );
-    bookings.push({
-      idx: i,
-      conversationId: c.conversation_id,
-      token: c.customer_token,
-      owner,
-      modelCalls: [],
-    });
-  }
+  const owners = await createOwners(stack, `bench-${tag}`, opts.owners);
+  const bookings = await openConversations(
+    stack,
+    owners,
+    Math.max(1, Math.round(opts.rate * opts.durationS)),
+  );
 
   // The emulated model answers every message with a booking action, one hour apart per booking so
-  // that no two bookings of an owner overlap (availability would refuse them).
+  // that no two bookings of an owner overlap (availability would refuse them). Warm-up bookings
+  // ("w<n>") get times and customers of their own.
   const base = Date.now() + 86_400_000;
+  const warm: Booking[] = [];
   stack.openai.responder = (req) => {
     const doneAt = Date.now();
     const last = [...req.messages].reverse().find((m) => m.role === 'user');
-    const idx = Number(/#(\d+)/.exec(messageText(last?.content))?.[1]);
-    bookings[idx]?.modelCalls.push({ at: doneAt - stack.openai.latencyMs, doneAt });
-    const when = new Date(base + idx * 3_600_000).toISOString().replace(/\.\d{3}Z$/, 'Z');
+    const [, kind, n] = /(#|w)(\d+)/.exec(messageText(last?.content)) ?? [];
+    const idx = Number(n);
+    const b = kind === 'w' ? warm[idx] : bookings[idx];
+    b?.modelCalls.push({ at: doneAt - stack.openai.latencyMs, doneAt });
+    const hour = kind === 'w' ? 100_000 + idx : idx;
+    const customer = kind === 'w' ? `w${idx}` : `c${idx}`;
+    const when = new Date(base + hour * 3_600_000).toISOString().replace(/\.\d{3}Z$/, 'Z');
     return {
-      content: `Booking it.\n[{"action":"Time_to_121meet","name":"Bench ${idx}","email":"c${idx}@bench.test","title":"Bench","participants":[],"meeting_time":"${when}","friendly_time":"soon"}]`,
+      content: `Booking it.\n[{"action":"Time_to_121meet","name":"Bench ${idx}","email":"${customer}@bench.test","title":"Bench","participants":[],"meeting_time":"${when}","friendly_time":"soon"}]`,
     };
   };
+
+  // Warm-up, on owners of its own: a freshly started process runs its code unoptimized at first
+  // (V8 compiles hot functions after many calls), which is start-up cost, not steady-state
+  // overhead. The measured load starts once every warm-up booking was answered.
+  if (opts.warmupS > 0) {
+    const warmOwners = await createOwners(stack, `warm-${tag}`, WARMUP_RATE);
+    warm.push(...(await openConversations(stack, warmOwners, Math.round(WARMUP_RATE * opts.warmupS))));
+    await send(stack, warm, WARMUP_RATE, 'w');
+    await waitForInserts(stack, warm.filter((b) => b.messageId !== undefined).length);
+    // The last replies commit after their inserts.
+    await sleep(1000);
+  }
   stack.google.requests.length = 0;
 
   const cpu = cpuMeter(stack.pids());
   const started = Date.now();
-  const sends: Promise<void>[] = [];
-  for (const b of bookings) {
-    const due = started + (b.idx * 1000) / opts.rate;
-    const wait = due - Date.now();
-    if (wait > 0) await sleep(wait);
-    b.sentAt = Date.now();
-    sends.push(
-      fetch(`${stack.baseUrl}/api/conversations/${b.conversationId}/messages`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${b.token}`, 'content-type': 'application/json' },
-        body: JSON.stringify({ content: `please book #${b.idx}` }),
-      })
-        .then((r) => json<{ message_id: string }>(r))
-        .then(
-          (r) => {
-            b.messageId = r.message_id;
-          },
-          (err: unknown) => {
-            // Counted, not fatal: an overloaded service refusing or timing out is a result too.
-            b.sendError = String((err as Error)?.message ?? err);
-          },
-        ),
-    );
-  }
-  await Promise.all(sends);
+  await send(stack, bookings, opts.rate, '#');
 
   // Wait without touching the service: until Google saw one insert per booking (or nothing moved
   // for a while), then read every conversation back once, and again for any still unanswered.
   const accepted = bookings.filter((b) => b.messageId !== undefined);
-  const inserts = () => stack.google.requests.filter((r) => r.op === 'events.insert' && r.doneAt).length;
-  let seen = -1;
-  let still = Date.now();
-  while (inserts() < accepted.length && Date.now() - still < 20_000) {
-    if (inserts() !== seen) {
-      seen = inserts();
-      still = Date.now();
-    }
-    await sleep(50);
-  }
+  await waitForInserts(stack, accepted.length);
   const cpuUse = cpu.stop();
   const deadline = Date.now() + 60_000;
   for (;;) {
@@ -271,8 +225,8 @@ export async function runPipeline(
   const refreshCounts = owners.map((o) => stack.google.refreshCount(o.refreshToken));
   return {
     offered_per_s: opts.rate,
-    bookings: total,
-    send_errors: total - accepted.length,
+    bookings: bookings.length,
+    send_errors: bookings.length - accepted.length,
     unanswered: accepted.length - answeredOnes.length,
     confirmed,
     bookings_per_s: round(answeredOnes.length / ((lastAnswer - started) / 1000)),
@@ -289,4 +243,103 @@ export async function runPipeline(
     ...(cpuUse as { cpu_service_pct: number; cpu_bench_pct: number; cpu_postgres_pct: number }),
     stages: Object.fromEntries(Object.entries(stage).map(([k, v]) => [k, round(summarize(v).p50)])),
   };
+}
+
+/** Waits until Google saw `count` event inserts, or nothing moved for 20 s. */
+async function waitForInserts(stack: BenchStack, count: number) {
+  const inserts = () => stack.google.requests.filter((r) => r.op === 'events.insert' && r.doneAt).length;
+  let seen = -1;
+  let still = Date.now();
+  while (inserts() < count && Date.now() - still < 20_000) {
+    if (inserts() !== seen) {
+      seen = inserts();
+      still = Date.now();
+    }
+    await sleep(50);
+  }
+}
+
+/** `count` owners, each with a Google connection (token expiring in 2 minutes) and an agent. */
+async function createOwners(stack: BenchStack, prefix: string, count: number): Promise<Owner[]> {
+  const admin = { authorization: `Bearer ${stack.adminKey}`, 'content-type': 'application/json' };
+  const owners: Owner[] = [];
+  for (let i = 0; i < count; i++) {
+    const userId = `${prefix}-${i}`;
+    const email = `${userId}@bench.test`;
+    const grant = stack.google.grant({ email, accessTokenExpiresInSeconds: 120 });
+    await json(
+      await fetch(`${stack.baseUrl}/api/users/${userId}/google-calendar/connect`, {
+        method: 'POST',
+        headers: admin,
+        body: JSON.stringify({
+          access_token: grant.access_token,
+          refresh_token: grant.refresh_token,
+          token_expiry: grant.expiry.toISOString(),
+          scope: `https://www.googleapis.com/auth/calendar ${grant.scope}`,
+        }),
+      }),
+    );
+    const agent = await json<{ agent_id: string }>(
+      await fetch(`${stack.baseUrl}/api/agents`, {
+        method: 'POST',
+        headers: admin,
+        body: JSON.stringify({ user_id: userId, name: 'Bench' }),
+      }),
+    );
+    owners.push({ userId, email, agentId: agent.agent_id, refreshToken: grant.refresh_token });
+  }
+  return owners;
+}
+
+/** `count` conversations, spread round-robin over `owners`. */
+async function openConversations(stack: BenchStack, owners: Owner[], count: number): Promise<Booking[]> {
+  const bookings: Booking[] = [];
+  for (let i = 0; i < count; i++) {
+    const owner = i % owners.length;
+    const c = await json<{ conversation_id: string; customer_token: string }>(
+      await fetch(`${stack.baseUrl}/api/agents/${owners[owner]!.agentId}/conversations`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: '{}',
+      }),
+    );
+    bookings.push({
+      idx: i,
+      conversationId: c.conversation_id,
+      token: c.customer_token,
+      owner,
+      modelCalls: [],
+    });
+  }
+  return bookings;
+}
+
+/** Open loop: one booking request every 1/rate s, whatever the answers; failures are recorded. */
+async function send(stack: BenchStack, bookings: Booking[], rate: number, mark: '#' | 'w') {
+  const started = Date.now();
+  const sends: Promise<void>[] = [];
+  for (const b of bookings) {
+    const due = started + (b.idx * 1000) / rate;
+    const wait = due - Date.now();
+    if (wait > 0) await sleep(wait);
+    b.sentAt = Date.now();
+    sends.push(
+      fetch(`${stack.baseUrl}/api/conversations/${b.conversationId}/messages`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${b.token}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ content: `please book ${mark}${b.idx}` }),
+      })
+        .then((r) => json<{ message_id: string }>(r))
+        .then(
+          (r) => {
+            b.messageId = r.message_id;
+          },
+          (err: unknown) => {
+            // Counted, not fatal: an overloaded service refusing or timing out is a result too.
+            b.sendError = String((err as Error)?.message ?? err);
+          },
+        ),
+    );
+  }
+  await Promise.all(sends);
 }

@@ -14,6 +14,8 @@ import { table } from './stats.js';
 const { values } = parseArgs({
   options: {
     duration: { type: 'string', default: '5' },
+    /** Seconds of warm-up bookings (20/s, owners of their own) before each measured load; 0 = none. */
+    warmup: { type: 'string', default: '5' },
     loads: { type: 'string', default: '10,50,200' },
     concurrency: { type: 'string', default: '32' },
     'model-latency': { type: 'string', default: '300' },
@@ -43,6 +45,8 @@ const only = new Set(String(values.only).split(','));
 const workers = Number(values.workers);
 if (!Number.isInteger(workers) || workers < 0) throw new Error('--workers must be 0 or more');
 const modelLatencyMs = num('model-latency');
+const warmupS = Number(values.warmup);
+if (!Number.isFinite(warmupS) || warmupS < 0) throw new Error('--warmup must be 0 or more seconds');
 const googleLatencyMs = num('google-latency');
 
 const databases = new Set(String(values.databases).split(','));
@@ -73,7 +77,12 @@ for (const target of targets) {
       });
       const database = split ? `${target.name} (api + ${split} workers)` : target.name;
       try {
-        const r = await runPipeline(stack, { rate, durationS: num('duration'), owners: num('owners') });
+        const r = await runPipeline(stack, {
+          rate,
+          durationS: num('duration'),
+          owners: num('owners'),
+          warmupS: warmupS,
+        });
         (report.results as unknown[]).push({ kind: 'pipeline', database, ...r });
         process.stderr.write(`pipeline ${database} ${rate}/s done\n`);
       } finally {

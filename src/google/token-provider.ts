@@ -26,6 +26,14 @@ export interface TokenProviderOptions {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** The connection, if there is one and it is not revoked. */
+function usable(userId: string, c: CalendarConnection | undefined): CalendarConnection {
+  if (!c) throw new CalendarNotConnected(`user ${userId} has no Google Calendar connection`, 'missing');
+  if (c.status === 'revoked')
+    throw new CalendarNotConnected(`user ${userId}'s Google access was revoked`, 'revoked');
+  return c;
+}
+
 /**
  * Hands out a valid access token per owner, refreshing it through Google's token endpoint when it
  * is expired or about to be.
@@ -64,8 +72,7 @@ export class GoogleTokenProvider {
    */
   async accessToken(userId: string, rejected?: string): Promise<string> {
     const c = await this.#load(userId, this.options.cached);
-    const fresh = c.tokenExpiry.getTime() - this.#now().getTime() > this.#margin;
-    if (fresh && c.accessToken !== rejected) return c.accessToken;
+    if (this.#fresh(c, rejected)) return c.accessToken;
     let flight = this.#inFlight.get(userId);
     if (!flight) {
       flight = this.#refreshOnce(userId, rejected).finally(() => this.#inFlight.delete(userId));
@@ -78,32 +85,38 @@ export class GoogleTokenProvider {
     userId: string,
     read: (userId: string) => Promise<CalendarConnection | undefined> = (id) => this.connections.get(id),
   ) {
-    const c = await read(userId);
-    if (!c) throw new CalendarNotConnected(`user ${userId} has no Google Calendar connection`, 'missing');
-    if (c.status === 'revoked')
-      throw new CalendarNotConnected(`user ${userId}'s Google access was revoked`, 'revoked');
-    return c;
+    return usable(userId, await read(userId));
+  }
+
+  #fresh(c: CalendarConnection, rejected: string | undefined): boolean {
+    return c.tokenExpiry.getTime() - this.#now().getTime() > this.#margin && c.accessToken !== rejected;
   }
 
   async #refreshOnce(userId: string, rejected: string | undefined): Promise<string> {
     const deadline = Date.now() + this.#waitMs;
     for (;;) {
-      const c = await this.#load(userId);
-      const fresh = c.tokenExpiry.getTime() - this.#now().getTime() > this.#margin;
-      if (fresh && c.accessToken !== rejected) return c.accessToken;
-      if (await this.connections.tryLeaseRefresh(userId, this.#leaseMs)) {
+      // The lease and the row in one round trip. The row is read under the lease, so it is current:
+      // a previous holder may have stored a new token just now, and then it is used as it is.
+      const leased = await this.connections.leaseRefresh(userId, this.#leaseMs);
+      if (leased) {
+        let stored = false;
         try {
-          // Re-read under the lease: the previous holder may have stored a new token just now.
-          const current = await this.#load(userId);
-          const nowFresh = current.tokenExpiry.getTime() - this.#now().getTime() > this.#margin;
-          if (nowFresh && current.accessToken !== rejected) return current.accessToken;
+          const current = usable(userId, leased);
+          if (this.#fresh(current, rejected)) return current.accessToken;
           const token = await this.#refresh(current);
+          // Storing the new token gave the lease back in the same statement.
+          stored = token !== undefined;
           if (token !== undefined) return token;
           // Replaced while we refreshed (a reconnect): go round again and use what is stored now.
         } finally {
-          await this.connections.releaseRefreshLease(userId).catch(() => {});
+          if (!stored) await this.connections.releaseRefreshLease(userId).catch(() => {});
         }
+        continue;
       }
+      // Another process holds the lease (or there is no connection, which #load reports): wait for
+      // its token, polling the row.
+      const c = await this.#load(userId);
+      if (this.#fresh(c, rejected)) return c.accessToken;
       if (Date.now() > deadline) {
         throw new Upstream(`timed out waiting for another process to refresh ${userId}'s Google token`, true);
       }

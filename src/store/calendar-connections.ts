@@ -175,21 +175,25 @@ export class CalendarConnectionStore {
   }
 
   /**
-   * Takes this owner's refresh lease if nobody holds a live one. A lease, not a row lock held in a
-   * transaction: the refresh is a network call, and no transaction may stay open across one.
+   * Takes this owner's refresh lease if nobody holds a live one, and returns the connection as it
+   * stands under the lease (one round trip: the lease and the read). Undefined when someone else
+   * holds the lease, or there is no such connection. A lease, not a row lock held in a transaction:
+   * the refresh is a network call, and no transaction may stay open across one.
    */
-  async tryLeaseRefresh(userId: string, leaseMs: number): Promise<boolean> {
-    const r = await this.db
+  async leaseRefresh(userId: string, leaseMs: number): Promise<CalendarConnection | undefined> {
+    const row = await this.db
       .updateTable('google_calendar_tokens')
       .set({ refresh_lock_until: sql<Date>`now() + make_interval(secs => ${leaseMs / 1000})` })
       .where('user_id', '=', userId)
       .where((eb) =>
         eb.or([eb('refresh_lock_until', 'is', null), eb('refresh_lock_until', '<', sql<Date>`now()`)]),
       )
+      .returningAll()
       .executeTakeFirst();
-    return Number(r.numUpdatedRows) > 0;
+    return row ? this.toConnection(row) : undefined;
   }
 
+  /** Gives the refresh lease back (saveRefreshed and markRevoked do so themselves). */
   async releaseRefreshLease(userId: string): Promise<void> {
     await this.db
       .updateTable('google_calendar_tokens')

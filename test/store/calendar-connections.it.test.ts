@@ -1,7 +1,8 @@
 /**
  * The calendar connection store's compare-and-set writes: a refresh stores its result, and an
  * invalid_grant revokes, only while the tokens are still those the refresh read (its revision).
- * A reconnect in between (with or without a new refresh token) makes both change nothing.
+ * A reconnect in between (with or without a new refresh token) makes both change nothing. The refresh
+ * lease goes to one caller at a time, with the row read under it.
  */
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -97,5 +98,40 @@ describe('markRevoked', () => {
     await connected(userId);
     expect(await store.markRevoked(userId)).toBe(true);
     expect((await store.get(userId))?.status).toBe('revoked');
+  });
+});
+
+describe('leaseRefresh', () => {
+  it('hands the lease to one caller with the row as it stands; storing the refreshed token gives it back', async () => {
+    const userId = uid();
+    const c = await connected(userId);
+    const [first, second] = await Promise.all([
+      store.leaseRefresh(userId, 30_000),
+      store.leaseRefresh(userId, 30_000),
+    ]);
+    const leased = first ?? second;
+    expect([first, second].filter(Boolean)).toHaveLength(1);
+    expect(leased).toMatchObject({
+      accessToken: c.accessToken,
+      refreshToken: '1//first',
+      status: 'connected',
+    });
+    expect(await store.leaseRefresh(userId, 30_000)).toBeUndefined();
+    expect(
+      await store.saveRefreshed(userId, leased!.revision, { accessToken: 'ya29.new', expiry: inAnHour() }),
+    ).toBe(true);
+    // The stored token comes with the next lease.
+    expect(await store.leaseRefresh(userId, 30_000)).toMatchObject({ accessToken: 'ya29.new' });
+    await store.releaseRefreshLease(userId);
+    expect(await store.leaseRefresh(userId, 30_000)).toBeDefined();
+  });
+
+  it('takes over a lease whose holder died (expired), and gives nothing for an unknown owner', async () => {
+    const userId = uid();
+    await connected(userId);
+    expect(await store.leaseRefresh(userId, 1)).toBeDefined();
+    await new Promise((r) => setTimeout(r, 20));
+    expect(await store.leaseRefresh(userId, 30_000)).toBeDefined();
+    expect(await store.leaseRefresh(uid(), 30_000)).toBeUndefined();
   });
 });
