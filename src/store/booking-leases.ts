@@ -1,4 +1,4 @@
-import { type Kysely, sql } from 'kysely';
+import { type Kysely, sql, type Transaction } from 'kysely';
 import type { DB } from './schema.js';
 import { type BookingDB, widen } from './schema-booking.js';
 
@@ -46,8 +46,9 @@ export class BookingLeaseStore {
     return Number(r.numUpdatedRows) > 0;
   }
 
-  async release(userId: string, holder: string): Promise<void> {
-    await this.db
+  /** Gives the lease back; in `trx`, it is free when that transaction commits. */
+  async release(userId: string, holder: string, trx?: Transaction<DB>): Promise<void> {
+    await (trx ? widen(trx) : this.db)
       .deleteFrom('owner_booking_leases')
       .where('user_id', '=', userId)
       .where('holder', '=', holder)

@@ -33,7 +33,7 @@ import { friendlyTime, toZonedIso, zonedInstant, zoneOffsetMinutes } from '../do
 import type { MeetingRow, MeetingStore, NewMeeting } from '../store/meetings.js';
 import type { MessageWork } from '../store/messages.js';
 import type { OwnerEventSink } from './owner-events.js';
-import type { OwnerBookingLock, ReleaseOwnerLock } from './owner-lock.js';
+import type { OwnerBookingLock, OwnerLease } from './owner-lock.js';
 import type { ActionResponder, Reply, RespondOptions } from './process-message.js';
 
 export interface BookingServiceDeps {
@@ -75,7 +75,7 @@ interface ReplyContext {
   lastAttempt: boolean;
   booked: number;
   requested: Set<string>;
-  release?: ReleaseOwnerLock;
+  lease?: OwnerLease;
 }
 
 /**
@@ -89,7 +89,8 @@ interface ReplyContext {
  *
  * Never double-booked: the availability check (Google freeBusy plus our own scheduled meetings,
  * widened by the agent's buffer) and the insert run under the owner's booking lock, which is
- * released only after the reply (and its meeting row) committed or failed.
+ * given back in the reply's transaction (visible together with the meeting row), or after that
+ * transaction failed.
  */
 export class BookingService implements ActionResponder {
   constructor(private readonly deps: BookingServiceDeps) {}
@@ -132,17 +133,22 @@ export class BookingService implements ActionResponder {
         if (result.stop) break;
       }
     } catch (err) {
-      await ctx.release?.();
+      await ctx.lease?.release();
       throw err;
     }
+    const lease = ctx.lease;
     return {
       text: withProse(prose, texts.join('\n\n')),
-      persist: persists.length
-        ? async (trx) => {
-            for (const p of persists) await p(trx);
-          }
-        : undefined,
-      done: ctx.release,
+      // The owner's lease is given back in the reply's transaction, with the meeting row: the next
+      // booking sees both at once, and the release needs no commit of its own.
+      persist:
+        persists.length || lease
+          ? async (trx) => {
+              for (const p of persists) await p(trx);
+              await lease?.releaseIn(trx);
+            }
+          : undefined,
+      done: lease && ((committed) => lease.release(committed)),
     };
   }
 
@@ -217,7 +223,7 @@ export class BookingService implements ActionResponder {
   }
 
   async #lock(ctx: ReplyContext): Promise<void> {
-    ctx.release ??= await this.deps.lock.acquire(ctx.work.agent.userId);
+    ctx.lease ??= await this.deps.lock.acquire(ctx.work.agent.userId);
   }
 
   /** The owner's busy time in [from, to): Google's answer plus our own scheduled meetings. */

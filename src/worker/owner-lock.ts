@@ -1,7 +1,9 @@
 import { randomUUID } from 'node:crypto';
+import type { Transaction } from 'kysely';
 import type { Logger } from 'pino';
 import { Upstream } from '../domain/errors.js';
 import type { BookingLeaseStore } from '../store/booking-leases.js';
+import type { DB } from '../store/schema.js';
 
 export interface OwnerLockOptions {
   /** Lease length; renewed every third of it while held, so a crashed holder blocks at most this long. */
@@ -10,7 +12,21 @@ export interface OwnerLockOptions {
   waitMs?: number;
 }
 
-export type ReleaseOwnerLock = () => Promise<void>;
+/** A held owner lock. */
+export interface OwnerLease {
+  /**
+   * Gives the lease back inside the caller's transaction (the reply's, with the meeting row): the
+   * next booking of this owner can take it exactly when that row becomes visible, and the release
+   * costs no commit of its own.
+   */
+  releaseIn(trx: Transaction<DB>): Promise<void>;
+  /**
+   * Frees the lock once the reply's transaction is over. `committed`: that transaction committed,
+   * so a releaseIn inside it already gave the lease back; otherwise the lease row is deleted now.
+   * Idempotent.
+   */
+  release(committed?: boolean): Promise<void>;
+}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -41,7 +57,7 @@ export class OwnerBookingLock {
     this.#waitMs = options.waitMs ?? 25_000;
   }
 
-  async acquire(userId: string): Promise<ReleaseOwnerLock> {
+  async acquire(userId: string): Promise<OwnerLease> {
     const previous = this.#local.get(userId) ?? Promise.resolve();
     let releaseLocal!: () => void;
     const mine = new Promise<void>((resolve) => {
@@ -81,18 +97,28 @@ export class OwnerBookingLock {
       }, this.#leaseMs / 3);
       renewal.unref();
       let released = false;
-      return async () => {
-        if (released) return;
-        released = true;
-        clearInterval(renewal);
-        try {
-          await this.leases.release(userId, holder);
-        } catch (err) {
-          // It lapses by itself within leaseMs.
-          this.logger.warn({ err, user_id: userId }, 'could not release the booking lease');
-        } finally {
-          dropLocal();
-        }
+      let releasedInTrx = false;
+      return {
+        releaseIn: async (trx) => {
+          // No renewal from here on: it would wait on this transaction's row lock, then find the row
+          // gone. release() follows at once either way.
+          clearInterval(renewal);
+          await this.leases.release(userId, holder, trx);
+          releasedInTrx = true;
+        },
+        release: async (committed = false) => {
+          if (released) return;
+          released = true;
+          clearInterval(renewal);
+          try {
+            if (!(committed && releasedInTrx)) await this.leases.release(userId, holder);
+          } catch (err) {
+            // It lapses by itself within leaseMs.
+            this.logger.warn({ err, user_id: userId }, 'could not release the booking lease');
+          } finally {
+            dropLocal();
+          }
+        },
       };
     } catch (err) {
       dropLocal();

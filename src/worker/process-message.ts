@@ -24,8 +24,11 @@ import type { JobContext, MessageJob } from './queue.js';
 export interface Reply {
   text: string;
   persist?: (trx: Transaction<DB>) => Promise<void>;
-  /** Runs once the reply committed or failed to (releases the owner's booking lock). */
-  done?: (() => Promise<void>) | undefined;
+  /**
+   * Runs once the reply's transaction is over, saying whether it committed (releases the owner's
+   * booking lock; `persist` gave its lease back inside a committed transaction).
+   */
+  done?: ((committed: boolean) => Promise<void>) | undefined;
 }
 
 /** What a responder knows about the job attempt it runs in. */
@@ -121,6 +124,7 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
         phase = 'booking';
       });
       let stored: Awaited<ReturnType<MessageStore['storeReply']>>;
+      let committed = false;
       try {
         stored = await deps.db.transaction().execute(async (trx) => {
           const message = await deps.messages.storeReply(trx, {
@@ -135,9 +139,10 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
           await ctx.settle(trx);
           return message;
         });
+        committed = true;
       } finally {
         // The owner's booking lock is held until the meeting row is visible to the next booking.
-        await reply.done?.();
+        await reply.done?.(committed);
       }
       agentLog.info({ attempt: ctx.attempt, stored: Boolean(stored) }, 'message answered');
       deps.onOutcome?.('answered');

@@ -3,6 +3,7 @@
  * and reschedule / cancel by chat (issue 8) — through HTTP, the real clients and both emulators.
  */
 import { randomBytes } from 'node:crypto';
+import { sql } from 'kysely';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { CALENDAR_SCOPES } from '../emulators/google.js';
 import type { ChatRequest, ScriptedReply } from '../emulators/openai.js';
@@ -260,6 +261,100 @@ describe('availability before booking', () => {
     expect(replies.filter((r) => r.startsWith('Sorry, that time is not available.'))).toHaveLength(2);
     expect(liveEvents(o.email)).toHaveLength(1);
     expect(await meetingsOf(o.userId)).toHaveLength(1);
+  });
+
+  describe("the owner's lease", () => {
+    // Each release of a lease row is logged with the meetings of that owner written by the same
+    // transaction (a trigger in the database, so the real statements are observed).
+    beforeAll(async () => {
+      await sql`
+        CREATE TABLE lease_release_log (user_id text, meetings_in_same_tx int);
+        CREATE FUNCTION log_lease_release() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          INSERT INTO lease_release_log
+            SELECT OLD.user_id, count(*)::int FROM meetings
+             WHERE user_id = OLD.user_id AND xmin = xid(pg_current_xact_id());
+          RETURN OLD;
+        END $$;
+        CREATE TRIGGER lease_released AFTER DELETE ON owner_booking_leases
+          FOR EACH ROW EXECUTE FUNCTION log_lease_release();
+        CREATE FUNCTION refuse_meeting() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          RAISE EXCEPTION 'meeting rows refused by the test';
+        END $$;`.execute(s.app.database.db);
+    });
+    afterAll(async () => {
+      await sql`
+        DROP TRIGGER lease_released ON owner_booking_leases;
+        DROP FUNCTION log_lease_release();
+        DROP FUNCTION refuse_meeting();
+        DROP TABLE lease_release_log;`.execute(s.app.database.db);
+    });
+    const releases = async (userId: string) =>
+      (
+        await sql<{ meetings_in_same_tx: number }>`
+          SELECT meetings_in_same_tx FROM lease_release_log WHERE user_id = ${userId}`.execute(
+          s.app.database.db,
+        )
+      ).rows.map((r) => r.meetings_in_same_tx);
+    const leaseRows = async (userId: string) =>
+      (
+        await sql<{
+          n: number;
+        }>`SELECT count(*)::int AS n FROM owner_booking_leases WHERE user_id = ${userId}`.execute(
+          s.app.database.db,
+        )
+      ).rows[0]!.n;
+
+    it('is given back in the reply transaction, together with the meeting row; also when the time is refused', async () => {
+      const o = await newOwner();
+      const slot = ist(3, 15);
+      const booked = await ask(await chatWith(o), 'at 3pm', {
+        content: JSON.stringify([bookingAction(slot.iso)]),
+      });
+      expect(booked.startsWith('✅ Meeting confirmed!')).toBe(true);
+      expect(await releases(o.userId)).toEqual([1]);
+      const refused = await ask(await chatWith(o), 'at 3pm too', {
+        content: JSON.stringify([bookingAction(slot.iso)]),
+      });
+      expect(refused.startsWith('Sorry, that time is not available.')).toBe(true);
+      expect(await releases(o.userId)).toEqual([1, 0]);
+      expect(await leaseRows(o.userId)).toBe(0);
+    });
+
+    it('is given back after a reply transaction that failed, and the retry books once', async () => {
+      const o = await newOwner();
+      await sql`
+        CREATE TRIGGER refuse_meeting BEFORE INSERT ON meetings
+          FOR EACH ROW WHEN (NEW.user_id = ${sql.lit(o.userId)}) EXECUTE FUNCTION refuse_meeting()`.execute(
+        s.app.database.db,
+      );
+      const c = await chatWith(o);
+      s.openai.responder = () => ({ content: JSON.stringify([bookingAction(ist(3, 16).iso)]) });
+      const messageId = await s.send(c.conversation_id, c.customer_token, 'at 4pm');
+      const attempts = async () =>
+        (
+          await s.app.database.db
+            .selectFrom('messages')
+            .select('attempts')
+            .where('message_id', '=', messageId)
+            .executeTakeFirstOrThrow()
+        ).attempts;
+      const deadline = Date.now() + 20_000;
+      while ((await attempts()) < 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
+      expect(await attempts()).toBe(1);
+      // The failed transaction's release rolled back with it; the lease was deleted right after.
+      expect(await releases(o.userId)).toEqual([0]);
+      expect(await leaseRows(o.userId)).toBe(0);
+      await sql`DROP TRIGGER refuse_meeting ON meetings`.execute(s.app.database.db);
+      const list = await s.waitForReplies(c.conversation_id, c.customer_token, 1);
+      expect(list.filter((m) => m.role === 'assistant')[0]!.content.startsWith('✅ Meeting confirmed!')).toBe(
+        true,
+      );
+      expect(liveEvents(o.email)).toHaveLength(1);
+      expect(await meetingsOf(o.userId)).toHaveLength(1);
+      expect(await releases(o.userId)).toEqual([0, 1]);
+    });
   });
 });
 
