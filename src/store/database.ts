@@ -73,34 +73,68 @@ const PREPARED_PER_CONNECTION = 200;
  * a few executions plans it once too (plan_cache_mode auto). Parse and plan were ~40 % of the
  * server's time for our short statements (bench/README.md). node-postgres remembers the names per
  * connection and prepares again on a new one. Statements without parameters (BEGIN, COMMIT,
- * migrations, pg-boss's multi-statement transactions) stay unnamed; the names per connection are
- * bounded, so statements whose text varies (IN lists of any length) cannot grow the server's memory
- * without bound. pg-boss keeps its own pool and plain statements: its hot statements are dominated
- * by their commit, not their parsing, and its SQL is not ours to pin plans for.
+ * migrations) stay unnamed; the names per connection are bounded, so statements whose text varies
+ * (IN lists of any length) cannot grow the server's memory without bound.
  */
 export class PreparingClient extends pg.Client {
   readonly #names = new Map<string, string>();
   #prepared = 0;
+  /** Names this connection may use. */
+  protected readonly capacity: number = PREPARED_PER_CONNECTION;
+
+  /** Whether `text`, run with `values`, is worth a name on this connection. */
+  protected preparable(_text: string, values: unknown): boolean {
+    return Array.isArray(values) && values.length > 0;
+  }
 
   // biome-ignore lint/suspicious/noExplicitAny: node-postgres's query has a dozen overloads.
   override query(config: any, values?: any, callback?: any): any {
-    if (typeof config === 'string' && Array.isArray(values) && values.length > 0 && !callback) {
+    // (text, callback) is (text, undefined, callback); pg.Pool's own query() passes a callback.
+    if (typeof values === 'function' && callback === undefined) {
+      callback = values;
+      values = undefined;
+    }
+    if (typeof config === 'string' && this.preparable(config, values)) {
       let name = this.#names.get(config);
-      if (name === undefined && this.#prepared < PREPARED_PER_CONNECTION) {
+      if (name === undefined && this.#prepared < this.capacity) {
         name = `am_${this.#prepared++}`;
         this.#names.set(config, name);
       }
       if (name !== undefined) {
-        return (super.query({ name, text: config, values }) as Promise<unknown>).catch((err: unknown) => {
-          // A migration changed a table under a prepared `SELECT *` (a rolling deploy): PostgreSQL
-          // refuses that statement from now on. This execution fails (like any statement during a
-          // schema change); the next one prepares the text afresh under a new name.
-          if ((err as { code?: string }).code === '0A000') this.#names.delete(config);
+        // A migration changed a table under a prepared `SELECT *` (a rolling deploy): PostgreSQL
+        // refuses that statement from now on. This execution fails (like any statement during a
+        // schema change); the next one prepares the text afresh under a new name.
+        const forget = (err: unknown) => {
+          if ((err as { code?: string } | null)?.code === '0A000') this.#names.delete(config);
+        };
+        const named = { name, text: config, values };
+        if (typeof callback === 'function') {
+          return super.query(named, (err: Error, res: pg.QueryResult) => {
+            forget(err);
+            callback(err, res);
+          });
+        }
+        return (super.query(named) as Promise<unknown>).catch((err: unknown) => {
+          forget(err);
           throw err;
         });
       }
     }
     return super.query(config, values, callback);
+  }
+}
+
+/**
+ * pg-boss's connections: its statements carry their constants in the text (queue name, batch
+ * size), so single statements without parameters are prepared too. Its job fetch, the heaviest
+ * statement per booking on the server (~2.5 ms, about half of it planning), then runs on a cached
+ * plan. Multi-statement texts (its maintenance transactions) cannot be prepared and stay plain. The
+ * fetch's text changes with the batch size, so fewer names per connection are allowed.
+ */
+export class BossPreparingClient extends PreparingClient {
+  protected override readonly capacity = 64;
+  protected override preparable(text: string, values: unknown): boolean {
+    return super.preparable(text, values) || !text.includes(';');
   }
 }
 
@@ -155,6 +189,8 @@ async function openServer(
       // job completion with it) runs on our pool, in our transactions, and commits synchronously;
       // WAL is sequential, so such a commit also makes every earlier one durable.
       options: '-c synchronous_commit=off',
+      // Handed to pg-boss's pg.Pool as is.
+      ...(preparedStatements ? { Client: BossPreparingClient } : {}),
       schema: bossSchemaFor(schema),
       max: Math.max(2, Math.ceil(poolSize / 2)),
       useListenNotify: true,

@@ -1,7 +1,8 @@
 /**
  * Server connection settings: our parameterized statements run as named prepared statements (parsed
  * once per connection) unless DATABASE_PREPARED_STATEMENTS=off (for transaction-pooling proxies);
- * pg-boss's own connections commit without waiting for the WAL flush, ours wait.
+ * pg-boss's connections prepare its single statements too (its constants are in the text), and
+ * commit without waiting for the WAL flush, ours wait.
  */
 import { sql } from 'kysely';
 import pg from 'pg';
@@ -38,6 +39,71 @@ describe.runIf(testDatabaseKind() === 'server')('prepared statements (server)', 
 
   it('prepares nothing when turned off', async () => {
     expect(await preparedAfterTwoRuns(false)).toEqual([]);
+  });
+});
+
+describe.runIf(testDatabaseKind() === 'server')("pg-boss's prepared statements (server)", () => {
+  async function bossPool(preparedStatements: boolean) {
+    const options = testDatabaseOptions({ fresh: true });
+    const database = await openDatabase({ ...options, preparedStatements });
+    const pool = new pg.Pool({ ...(database.bossOptions() as pg.PoolConfig), max: 1 });
+    return {
+      pool,
+      async close() {
+        await pool.end();
+        await database.close();
+        await options.cleanup();
+      },
+    };
+  }
+  const prepared = async (client: pg.PoolClient) =>
+    (await client.query('SELECT statement FROM pg_prepared_statements')).rows
+      .map((r: { statement: string }) => r.statement)
+      .filter((text: string) => !text.includes('pg_prepared_statements'));
+
+  it('prepares single statements without parameters; multi-statement texts stay plain; names are bounded', async () => {
+    const { pool, close } = await bossPool(true);
+    try {
+      // pg-boss runs most statements through pool.query (node-postgres's callback form).
+      for (let i = 0; i < 2; i++) expect((await pool.query('SELECT 43 AS n')).rows).toEqual([{ n: 43 }]);
+      const client = await pool.connect();
+      try {
+        for (let i = 0; i < 2; i++) expect((await client.query('SELECT 41 AS n')).rows).toEqual([{ n: 41 }]);
+        expect((await client.query('SELECT $1::int AS n', [42])).rows).toEqual([{ n: 42 }]);
+        const multi = (await client.query('SELECT 1 AS a; SELECT 2 AS b')) as unknown as pg.QueryResult[];
+        expect(multi.map((r) => r.rows[0])).toEqual([{ a: 1 }, { b: 2 }]);
+        expect(await prepared(client)).toEqual(
+          expect.arrayContaining(['SELECT 41 AS n', 'SELECT $1::int AS n']),
+        );
+        expect((await prepared(client)).some((t) => t.includes('SELECT 2 AS b'))).toBe(false);
+        // Texts that differ in a constant (pg-boss's batch size) take a name each, up to a bound.
+        for (let i = 0; i < 100; i++)
+          expect((await client.query(`SELECT ${i} AS v`)).rows).toEqual([{ v: i }]);
+        const names = await prepared(client);
+        expect(names.length).toBeLessThanOrEqual(64);
+        expect(names.length).toBeGreaterThan(32);
+      } finally {
+        client.release();
+      }
+    } finally {
+      await close();
+    }
+  });
+
+  it('prepares nothing when turned off', async () => {
+    const { pool, close } = await bossPool(false);
+    try {
+      const client = await pool.connect();
+      try {
+        await client.query('SELECT 41 AS n');
+        await client.query('SELECT $1::int AS n', [42]);
+        expect(await prepared(client)).toEqual([]);
+      } finally {
+        client.release();
+      }
+    } finally {
+      await close();
+    }
   });
 });
 
