@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { Agent, request } from 'node:http';
 import { REPO_ROOT } from '../test/helpers/process.js';
-import { type BenchStack, json } from './setup.js';
+import { type BenchStack, createOwner, openConversation } from './setup.js';
 import { cpuSeconds, round, summarize } from './stats.js';
 
 export interface ApiResult {
@@ -133,35 +133,10 @@ export async function runApi(
   opts: { concurrency: number; durationS: number },
 ): Promise<ApiResult[]> {
   const admin = { authorization: `Bearer ${stack.adminKey}`, 'content-type': 'application/json' };
-  const grant = stack.google.grant({ email: 'api-bench@bench.test' });
-  await json(
-    await fetch(`${stack.baseUrl}/api/users/api-bench/google-calendar/connect`, {
-      method: 'POST',
-      headers: admin,
-      body: JSON.stringify({
-        access_token: grant.access_token,
-        refresh_token: grant.refresh_token,
-        token_expiry: grant.expiry.toISOString(),
-        scope: 'https://www.googleapis.com/auth/calendar',
-      }),
-    }),
-  );
-  const agent = await json<{ agent_id: string }>(
-    await fetch(`${stack.baseUrl}/api/agents`, {
-      method: 'POST',
-      headers: admin,
-      body: JSON.stringify({ user_id: 'api-bench', name: 'A' }),
-    }),
-  );
+  const owner = await createOwner(stack, 'api-bench');
   const chats: Array<{ id: string; auth: Record<string, string> }> = [];
   for (let i = 0; i < 200; i++) {
-    const c = await json<{ conversation_id: string; customer_token: string }>(
-      await fetch(`${stack.baseUrl}/api/agents/${agent.agent_id}/conversations`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: '{}',
-      }),
-    );
+    const c = await openConversation(stack, owner.agentId);
     chats.push({
       id: c.conversation_id,
       auth: { authorization: `Bearer ${c.customer_token}`, 'content-type': 'application/json' },

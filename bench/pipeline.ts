@@ -1,5 +1,12 @@
 import { messageText } from '../test/emulators/openai.js';
-import { type BenchStack, eachLimited, json } from './setup.js';
+import {
+  type BenchOwner,
+  type BenchStack,
+  createOwner,
+  eachLimited,
+  json,
+  openConversation,
+} from './setup.js';
 import { cpuMeter, round, summarize } from './stats.js';
 
 export interface PipelineResult {
@@ -31,13 +38,6 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Warm-up bookings per second at most (with as many owners of their own). */
 const WARMUP_RATE = 20;
-
-interface Owner {
-  userId: string;
-  email: string;
-  agentId: string;
-  refreshToken: string;
-}
 
 interface Booking {
   idx: number;
@@ -260,49 +260,20 @@ async function waitForInserts(stack: BenchStack, count: number) {
 }
 
 /** `count` owners, each with a Google connection (token expiring in 2 minutes) and an agent. */
-async function createOwners(stack: BenchStack, prefix: string, count: number): Promise<Owner[]> {
-  const admin = { authorization: `Bearer ${stack.adminKey}`, 'content-type': 'application/json' };
-  const owners: Owner[] = [];
+async function createOwners(stack: BenchStack, prefix: string, count: number): Promise<BenchOwner[]> {
+  const owners: BenchOwner[] = [];
   for (let i = 0; i < count; i++) {
-    const userId = `${prefix}-${i}`;
-    const email = `${userId}@bench.test`;
-    const grant = stack.google.grant({ email, accessTokenExpiresInSeconds: 120 });
-    await json(
-      await fetch(`${stack.baseUrl}/api/users/${userId}/google-calendar/connect`, {
-        method: 'POST',
-        headers: admin,
-        body: JSON.stringify({
-          access_token: grant.access_token,
-          refresh_token: grant.refresh_token,
-          token_expiry: grant.expiry.toISOString(),
-          scope: `https://www.googleapis.com/auth/calendar ${grant.scope}`,
-        }),
-      }),
-    );
-    const agent = await json<{ agent_id: string }>(
-      await fetch(`${stack.baseUrl}/api/agents`, {
-        method: 'POST',
-        headers: admin,
-        body: JSON.stringify({ user_id: userId, name: 'Bench' }),
-      }),
-    );
-    owners.push({ userId, email, agentId: agent.agent_id, refreshToken: grant.refresh_token });
+    owners.push(await createOwner(stack, `${prefix}-${i}`, { accessTokenExpiresInSeconds: 120 }));
   }
   return owners;
 }
 
 /** `count` conversations, spread round-robin over `owners`. */
-async function openConversations(stack: BenchStack, owners: Owner[], count: number): Promise<Booking[]> {
+async function openConversations(stack: BenchStack, owners: BenchOwner[], count: number): Promise<Booking[]> {
   const bookings: Booking[] = [];
   for (let i = 0; i < count; i++) {
     const owner = i % owners.length;
-    const c = await json<{ conversation_id: string; customer_token: string }>(
-      await fetch(`${stack.baseUrl}/api/agents/${owners[owner]!.agentId}/conversations`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: '{}',
-      }),
-    );
+    const c = await openConversation(stack, owners[owner]!.agentId);
     bookings.push({
       idx: i,
       conversationId: c.conversation_id,

@@ -160,3 +160,58 @@ export async function eachLimited<T>(items: T[], limit: number, fn: (item: T, i:
     }),
   );
 }
+
+export interface BenchOwner {
+  userId: string;
+  email: string;
+  agentId: string;
+  refreshToken: string;
+}
+
+/**
+ * An owner as the dashboard makes one, through the admin API: a Google connection (a grant of the
+ * emulator, for `<userId>@bench.test`) and an agent.
+ */
+export async function createOwner(
+  stack: BenchStack,
+  userId: string,
+  grantOptions: { accessTokenExpiresInSeconds?: number } = {},
+): Promise<BenchOwner> {
+  const admin = { authorization: `Bearer ${stack.adminKey}`, 'content-type': 'application/json' };
+  const email = `${userId}@bench.test`;
+  const grant = stack.google.grant({ email, ...grantOptions });
+  await json(
+    await fetch(`${stack.baseUrl}/api/users/${userId}/google-calendar/connect`, {
+      method: 'POST',
+      headers: admin,
+      body: JSON.stringify({
+        access_token: grant.access_token,
+        refresh_token: grant.refresh_token,
+        token_expiry: grant.expiry.toISOString(),
+        scope: `https://www.googleapis.com/auth/calendar ${grant.scope}`,
+      }),
+    }),
+  );
+  const agent = await json<{ agent_id: string }>(
+    await fetch(`${stack.baseUrl}/api/agents`, {
+      method: 'POST',
+      headers: admin,
+      body: JSON.stringify({ user_id: userId, name: 'Bench' }),
+    }),
+  );
+  return { userId, email, agentId: agent.agent_id, refreshToken: grant.refresh_token };
+}
+
+/** A customer conversation with the agent: its id and the customer's token. */
+export async function openConversation(
+  stack: BenchStack,
+  agentId: string,
+): Promise<{ conversation_id: string; customer_token: string }> {
+  return json(
+    await fetch(`${stack.baseUrl}/api/agents/${agentId}/conversations`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: '{}',
+    }),
+  );
+}

@@ -5,22 +5,12 @@
  * logged with their cause, and the customer gets MEETING_ERROR_MESSAGE.
  */
 import { randomBytes } from 'node:crypto';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { Fault } from '../emulators/google.js';
-import { type Stack, startStack } from '../helpers/stack.js';
+import { useStack } from '../helpers/stack.js';
 
-let s: Stack;
-beforeAll(async () => {
-  // One job retry (so that exhausting every attempt stays quick) and a short Google timeout.
-  s = await startStack({ JOB_RETRY_LIMIT: '1', GOOGLE_TIMEOUT_MS: '2000' });
-});
-afterAll(async () => {
-  await s?.close();
-});
-beforeEach(() => {
-  s.openai.reset();
-  s.google.reset();
-});
+// One job retry (so that exhausting every attempt stays quick) and a short Google timeout.
+const s = useStack({ JOB_RETRY_LIMIT: '1', GOOGLE_TIMEOUT_MS: '2000' });
 
 const uid = (prefix: string) => `${prefix}-${randomBytes(5).toString('hex')}`;
 const ownerEmail = (userId: string) => `${userId}@owner.test`;

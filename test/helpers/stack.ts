@@ -1,3 +1,4 @@
+import { afterAll, beforeAll, beforeEach } from 'vitest';
 import type { ApplicationOptions } from '../../src/app.js';
 import { type GoogleEmulator, startGoogleEmulator } from '../emulators/google.js';
 import { type OpenAIEmulator, startOpenAIEmulator } from '../emulators/openai.js';
@@ -135,4 +136,29 @@ export async function startStack(
     },
   };
   return stack;
+}
+
+/**
+ * The stack of a test file: started before its first test, closed after its last, both emulators
+ * reset before each test. Use it from the file's top level; the returned object stands for the stack
+ * once it started (reading it earlier throws).
+ */
+export function useStack(env: Record<string, string> = {}, options: ApplicationOptions = {}): Stack {
+  let stack: Stack | undefined;
+  beforeAll(async () => {
+    stack = await startStack(env, options);
+  });
+  afterAll(async () => {
+    await stack?.close();
+  });
+  beforeEach(() => {
+    stack?.openai.reset();
+    stack?.google.reset();
+  });
+  return new Proxy({} as Stack, {
+    get(_target, key) {
+      if (!stack) throw new Error('the stack starts in beforeAll: use it inside hooks and tests');
+      return Reflect.get(stack, key);
+    },
+  });
 }

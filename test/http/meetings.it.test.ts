@@ -4,21 +4,11 @@
  * admin key. Meetings are booked through the real path: customer message -> model -> Google emulator.
  */
 import { randomBytes } from 'node:crypto';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { ADMIN_KEY } from '../helpers/app.js';
-import { type Stack, startStack } from '../helpers/stack.js';
+import { useStack } from '../helpers/stack.js';
 
-let s: Stack;
-beforeAll(async () => {
-  s = await startStack();
-});
-afterAll(async () => {
-  await s?.close();
-});
-beforeEach(() => {
-  s.openai.reset();
-  s.google.reset();
-});
+const s = useStack();
 
 type Meeting = Record<string, unknown> & { meeting_id: string; meeting_time: string; status: string };
 

@@ -4,24 +4,14 @@
  */
 import { randomBytes } from 'node:crypto';
 import { sql } from 'kysely';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CALENDAR_SCOPES } from '../emulators/google.js';
 import type { ChatRequest, ScriptedReply } from '../emulators/openai.js';
 import { messageText } from '../emulators/openai.js';
 import { bookingAction } from '../helpers/actions.js';
-import { type Stack, startStack } from '../helpers/stack.js';
+import { useStack } from '../helpers/stack.js';
 
-let s: Stack;
-beforeAll(async () => {
-  s = await startStack();
-});
-afterAll(async () => {
-  await s?.close();
-});
-beforeEach(() => {
-  s.openai.reset();
-  s.google.reset();
-});
+const s = useStack();
 
 const uid = (prefix: string) => `${prefix}-${randomBytes(5).toString('hex')}`;
 const ownerEmail = (userId: string) => `${userId}@owner.test`;

@@ -6,21 +6,13 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { calendar_v3 } from '@googleapis/calendar';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it } from 'vitest';
 import type { ScriptedReply } from '../emulators/openai.js';
 import { messageText } from '../emulators/openai.js';
-import { type Stack, startStack } from '../helpers/stack.js';
+import { useStack } from '../helpers/stack.js';
 
-let s: Stack;
-beforeAll(async () => {
-  s = await startStack();
-});
-afterAll(async () => {
-  await s?.close();
-});
+const s = useStack();
 beforeEach(() => {
-  s.openai.reset();
-  s.google.reset();
   s.google.conferenceMode = 'success';
   s.google.pendingPolls = 2;
 });
