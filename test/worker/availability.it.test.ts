@@ -10,6 +10,7 @@ import type { ChatRequest, ScriptedReply } from '../emulators/openai.js';
 import { messageText } from '../emulators/openai.js';
 import { bookingAction } from '../helpers/actions.js';
 import { useStack } from '../helpers/stack.js';
+import { friendlyIn, wallTime } from '../helpers/time.js';
 
 const s = useStack();
 
@@ -24,33 +25,8 @@ const ALL_WEEK_9_TO_17 = Object.fromEntries(
 );
 
 /** `hour:minute` IST, `days` after today's IST date. */
-function ist(days: number, hour: number, minute = 0) {
-  const local = new Date(Date.now() + IST * 60_000);
-  const localMs = Date.UTC(
-    local.getUTCFullYear(),
-    local.getUTCMonth(),
-    local.getUTCDate() + days,
-    hour,
-    minute,
-  );
-  return {
-    iso: `${new Date(localMs).toISOString().slice(0, 19)}+05:30`,
-    at: new Date(localMs - IST * 60_000),
-    date: new Date(localMs).toISOString().slice(0, 10),
-  };
-}
-
-const friendly = (at: Date) =>
-  new Intl.DateTimeFormat('en-US', {
-    timeZone: 'Asia/Kolkata',
-    weekday: 'long',
-    year: 'numeric',
-    month: 'long',
-    day: 'numeric',
-    hour: 'numeric',
-    minute: '2-digit',
-    timeZoneName: 'short',
-  }).format(at);
+const ist = (days: number, hour: number, minute = 0) => wallTime(days, hour, minute, IST);
+const friendly = (at: Date) => friendlyIn('Asia/Kolkata', at);
 
 interface Chat {
   userId: string;

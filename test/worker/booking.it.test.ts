@@ -10,6 +10,7 @@ import { beforeEach, describe, expect, it } from 'vitest';
 import type { ScriptedReply } from '../emulators/openai.js';
 import { messageText } from '../emulators/openai.js';
 import { useStack } from '../helpers/stack.js';
+import { friendlyIn, wallTime } from '../helpers/time.js';
 
 const s = useStack();
 beforeEach(() => {
@@ -21,29 +22,6 @@ type Event = calendar_v3.Schema$Event;
 
 const uid = (prefix: string) => `${prefix}-${randomBytes(5).toString('hex')}`;
 const ownerEmail = (userId: string) => `${userId}@owner.test`;
-
-function formatOffset(minutes: number): string {
-  const abs = Math.abs(minutes);
-  const hh = String(Math.floor(abs / 60)).padStart(2, '0');
-  const mm = String(abs % 60).padStart(2, '0');
-  return `${minutes < 0 ? '-' : '+'}${hh}:${mm}`;
-}
-
-/** `hour:minute` local time, `days` after today's date in that offset: RFC 3339 text and the instant. */
-function wallTime(days: number, hour: number, minute: number, offsetMinutes: number) {
-  const local = new Date(Date.now() + offsetMinutes * 60_000);
-  const localMs = Date.UTC(
-    local.getUTCFullYear(),
-    local.getUTCMonth(),
-    local.getUTCDate() + days,
-    hour,
-    minute,
-  );
-  return {
-    iso: `${new Date(localMs).toISOString().slice(0, 19)}${formatOffset(offsetMinutes)}`,
-    at: new Date(localMs - offsetMinutes * 60_000),
-  };
-}
 
 /** The seed's action (step 3), with overrides. */
 function seedAction(over: Record<string, unknown> = {}): Record<string, unknown> {
@@ -252,16 +230,7 @@ describe('booking: the seed flow', () => {
     const ev = s.google.events(c.email)[0]!;
     expect(ev.summary).toBe('Onboarding call');
     expect(ev.attendees?.map((a) => a.email)).toEqual(['ana@example.com', 'bob@example.com']);
-    const when = new Intl.DateTimeFormat('en-US', {
-      timeZone: 'America/New_York',
-      weekday: 'long',
-      year: 'numeric',
-      month: 'long',
-      day: 'numeric',
-      hour: 'numeric',
-      minute: '2-digit',
-      timeZoneName: 'short',
-    }).format(start.at);
+    const when = friendlyIn('America/New_York', start.at);
     expect(reply).toBe(confirmation(when, ev.hangoutLink!));
     const [m] = await meetingsOf(c.userId);
     expect(m).toMatchObject({
