@@ -104,9 +104,11 @@ export class GoogleTokenProvider {
           const current = usable(userId, leased);
           if (this.#fresh(current, rejected)) return current.accessToken;
           const token = await this.#refresh(current);
-          // Storing the new token gave the lease back in the same statement.
-          stored = token !== undefined;
-          if (token !== undefined) return token;
+          if (token !== undefined) {
+            // Storing the new token gave the lease back in the same statement.
+            stored = true;
+            return token;
+          }
           // Replaced while we refreshed (a reconnect): go round again and use what is stored now.
         } finally {
           if (!stored) await this.connections.releaseRefreshLease(userId).catch(() => {});

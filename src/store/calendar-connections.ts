@@ -95,17 +95,6 @@ export class CalendarConnectionStore {
     return row ? this.toConnection(row) : undefined;
   }
 
-  /** Same as get() but locks the row until the transaction ends (one refresher per owner). */
-  async getForUpdate(trx: Transaction<DB>, userId: string): Promise<CalendarConnection | undefined> {
-    const row = await trx
-      .selectFrom('google_calendar_tokens')
-      .selectAll()
-      .where('user_id', '=', userId)
-      .forUpdate()
-      .executeTakeFirst();
-    return row ? this.toConnection(row) : undefined;
-  }
-
   async list(limit: number, afterUserId?: string): Promise<CalendarConnectionSummary[]> {
     let q = this.db
       .selectFrom('google_calendar_tokens')
