@@ -120,14 +120,19 @@ const stages = results
   .map((r) => ({
     database: r.database!,
     offered_per_s: r.offered_per_s!,
-    ...(r.stages as unknown as Record<string, number>),
+    ...Object.fromEntries(
+      Object.entries(r.stages as unknown as Record<string, { p50: number; p99: number }>).map(([k, v]) => [
+        k,
+        `${v.p50} / ${v.p99}`,
+      ]),
+    ),
   }));
 const api = results.filter((r) => r.kind === 'api').map(({ kind: _k, ...r }) => r);
 const out = [
   `Pipeline (model ${modelLatencyMs} ms, Google ${googleLatencyMs} ms; overhead = end-to-end minus each booking's emulator time)`,
   table(pipeline),
   '',
-  'Where the overhead goes (p50 ms per stage, emulator time excluded)',
+  'Where the overhead goes (p50 / p99 ms per stage, emulator time excluded)',
   table(stages),
   '',
   'API (service, bare route and load generator each in their own process, same run)',

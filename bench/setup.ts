@@ -66,6 +66,9 @@ export async function startBenchStack(opts: {
     RATE_LIMIT_PER_IP: '1000000',
     RATE_LIMIT_PER_CONVERSATION: '1000000',
     MAX_BOOKINGS_PER_CONVERSATION: '1000',
+    // The bench books one hour apart per booking (bench/pipeline.ts): 200/s for 10 s reaches 83 days
+    // ahead, past the 90-day default for longer runs.
+    BOOKING_HORIZON_DAYS: '3650',
     LOG_LEVEL: 'warn',
     ...opts.extraEnv,
   };
