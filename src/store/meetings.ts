@@ -1,7 +1,9 @@
 import { type Kysely, type Selectable, sql, type Transaction } from 'kysely';
+import { meetingEventData, type OwnerEventType } from '../domain/owner-events.js';
 import { newId } from './ids.js';
 import type { DB, MeetingTable } from './schema.js';
 import { type BookingDB, widen } from './schema-booking.js';
+import { deliveryInsert } from './webhooks.js';
 
 export type Meeting = Selectable<MeetingTable>;
 /** A meeting with the reschedule columns of migration 005. */
@@ -38,17 +40,45 @@ export interface MeetingFilter {
 export class MeetingStore {
   constructor(private readonly db: Kysely<DB>) {}
 
-  /** Inserts once per idempotency key; a second insert with the same key is a no-op (undefined). */
-  async insert(trx: Transaction<DB>, m: NewMeeting): Promise<Meeting | undefined> {
-    return trx
-      .insertInto('meetings')
-      .values({
-        meeting_id: newId('mtg'),
+  /**
+   * A booking's rows in one statement of the reply's transaction (one round trip where a meeting
+   * insert, WebhookStore.record and BookingLeaseStore.release took three): the meeting, once per
+   * idempotency key (a second insert with the same key writes nothing); the owner's webhook
+   * delivery of `event`, only when the meeting row is new and the owner has a webhook; and the
+   * owner's booking lease given back (free when the transaction commits, together with the meeting
+   * row). Returns the meeting when it was inserted, and the delivery's id when one was written: its
+   * job is the caller's to enqueue, in `trx`.
+   *
+   * The event's payload is built from the row as it is inserted (the id is chosen here), so it is
+   * what meetingEventData would make of the stored row.
+   */
+  async insertBooked(
+    trx: Transaction<DB>,
+    m: NewMeeting,
+    options: {
+      event?: { type: OwnerEventType; key: (meetingId: string) => string } | undefined;
+      lease?: { userId: string; holder: string } | undefined;
+    },
+  ): Promise<{ meeting: Meeting | undefined; deliveryId: string | undefined }> {
+    const meetingId = newId('mtg');
+    const parts = [
+      sql`ins AS (
+        INSERT INTO meetings (meeting_id, user_id, agent_id, conversation_id, message_id, idempotency_key,
+                              google_event_id, title, customer_name, customer_email, participants,
+                              meeting_time, duration_minutes, timezone, meet_link, html_link, status)
+        VALUES (${meetingId}, ${m.userId}, ${m.agentId}, ${m.conversationId}, ${m.messageId},
+                ${m.idempotencyKey}, ${m.googleEventId}, ${m.title}, ${m.customerName}, ${m.customerEmail},
+                ${m.participants}::text[], ${m.meetingTime}, ${m.durationMinutes}, ${m.timezone}, ${m.meetLink},
+                ${m.htmlLink}, 'scheduled')
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING *)`,
+    ];
+    if (options.event) {
+      const data = meetingEventData({
+        meeting_id: meetingId,
         user_id: m.userId,
         agent_id: m.agentId,
         conversation_id: m.conversationId,
-        message_id: m.messageId,
-        idempotency_key: m.idempotencyKey,
         google_event_id: m.googleEventId,
         title: m.title,
         customer_name: m.customerName,
@@ -60,10 +90,24 @@ export class MeetingStore {
         meet_link: m.meetLink,
         html_link: m.htmlLink,
         status: 'scheduled',
-      })
-      .onConflict((oc) => oc.column('idempotency_key').doNothing())
-      .returningAll()
-      .executeTakeFirst();
+      });
+      const event = { userId: m.userId, type: options.event.type, key: options.event.key(meetingId), data };
+      parts.push(sql`delivered AS (${deliveryInsert(event, 'ins')})`);
+    }
+    if (options.lease) {
+      // Data-modifying CTEs run whether or not the final SELECT reads them.
+      parts.push(sql`released AS (
+        DELETE FROM owner_booking_leases
+         WHERE user_id = ${options.lease.userId} AND holder = ${options.lease.holder})`);
+    }
+    const delivered = options.event ? sql`(SELECT delivery_id FROM delivered)` : sql`NULL::text`;
+    const r = await sql<Meeting & { delivery_id: string | null }>`
+      WITH ${sql.join(parts)}
+      SELECT ins.*, ${delivered} AS delivery_id FROM (SELECT 1) AS one LEFT JOIN ins ON true`.execute(trx);
+    const row = r.rows[0];
+    if (!row?.meeting_id) return { meeting: undefined, deliveryId: undefined };
+    const { delivery_id, ...meeting } = row;
+    return { meeting, deliveryId: delivery_id ?? undefined };
   }
 
   /**

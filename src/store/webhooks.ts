@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { type Kysely, type Selectable, sql, type Transaction } from 'kysely';
+import { type Kysely, type RawBuilder, type Selectable, sql, type Transaction } from 'kysely';
 import type { OwnerEvent } from '../domain/owner-events.js';
 import type { DB } from './schema.js';
 import { type BookingDB, type WebhookDeliveryTable, widen } from './schema-booking.js';
@@ -16,6 +16,23 @@ export interface OwnerWebhook {
 }
 
 const deliveryId = () => `whd_${randomBytes(10).toString('hex')}`;
+
+/**
+ * The statement that records an event's delivery (see WebhookStore.record), for use as a part of a
+ * larger statement: the row exists only if the owner has a webhook, once per event key, and, with
+ * `onlyIfRowIn`, only if that CTE of the enclosing statement produced a row (the change happened).
+ * Returns the new delivery's id through RETURNING.
+ */
+export function deliveryInsert(e: OwnerEvent, onlyIfRowIn?: string): RawBuilder<{ delivery_id: string }> {
+  const also = onlyIfRowIn ? sql`AND EXISTS (SELECT 1 FROM ${sql.ref(onlyIfRowIn)})` : sql``;
+  return sql<{ delivery_id: string }>`
+      INSERT INTO webhook_deliveries (delivery_id, user_id, event_type, event_key, payload)
+      SELECT ${deliveryId()}, user_id, ${e.type}, ${e.key.slice(0, 200)}, ${JSON.stringify(e.data)}::jsonb
+        FROM owner_webhooks
+       WHERE user_id = ${e.userId} ${also}
+      ON CONFLICT (event_key) DO NOTHING
+      RETURNING delivery_id`;
+}
 
 /** Owner webhooks (secret sealed by the SecretBox, bound to the owner's row) and their deliveries. */
 export class WebhookStore {
@@ -67,13 +84,7 @@ export class WebhookStore {
    */
   async record(trx: Transaction<DB>, e: OwnerEvent): Promise<string | undefined> {
     // One statement: the delivery row exists only if the owner has a webhook (no separate lookup).
-    const r = await sql<{ delivery_id: string }>`
-      INSERT INTO webhook_deliveries (delivery_id, user_id, event_type, event_key, payload)
-      SELECT ${deliveryId()}, user_id, ${e.type}, ${e.key.slice(0, 200)}, ${JSON.stringify(e.data)}::jsonb
-        FROM owner_webhooks
-       WHERE user_id = ${e.userId}
-      ON CONFLICT (event_key) DO NOTHING
-      RETURNING delivery_id`.execute(trx);
+    const r = await deliveryInsert(e).execute(trx);
     return r.rows[0]?.delivery_id;
   }
 

@@ -1,3 +1,4 @@
+import type { Transaction } from 'kysely';
 import type { Logger } from 'pino';
 import {
   type BookingSettings,
@@ -32,6 +33,7 @@ import { BOOKING_ACTION, CANCEL_ACTION, RESCHEDULE_ACTION } from '../domain/prom
 import { friendlyTime, toZonedIso, zonedInstant, zoneOffsetMinutes } from '../domain/time.js';
 import type { MeetingRow, MeetingStore, NewMeeting } from '../store/meetings.js';
 import type { MessageWork } from '../store/messages.js';
+import type { DB } from '../store/schema.js';
 import type { OwnerEventSink } from './owner-events.js';
 import type { OwnerBookingLock, OwnerLease } from './owner-lock.js';
 import type { ActionResponder, Reply, RespondOptions } from './process-message.js';
@@ -56,7 +58,11 @@ const SEARCH_AFTER_MS = 14 * 86_400_000;
 const MAX_LISTED_SLOTS = 16;
 const MAX_CHECK_DAYS = 14;
 
-type Persist = NonNullable<Reply['persist']>;
+/**
+ * Writes an outcome's rows in the reply's transaction. Given the owner's lease, it may give it back
+ * in its own statement (a booking does, see MeetingStore.insertBooked) and then returns true.
+ */
+type Persist = (trx: Transaction<DB>, lease: OwnerLease | undefined) => Promise<boolean>;
 interface Outcome {
   text: string;
   persist?: Persist;
@@ -140,12 +146,14 @@ export class BookingService implements ActionResponder {
     return {
       text: withProse(prose, texts.join('\n\n')),
       // The owner's lease is given back in the reply's transaction, with the meeting row: the next
-      // booking sees both at once, and the release needs no commit of its own.
+      // booking sees both at once, and the release needs no commit of its own. A booking's statement
+      // gives it back with its meeting row; otherwise a statement of its own does.
       persist:
         persists.length || lease
           ? async (trx) => {
-              for (const p of persists) await p(trx);
-              await lease?.releaseIn(trx);
+              let given = false;
+              for (const p of persists) given = (await p(trx, given ? undefined : lease)) || given;
+              if (lease && !given) await lease.releaseIn(trx);
             }
           : undefined,
       done: lease && ((committed) => lease.release(committed)),
@@ -481,16 +489,15 @@ export class BookingService implements ActionResponder {
     const when = request.friendlyTime ?? friendlyTime(request.start, agent.timezone);
     return {
       text: meetingConfirmation(when, created.meetLink),
-      persist: async (trx) => {
-        const row = await this.deps.meetings.insert(trx, meeting);
-        if (row && this.deps.events) {
-          await this.deps.events.emit(trx, {
-            userId: agent.userId,
-            type: 'meeting.booked',
-            key: `meeting.booked:${row.meeting_id}`,
-            data: meetingEventData(row),
-          });
-        }
+      // One statement: the meeting row, its webhook delivery, the lease given back.
+      persist: async (trx, lease) => {
+        const events = this.deps.events;
+        const { deliveryId } = await this.deps.meetings.insertBooked(trx, meeting, {
+          event: events && { type: 'meeting.booked', key: (id) => `meeting.booked:${id}` },
+          lease: lease?.handOver(),
+        });
+        if (deliveryId) await events?.enqueueRecorded(trx, deliveryId);
+        return lease !== undefined;
       },
     };
   }
@@ -582,6 +589,7 @@ export class BookingService implements ActionResponder {
             data: meetingEventData(row),
           });
         }
+        return false;
       },
     };
   }
@@ -613,6 +621,7 @@ export class BookingService implements ActionResponder {
             data: meetingEventData(row),
           });
         }
+        return false;
       },
     };
   }

@@ -21,6 +21,11 @@ export interface OwnerLease {
    */
   releaseIn(trx: Transaction<DB>): Promise<void>;
   /**
+   * As `releaseIn`, for a caller that deletes the lease row itself within a statement of its own in
+   * the reply's transaction (MeetingStore.insertBooked): the row's key. The caller must do so.
+   */
+  handOver(): { userId: string; holder: string };
+  /**
    * Frees the lock once the reply's transaction is over. `committed`: that transaction committed,
    * so a releaseIn inside it already gave the lease back; otherwise the lease row is deleted now.
    * Idempotent.
@@ -105,6 +110,11 @@ export class OwnerBookingLock {
           clearInterval(renewal);
           await this.leases.release(userId, holder, trx);
           releasedInTrx = true;
+        },
+        handOver: () => {
+          clearInterval(renewal);
+          releasedInTrx = true;
+          return { userId, holder };
         },
         release: async (committed = false) => {
           if (released) return;

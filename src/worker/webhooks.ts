@@ -84,6 +84,10 @@ export class WebhookDispatcher implements OwnerEventSink {
     if (deliveryId) await this.#enqueue(trx, deliveryId);
   }
 
+  async enqueueRecorded(trx: Transaction<DB>, deliveryId: string): Promise<void> {
+    await this.#enqueue(trx, deliveryId);
+  }
+
   async #enqueue(trx: Transaction<DB>, deliveryId: string): Promise<void> {
     await this.boss.send(WEBHOOK_QUEUE, { deliveryId } satisfies WebhookJob, {
       db: fromKysely(trx),

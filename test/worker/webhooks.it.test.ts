@@ -8,6 +8,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { meetingEventData } from '../../src/domain/owner-events.js';
 import { type Stack, startStack } from '../helpers/stack.js';
 
 interface Received {
@@ -208,6 +209,61 @@ describe('webhook deliveries', () => {
     expect(list).toHaveLength(3);
     for (const d of list)
       expect(d).toMatchObject({ status: 'delivered', attempts: 1, last_error: null, last_status_code: 204 });
+  });
+
+  it("a booking's meeting row, its delivery and the lease's release are one statement; the payload is the stored meeting", async () => {
+    // Triggers log, per row written, the statement that wrote it (current_query(): the client's
+    // statement text), so the test sees the real statements, whatever the code says it sends.
+    await sql`
+      CREATE TABLE booking_write_log (tbl text, user_id text, query text);
+      CREATE FUNCTION log_booking_write() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        IF TG_OP = 'DELETE' THEN
+          INSERT INTO booking_write_log VALUES (TG_TABLE_NAME, OLD.user_id, current_query());
+          RETURN OLD;
+        END IF;
+        INSERT INTO booking_write_log VALUES (TG_TABLE_NAME, NEW.user_id, current_query());
+        RETURN NEW;
+      END $$;
+      CREATE TRIGGER log_meeting AFTER INSERT ON meetings FOR EACH ROW EXECUTE FUNCTION log_booking_write();
+      CREATE TRIGGER log_delivery AFTER INSERT ON webhook_deliveries
+        FOR EACH ROW EXECUTE FUNCTION log_booking_write();
+      CREATE TRIGGER log_lease AFTER DELETE ON owner_booking_leases
+        FOR EACH ROW EXECUTE FUNCTION log_booking_write();`.execute(s.app.database.db);
+    try {
+      const o = await ownerWithHook('/one-statement');
+      const { text } = await say(o.agentId, undefined, booking(at(4, 10)));
+      expect(text.startsWith('✅ Meeting confirmed!')).toBe(true);
+      const writes = (
+        await sql<{ tbl: string; query: string }>`
+          SELECT tbl, query FROM booking_write_log WHERE user_id = ${o.userId}`.execute(s.app.database.db)
+      ).rows;
+      expect(writes.map((w) => w.tbl).sort()).toEqual([
+        'meetings',
+        'owner_booking_leases',
+        'webhook_deliveries',
+      ]);
+      expect(new Set(writes.map((w) => w.query)).size).toBe(1);
+
+      // The payload was built before the row existed: it must be what the stored row says.
+      const got = await waitFor('the delivery', () => received.find((r) => r.path === '/one-statement'));
+      const stored = await s.app.database.db
+        .selectFrom('meetings')
+        .selectAll()
+        .where('user_id', '=', o.userId)
+        .executeTakeFirstOrThrow();
+      expect(got.json.type).toBe('meeting.booked');
+      expect(got.json.data).toEqual(JSON.parse(JSON.stringify(meetingEventData(stored))));
+      const [d] = await deliveries(o.userId);
+      expect(d).toMatchObject({ event_type: 'meeting.booked' });
+    } finally {
+      await sql`
+        DROP TRIGGER log_meeting ON meetings;
+        DROP TRIGGER log_delivery ON webhook_deliveries;
+        DROP TRIGGER log_lease ON owner_booking_leases;
+        DROP FUNCTION log_booking_write();
+        DROP TABLE booking_write_log;`.execute(s.app.database.db);
+    }
   });
 
   it('a failing receiver gets retries with backoff until it accepts; the delivery shows the attempts', async () => {
