@@ -17,6 +17,11 @@ export interface PipelineResult {
   unanswered: number;
   confirmed: number;
   bookings_per_s: number;
+  /**
+   * The most the emulators' latencies allow at this load: min(offered, worker slots ÷ a booking's
+   * emulator time, owners ÷ the two Calendar calls each owner's bookings take turns through).
+   */
+  limit_per_s: number;
   e2e_p50_ms: number;
   e2e_p99_ms: number;
   emulator_p50_ms: number;
@@ -67,7 +72,7 @@ interface Booking {
  */
 export async function runPipeline(
   stack: BenchStack,
-  opts: { rate: number; durationS: number; owners: number; warmupS: number },
+  opts: { rate: number; durationS: number; owners: number; warmupS: number; slots: number },
 ): Promise<PipelineResult> {
   const tag = Math.random().toString(36).slice(2, 8);
   // Owners whose access tokens expire in 2 minutes (inside the 5-minute margin): each must be
@@ -227,6 +232,14 @@ export async function runPipeline(
   }
   const e = summarize(e2e);
   const o = summarize(overhead);
+  const emulatorP50 = summarize(emulator).p50;
+  // Throughput the emulators' latencies allow: every worker slot held for a booking's emulator time;
+  // each owner's bookings in turn through its freeBusy and insert (the owner's booking lease).
+  const limit = Math.min(
+    opts.rate,
+    (opts.slots * 1000) / emulatorP50,
+    (owners.length * 1000) / (2 * stack.google.latencyMs),
+  );
   const p = summarize(pickup);
   const refreshCounts = owners.map((o) => stack.google.refreshCount(o.refreshToken));
   return {
@@ -236,9 +249,10 @@ export async function runPipeline(
     unanswered: accepted.length - answeredOnes.length,
     confirmed,
     bookings_per_s: round(answeredOnes.length / ((lastAnswer - started) / 1000)),
+    limit_per_s: round(limit),
     e2e_p50_ms: round(e.p50),
     e2e_p99_ms: round(e.p99),
-    emulator_p50_ms: round(summarize(emulator).p50),
+    emulator_p50_ms: round(emulatorP50),
     overhead_p50_ms: round(o.p50),
     overhead_p99_ms: round(o.p99),
     pickup_p50_ms: round(p.p50),

@@ -82,6 +82,8 @@ for (const target of targets) {
           durationS: num('duration'),
           owners: num('owners'),
           warmupS: warmupS,
+          // Every worker process has WORKER_CONCURRENCY slots.
+          slots: num('worker-concurrency') * Math.max(1, split),
         });
         (report.results as unknown[]).push({ kind: 'pipeline', database, ...r });
         process.stderr.write(`pipeline ${database} ${rate}/s done\n`);
