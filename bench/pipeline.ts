@@ -7,7 +7,7 @@ import {
   json,
   openConversation,
 } from './setup.js';
-import { cpuMeter, round, summarize } from './stats.js';
+import { cpuMeter, round, summarize, throughputLimit } from './stats.js';
 
 export interface PipelineResult {
   offered_per_s: number;
@@ -17,10 +17,7 @@ export interface PipelineResult {
   unanswered: number;
   confirmed: number;
   bookings_per_s: number;
-  /**
-   * The most the emulators' latencies allow at this load: min(offered, worker slots ÷ a booking's
-   * emulator time, owners ÷ the two Calendar calls each owner's bookings take turns through).
-   */
+  /** Upper bound the emulators' latencies allow at this load (stats.ts throughputLimit). */
   limit_per_s: number;
   e2e_p50_ms: number;
   e2e_p99_ms: number;
@@ -116,7 +113,7 @@ export async function runPipeline(
     await waitForInserts(stack, sent);
     // A warm-up that books nothing warms only the model half of the path (the booking, the token
     // refresh and both Calendar calls would run cold in the measured load): refuse to go on.
-    const booked = stack.google.requests.filter((r) => r.op === 'events.insert' && r.doneAt).length;
+    const booked = new Set(attendeesInserted(stack, 'w')).size;
     if (booked < sent) throw new Error(`warm-up: ${booked} of ${sent} bookings reached Google Calendar`);
     // The last replies commit after their inserts.
     await sleep(1000);
@@ -233,13 +230,13 @@ export async function runPipeline(
   const e = summarize(e2e);
   const o = summarize(overhead);
   const emulatorP50 = summarize(emulator).p50;
-  // Throughput the emulators' latencies allow: every worker slot held for a booking's emulator time;
-  // each owner's bookings in turn through its freeBusy and insert (the owner's booking lease).
-  const limit = Math.min(
-    opts.rate,
-    (opts.slots * 1000) / emulatorP50,
-    (owners.length * 1000) / (2 * stack.google.latencyMs),
-  );
+  const limit = throughputLimit({
+    offeredPerS: opts.rate,
+    slots: opts.slots,
+    emulatorMeanMs: emulator.length ? emulator.reduce((a, b) => a + b, 0) / emulator.length : 0,
+    owners: owners.length,
+    googleLatencyMs: stack.google.latencyMs,
+  });
   const p = summarize(pickup);
   const refreshCounts = owners.map((o) => stack.google.refreshCount(o.refreshToken));
   return {
@@ -268,6 +265,17 @@ export async function runPipeline(
       }),
     ),
   };
+}
+
+/** The bench customers (`w<n>` or `c<n>`) of the events Google inserted so far, repeats included. */
+export function attendeesInserted(stack: BenchStack, kind: 'w' | 'c'): number[] {
+  const pattern = new RegExp(`^${kind}(\\d+)@bench\\.test$`);
+  return stack.google.requests
+    .filter((r) => r.op === 'events.insert' && r.doneAt)
+    .flatMap((r) => (r.body as { attendees?: Array<{ email?: string }> } | undefined)?.attendees ?? [])
+    .map((a) => pattern.exec(a.email ?? '')?.[1])
+    .filter((n): n is string => n !== undefined)
+    .map(Number);
 }
 
 /** Waits until Google saw `count` event inserts, or nothing moved for 20 s. */

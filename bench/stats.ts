@@ -17,6 +17,27 @@ export function summarize(values: number[]): { n: number; p50: number; p99: numb
   };
 }
 
+/**
+ * Bookings per second the emulators' latencies allow, an upper bound: every worker slot held for a
+ * booking's emulator time (the mean, as throughput = slots ÷ mean time in a slot), and each owner's
+ * bookings taking turns through its two Calendar calls under the owner's booking lease. Bookings also
+ * hold slots and leases during our own work and while they wait for an owner's lease, so the bound
+ * is not reached exactly even by code that costs nothing; when the two bounds are close (the bench's
+ * defaults at 200/s) owners' lease queues are saturated and the gap is wider.
+ */
+export function throughputLimit(o: {
+  offeredPerS: number;
+  slots: number;
+  emulatorMeanMs: number;
+  owners: number;
+  googleLatencyMs: number;
+}): number {
+  const bySlots = o.emulatorMeanMs > 0 ? (o.slots * 1000) / o.emulatorMeanMs : Number.POSITIVE_INFINITY;
+  const byOwners =
+    o.googleLatencyMs > 0 ? (o.owners * 1000) / (2 * o.googleLatencyMs) : Number.POSITIVE_INFINITY;
+  return Math.min(o.offeredPerS, bySlots, byOwners);
+}
+
 export const round = (v: number, digits = 1) => (Number.isFinite(v) ? Number(v.toFixed(digits)) : v);
 
 /** Samples the process's resident memory; `peak()` is the highest seen. */

@@ -492,10 +492,12 @@ export class BookingService implements ActionResponder {
       // One statement: the meeting row, its webhook delivery, the lease given back.
       persist: async (trx, lease) => {
         const events = this.deps.events;
-        const { deliveryId } = await this.deps.meetings.insertBooked(trx, meeting, {
-          event: events && { type: 'meeting.booked', key: (id) => `meeting.booked:${id}` },
-          lease: lease?.handOver(),
-        });
+        const write = (key?: { userId: string; holder: string }) =>
+          this.deps.meetings.insertBooked(trx, meeting, {
+            event: events && { type: 'meeting.booked', key: (id) => `meeting.booked:${id}` },
+            lease: key,
+          });
+        const { deliveryId } = lease ? await lease.releaseWith(write) : await write();
         if (deliveryId) await events?.enqueueRecorded(trx, deliveryId);
         return lease !== undefined;
       },

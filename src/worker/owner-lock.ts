@@ -21,10 +21,11 @@ export interface OwnerLease {
    */
   releaseIn(trx: Transaction<DB>): Promise<void>;
   /**
-   * As `releaseIn`, for a caller that deletes the lease row itself within a statement of its own in
-   * the reply's transaction (MeetingStore.insertBooked): the row's key. The caller must do so.
+   * As `releaseIn`, for a caller that deletes the lease row within a statement of its own in the
+   * reply's transaction (MeetingStore.insertBooked): `write` gets the row's key, and the lease counts
+   * as given back once `write` resolved (if it throws, release() deletes the row as after any failure).
    */
-  handOver(): { userId: string; holder: string };
+  releaseWith<T>(write: (key: { userId: string; holder: string }) => Promise<T>): Promise<T>;
   /**
    * Frees the lock once the reply's transaction is over. `committed`: that transaction committed,
    * so a releaseIn inside it already gave the lease back; otherwise the lease row is deleted now.
@@ -111,10 +112,11 @@ export class OwnerBookingLock {
           await this.leases.release(userId, holder, trx);
           releasedInTrx = true;
         },
-        handOver: () => {
+        releaseWith: async (write) => {
           clearInterval(renewal);
+          const result = await write({ userId, holder });
           releasedInTrx = true;
-          return { userId, holder };
+          return result;
         },
         release: async (committed = false) => {
           if (released) return;
