@@ -443,6 +443,35 @@ describe('booking: never twice', () => {
     expect(row.attempts).toBeGreaterThanOrEqual(1);
   });
 
+  it('acts on the model output another attempt stored first, never on its own', async () => {
+    const c = await newChat();
+    const stored = seedAction({
+      meeting_time: wallTime(2, 11, 0, 330).iso,
+      friendly_time: 'the stored time',
+    });
+    // While this attempt waits for the model, a concurrent attempt of the same job stores its output.
+    s.openai.responder = async () => {
+      await s.app.database.db
+        .updateTable('messages')
+        .set({ model_output: JSON.stringify({ text: JSON.stringify([stored]), toolCalls: [] }) })
+        .where('conversation_id', '=', c.conversation_id)
+        .where('role', '=', 'customer')
+        .execute();
+      return { content: JSON.stringify([seedAction()]) };
+    };
+    await s.send(c.conversation_id, c.customer_token, 'book');
+    const list = await s.waitForReplies(c.conversation_id, c.customer_token, 1);
+    const events = s.google.events(c.email);
+    expect(events).toHaveLength(1);
+    expect(new Date(events[0]!.start!.dateTime!).toISOString()).toBe(
+      new Date(String(stored.meeting_time)).toISOString(),
+    );
+    expect(list.filter((m) => m.role === 'assistant').map((m) => m.content)).toEqual([
+      confirmation('the stored time', events[0]!.hangoutLink!),
+    ]);
+    expect(await meetingsOf(c.userId)).toHaveLength(1);
+  });
+
   it('a duplicate job for an answered message does nothing (worker crash / redelivery)', async () => {
     const c = await newChat();
     s.openai.responder = (req) => {
