@@ -46,8 +46,8 @@ export class MeetingStore {
    * idempotency key (a second insert with the same key writes nothing); the owner's webhook
    * delivery of `event`, only when the meeting row is new and the owner has a webhook; and the
    * owner's booking lease given back (free when the transaction commits, together with the meeting
-   * row). Returns the meeting when it was inserted, and the delivery's id when one was written: its
-   * job is the caller's to enqueue, in `trx`.
+   * row). Returns the delivery's id when one was written: its job is the caller's to enqueue, in
+   * `trx`.
    *
    * The event's payload is built from the row as it is inserted (the id is chosen here), so it is
    * what meetingEventData would make of the stored row.
@@ -59,7 +59,7 @@ export class MeetingStore {
       event?: { type: OwnerEventType; key: (meetingId: string) => string } | undefined;
       lease?: { userId: string; holder: string } | undefined;
     },
-  ): Promise<{ meeting: Meeting | undefined; deliveryId: string | undefined }> {
+  ): Promise<string | undefined> {
     const meetingId = newId('mtg');
     const parts = [
       sql`ins AS (
@@ -71,7 +71,7 @@ export class MeetingStore {
                 ${m.participants}::text[], ${m.meetingTime}, ${m.durationMinutes}, ${m.timezone}, ${m.meetLink},
                 ${m.htmlLink}, 'scheduled')
         ON CONFLICT (idempotency_key) DO NOTHING
-        RETURNING *)`,
+        RETURNING meeting_id)`,
     ];
     if (options.event) {
       const data = meetingEventData({
@@ -101,13 +101,10 @@ export class MeetingStore {
          WHERE user_id = ${options.lease.userId} AND holder = ${options.lease.holder})`);
     }
     const delivered = options.event ? sql`(SELECT delivery_id FROM delivered)` : sql`NULL::text`;
-    const r = await sql<Meeting & { delivery_id: string | null }>`
+    const r = await sql<{ delivery_id: string | null }>`
       WITH ${sql.join(parts)}
-      SELECT ins.*, ${delivered} AS delivery_id FROM (SELECT 1) AS one LEFT JOIN ins ON true`.execute(trx);
-    const row = r.rows[0];
-    if (!row?.meeting_id) return { meeting: undefined, deliveryId: undefined };
-    const { delivery_id, ...meeting } = row;
-    return { meeting, deliveryId: delivery_id ?? undefined };
+      SELECT ${delivered} AS delivery_id`.execute(trx);
+    return r.rows[0]?.delivery_id ?? undefined;
   }
 
   /**

@@ -497,7 +497,7 @@ export class BookingService implements ActionResponder {
             event: events && { type: 'meeting.booked', key: (id) => `meeting.booked:${id}` },
             lease: key,
           });
-        const { deliveryId } = lease ? await lease.releaseWith(write) : await write();
+        const deliveryId = lease ? await lease.releaseWith(write) : await write();
         if (deliveryId) await events?.enqueueRecorded(trx, deliveryId);
         return lease !== undefined;
       },
