@@ -229,11 +229,11 @@ export async function runPipeline(
   }
   const e = summarize(e2e);
   const o = summarize(overhead);
-  const emulatorP50 = summarize(emulator).p50;
+  const em = summarize(emulator);
   const limit = throughputLimit({
     offeredPerS: opts.rate,
     slots: opts.slots,
-    emulatorMeanMs: emulator.length ? emulator.reduce((a, b) => a + b, 0) / emulator.length : 0,
+    emulatorMeanMs: em.mean,
     owners: owners.length,
     googleLatencyMs: stack.google.latencyMs,
   });
@@ -249,7 +249,7 @@ export async function runPipeline(
     limit_per_s: round(limit),
     e2e_p50_ms: round(e.p50),
     e2e_p99_ms: round(e.p99),
-    emulator_p50_ms: round(emulatorP50),
+    emulator_p50_ms: round(em.p50),
     overhead_p50_ms: round(o.p50),
     overhead_p99_ms: round(o.p99),
     pickup_p50_ms: round(p.p50),

@@ -7,10 +7,17 @@ export function percentile(sorted: number[], p: number): number {
   return sorted[idx]!;
 }
 
-export function summarize(values: number[]): { n: number; p50: number; p99: number; max: number } {
+export function summarize(values: number[]): {
+  n: number;
+  mean: number;
+  p50: number;
+  p99: number;
+  max: number;
+} {
   const sorted = [...values].sort((a, b) => a - b);
   return {
     n: sorted.length,
+    mean: sorted.length ? sorted.reduce((a, b) => a + b, 0) / sorted.length : Number.NaN,
     p50: percentile(sorted, 50),
     p99: percentile(sorted, 99),
     max: sorted.at(-1) ?? Number.NaN,
@@ -32,7 +39,10 @@ export function throughputLimit(o: {
   owners: number;
   googleLatencyMs: number;
 }): number {
-  const bySlots = o.emulatorMeanMs > 0 ? (o.slots * 1000) / o.emulatorMeanMs : Number.POSITIVE_INFINITY;
+  const bySlots =
+    Number.isFinite(o.emulatorMeanMs) && o.emulatorMeanMs > 0
+      ? (o.slots * 1000) / o.emulatorMeanMs
+      : Number.POSITIVE_INFINITY;
   const byOwners =
     o.googleLatencyMs > 0 ? (o.owners * 1000) / (2 * o.googleLatencyMs) : Number.POSITIVE_INFINITY;
   return Math.min(o.offeredPerS, bySlots, byOwners);
