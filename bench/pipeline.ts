@@ -27,6 +27,12 @@ export interface PipelineResult {
   pickup_p50_ms: number;
   pickup_p99_ms: number;
   peak_rss_mb: number;
+  /**
+   * Where end-to-end ends: `visible` (server: this process received the NOTIFY the reply's commit
+   * sends, as any client would learn of it), or `created_at` (embedded: the reply's stored timestamp,
+   * its transaction's start, so the reply's own write and commit are not counted).
+   */
+  e2e_end: 'visible' | 'created_at';
   owners: number;
   refreshes_per_owner: string;
   cpu_service_pct: number;
@@ -49,7 +55,10 @@ interface Booking {
   messageId?: string;
   sentAt?: number;
   askedAt?: number;
+  /** The reply's created_at (its transaction's start, database clock). */
   answeredAt?: number;
+  /** When the reply's commit was seen (server: its NOTIFY reached the bench), else answeredAt. */
+  visibleAt?: number;
   answer?: string;
   /** The POST failed (connection refused or timed out, or an error status). */
   sendError?: string;
@@ -153,6 +162,11 @@ export async function runPipeline(
     if (accepted.some((b) => b.answeredAt === undefined)) await sleep(250);
   }
   const peakRss = stack.peakRss();
+  // The reply's NOTIFY is the conversation's second (the first announced the customer message).
+  // Used only when every answered booking's was seen, so the figures never mix both ends.
+  const replyNotice = (b: Booking) => stack.notices?.get(b.conversationId)?.[1];
+  const visible = accepted.every((b) => b.answeredAt === undefined || replyNotice(b) !== undefined);
+  for (const b of accepted) b.visibleAt = visible ? replyNotice(b) : b.answeredAt;
 
   // Emulator time per booking. Calendar requests, per owner in arrival order: a booking's freeBusy
   // is the owner's last one before its events.insert (an owner's bookings take turns under the
@@ -192,12 +206,14 @@ export async function runPipeline(
     model_to_freebusy: [],
     freebusy_to_insert: [],
     insert_to_reply: [],
+    // Reply's transaction start -> its commit seen (server only, see e2e_end).
+    ...(visible && stack.notices ? { reply_visible: [] } : {}),
   };
   let lastAnswer = 0;
   let confirmed = 0;
   const answeredOnes = accepted.filter((b) => b.answeredAt !== undefined);
   for (const b of answeredOnes) {
-    const answered = b.answeredAt!;
+    const answered = b.visibleAt!;
     lastAnswer = Math.max(lastAnswer, answered);
     const total = answered - b.sentAt!;
     const model = b.modelCalls.reduce((s, c) => s + (c.doneAt - c.at), 0);
@@ -224,7 +240,8 @@ export async function runPipeline(
       // Minus the token refresh this booking waited for (emulator time, not ours).
       stage.model_to_freebusy!.push(c.freeBusy.at - modelDone - refresh);
       stage.freebusy_to_insert!.push(c.insert.at - c.freeBusy.doneAt);
-      stage.insert_to_reply!.push(answered - c.insert.doneAt);
+      stage.insert_to_reply!.push(b.answeredAt! - c.insert.doneAt);
+      stage.reply_visible?.push(answered - b.answeredAt!);
     }
   }
   const e = summarize(e2e);
@@ -255,6 +272,8 @@ export async function runPipeline(
     pickup_p50_ms: round(p.p50),
     pickup_p99_ms: round(p.p99),
     peak_rss_mb: round(peakRss / 1024 / 1024, 0),
+    // Every answered booking's commit must have been seen, or the figures would mix both ends.
+    e2e_end: visible && stack.notices ? 'visible' : 'created_at',
     owners: owners.length,
     refreshes_per_owner: [...new Set(refreshCounts)].join('/'),
     ...(cpuUse as { cpu_service_pct: number; cpu_bench_pct: number; cpu_postgres_pct: number }),

@@ -3,6 +3,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
+import { MESSAGE_CHANNEL } from '../src/store/messages.js';
 import { type GoogleEmulator, startGoogleEmulator } from '../test/emulators/google.js';
 import { type OpenAIEmulator, startOpenAIEmulator } from '../test/emulators/openai.js';
 import { freePort, type ServiceProcess, startService } from '../test/helpers/process.js';
@@ -21,6 +22,13 @@ export interface BenchStack {
   pids(): number[];
   /** The service processes' peak resident memory so far (VmHWM, summed), in bytes. */
   peakRss(): number;
+  /**
+   * Server only: when each of a conversation's news notifications (the service's NOTIFY, delivered
+   * when the customer message's and then the reply's transaction commits) reached this process, by
+   * conversation id, in arrival order (bench clock). Absent on the embedded database, which no other
+   * process can LISTEN to.
+   */
+  notices?: Map<string, number[]>;
   close(): Promise<void>;
 }
 
@@ -101,6 +109,22 @@ export async function startBenchStack(opts: {
     await openai.close();
     throw err;
   }
+  // A passive LISTEN on the channel the service announces new replies on (in the reply's statement,
+  // so PostgreSQL delivers it when that transaction commits): the moment a reply became visible to
+  // any client, without reading the service's tables while the load runs.
+  let listener: pg.Client | undefined;
+  const notices = new Map<string, number[]>();
+  if (opts.databaseUrl) {
+    listener = new pg.Client({ connectionString: opts.databaseUrl });
+    await listener.connect();
+    listener.on('notification', (n) => {
+      if (n.channel !== MESSAGE_CHANNEL || !n.payload) return;
+      const seen = notices.get(n.payload);
+      if (seen) seen.push(Date.now());
+      else notices.set(n.payload, [Date.now()]);
+    });
+    await listener.query(`LISTEN ${MESSAGE_CHANNEL}`);
+  }
   const all = [service, ...workers];
   const peaks = new Map<number, number>();
   const peakRss = () => {
@@ -124,8 +148,10 @@ export async function startBenchStack(opts: {
     adminKey,
     database: opts.databaseUrl ? 'server' : 'embedded',
     peakRss,
+    ...(listener ? { notices } : {}),
     async close() {
       peakRss();
+      await listener?.end();
       for (const p of all) {
         const exit = await p.stop('SIGTERM', 60_000);
         if (exit.code !== 0)

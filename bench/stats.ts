@@ -62,13 +62,15 @@ export function rssSampler(intervalMs = 100): { peak(): number; stop(): void } {
 
 export function table(rows: Array<Record<string, string | number>>): string {
   if (rows.length === 0) return '';
-  const cols = Object.keys(rows[0]!);
-  const width = cols.map((c) => Math.max(c.length, ...rows.map((r) => String(r[c]).length)));
+  // Every column any row has, in first-seen order; a row without one shows '-'.
+  const cols = [...new Set(rows.flatMap((r) => Object.keys(r)))];
+  const cell = (r: Record<string, string | number>, c: string) => (c in r ? String(r[c]) : '-');
+  const width = cols.map((c) => Math.max(c.length, ...rows.map((r) => cell(r, c).length)));
   const line = (cells: string[]) => `| ${cells.map((c, i) => c.padEnd(width[i]!)).join(' | ')} |`;
   return [
     line(cols),
     line(width.map((w) => '-'.repeat(w))),
-    ...rows.map((r) => line(cols.map((c) => String(r[c])))),
+    ...rows.map((r) => line(cols.map((c) => cell(r, c)))),
   ].join('\n');
 }
 
