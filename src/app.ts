@@ -27,7 +27,7 @@ import { WebhookStore } from './store/webhooks.js';
 import { BookingService } from './worker/booking-service.js';
 import { OwnerBookingLock } from './worker/owner-lock.js';
 import { createMessageProcessor } from './worker/process-message.js';
-import { JobQueue } from './worker/queue.js';
+import { JobQueue, type QueueSettings } from './worker/queue.js';
 import { WebhookDispatcher, type WebhookOptions } from './worker/webhooks.js';
 
 /** api: HTTP only; worker: answers messages only; all: both (the default, one process). */
@@ -47,6 +47,8 @@ export interface ApplicationOptions {
   pages?: Omit<PageRouteDeps, 'agents'>;
   /** Owner webhook delivery tuning (tests shorten the retry backoff). */
   webhooks?: WebhookOptions;
+  /** Message queue tuning (tests turn the backstop poll off to prove what notifications wake). */
+  queue?: Pick<QueueSettings, 'pollIntervalMs'>;
 }
 
 export interface Application {
@@ -134,7 +136,7 @@ export async function createApplication(
 
     const queue = new JobQueue(
       database,
-      { retryLimit: config.jobRetryLimit, concurrency: config.workerConcurrency },
+      { retryLimit: config.jobRetryLimit, concurrency: config.workerConcurrency, ...options.queue },
       logger,
     );
     await queue.start();

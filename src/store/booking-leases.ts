@@ -1,6 +1,21 @@
-import { type Kysely, sql, type Transaction } from 'kysely';
+import { type Kysely, type RawBuilder, sql, type Transaction } from 'kysely';
 import type { DB } from './schema.js';
 import { type BookingDB, widen } from './schema-booking.js';
+
+/** Who holds an owner's booking lease. */
+export interface LeaseKey {
+  userId: string;
+  holder: string;
+}
+
+/**
+ * A data-modifying CTE (`released`) giving the lease back within a larger statement (a booking's
+ * reply, MeetingStore.bookedRows): free when that statement's transaction commits.
+ */
+export function leaseReleaseCte(key: LeaseKey): RawBuilder<unknown> {
+  return sql`released AS (
+        DELETE FROM owner_booking_leases WHERE user_id = ${key.userId} AND holder = ${key.holder})`;
+}
 
 /**
  * Per-owner booking leases (owner_booking_leases): one holder at a time may check availability and

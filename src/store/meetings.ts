@@ -1,5 +1,6 @@
-import { type Kysely, type Selectable, sql, type Transaction } from 'kysely';
+import { type Kysely, type RawBuilder, type Selectable, sql, type Transaction } from 'kysely';
 import { meetingEventData, type OwnerEventType } from '../domain/owner-events.js';
+import { type LeaseKey, leaseReleaseCte } from './booking-leases.js';
 import { newId } from './ids.js';
 import type { DB, MeetingTable } from './schema.js';
 import { type BookingDB, widen } from './schema-booking.js';
@@ -37,73 +38,95 @@ export interface MeetingFilter {
   after?: { time: Date; id: string } | undefined;
 }
 
+export interface BookedRowsOptions {
+  /** The owner's webhook event for the new meeting (its key from the meeting's id). */
+  event?: { type: OwnerEventType; key: (meetingId: string) => string } | undefined;
+  /** The owner's booking lease to give back (in every case: written or not). */
+  lease?: LeaseKey | undefined;
+  /** Write the meeting only if this CTE of the same statement has a row (the reply's). */
+  onlyIfRowIn?: string | undefined;
+  /**
+   * The delivery's job is enqueued in the same transaction (true), or after the statement committed
+   * (false: the webhook relay enqueues it if that never happens, see WebhookDispatcher.relayOne).
+   */
+  enqueued: boolean;
+}
+
+/**
+ * A booking's rows as data-modifying CTEs of one statement: the meeting, once per idempotency key
+ * (a second insert with the same key writes nothing); the owner's webhook delivery of `event`, only
+ * when the meeting row is new and the owner has a webhook; and the owner's booking lease given back
+ * (free when the statement's transaction commits, together with the meeting row). `result` is the
+ * delivery's id, or NULL.
+ *
+ * The event's payload is built from the row as it is inserted (the id is chosen here), so it is
+ * what meetingEventData would make of the stored row.
+ */
+export function bookedRows(
+  m: NewMeeting,
+  options: BookedRowsOptions,
+): { ctes: RawBuilder<unknown>[]; result: RawBuilder<string | null> } {
+  const meetingId = newId('mtg');
+  const only = options.onlyIfRowIn;
+  const ctes: RawBuilder<unknown>[] = [
+    sql`ins AS (
+        INSERT INTO meetings (meeting_id, user_id, agent_id, conversation_id, message_id, idempotency_key,
+                              google_event_id, title, customer_name, customer_email, participants,
+                              meeting_time, duration_minutes, timezone, meet_link, html_link, status)
+        SELECT ${meetingId}, ${m.userId}, ${m.agentId}, ${m.conversationId}, ${m.messageId},
+               ${m.idempotencyKey}, ${m.googleEventId}, ${m.title}, ${m.customerName}, ${m.customerEmail},
+               ${m.participants}::text[], ${m.meetingTime}::timestamptz, ${m.durationMinutes}::int,
+               ${m.timezone}::text, ${m.meetLink}::text, ${m.htmlLink}::text, 'scheduled'
+         ${only ? sql`WHERE EXISTS (SELECT 1 FROM ${sql.ref(only)})` : sql``}
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING meeting_id)`,
+  ];
+  if (options.event) {
+    const data = meetingEventData({
+      meeting_id: meetingId,
+      user_id: m.userId,
+      agent_id: m.agentId,
+      conversation_id: m.conversationId,
+      google_event_id: m.googleEventId,
+      title: m.title,
+      customer_name: m.customerName,
+      customer_email: m.customerEmail,
+      participants: m.participants,
+      meeting_time: m.meetingTime,
+      duration_minutes: m.durationMinutes,
+      timezone: m.timezone,
+      meet_link: m.meetLink,
+      html_link: m.htmlLink,
+      status: 'scheduled',
+    });
+    const event = { userId: m.userId, type: options.event.type, key: options.event.key(meetingId), data };
+    ctes.push(sql`delivered AS (${deliveryInsert(event, 'ins', { enqueued: options.enqueued })})`);
+  }
+  if (options.lease) ctes.push(leaseReleaseCte(options.lease));
+  return {
+    ctes,
+    result: options.event ? sql`(SELECT delivery_id FROM delivered)` : sql`NULL::text`,
+  };
+}
+
 export class MeetingStore {
   constructor(private readonly db: Kysely<DB>) {}
 
   /**
    * A booking's rows in one statement of the reply's transaction (one round trip where a meeting
-   * insert, WebhookStore.record and BookingLeaseStore.release took three): the meeting, once per
-   * idempotency key (a second insert with the same key writes nothing); the owner's webhook
-   * delivery of `event`, only when the meeting row is new and the owner has a webhook; and the
-   * owner's booking lease given back (free when the transaction commits, together with the meeting
-   * row). Returns the delivery's id when one was written: its job is the caller's to enqueue, in
-   * `trx`.
-   *
-   * The event's payload is built from the row as it is inserted (the id is chosen here), so it is
-   * what meetingEventData would make of the stored row.
+   * insert, WebhookStore.record and BookingLeaseStore.release took three; bookedRows says which
+   * rows). Returns the delivery's id when one was written: its job is the caller's to enqueue, in
+   * `trx`. The reply's own statement can carry the same rows (bookedRows with `onlyIfRowIn`).
    */
   async insertBooked(
     trx: Transaction<DB>,
     m: NewMeeting,
-    options: {
-      event?: { type: OwnerEventType; key: (meetingId: string) => string } | undefined;
-      lease?: { userId: string; holder: string } | undefined;
-    },
+    options: Omit<BookedRowsOptions, 'onlyIfRowIn' | 'enqueued'>,
   ): Promise<string | undefined> {
-    const meetingId = newId('mtg');
-    const parts = [
-      sql`ins AS (
-        INSERT INTO meetings (meeting_id, user_id, agent_id, conversation_id, message_id, idempotency_key,
-                              google_event_id, title, customer_name, customer_email, participants,
-                              meeting_time, duration_minutes, timezone, meet_link, html_link, status)
-        VALUES (${meetingId}, ${m.userId}, ${m.agentId}, ${m.conversationId}, ${m.messageId},
-                ${m.idempotencyKey}, ${m.googleEventId}, ${m.title}, ${m.customerName}, ${m.customerEmail},
-                ${m.participants}::text[], ${m.meetingTime}, ${m.durationMinutes}, ${m.timezone}, ${m.meetLink},
-                ${m.htmlLink}, 'scheduled')
-        ON CONFLICT (idempotency_key) DO NOTHING
-        RETURNING meeting_id)`,
-    ];
-    if (options.event) {
-      const data = meetingEventData({
-        meeting_id: meetingId,
-        user_id: m.userId,
-        agent_id: m.agentId,
-        conversation_id: m.conversationId,
-        google_event_id: m.googleEventId,
-        title: m.title,
-        customer_name: m.customerName,
-        customer_email: m.customerEmail,
-        participants: m.participants,
-        meeting_time: m.meetingTime,
-        duration_minutes: m.durationMinutes,
-        timezone: m.timezone,
-        meet_link: m.meetLink,
-        html_link: m.htmlLink,
-        status: 'scheduled',
-      });
-      const event = { userId: m.userId, type: options.event.type, key: options.event.key(meetingId), data };
-      parts.push(sql`delivered AS (${deliveryInsert(event, 'ins')})`);
-    }
-    if (options.lease) {
-      // Data-modifying CTEs run whether or not the final SELECT reads them.
-      parts.push(sql`released AS (
-        DELETE FROM owner_booking_leases
-         WHERE user_id = ${options.lease.userId} AND holder = ${options.lease.holder})`);
-    }
-    const delivered = options.event ? sql`(SELECT delivery_id FROM delivered)` : sql`NULL::text`;
+    const rows = bookedRows(m, { ...options, enqueued: true });
     const r = await sql<{ delivery_id: string | null }>`
-      WITH ${sql.join(parts)}
-      SELECT ${delivered} AS delivery_id`.execute(trx);
+      WITH ${sql.join(rows.ctes)}
+      SELECT ${rows.result} AS delivery_id`.execute(trx);
     return r.rows[0]?.delivery_id ?? undefined;
   }
 

@@ -1,4 +1,4 @@
-import { type Kysely, type Selectable, sql, type Transaction } from 'kysely';
+import { type Kysely, type RawBuilder, type Selectable, sql, type Transaction } from 'kysely';
 import type { Agent } from '../domain/agent.js';
 import type { BookingSettings } from '../domain/availability.js';
 import { bookingOf } from './agents.js';
@@ -43,6 +43,25 @@ export interface UpcomingMeeting {
   title: string;
   meetingTime: Date;
   durationMinutes: number;
+}
+
+/**
+ * Rows written in the reply's own statement (MessageStore.storeReply): named data-modifying CTEs,
+ * which may read `reply` (the reply row inserted, empty when another attempt stored it first), and
+ * one text value the statement returns (e.g. a webhook delivery's id).
+ */
+export interface ReplyRows {
+  ctes: RawBuilder<unknown>[];
+  result?: RawBuilder<string | null>;
+}
+
+export interface StoredReply {
+  /** The reply, or undefined when another attempt stored it first. */
+  message: Message | undefined;
+  /** The conversation has another message waiting (JobOutcome.nextWaiting). */
+  nextWaiting: boolean;
+  /** ReplyRows.result's value. */
+  result: string | undefined;
 }
 
 /** How many upcoming meetings of a conversation the prompt lists at most. */
@@ -280,35 +299,37 @@ export class MessageStore {
   }
 
   /**
-   * Stores the assistant's answer to a customer message and closes that message, in the caller's
-   * transaction. The unique index on reply_to makes this at-most-once: a second call (a retried job
-   * that raced a slow commit) inserts nothing and returns undefined.
+   * Stores the assistant's answer to a customer message and closes that message, in one statement:
+   * on its own (autocommit: the reply is visible once this resolves) or in the caller's transaction.
+   * The unique index on reply_to makes this at-most-once: a second call (a retried job that raced a
+   * slow commit) inserts nothing and `message` is undefined.
+   *
+   * `also` adds rows to the same statement (ReplyRows): a booking's meeting row, its webhook
+   * delivery and the owner's lease release, so a booking's reply costs one round trip and one commit.
    */
   async storeReply(
-    trx: Transaction<DB>,
+    e: Kysely<DB> | Transaction<DB>,
     input: {
       conversationId: string;
       replyTo: string;
       content: string;
       outcome: 'answered' | 'failed';
       error?: string;
-      /**
-       * NOTIFY this when the conversation has another message waiting: the queue's wake-up for a
-       * next message that becomes fetchable only once this one's job completes (JobContext.wakeNext).
-       */
-      wakeNext?: { channel: string; payload: string };
     },
-  ): Promise<Message | undefined> {
-    // One statement (one round trip in the reply's transaction): insert the reply, close the customer
-    // message and announce the conversation (the last two only when the reply was inserted), and
-    // wake the workers if a next message waits. The UPDATE touches another row than the INSERT, so
-    // both data-modifying parts run on one snapshot without seeing each other, as PostgreSQL
-    // requires; on that snapshot the message being answered is still pending, hence `<>`. Plain
-    // CTEs run only when their output is used (the planner drops unused columns), so the final
-    // SELECT returns the NOTIFY count, and always one row (the reply's columns are null when another
-    // attempt stored it first).
-    const wake = input.wakeNext;
-    const r = await sql<StoredRow | { [K in keyof StoredRow]: null }>`
+    also?: ReplyRows,
+  ): Promise<StoredReply> {
+    // Insert the reply, close the customer message and announce the conversation (the last two only
+    // when the reply was inserted), and tell whether a next message waits. The UPDATE touches another
+    // row than the INSERT, so both data-modifying parts run on one snapshot without seeing each other,
+    // as PostgreSQL requires; on that snapshot the message being answered is still pending, hence
+    // `<>`. Plain CTEs run only when their output is used (the planner drops unused columns), so the
+    // final SELECT reads the NOTIFY count, and returns one row (the reply's columns are null when
+    // another attempt stored it first). Data-modifying CTEs (`also`'s) run whether read or not.
+    const extra = also?.ctes.length ? sql`, ${sql.join(also.ctes)}` : sql``;
+    const result = also?.result ?? sql`NULL::text`;
+    const r = await sql<
+      (StoredRow | { [K in keyof StoredRow]: null }) & { next: boolean; also: string | null }
+    >`
       WITH reply AS (
         INSERT INTO messages (message_id, conversation_id, role, content, reply_to)
         VALUES (${newId('msg')}, ${input.conversationId}, 'assistant', ${input.content}, ${input.replyTo})
@@ -323,19 +344,20 @@ export class MessageStore {
            AND EXISTS (SELECT 1 FROM reply)
       ), announced AS (
         SELECT pg_notify(${MESSAGE_CHANNEL}, conversation_id) FROM reply
-      ), woken AS (
-        SELECT pg_notify(${wake?.channel ?? ''}::text, ${wake?.payload ?? ''}::text)
-          FROM (SELECT 1 FROM messages
-                 WHERE ${wake !== undefined}::boolean
-                   AND conversation_id = ${input.conversationId}
-                   AND status = 'pending'
-                   AND message_id <> ${input.replyTo}
-                 LIMIT 1) AS next
-      ), notified AS (
-        SELECT (SELECT count(*) FROM announced) + (SELECT count(*) FROM woken) AS n
-      )
-      SELECT reply.*, notified.n AS notified FROM notified LEFT JOIN reply ON true`.execute(trx);
+      )${extra}
+      SELECT reply.*,
+             (SELECT count(*) FROM announced) AS notified,
+             EXISTS (SELECT 1 FROM messages
+                      WHERE conversation_id = ${input.conversationId}
+                        AND status = 'pending'
+                        AND message_id <> ${input.replyTo}) AS next,
+             ${result} AS also
+        FROM (SELECT 1) AS one LEFT JOIN reply ON true`.execute(e);
     const row = r.rows[0];
-    return row?.message_id ? toMessage(row as StoredRow) : undefined;
+    return {
+      message: row?.message_id ? toMessage(row as StoredRow) : undefined,
+      nextWaiting: row?.next === true,
+      result: row?.also ?? undefined,
+    };
   }
 }

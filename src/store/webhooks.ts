@@ -21,13 +21,19 @@ const deliveryId = () => `whd_${randomBytes(10).toString('hex')}`;
  * The statement that records an event's delivery (see WebhookStore.record), for use as a part of a
  * larger statement: the row exists only if the owner has a webhook, once per event key, and, with
  * `onlyIfRowIn`, only if that CTE of the enclosing statement produced a row (the change happened).
- * Returns the new delivery's id through RETURNING.
+ * Returns the new delivery's id through RETURNING. `enqueued: false` leaves its job to
+ * WebhookDispatcher.relayOne after the commit, or to the periodic relay.
  */
-export function deliveryInsert(e: OwnerEvent, onlyIfRowIn?: string): RawBuilder<{ delivery_id: string }> {
+export function deliveryInsert(
+  e: OwnerEvent,
+  onlyIfRowIn?: string,
+  options: { enqueued: boolean } = { enqueued: true },
+): RawBuilder<{ delivery_id: string }> {
   const also = onlyIfRowIn ? sql`AND EXISTS (SELECT 1 FROM ${sql.ref(onlyIfRowIn)})` : sql``;
   return sql<{ delivery_id: string }>`
-      INSERT INTO webhook_deliveries (delivery_id, user_id, event_type, event_key, payload)
-      SELECT ${deliveryId()}, user_id, ${e.type}, ${e.key.slice(0, 200)}, ${JSON.stringify(e.data)}::jsonb
+      INSERT INTO webhook_deliveries (delivery_id, user_id, event_type, event_key, payload, enqueued)
+      SELECT ${deliveryId()}, user_id, ${e.type}, ${e.key.slice(0, 200)}, ${JSON.stringify(e.data)}::jsonb,
+             ${options.enqueued}::boolean
         FROM owner_webhooks
        WHERE user_id = ${e.userId} ${also}
       ON CONFLICT (event_key) DO NOTHING
@@ -142,6 +148,15 @@ export class WebhookStore {
   }
 
   /** Deliveries written by SQL (the revocation trigger) that still need a job; marked in `trx`. */
+  /** Marks one delivery written with `enqueued = false` as enqueued; false if it already was. */
+  async claimOne(trx: Transaction<DB>, deliveryId: string): Promise<boolean> {
+    const r = await sql<{ delivery_id: string }>`
+      UPDATE webhook_deliveries SET enqueued = true
+       WHERE delivery_id = ${deliveryId} AND NOT enqueued
+      RETURNING delivery_id`.execute(trx);
+    return r.rows.length > 0;
+  }
+
   async claimUnenqueued(trx: Transaction<DB>, limit: number): Promise<string[]> {
     const r = await sql<{ delivery_id: string }>`
       UPDATE webhook_deliveries SET enqueued = true

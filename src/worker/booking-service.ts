@@ -29,10 +29,12 @@ import {
   withProse,
 } from '../domain/messages.js';
 import { meetingEventData } from '../domain/owner-events.js';
-import { BOOKING_ACTION, CANCEL_ACTION, RESCHEDULE_ACTION } from '../domain/prompt.js';
+import { CANCEL_ACTION, RESCHEDULE_ACTION } from '../domain/prompt.js';
 import { friendlyTime, toZonedIso, zonedInstant, zoneOffsetMinutes } from '../domain/time.js';
-import type { MeetingRow, MeetingStore, NewMeeting } from '../store/meetings.js';
-import type { MessageWork } from '../store/messages.js';
+import type { LeaseKey } from '../store/booking-leases.js';
+import { leaseReleaseCte } from '../store/booking-leases.js';
+import { bookedRows, type MeetingRow, type MeetingStore, type NewMeeting } from '../store/meetings.js';
+import type { MessageWork, ReplyRows, StoredReply } from '../store/messages.js';
 import type { DB } from '../store/schema.js';
 import type { OwnerEventSink } from './owner-events.js';
 import type { OwnerBookingLock, OwnerLease } from './owner-lock.js';
@@ -58,17 +60,18 @@ const SEARCH_AFTER_MS = 14 * 86_400_000;
 const MAX_LISTED_SLOTS = 16;
 const MAX_CHECK_DAYS = 14;
 
-/**
- * Writes an outcome's rows in the reply's transaction. Given the owner's lease, it may give it back
- * in its own statement (a booking does, see MeetingStore.insertBooked) and then returns true.
- */
-type Persist = (trx: Transaction<DB>, lease: OwnerLease | undefined) => Promise<boolean>;
+/** Writes an outcome's rows in the reply's transaction (reschedule, cancel). */
+type Persist = (trx: Transaction<DB>) => Promise<void>;
 interface Outcome {
   text: string;
+  /** A booking's meeting row (written with the reply, see BookingService.respond). */
+  booked?: NewMeeting;
   persist?: Persist;
   stop?: boolean;
   duplicate?: boolean;
 }
+
+const BOOKED_EVENT = { type: 'meeting.booked' as const, key: (id: string) => `meeting.booked:${id}` };
 
 /** State of one reply: the owner lock is taken once and held until the reply has committed. */
 interface ReplyContext {
@@ -120,7 +123,7 @@ export class BookingService implements ActionResponder {
       requested: new Set(),
     };
     const texts: string[] = [];
-    const persists: Persist[] = [];
+    const rows: Array<{ booked: NewMeeting } | { persist: Persist }> = [];
     try {
       for (const [index, action] of actions.entries()) {
         const kind = (action as { action?: unknown } | null)?.action;
@@ -132,10 +135,10 @@ export class BookingService implements ActionResponder {
               : await this.#bookOne(ctx, action, index);
         if (result.duplicate) continue;
         texts.push(result.text);
-        if (result.persist) {
-          persists.push(result.persist);
-          if (kind === BOOKING_ACTION || kind === undefined) ctx.booked++;
-        }
+        if (result.booked) {
+          rows.push({ booked: result.booked });
+          ctx.booked++;
+        } else if (result.persist) rows.push({ persist: result.persist });
         if (result.stop) break;
       }
     } catch (err) {
@@ -143,21 +146,65 @@ export class BookingService implements ActionResponder {
       throw err;
     }
     const lease = ctx.lease;
-    return {
-      text: withProse(prose, texts.join('\n\n')),
-      // The owner's lease is given back in the reply's transaction, with the meeting row: the next
-      // booking sees both at once, and the release needs no commit of its own. A booking's statement
-      // gives it back with its meeting row; otherwise a statement of its own does.
-      persist:
-        persists.length || lease
-          ? async (trx) => {
-              let given = false;
-              for (const p of persists) given = (await p(trx, given ? undefined : lease)) || given;
-              if (lease && !given) await lease.releaseIn(trx);
-            }
-          : undefined,
-      done: lease && ((committed) => lease.release(committed)),
-    };
+    const text = withProse(prose, texts.join('\n\n'));
+    const done = lease && ((committed: boolean) => lease.release(committed));
+    // The owner's lease is given back with the reply, in the same commit as the meeting row: the
+    // next booking sees both at once, and the release needs no commit of its own.
+    const only = rows.length === 0 ? undefined : rows.length === 1 ? rows[0] : null;
+    if (only === undefined && !lease) return { text };
+    if (only === undefined || (only && 'booked' in only)) {
+      // The common case, one booking (or a refusal after taking the lease): its rows join the
+      // reply's own statement, one round trip and one commit for the whole reply.
+      return { text, write: (store) => this.#writeBooked(store, only?.booked, lease), done };
+    }
+    return { text, persist: (trx) => this.#persistAll(trx, rows, lease), done };
+  }
+
+  /** The reply's statement with one booking's rows (if any) and the lease's release (if held). */
+  async #writeBooked(
+    store: (rows: ReplyRows) => Promise<StoredReply>,
+    meeting: NewMeeting | undefined,
+    lease: OwnerLease | undefined,
+  ): Promise<StoredReply> {
+    const events = this.deps.events;
+    const write = (key?: LeaseKey) =>
+      store(
+        meeting
+          ? bookedRows(meeting, {
+              event: events && BOOKED_EVENT,
+              lease: key,
+              onlyIfRowIn: 'reply',
+              enqueued: false,
+            })
+          : { ctes: key ? [leaseReleaseCte(key)] : [] },
+      );
+    const stored = lease ? await lease.releaseWith(write) : await write();
+    // The delivery's row committed with the reply; its job follows (or the relay enqueues it).
+    if (stored.result) await events?.relayOne(stored.result);
+    return stored;
+  }
+
+  /** Several outcomes' rows in the reply's transaction, in the actions' order; then the lease. */
+  async #persistAll(
+    trx: Transaction<DB>,
+    rows: Array<{ booked: NewMeeting } | { persist: Persist }>,
+    lease: OwnerLease | undefined,
+  ): Promise<void> {
+    const events = this.deps.events;
+    let given = false;
+    for (const row of rows) {
+      if ('persist' in row) {
+        await row.persist(trx);
+        continue;
+      }
+      // A booking's statement gives the lease back with its meeting row (the first one does).
+      const write = (key?: LeaseKey) =>
+        this.deps.meetings.insertBooked(trx, row.booked, { event: events && BOOKED_EVENT, lease: key });
+      const deliveryId = lease && !given ? await lease.releaseWith(write) : await write();
+      given = given || lease !== undefined;
+      if (deliveryId) await events?.enqueueRecorded(trx, deliveryId);
+    }
+    if (lease && !given) await lease.releaseIn(trx);
   }
 
   /**
@@ -487,21 +534,7 @@ export class BookingService implements ActionResponder {
       htmlLink: created.htmlLink,
     };
     const when = request.friendlyTime ?? friendlyTime(request.start, agent.timezone);
-    return {
-      text: meetingConfirmation(when, created.meetLink),
-      // One statement: the meeting row, its webhook delivery, the lease given back.
-      persist: async (trx, lease) => {
-        const events = this.deps.events;
-        const write = (key?: { userId: string; holder: string }) =>
-          this.deps.meetings.insertBooked(trx, meeting, {
-            event: events && { type: 'meeting.booked', key: (id) => `meeting.booked:${id}` },
-            lease: key,
-          });
-        const deliveryId = lease ? await lease.releaseWith(write) : await write();
-        if (deliveryId) await events?.enqueueRecorded(trx, deliveryId);
-        return lease !== undefined;
-      },
-    };
+    return { text: meetingConfirmation(when, created.meetLink), booked: meeting };
   }
 
   /**
@@ -591,7 +624,6 @@ export class BookingService implements ActionResponder {
             data: meetingEventData(row),
           });
         }
-        return false;
       },
     };
   }
@@ -623,7 +655,6 @@ export class BookingService implements ActionResponder {
             data: meetingEventData(row),
           });
         }
-        return false;
       },
     };
   }

@@ -10,4 +10,9 @@ export interface OwnerEventSink {
    * e.g. MeetingStore.insertBooked); `emit` is both steps.
    */
   enqueueRecorded(trx: Transaction<DB>, deliveryId: string): Promise<void>;
+  /**
+   * Enqueues the delivery of a row the caller wrote with `enqueued = false` in a statement that
+   * committed (the reply's own, MeetingStore.bookedRows). Never throws: the relay catches up.
+   */
+  relayOne(deliveryId: string): Promise<void>;
 }

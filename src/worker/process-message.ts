@@ -16,17 +16,27 @@ import {
   rescheduleParameters,
 } from '../domain/prompt.js';
 import type { ChatModel, ChatResult, ChatTurn, ToolDefinition } from '../llm/chat-model.js';
-import type { MessageStore, MessageWork } from '../store/messages.js';
+import type { MessageStore, MessageWork, ReplyRows, StoredReply } from '../store/messages.js';
 import type { DB, StoredModelOutput } from '../store/schema.js';
-import type { JobContext, MessageJob } from './queue.js';
+import type { JobContext, JobOutcome, MessageJob } from './queue.js';
 
-/** The reply to send, and what must be committed together with it (e.g. the meeting row). */
+/**
+ * The reply to send, and what must be committed together with it (e.g. the meeting row). Either
+ * `write` (the rows join the reply's own statement: one round trip, one commit) or `persist` (a
+ * transaction around the reply's statement and the rows' own), or neither (the reply alone).
+ */
 export interface Reply {
   text: string;
+  /**
+   * Writes the reply through `store`, giving it the rows to add to its statement (ReplyRows); resolves
+   * with what `store` returned once that statement committed.
+   */
+  write?: (store: (rows: ReplyRows) => Promise<StoredReply>) => Promise<StoredReply>;
+  /** Writes rows in the reply's transaction, after the reply, only if this attempt's reply was stored. */
   persist?: (trx: Transaction<DB>) => Promise<void>;
   /**
-   * Runs once the reply's transaction is over, saying whether it committed (releases the owner's
-   * booking lock; `persist` gave its lease back inside a committed transaction).
+   * Runs once the reply's write is over, saying whether it committed (releases the owner's booking
+   * lock; `write` or `persist` gave its lease back in that commit).
    */
   done?: ((committed: boolean) => Promise<void>) | undefined;
 }
@@ -105,7 +115,7 @@ function describe(err: unknown): string {
  * reply insert is unique per customer message.
  */
 export function createMessageProcessor(deps: MessageProcessorDeps) {
-  return async function processMessage(job: MessageJob, ctx: JobContext): Promise<void> {
+  return async function processMessage(job: MessageJob, ctx: JobContext): Promise<JobOutcome | undefined> {
     const log = deps.logger.child({
       message_id: job.messageId,
       conversation_id: job.conversationId,
@@ -114,7 +124,7 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
     const work = await deps.messages.loadWork(job.messageId, deps.historyLimit);
     if (!work || work.message.role !== 'customer' || work.message.status !== 'pending') {
       deps.onOutcome?.('skipped');
-      return;
+      return undefined;
     }
     const agentLog = log.child({ agent_id: work.agent.agentId });
     let phase: 'model' | 'booking' = 'model';
@@ -123,29 +133,37 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
       const reply = await composeReply(work, output, agentLog, ctx.isLastAttempt, () => {
         phase = 'booking';
       });
-      let stored: Awaited<ReturnType<MessageStore['storeReply']>>;
+      const input = {
+        conversationId: work.message.conversationId,
+        replyTo: work.message.messageId,
+        content: reply.text,
+        outcome: 'answered' as const,
+      };
+      let stored: StoredReply;
       let committed = false;
       try {
-        stored = await deps.db.transaction().execute(async (trx) => {
-          const message = await deps.messages.storeReply(trx, {
-            conversationId: work.message.conversationId,
-            replyTo: work.message.messageId,
-            content: reply.text,
-            outcome: 'answered',
-            wakeNext: ctx.wakeNext,
+        const persist = reply.persist;
+        if (persist) {
+          stored = await deps.db.transaction().execute(async (trx) => {
+            const s = await deps.messages.storeReply(trx, input);
+            // Only the attempt whose reply was stored commits the side rows (meeting).
+            if (s.message) await persist(trx);
+            return s;
           });
-          // Only the attempt whose reply was stored commits the side rows (meeting).
-          if (message && reply.persist) await reply.persist(trx);
-          await ctx.settle(trx);
-          return message;
-        });
+        } else if (reply.write) {
+          // Autocommit: the statement is the transaction (its rows are conditioned on the reply).
+          stored = await reply.write((rows) => deps.messages.storeReply(deps.db, input, rows));
+        } else {
+          stored = await deps.messages.storeReply(deps.db, input);
+        }
         committed = true;
       } finally {
         // The owner's booking lock is held until the meeting row is visible to the next booking.
         await reply.done?.(committed);
       }
-      agentLog.info({ attempt: ctx.attempt, stored: Boolean(stored) }, 'message answered');
+      agentLog.info({ attempt: ctx.attempt, stored: Boolean(stored.message) }, 'message answered');
       deps.onOutcome?.('answered');
+      return { nextWaiting: stored.nextWaiting };
     } catch (err) {
       await deps.messages.recordAttempt(job.messageId, describe(err)).catch(() => {});
       const retryable = !(err instanceof Upstream) || err.retryable;
@@ -158,18 +176,15 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
         { err, attempt: ctx.attempt, phase },
         'message processing failed; sending the fallback reply',
       );
-      await deps.db.transaction().execute(async (trx) => {
-        await deps.messages.storeReply(trx, {
-          conversationId: work.message.conversationId,
-          replyTo: work.message.messageId,
-          content: phase === 'model' ? deps.llmErrorMessage : deps.meetingErrorMessage,
-          outcome: 'failed',
-          error: describe(err),
-          wakeNext: ctx.wakeNext,
-        });
-        await ctx.settle(trx);
+      const stored = await deps.messages.storeReply(deps.db, {
+        conversationId: work.message.conversationId,
+        replyTo: work.message.messageId,
+        content: phase === 'model' ? deps.llmErrorMessage : deps.meetingErrorMessage,
+        outcome: 'failed',
+        error: describe(err),
       });
       deps.onOutcome?.('failed');
+      return { nextWaiting: stored.nextWaiting };
     }
   };
 

@@ -16,28 +16,29 @@ export interface JobContext {
   jobId: string;
   /** 0 on the first run. */
   attempt: number;
-  /** No retry follows this attempt: the handler must settle the message (e.g. fallback reply). */
+  /** No retry follows this attempt: the handler must answer the message (e.g. fallback reply). */
   isLastAttempt: boolean;
   signal: AbortSignal;
+}
+
+/**
+ * What a handler that returned normally tells the queue. It returns only once its reply committed
+ * (a failed write throws); the queue then completes the job.
+ */
+export interface JobOutcome {
   /**
-   * The NOTIFY that wakes every worker of this queue (pg-boss's channel, this queue's name). Under
-   * key_strict_fifo a conversation's next message becomes fetchable only when this job completes,
-   * and no insert NOTIFY will announce it again: the transaction that settles must send this when
-   * the conversation has a next message waiting (MessageStore.storeReply does, in the reply's
-   * statement).
+   * The conversation has another message waiting. Under key_strict_fifo it becomes fetchable only
+   * once this job completes, and no insert NOTIFY will announce it again: the queue fetches again
+   * right after completing.
    */
-  wakeNext: { channel: string; payload: string };
-  /**
-   * Completes the job inside the caller's transaction (with the reply it produced, and `wakeNext`).
-   * A handler that settles must return normally only once that transaction committed (a failed
-   * commit must throw): the queue then skips its own completion.
-   */
-  settle(trx: Transaction<DB>): Promise<void>;
+  nextWaiting?: boolean;
 }
 
 export interface QueueSettings {
   retryLimit: number;
   concurrency: number;
+  /** The backstop poll for work no notification announced (retries after their backoff); 2 s. */
+  pollIntervalMs?: number;
 }
 
 /**
@@ -126,7 +127,9 @@ export class JobQueue {
    * fetches again at once; polling every 2 s is the backstop for a missed notification. In-flight jobs
    * are heartbeated (`touch`) so a crash of this process lets them run elsewhere.
    */
-  async workMessages(handler: (job: MessageJob, ctx: JobContext) => Promise<void>): Promise<void> {
+  async workMessages(
+    handler: (job: MessageJob, ctx: JobContext) => Promise<JobOutcome | undefined>,
+  ): Promise<void> {
     const inFlight = new Map<string, JobWithMetadata<MessageJob>>();
     const controllers = new Map<string, AbortController>();
     let wake: (() => void) | undefined;
@@ -150,30 +153,30 @@ export class JobQueue {
     heartbeat.unref();
 
     // True when the last fetch filled every free slot: more work may be waiting, so a finishing job
-    // fetches again. Otherwise new work announces itself (NOTIFY on insert, the settle's NOTIFY for a
-    // conversation's next message) and retries after a backoff are found by the 2 s poll, so a
-    // finishing job costs no extra fetch.
+    // fetches again. Otherwise new work announces itself (NOTIFY on insert; a conversation's next
+    // message through its handler's `nextWaiting`) and retries after a backoff are found by the
+    // poll, so a finishing job costs no extra fetch.
     let saturated = false;
     const run = async (job: JobWithMetadata<MessageJob>) => {
       const controller = new AbortController();
       controllers.set(job.id, controller);
-      let settled = false;
+      let nextWaiting = false;
       try {
-        await handler(job.data, {
+        const outcome = await handler(job.data, {
           jobId: job.id,
           attempt: job.retryCount,
           isLastAttempt: job.retryCount >= job.retryLimit,
           signal: controller.signal,
-          wakeNext: { channel, payload: MESSAGE_QUEUE },
-          settle: async (trx) => {
-            await this.#settle(trx, job);
-            settled = true;
-          },
         });
-        // A handler that settled did so in its reply's transaction, and returns only once that
-        // transaction committed (a failed commit throws, and lands in `fail` below). A handler that
-        // had nothing to do (message already answered) did not settle: complete the job here.
-        if (!settled) await this.#boss.complete(MESSAGE_QUEUE, { id: job.id, retryCount: job.retryCount });
+        // The handler returned once its reply committed (or it found the message already answered):
+        // the job is done. Completing it after that commit, in a statement of its own, keeps the
+        // job's bookkeeping off the reply's path and loses nothing: if this process dies before the
+        // completion, the job's heartbeat lapses, it runs again and finds its message answered. The
+        // attempt (id + retryCount) makes this a no-op if the job was meanwhile retried elsewhere.
+        await this.#boss.complete(MESSAGE_QUEUE, { id: job.id, retryCount: job.retryCount });
+        // This job no longer holds its conversation: the next message is fetchable now. This
+        // process has a free slot, so it fetches it itself (others find it by their poll).
+        nextWaiting = outcome?.nextWaiting === true;
       } catch (err) {
         // Back to pg-boss's retry policy (backoff); a no-op if the attempt was already settled.
         await this.#boss
@@ -188,7 +191,7 @@ export class JobQueue {
       } finally {
         inFlight.delete(job.id);
         controllers.delete(job.id);
-        if (saturated || woken) nudge();
+        if (saturated || woken || nextWaiting) nudge();
       }
     };
 
@@ -220,7 +223,7 @@ export class JobQueue {
         // without awaiting and starve the event loop: jobs, heartbeats and signals would all stall.
         if (woken && this.settings.concurrency - inFlight.size > 0) continue;
         await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, 2_000);
+          const timer = setTimeout(resolve, this.settings.pollIntervalMs ?? 2_000);
           wake = () => {
             clearTimeout(timer);
             resolve();
@@ -245,13 +248,6 @@ export class JobQueue {
       this.database.db,
     );
     return r.rows[0]!.channel;
-  }
-
-  async #settle(trx: Transaction<DB>, job: JobWithMetadata<MessageJob>): Promise<void> {
-    // Passing the attempt (id + retryCount) makes this a no-op if the job was meanwhile retried.
-    await this.#boss.complete(MESSAGE_QUEUE, { id: job.id, retryCount: job.retryCount }, null, {
-      db: fromKysely(trx),
-    });
   }
 
   /** Jobs waiting or running (metrics, tests). */

@@ -113,7 +113,25 @@ export class WebhookDispatcher implements OwnerEventSink {
     this.#relay.unref();
   }
 
-  /** Enqueues deliveries that have no job yet (written by the revocation trigger). */
+  /**
+   * Enqueues the job of one delivery written with `enqueued = false` in a statement that committed
+   * (a booking's reply, MeetingStore.bookedRows). Never throws: what it could not do, the periodic
+   * relay does (the row stays unenqueued until its job is committed with the mark).
+   */
+  async relayOne(deliveryId: string): Promise<void> {
+    try {
+      await this.db.transaction().execute(async (trx) => {
+        if (await this.store.claimOne(trx, deliveryId)) await this.#enqueue(trx, deliveryId);
+      });
+    } catch (err) {
+      this.logger.warn(
+        { err, delivery_id: deliveryId },
+        'could not enqueue a webhook delivery; the relay will',
+      );
+    }
+  }
+
+  /** Enqueues deliveries that have no job yet (written by the revocation trigger, or relayOne's misses). */
   async relayOnce(): Promise<number> {
     return this.db.transaction().execute(async (trx) => {
       const ids = await this.store.claimUnenqueued(trx, 50);

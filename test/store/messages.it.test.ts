@@ -1,16 +1,18 @@
 /**
  * The reply statement (MessageStore.storeReply): stores the reply once, closes the customer message,
- * announces the conversation to live feeds, and wakes the queue when a next message waits — all in
- * one statement, so each NOTIFY is checked here as it is received by a listener.
+ * announces the conversation to live feeds (each NOTIFY checked as a listener receives it), tells
+ * whether a next message waits, and carries a booking's rows — all in one statement.
  */
+import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { AgentStore } from '../../src/store/agents.js';
+import { BookingLeaseStore } from '../../src/store/booking-leases.js';
 import { ConversationStore } from '../../src/store/conversations.js';
 import type { Database } from '../../src/store/database.js';
+import { bookedRows } from '../../src/store/meetings.js';
 import { MESSAGE_CHANNEL, MessageStore } from '../../src/store/messages.js';
 import { openTestDatabase } from '../helpers/database.js';
 
-const WAKE = 'test_wake_next';
 let database: Database;
 let close: () => Promise<void>;
 let messages: MessageStore;
@@ -24,9 +26,7 @@ beforeAll(async () => {
   messages = new MessageStore(database.db);
   conversations = new ConversationStore(database.db);
   agentId = (await new AgentStore(database.db).create({ userId: 'owner-msg', name: 'A' })).agentId;
-  for (const channel of [WAKE, MESSAGE_CHANNEL]) {
-    unlisten.push(await database.listen(channel, (payload) => heard.push([channel, payload])));
-  }
+  unlisten.push(await database.listen(MESSAGE_CHANNEL, (payload) => heard.push([MESSAGE_CHANNEL, payload])));
 });
 afterAll(async () => {
   for (const u of unlisten) await u();
@@ -45,34 +45,32 @@ async function conversationWith(n: number) {
   return { conversationId: conversation.conversationId, ids };
 }
 
+const input = (conversationId: string, replyTo: string) => ({
+  conversationId,
+  replyTo,
+  content: `re ${replyTo}`,
+  outcome: 'answered' as const,
+});
 const reply = (conversationId: string, replyTo: string) =>
-  database.db.transaction().execute((trx) =>
-    messages.storeReply(trx, {
-      conversationId,
-      replyTo,
-      content: `re ${replyTo}`,
-      outcome: 'answered',
-      wakeNext: { channel: WAKE, payload: 'the-queue' },
-    }),
-  );
+  messages.storeReply(database.db, input(conversationId, replyTo));
 
 const heardOn = (channel: string, payload: string) =>
   heard.filter(([c, p]) => c === channel && p === payload).length;
 
 describe('MessageStore.storeReply', () => {
-  it('wakes the queue while the conversation has a next message, and announces every reply', async () => {
+  it('tells whether the conversation has a next message, and announces every reply', async () => {
     const { conversationId, ids } = await conversationWith(2);
     await vi.waitFor(() => expect(heardOn(MESSAGE_CHANNEL, conversationId)).toBe(2)); // the inserts
-    const wakes = heardOn(WAKE, 'the-queue');
 
-    expect((await reply(conversationId, ids[0]!))?.content).toBe(`re ${ids[0]}`);
-    await vi.waitFor(() => expect(heardOn(WAKE, 'the-queue')).toBe(wakes + 1));
+    const first = await reply(conversationId, ids[0]!);
+    expect(first.message?.content).toBe(`re ${ids[0]}`);
+    expect(first.nextWaiting).toBe(true);
     await vi.waitFor(() => expect(heardOn(MESSAGE_CHANNEL, conversationId)).toBe(3));
 
-    // The last message: nothing waits after it, so no wake-up (checked after its announcement).
-    await reply(conversationId, ids[1]!);
+    // The last message: nothing waits after it.
+    const last = await reply(conversationId, ids[1]!);
+    expect(last.nextWaiting).toBe(false);
     await vi.waitFor(() => expect(heardOn(MESSAGE_CHANNEL, conversationId)).toBe(4));
-    expect(heardOn(WAKE, 'the-queue')).toBe(wakes + 1);
 
     const stored = await messages.list(conversationId, { limit: 10 });
     expect(stored?.map((m) => m.role)).toEqual(['customer', 'customer', 'assistant', 'assistant']);
@@ -82,8 +80,58 @@ describe('MessageStore.storeReply', () => {
     const { conversationId, ids } = await conversationWith(1);
     await reply(conversationId, ids[0]!);
     await vi.waitFor(() => expect(heardOn(MESSAGE_CHANNEL, conversationId)).toBe(2));
-    expect(await reply(conversationId, ids[0]!)).toBeUndefined();
+    expect((await reply(conversationId, ids[0]!)).message).toBeUndefined();
     const stored = await messages.list(conversationId, { limit: 10 });
     expect(stored?.map((m) => m.role)).toEqual(['customer', 'assistant']);
+  });
+
+  it("writes a booking's rows with the reply, only when this attempt's reply is the one stored", async () => {
+    const { conversationId, ids } = await conversationWith(1);
+    const leases = new BookingLeaseStore(database.db);
+    const meeting = (key: string) => ({
+      userId: 'owner-msg',
+      agentId,
+      conversationId,
+      messageId: ids[0]!,
+      idempotencyKey: key,
+      googleEventId: `ev${key}`,
+      title: 'Intro',
+      customerName: null,
+      customerEmail: 'c@example.com',
+      participants: [],
+      meetingTime: new Date('2030-01-01T10:00:00Z'),
+      durationMinutes: 30,
+      timezone: null,
+      meetLink: null,
+      htmlLink: null,
+    });
+    const attempt = async (key: string) => {
+      const lease = { userId: 'owner-msg', holder: `h-${key}` };
+      expect(await leases.tryAcquire(lease.userId, lease.holder, 30_000)).toBe(true);
+      const stored = await messages.storeReply(
+        database.db,
+        input(conversationId, ids[0]!),
+        bookedRows(meeting(key), { lease, onlyIfRowIn: 'reply', enqueued: false }),
+      );
+      const held = await sql<{ n: number }>`
+        SELECT count(*)::int AS n FROM owner_booking_leases WHERE user_id = 'owner-msg'`.execute(database.db);
+      return { stored, leaseHeld: held.rows[0]!.n > 0 };
+    };
+    const meetingKeys = async () =>
+      (
+        await sql<{ idempotency_key: string }>`
+          SELECT idempotency_key FROM meetings WHERE conversation_id = ${conversationId}`.execute(database.db)
+      ).rows.map((r) => r.idempotency_key);
+
+    const first = await attempt('k1');
+    expect(first.stored.message?.content).toBe(`re ${ids[0]}`);
+    expect(first.leaseHeld).toBe(false);
+    expect(await meetingKeys()).toEqual(['k1']);
+
+    // A second attempt's reply is not stored: its meeting row is not written; its lease is given back.
+    const second = await attempt('k2');
+    expect(second.stored.message).toBeUndefined();
+    expect(second.leaseHeld).toBe(false);
+    expect(await meetingKeys()).toEqual(['k1']);
   });
 });

@@ -211,7 +211,7 @@ describe('webhook deliveries', () => {
       expect(d).toMatchObject({ status: 'delivered', attempts: 1, last_error: null, last_status_code: 204 });
   });
 
-  it("a booking's meeting row, its delivery and the lease's release are one statement; the payload is the stored meeting", async () => {
+  it("a booking's reply, meeting row, delivery and lease release are one statement; the payload is the stored meeting", async () => {
     // Triggers log, per row written, the statement that wrote it (current_query(): the client's
     // statement text), so the test sees the real statements, whatever the code says it sends.
     await sql`
@@ -225,6 +225,16 @@ describe('webhook deliveries', () => {
         INSERT INTO booking_write_log VALUES (TG_TABLE_NAME, NEW.user_id, current_query());
         RETURN NEW;
       END $$;
+      CREATE FUNCTION log_reply_write() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        INSERT INTO booking_write_log
+          SELECT TG_TABLE_NAME, a.user_id, current_query()
+            FROM conversations c JOIN agents a ON a.agent_id = c.agent_id
+           WHERE c.conversation_id = NEW.conversation_id;
+        RETURN NEW;
+      END $$;
+      CREATE TRIGGER log_reply AFTER INSERT ON messages
+        FOR EACH ROW WHEN (NEW.role = 'assistant') EXECUTE FUNCTION log_reply_write();
       CREATE TRIGGER log_meeting AFTER INSERT ON meetings FOR EACH ROW EXECUTE FUNCTION log_booking_write();
       CREATE TRIGGER log_delivery AFTER INSERT ON webhook_deliveries
         FOR EACH ROW EXECUTE FUNCTION log_booking_write();
@@ -240,6 +250,7 @@ describe('webhook deliveries', () => {
       ).rows;
       expect(writes.map((w) => w.tbl).sort()).toEqual([
         'meetings',
+        'messages',
         'owner_booking_leases',
         'webhook_deliveries',
       ]);
@@ -261,7 +272,9 @@ describe('webhook deliveries', () => {
         DROP TRIGGER log_meeting ON meetings;
         DROP TRIGGER log_delivery ON webhook_deliveries;
         DROP TRIGGER log_lease ON owner_booking_leases;
+        DROP TRIGGER log_reply ON messages;
         DROP FUNCTION log_booking_write();
+        DROP FUNCTION log_reply_write();
         DROP TABLE booking_write_log;`.execute(s.app.database.db);
     }
   });
@@ -330,5 +343,32 @@ describe('webhook deliveries', () => {
     );
     expect(verify(revoked, o.secret)).toBe(true);
     expect(revoked.json.data.user_id).toBe(o.userId);
+  });
+});
+
+describe('without the periodic relay', () => {
+  // The helpers above use `s`: this block swaps in a stack whose relay runs once at start, then
+  // hourly, so a booking's delivery arrives only if the worker enqueues it right after the reply's
+  // statement (WebhookDispatcher.relayOne), as a delivery written in that statement must be.
+  let main: Stack;
+  beforeAll(async () => {
+    main = s;
+    s = await startStack(
+      {},
+      { webhooks: { retryLimit: 3, retryDelaySeconds: 1, relayIntervalMs: 3_600_000 } },
+    );
+  });
+  afterAll(async () => {
+    await s.close();
+    s = main;
+  });
+
+  it("a booking's delivery is enqueued right after the reply's statement", async () => {
+    const o = await ownerWithHook('/no-relay');
+    const { text } = await say(o.agentId, undefined, booking(at(5, 11)));
+    expect(text.startsWith('✅ Meeting confirmed!')).toBe(true);
+    const got = await waitFor('the delivery', () => received.find((r) => r.path === '/no-relay'));
+    expect(got.json.type).toBe('meeting.booked');
+    expect(verify(got, o.secret)).toBe(true);
   });
 });
