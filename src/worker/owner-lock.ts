@@ -21,9 +21,10 @@ export interface OwnerLease {
    */
   releaseIn(trx: Transaction<DB>): Promise<void>;
   /**
-   * As `releaseIn`, for a caller that deletes the lease row within a statement of its own in the
-   * reply's transaction (MeetingStore.insertBooked): `write` gets the row's key, and the lease counts
-   * as given back once `write` resolved (if it throws, release() deletes the row as after any failure).
+   * As `releaseIn`, for a caller that deletes the lease row within a statement of its own: the reply's
+   * statement itself (autocommit, see MeetingStore.bookedRows) or one in the reply's transaction
+   * (MeetingStore.insertBooked). `write` gets the row's key, and the lease counts as given back once
+   * `write` resolved (if it throws, release() deletes the row as after any failure).
    */
   releaseWith<T>(write: (key: { userId: string; holder: string }) => Promise<T>): Promise<T>;
   /**
