@@ -182,12 +182,13 @@ async function openServer(
     schema,
     bossOptions: () => ({
       connectionString: url,
-      // pg-boss's own statements (fetching jobs, heartbeats, failures, maintenance) commit without
-      // waiting for the WAL flush (~1.6 ms per commit on the bench machine, on every job's pickup).
-      // A PostgreSQL crash can lose the last few hundred ms of them, which only makes jobs run again:
-      // handlers are at-least-once safe anyway. Everything that records an outcome (enqueue, reply,
-      // job completion with it) runs on our pool, in our transactions, and commits synchronously;
-      // WAL is sequential, so such a commit also makes every earlier one durable.
+      // pg-boss's own statements (fetching and completing jobs, heartbeats, failures, maintenance)
+      // commit without waiting for the WAL flush (~1.6 ms per commit on the bench machine, on every
+      // job's pickup). A PostgreSQL crash can lose the last few hundred ms of them, which only makes
+      // jobs run again: handlers are at-least-once safe anyway, and a job completes only after its
+      // reply committed. Everything that records an outcome (enqueue, reply, the last attempt's job
+      // completion with it) runs on our pool and commits synchronously; WAL is sequential, so such a
+      // commit also makes every earlier one durable.
       options: '-c synchronous_commit=off',
       // Handed to pg-boss's pg.Pool as is.
       ...(preparedStatements ? { Client: BossPreparingClient } : {}),

@@ -8,6 +8,11 @@ import { widen } from './schema-booking.js';
 
 /** Channel on which a committed message announces itself (payload: conversation id). */
 export const MESSAGE_CHANNEL = 'agent_meetings_messages';
+/**
+ * Channel on which a committed customer message (only) announces its conversation: the queue tells
+ * a conversation's next message from its own reply's announcement (src/worker/queue.ts).
+ */
+export const CUSTOMER_MESSAGE_CHANNEL = 'agent_meetings_customer_messages';
 
 export interface Message {
   messageId: string;
@@ -101,7 +106,10 @@ interface JsonUpcoming {
 export class MessageStore {
   constructor(private readonly db: Kysely<DB>) {}
 
-  /** Stores a customer message and announces its conversation (live feeds), in one statement. */
+  /**
+   * Stores a customer message and announces its conversation (live feeds, and the queue's
+   * CUSTOMER_MESSAGE_CHANNEL), in one statement.
+   */
   async insertCustomerMessage(
     trx: Transaction<DB>,
     conversationId: string,
@@ -113,7 +121,8 @@ export class MessageStore {
         VALUES (${newId('msg')}, ${conversationId}, 'customer', ${content}, 'pending')
         RETURNING message_id, conversation_id, role, content, created_at
       ), announced AS (
-        SELECT pg_notify(${MESSAGE_CHANNEL}, conversation_id) FROM ins
+        SELECT pg_notify(${MESSAGE_CHANNEL}, conversation_id), pg_notify(${CUSTOMER_MESSAGE_CHANNEL}, conversation_id)
+          FROM ins
       )
       SELECT ins.*, (SELECT count(*) FROM announced) AS announced FROM ins`.execute(trx);
     const row = r.rows[0];
@@ -322,9 +331,9 @@ export class MessageStore {
     // when the reply was inserted), and tell whether a next message waits. The UPDATE touches another
     // row than the INSERT, so both data-modifying parts run on one snapshot without seeing each other,
     // as PostgreSQL requires; on that snapshot the message being answered is still pending, hence
-    // `<>`. Plain CTEs run only when their output is used (the planner drops unused columns), so the
-    // final SELECT reads the NOTIFY count, and returns one row (the reply's columns are null when
-    // another attempt stored it first). Data-modifying CTEs (`also`'s) run whether read or not.
+    // `<>`. A plain (SELECT) CTE runs only if the statement reads it, so the final SELECT reads the
+    // NOTIFY count; data-modifying CTEs (`closed`, `also`'s) run once, whether read or not. The final
+    // SELECT returns one row (the reply's columns are null when another attempt stored it first).
     const extra = also?.ctes.length ? sql`, ${sql.join(also.ctes)}` : sql``;
     const result = also?.result ?? sql`NULL::text`;
     const r = await sql<

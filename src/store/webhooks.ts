@@ -147,7 +147,6 @@ export class WebhookStore {
     return q.execute();
   }
 
-  /** Deliveries written by SQL (the revocation trigger) that still need a job; marked in `trx`. */
   /** Marks one delivery written with `enqueued = false` as enqueued; false if it already was. */
   async claimOne(trx: Transaction<DB>, deliveryId: string): Promise<boolean> {
     const r = await sql<{ delivery_id: string }>`
@@ -157,6 +156,10 @@ export class WebhookStore {
     return r.rows.length > 0;
   }
 
+  /**
+   * Deliveries that still need a job (written by SQL, the revocation trigger, or by a reply whose
+   * relayOne did not run); marked in `trx`.
+   */
   async claimUnenqueued(trx: Transaction<DB>, limit: number): Promise<string[]> {
     const r = await sql<{ delivery_id: string }>`
       UPDATE webhook_deliveries SET enqueued = true

@@ -47,7 +47,7 @@ export interface BookingServiceDeps {
   limits: BookingLimits & { maxBookingsPerConversation: number };
   meetingErrorMessage: string;
   now: () => Date;
-  /** Owner webhooks: events recorded in the reply's transaction. */
+  /** Owner webhooks: events recorded with the reply (its statement, or its transaction). */
   events?: OwnerEventSink | undefined;
   onOutcome?: (outcome: string) => void;
 }
@@ -93,13 +93,13 @@ interface ReplyContext {
  * Never twice: each booking gets an idempotency key from the customer message and the action; the
  * Google event id is derived from it (a repeated insert answers 409 and we fetch the event; a
  * booking about to give up looks that id up first), and the meeting row (unique key and event id)
- * commits in the same transaction as the confirmation.
+ * commits with the confirmation (one statement; a transaction when the answer has several actions).
  * The confirmation is built from Google's answer, never from the model's words.
  *
  * Never double-booked: the availability check (Google freeBusy plus our own scheduled meetings,
  * widened by the agent's buffer) and the insert run under the owner's booking lock, which is
- * given back in the reply's transaction (visible together with the meeting row), or after that
- * transaction failed.
+ * given back in the reply's commit (visible together with the meeting row), or after that write
+ * failed.
  */
 export class BookingService implements ActionResponder {
   constructor(private readonly deps: BookingServiceDeps) {}
@@ -155,12 +155,29 @@ export class BookingService implements ActionResponder {
     if (only === undefined || (only && 'booked' in only)) {
       // The common case, one booking (or a refusal after taking the lease): its rows join the
       // reply's own statement, one round trip and one commit for the whole reply.
-      return { text, write: (store) => this.#writeBooked(store, only?.booked, lease), done };
+      let deliveryId: string | undefined;
+      return {
+        text,
+        write: async (store) => {
+          const stored = await this.#writeBooked(store, only?.booked, lease);
+          deliveryId = stored.result;
+          return stored;
+        },
+        done: async (committed) => {
+          await done?.(committed);
+          // The delivery's row committed with the reply; its job follows, once this owner's next
+          // booking may go on (the periodic relay enqueues it if this never runs).
+          if (committed && deliveryId) await this.deps.events?.relayOne(deliveryId);
+        },
+      };
     }
     return { text, persist: (trx) => this.#persistAll(trx, rows, lease), done };
   }
 
-  /** The reply's statement with one booking's rows (if any) and the lease's release (if held). */
+  /**
+   * The reply's statement with one booking's rows (if any) and the lease's release (if held); its
+   * result is the webhook delivery's id, whose job the caller enqueues (WebhookDispatcher.relayOne).
+   */
   async #writeBooked(
     store: (rows: ReplyRows) => Promise<StoredReply>,
     meeting: NewMeeting | undefined,
@@ -178,10 +195,7 @@ export class BookingService implements ActionResponder {
             })
           : { ctes: key ? [leaseReleaseCte(key)] : [] },
       );
-    const stored = lease ? await lease.releaseWith(write) : await write();
-    // The delivery's row committed with the reply; its job follows (or the relay enqueues it).
-    if (stored.result) await events?.relayOne(stored.result);
-    return stored;
+    return lease ? lease.releaseWith(write) : write();
   }
 
   /** Several outcomes' rows in the reply's transaction, in the actions' order; then the lease. */
@@ -409,7 +423,7 @@ export class BookingService implements ActionResponder {
    * - the id derives from this booking's key (customer message, action index, request), so the only
    *   event it can find is this booking's own, inserted after the availability check under the
    *   owner lock;
-   * - the meeting row (unique idempotency key and event id) commits in the reply's transaction, and
+   * - the meeting row (unique idempotency key and event id) commits with the reply, and
    *   the reply is unique per customer message: a duplicate or redelivered job finds the message
    *   answered and does nothing; a crash before that commit leaves the event without a row, as it
    *   was before the lookup, and any later run of the job finds it again (409 on its insert, or

@@ -28,8 +28,9 @@ export interface OwnerLease {
    */
   releaseWith<T>(write: (key: { userId: string; holder: string }) => Promise<T>): Promise<T>;
   /**
-   * Frees the lock once the reply's transaction is over. `committed`: that transaction committed,
-   * so a releaseIn inside it already gave the lease back; otherwise the lease row is deleted now.
+   * Frees the lock once the reply's write (its statement or transaction) is over. `committed`: it
+   * committed, so a releaseIn or releaseWith in it already gave the lease back; otherwise the lease
+   * row is deleted now.
    * Idempotent.
    */
   release(committed?: boolean): Promise<void>;

@@ -124,9 +124,20 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
     const work = await deps.messages.loadWork(job.messageId, deps.historyLimit);
     if (!work || work.message.role !== 'customer' || work.message.status !== 'pending') {
       deps.onOutcome?.('skipped');
-      return undefined;
+      // A duplicate job of an answered message held the conversation too: look for its next one.
+      return { nextWaiting: true };
     }
     const agentLog = log.child({ agent_id: work.agent.agentId });
+    // The reply's write: on its own (one statement, autocommit), or, on the last attempt, in a
+    // transaction that also completes the job (JobContext.completeIn).
+    const commit = <T>(write: (e: Kysely<DB> | Transaction<DB>) => Promise<T>): Promise<T> =>
+      ctx.isLastAttempt
+        ? deps.db.transaction().execute(async (trx) => {
+            const result = await write(trx);
+            await ctx.completeIn(trx);
+            return result;
+          })
+        : write(deps.db);
     let phase: 'model' | 'booking' = 'model';
     try {
       const output = work.message.modelOutput ?? (await askModel(work, ctx.signal, agentLog));
@@ -148,13 +159,14 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
             const s = await deps.messages.storeReply(trx, input);
             // Only the attempt whose reply was stored commits the side rows (meeting).
             if (s.message) await persist(trx);
+            if (ctx.isLastAttempt) await ctx.completeIn(trx);
             return s;
           });
         } else if (reply.write) {
-          // Autocommit: the statement is the transaction (its rows are conditioned on the reply).
-          stored = await reply.write((rows) => deps.messages.storeReply(deps.db, input, rows));
+          // One statement: its rows are conditioned on the reply being this attempt's.
+          stored = await reply.write((rows) => commit((e) => deps.messages.storeReply(e, input, rows)));
         } else {
-          stored = await deps.messages.storeReply(deps.db, input);
+          stored = await commit((e) => deps.messages.storeReply(e, input));
         }
         committed = true;
       } finally {
@@ -176,13 +188,15 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
         { err, attempt: ctx.attempt, phase },
         'message processing failed; sending the fallback reply',
       );
-      const stored = await deps.messages.storeReply(deps.db, {
-        conversationId: work.message.conversationId,
-        replyTo: work.message.messageId,
-        content: phase === 'model' ? deps.llmErrorMessage : deps.meetingErrorMessage,
-        outcome: 'failed',
-        error: describe(err),
-      });
+      const stored = await commit((e) =>
+        deps.messages.storeReply(e, {
+          conversationId: work.message.conversationId,
+          replyTo: work.message.messageId,
+          content: phase === 'model' ? deps.llmErrorMessage : deps.meetingErrorMessage,
+          outcome: 'failed',
+          error: describe(err),
+        }),
+      );
       deps.onOutcome?.('failed');
       return { nextWaiting: stored.nextWaiting };
     }

@@ -2,6 +2,7 @@ import { sql, type Transaction } from 'kysely';
 import { fromKysely, type JobWithMetadata, PgBoss } from 'pg-boss';
 import type { Logger } from 'pino';
 import { bossSchemaFor, type Database } from '../store/database.js';
+import { CUSTOMER_MESSAGE_CHANNEL } from '../store/messages.js';
 import type { DB } from '../store/schema.js';
 
 /** One job per customer message; the job names the message, the message row holds the content. */
@@ -19,6 +20,14 @@ export interface JobContext {
   /** No retry follows this attempt: the handler must answer the message (e.g. fallback reply). */
   isLastAttempt: boolean;
   signal: AbortSignal;
+  /**
+   * Completes the job inside the caller's transaction (the reply's). The last attempt must: a job
+   * whose last attempt is not completed ends `failed`, and under key_strict_fifo a failed job holds
+   * its conversation's later messages for good, so its completion may not be a statement that a
+   * crash could lose after the reply committed. Earlier attempts need not (the queue completes them
+   * after the handler returned; a lost completion only runs the job again).
+   */
+  completeIn(trx: Transaction<DB>): Promise<void>;
 }
 
 /**
@@ -139,9 +148,22 @@ export class JobQueue {
       wake?.();
     };
     const channel = await this.#wakeChannel();
-    this.#unlisten = await this.database.listen(channel, (queue) => {
+    const unlistenQueue = await this.database.listen(channel, (queue) => {
       if (queue === MESSAGE_QUEUE) nudge();
     });
+    // A customer message whose conversation has a job in flight here: it becomes fetchable only once
+    // that job completes, which happens after its reply is visible, so a client answering the reply
+    // at once sends it into that gap (its insert's wake-up fetches nothing, the job's snapshot did
+    // not see it). The job remembers it and fetches again once completed.
+    const running = new Map<string, { arrived: boolean }>();
+    const unlistenCustomers = await this.database.listen(CUSTOMER_MESSAGE_CHANNEL, (conversationId) => {
+      const job = running.get(conversationId);
+      if (job) job.arrived = true;
+    });
+    this.#unlisten = async () => {
+      await unlistenQueue();
+      await unlistenCustomers();
+    };
     const heartbeat = setInterval(() => {
       const jobs = [...inFlight.values()].map((j) => ({ id: j.id, retryCount: j.retryCount }));
       if (jobs.length > 0) {
@@ -160,6 +182,8 @@ export class JobQueue {
     const run = async (job: JobWithMetadata<MessageJob>) => {
       const controller = new AbortController();
       controllers.set(job.id, controller);
+      const conversation = { arrived: false };
+      running.set(job.data.conversationId, conversation);
       let nextWaiting = false;
       try {
         const outcome = await handler(job.data, {
@@ -167,18 +191,27 @@ export class JobQueue {
           attempt: job.retryCount,
           isLastAttempt: job.retryCount >= job.retryLimit,
           signal: controller.signal,
+          completeIn: async (trx) => {
+            // The attempt (id + retryCount) makes this a no-op if the job was meanwhile retried.
+            await this.#boss.complete(MESSAGE_QUEUE, { id: job.id, retryCount: job.retryCount }, null, {
+              db: fromKysely(trx),
+            });
+          },
         });
         // The handler returned once its reply committed (or it found the message already answered):
         // the job is done. Completing it after that commit, in a statement of its own, keeps the
-        // job's bookkeeping off the reply's path and loses nothing: if this process dies before the
-        // completion, the job's heartbeat lapses, it runs again and finds its message answered. The
-        // attempt (id + retryCount) makes this a no-op if the job was meanwhile retried elsewhere.
+        // job's bookkeeping off the reply's path and loses nothing on an attempt that has a retry
+        // left: if this process dies before the completion, the job's heartbeat lapses, it runs
+        // again and finds its message answered. The last attempt completed in its reply's
+        // transaction (JobContext.completeIn), and this is then a no-op (pg-boss completes only an
+        // active job), as it is if the job was meanwhile retried elsewhere (id + retryCount).
         await this.#boss.complete(MESSAGE_QUEUE, { id: job.id, retryCount: job.retryCount });
-        // This job no longer holds its conversation: the next message is fetchable now. This
-        // process has a free slot, so it fetches it itself (others find it by their poll).
-        nextWaiting = outcome?.nextWaiting === true;
+        // This job no longer holds its conversation: a next message is fetchable now. This process
+        // has a free slot, so it fetches it itself; if it is stopping, it wakes the others.
+        nextWaiting = outcome?.nextWaiting === true || conversation.arrived;
+        if (nextWaiting && this.#stopping) await this.#wakeOthers(channel);
       } catch (err) {
-        // Back to pg-boss's retry policy (backoff); a no-op if the attempt was already settled.
+        // Back to pg-boss's retry policy (backoff); a no-op if the attempt was already completed.
         await this.#boss
           .fail(
             MESSAGE_QUEUE,
@@ -191,6 +224,7 @@ export class JobQueue {
       } finally {
         inFlight.delete(job.id);
         controllers.delete(job.id);
+        if (running.get(job.data.conversationId) === conversation) running.delete(job.data.conversationId);
         if (saturated || woken || nextWaiting) nudge();
       }
     };
@@ -239,6 +273,13 @@ export class JobQueue {
       stopHeartbeat: () => clearInterval(heartbeat),
       wake: nudge,
     };
+  }
+
+  /** Wakes every process's dispatcher (the channel pg-boss notifies on insert). Never throws. */
+  async #wakeOthers(channel: string): Promise<void> {
+    await sql`SELECT pg_notify(${channel}, ${MESSAGE_QUEUE})`
+      .execute(this.database.db)
+      .catch((err: unknown) => this.logger.warn({ err }, 'could not wake the other workers'));
   }
 
   /** pg-boss's wake-up channel for this schema (its notifyChannelSql). */

@@ -105,13 +105,17 @@ describe('MessageStore.storeReply', () => {
       meetLink: null,
       htmlLink: null,
     });
+    // The owner has a webhook: the booking's delivery is written too, its job left to the caller.
+    await sql`INSERT INTO owner_webhooks (user_id, url, secret_enc) VALUES ('owner-msg', 'http://127.0.0.1:9/', 'x')
+              ON CONFLICT DO NOTHING`.execute(database.db);
+    const event = { type: 'meeting.booked' as const, key: (id: string) => `meeting.booked:${id}` };
     const attempt = async (key: string) => {
       const lease = { userId: 'owner-msg', holder: `h-${key}` };
       expect(await leases.tryAcquire(lease.userId, lease.holder, 30_000)).toBe(true);
       const stored = await messages.storeReply(
         database.db,
         input(conversationId, ids[0]!),
-        bookedRows(meeting(key), { lease, onlyIfRowIn: 'reply', enqueued: false }),
+        bookedRows(meeting(key), { event, lease, onlyIfRowIn: 'reply', enqueued: false }),
       );
       const held = await sql<{ n: number }>`
         SELECT count(*)::int AS n FROM owner_booking_leases WHERE user_id = 'owner-msg'`.execute(database.db);
@@ -123,15 +127,31 @@ describe('MessageStore.storeReply', () => {
           SELECT idempotency_key FROM meetings WHERE conversation_id = ${conversationId}`.execute(database.db)
       ).rows.map((r) => r.idempotency_key);
 
+    const deliveries = async () =>
+      (
+        await sql<{ delivery_id: string; enqueued: boolean }>`
+          SELECT d.delivery_id, d.enqueued FROM webhook_deliveries d
+            JOIN meetings m ON d.event_key = 'meeting.booked:' || m.meeting_id
+           WHERE m.conversation_id = ${conversationId}`.execute(database.db)
+      ).rows;
+
     const first = await attempt('k1');
     expect(first.stored.message?.content).toBe(`re ${ids[0]}`);
     expect(first.leaseHeld).toBe(false);
     expect(await meetingKeys()).toEqual(['k1']);
+    // The delivery, not yet enqueued (the caller's relayOne or the relay does that); its id returned.
+    expect(await deliveries()).toEqual([{ delivery_id: first.stored.result, enqueued: false }]);
+    // The customer message is closed by the same statement.
+    const asked = await sql<{ status: string }>`
+      SELECT status FROM messages WHERE message_id = ${ids[0]!}`.execute(database.db);
+    expect(asked.rows[0]?.status).toBe('answered');
 
     // A second attempt's reply is not stored: its meeting row is not written; its lease is given back.
     const second = await attempt('k2');
     expect(second.stored.message).toBeUndefined();
+    expect(second.stored.result).toBeUndefined();
     expect(second.leaseHeld).toBe(false);
     expect(await meetingKeys()).toEqual(['k1']);
+    expect(await deliveries()).toHaveLength(1);
   });
 });
