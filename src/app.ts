@@ -47,8 +47,8 @@ export interface ApplicationOptions {
   pages?: Omit<PageRouteDeps, 'agents'>;
   /** Owner webhook delivery tuning (tests shorten the retry backoff). */
   webhooks?: WebhookOptions;
-  /** Message queue tuning (tests turn the backstop poll off to prove what notifications wake). */
-  queue?: Pick<QueueSettings, 'pollIntervalMs'>;
+  /** Message queue tuning (tests turn the poll off to prove what notifications wake, or sweep often). */
+  queue?: Pick<QueueSettings, 'pollIntervalMs' | 'sweepIntervalMs'>;
 }
 
 export interface Application {

@@ -9,8 +9,9 @@ import { widen } from './schema-booking.js';
 /** Channel on which a committed message announces itself (payload: conversation id). */
 export const MESSAGE_CHANNEL = 'agent_meetings_messages';
 /**
- * Channel on which a committed customer message (only) announces its conversation: the queue tells
- * a conversation's next message from its own reply's announcement (src/worker/queue.ts).
+ * Channel on which a committed customer message (only) announces itself (payload: conversation id,
+ * a space, message id): the queue tells a conversation's next message from its own reply's
+ * announcement and from the message its job is answering (src/worker/queue.ts).
  */
 export const CUSTOMER_MESSAGE_CHANNEL = 'agent_meetings_customer_messages';
 
@@ -121,7 +122,8 @@ export class MessageStore {
         VALUES (${newId('msg')}, ${conversationId}, 'customer', ${content}, 'pending')
         RETURNING message_id, conversation_id, role, content, created_at
       ), announced AS (
-        SELECT pg_notify(${MESSAGE_CHANNEL}, conversation_id), pg_notify(${CUSTOMER_MESSAGE_CHANNEL}, conversation_id)
+        SELECT pg_notify(${MESSAGE_CHANNEL}, conversation_id),
+               pg_notify(${CUSTOMER_MESSAGE_CHANNEL}, conversation_id || ' ' || message_id)
           FROM ins
       )
       SELECT ins.*, (SELECT count(*) FROM announced) AS announced FROM ins`.execute(trx);

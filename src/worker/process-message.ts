@@ -22,14 +22,15 @@ import type { JobContext, JobOutcome, MessageJob } from './queue.js';
 
 /**
  * The reply to send, and what must be committed together with it (e.g. the meeting row). Either
- * `write` (the rows join the reply's own statement: one round trip, one commit) or `persist` (a
- * transaction around the reply's statement and the rows' own), or neither (the reply alone).
+ * `write` (the rows join the reply's own statement: one round trip, one commit; on a job's last
+ * attempt that statement and the job's completion share a transaction) or `persist` (a transaction
+ * around the reply's statement and the rows' own), or neither (the reply alone).
  */
 export interface Reply {
   text: string;
   /**
    * Writes the reply through `store`, giving it the rows to add to its statement (ReplyRows); resolves
-   * with what `store` returned once that statement committed.
+   * with what `store` returned once that statement committed (with its transaction, if any).
    */
   write?: (store: (rows: ReplyRows) => Promise<StoredReply>) => Promise<StoredReply>;
   /** Writes rows in the reply's transaction, after the reply, only if this attempt's reply was stored. */
@@ -163,7 +164,8 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
             return s;
           });
         } else if (reply.write) {
-          // One statement: its rows are conditioned on the reply being this attempt's.
+          // One statement (in `commit`'s transaction on the last attempt): its rows are conditioned
+          // on the reply being this attempt's.
           stored = await reply.write((rows) => commit((e) => deps.messages.storeReply(e, input, rows)));
         } else {
           stored = await commit((e) => deps.messages.storeReply(e, input));

@@ -36,9 +36,10 @@ export interface JobContext {
  */
 export interface JobOutcome {
   /**
-   * The conversation has another message waiting. Under key_strict_fifo it becomes fetchable only
-   * once this job completes, and no insert NOTIFY will announce it again: the queue fetches again
-   * right after completing.
+   * The conversation has another message waiting (as the reply's statement saw it). Under
+   * key_strict_fifo it becomes fetchable only once this job completes, and its insert's wake-up came
+   * too early: the queue fetches again right after completing (as it does when a customer message of
+   * this conversation was announced while the job ran, see CUSTOMER_MESSAGE_CHANNEL).
    */
   nextWaiting?: boolean;
 }
@@ -48,6 +49,8 @@ export interface QueueSettings {
   concurrency: number;
   /** The backstop poll for work no notification announced (retries after their backoff); 2 s. */
   pollIntervalMs?: number;
+  /** How often failed jobs that hold their conversation are run again (JobQueue.sweepFailed); 30 s. */
+  sweepIntervalMs?: number;
 }
 
 /**
@@ -70,7 +73,7 @@ export class JobQueue {
         done: Promise<void>;
         inFlight: Map<string, JobWithMetadata<MessageJob>>;
         controllers: Map<string, AbortController>;
-        stopHeartbeat: () => void;
+        stopTimers: () => void;
         wake: () => void;
       }
     | undefined;
@@ -154,11 +157,15 @@ export class JobQueue {
     // A customer message whose conversation has a job in flight here: it becomes fetchable only once
     // that job completes, which happens after its reply is visible, so a client answering the reply
     // at once sends it into that gap (its insert's wake-up fetches nothing, the job's snapshot did
-    // not see it). The job remembers it and fetches again once completed.
-    const running = new Map<string, { arrived: boolean }>();
-    const unlistenCustomers = await this.database.listen(CUSTOMER_MESSAGE_CHANNEL, (conversationId) => {
+    // not see it). The job remembers it and fetches again once completed; an announcement that
+    // reaches us just after the completion (it travels on another connection) fetches at once.
+    const running = new Map<string, { messageId: string; arrived: boolean; completed: boolean }>();
+    const unlistenCustomers = await this.database.listen(CUSTOMER_MESSAGE_CHANNEL, (payload) => {
+      const [conversationId = '', messageId] = payload.split(' ');
       const job = running.get(conversationId);
-      if (job) job.arrived = true;
+      if (!job || job.messageId === messageId) return;
+      if (job.completed) nudge();
+      else job.arrived = true;
     });
     this.#unlisten = async () => {
       await unlistenQueue();
@@ -173,6 +180,15 @@ export class JobQueue {
       }
     }, 4_000);
     heartbeat.unref();
+    const sweep = setInterval(() => {
+      this.sweepFailed().then(
+        (moved) => {
+          if (moved > 0) nudge();
+        },
+        (err: unknown) => this.logger.warn({ err }, 'failed-job sweep failed'),
+      );
+    }, this.settings.sweepIntervalMs ?? 30_000);
+    sweep.unref();
 
     // True when the last fetch filled every free slot: more work may be waiting, so a finishing job
     // fetches again. Otherwise new work announces itself (NOTIFY on insert; a conversation's next
@@ -182,7 +198,7 @@ export class JobQueue {
     const run = async (job: JobWithMetadata<MessageJob>) => {
       const controller = new AbortController();
       controllers.set(job.id, controller);
-      const conversation = { arrived: false };
+      const conversation = { messageId: job.data.messageId, arrived: false, completed: false };
       running.set(job.data.conversationId, conversation);
       let nextWaiting = false;
       try {
@@ -206,6 +222,7 @@ export class JobQueue {
         // transaction (JobContext.completeIn), and this is then a no-op (pg-boss completes only an
         // active job), as it is if the job was meanwhile retried elsewhere (id + retryCount).
         await this.#boss.complete(MESSAGE_QUEUE, { id: job.id, retryCount: job.retryCount });
+        conversation.completed = true;
         // This job no longer holds its conversation: a next message is fetchable now. This process
         // has a free slot, so it fetches it itself; if it is stopping, it wakes the others.
         nextWaiting = outcome?.nextWaiting === true || conversation.arrived;
@@ -224,7 +241,10 @@ export class JobQueue {
       } finally {
         inFlight.delete(job.id);
         controllers.delete(job.id);
-        if (running.get(job.data.conversationId) === conversation) running.delete(job.data.conversationId);
+        // Kept a moment after completion for a late announcement (see `running`).
+        setTimeout(() => {
+          if (running.get(job.data.conversationId) === conversation) running.delete(job.data.conversationId);
+        }, 1_000).unref();
         if (saturated || woken || nextWaiting) nudge();
       }
     };
@@ -270,9 +290,47 @@ export class JobQueue {
       done: loop(),
       inFlight,
       controllers,
-      stopHeartbeat: () => clearInterval(heartbeat),
+      stopTimers: () => {
+        clearInterval(heartbeat);
+        clearInterval(sweep);
+      },
       wake: nudge,
     };
+  }
+
+  /**
+   * Runs again the failed jobs that hold their conversation. Under key_strict_fifo a job that ended
+   * `failed` holds every later message of its conversation until pg-boss deletes it (days). A job
+   * fails only when its last attempt could not answer: the process died or was stopped during it,
+   * its heartbeat lapsed, its fallback reply could not be written, or the completion of a message
+   * already answered was lost. pg-boss's retry gives the job one more attempt, again a last one:
+   * it finds the message answered and completes, or answers it (the fallback at worst). Several
+   * processes may sweep at once: only a failed job is moved back. Returns how many were.
+   */
+  async sweepFailed(): Promise<number> {
+    let moved = 0;
+    for (const key of await this.#boss.getBlockedKeys(MESSAGE_QUEUE, { limit: 100 })) {
+      // A key has one failed job at most (pg-boss's unique index); the conversation's completed
+      // jobs come with it, oldest first, a page at a time.
+      let after: string | undefined;
+      for (;;) {
+        const page = await this.#boss.findJobs(MESSAGE_QUEUE, {
+          key,
+          limit: 100,
+          ...(after ? { after } : {}),
+        });
+        const failed = page.find((j) => j.state === 'failed');
+        if (failed) {
+          await this.#boss.retry(MESSAGE_QUEUE, failed.id);
+          moved++;
+          break;
+        }
+        if (page.length < 100) break;
+        after = page.at(-1)!.id;
+      }
+    }
+    if (moved > 0) this.logger.warn({ jobs: moved }, 'ran again failed jobs that held their conversation');
+    return moved;
   }
 
   /** Wakes every process's dispatcher (the channel pg-boss notifies on insert). Never throws. */
@@ -311,7 +369,7 @@ export class JobQueue {
       await d.done;
       const deadline = Date.now() + timeoutMs;
       while (d.inFlight.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-      d.stopHeartbeat();
+      d.stopTimers();
       const left = [...d.inFlight.values()];
       for (const c of d.controllers.values()) c.abort();
       if (left.length > 0) {
