@@ -5,6 +5,9 @@ import { bossSchemaFor, type Database } from '../store/database.js';
 import { CUSTOMER_MESSAGE_CHANNEL } from '../store/messages.js';
 import type { DB } from '../store/schema.js';
 
+/** How many times JobQueue.sweepFailed runs a failed job again at most. */
+const SWEEP_LIMIT = 3;
+
 /** One job per customer message; the job names the message, the message row holds the content. */
 export const MESSAGE_QUEUE = 'customer-messages';
 
@@ -67,6 +70,8 @@ export class JobQueue {
   readonly #bossSchema: string;
   #started = false;
   #stopping = false;
+  /** Jobs past their sweep limit at the last sweep (logged when the number changes). */
+  #stuckReported = 0;
   #unlisten: (() => Promise<void>) | undefined;
   #dispatcher:
     | {
@@ -180,13 +185,20 @@ export class JobQueue {
       }
     }, 4_000);
     heartbeat.unref();
+    let sweeping = false;
     const sweep = setInterval(() => {
-      this.sweepFailed().then(
-        (moved) => {
-          if (moved > 0) nudge();
-        },
-        (err: unknown) => this.logger.warn({ err }, 'failed-job sweep failed'),
-      );
+      if (sweeping) return; // the previous sweep is still running
+      sweeping = true;
+      this.sweepFailed()
+        .then(
+          (moved) => {
+            if (moved > 0) nudge();
+          },
+          (err: unknown) => this.logger.warn({ err }, 'failed-job sweep failed'),
+        )
+        .finally(() => {
+          sweeping = false;
+        });
     }, this.settings.sweepIntervalMs ?? 30_000);
     sweep.unref();
 
@@ -304,31 +316,29 @@ export class JobQueue {
    * fails only when its last attempt could not answer: the process died or was stopped during it,
    * its heartbeat lapsed, its fallback reply could not be written, or the completion of a message
    * already answered was lost. pg-boss's retry gives the job one more attempt, again a last one:
-   * it finds the message answered and completes, or answers it (the fallback at worst). Several
-   * processes may sweep at once: only a failed job is moved back. Returns how many were.
+   * it finds the message answered and completes, or answers it (the fallback at worst). A job is
+   * swept SWEEP_LIMIT times at most (each adds one to its retry limit): one that keeps failing is
+   * left failed, logged as an error, and pg-boss deletes it after its retention as before. Several
+   * processes may sweep at once: pg-boss moves back only a job still failed. Returns how many were.
    */
   async sweepFailed(): Promise<number> {
-    let moved = 0;
-    for (const key of await this.#boss.getBlockedKeys(MESSAGE_QUEUE, { limit: 100 })) {
-      // A key has one failed job at most (pg-boss's unique index); the conversation's completed
-      // jobs come with it, oldest first, a page at a time.
-      let after: string | undefined;
-      for (;;) {
-        const page = await this.#boss.findJobs(MESSAGE_QUEUE, {
-          key,
-          limit: 100,
-          ...(after ? { after } : {}),
-        });
-        const failed = page.find((j) => j.state === 'failed');
-        if (failed) {
-          await this.#boss.retry(MESSAGE_QUEUE, failed.id);
-          moved++;
-          break;
-        }
-        if (page.length < 100) break;
-        after = page.at(-1)!.id;
-      }
+    // One read of pg-boss's job table (its documented columns; getBlockedKeys + findJobs would page
+    // through every completed job of each conversation): failed jobs of this queue still under
+    // their sweep limit.
+    const r = await sql<{ id: string; swept_out: boolean }>`
+      SELECT id, retry_limit >= ${this.settings.retryLimit + SWEEP_LIMIT} AS swept_out
+        FROM ${sql.id(this.#bossSchema, 'job')}
+       WHERE name = ${MESSAGE_QUEUE} AND state = 'failed' AND policy = 'key_strict_fifo'
+       LIMIT 1000`.execute(this.database.db);
+    const ids = r.rows.filter((j) => !j.swept_out).map((j) => j.id);
+    const stuck = r.rows.length - ids.length;
+    if (stuck > 0 && stuck !== this.#stuckReported) {
+      this.logger.error({ jobs: stuck }, 'failed jobs still hold their conversation after every sweep');
     }
+    this.#stuckReported = stuck;
+    if (ids.length === 0) return 0;
+    const res = (await this.#boss.retry(MESSAGE_QUEUE, ids)) as { affected?: number };
+    const moved = res.affected ?? 0;
     if (moved > 0) this.logger.warn({ jobs: moved }, 'ran again failed jobs that held their conversation');
     return moved;
   }

@@ -221,4 +221,36 @@ describe('failed jobs', () => {
       SELECT state FROM ${boss} WHERE data->>'conversationId' = ${c.conversation_id}`.execute(db);
     expect(jobs.rows.map((j) => j.state)).toEqual(['completed', 'completed']);
   });
+
+  it('a job that keeps failing is swept a bounded number of times, then left failed', async () => {
+    const db = f.app.database.db;
+    const boss = sql.id(bossSchemaFor(f.app.database.schema), 'job');
+    f.openai.responder = () => ({ content: 'hello' });
+    const a = await f.createAgent({ user_id: 'owner-queue-failed', name: 'Acme Assistant' });
+    const c = await f.openConversation(a.agent_id);
+    const id = await f.send(c.conversation_id, c.customer_token, 'hi');
+    await f.waitForReplies(c.conversation_id, c.customer_token, 1);
+    // As if swept three times already (each sweep adds one to the retry limit) and failed again.
+    await sql`
+      UPDATE ${boss} SET state = 'failed', retry_limit = retry_limit + 3
+       WHERE data->>'messageId' = ${id}`.execute(db);
+    expect(await f.app.queue.sweepFailed()).toBe(0);
+    const job = await sql<{
+      state: string;
+    }>`SELECT state FROM ${boss} WHERE data->>'messageId' = ${id}`.execute(db);
+    expect(job.rows[0]?.state).toBe('failed');
+    // One sweep fewer, and it runs again.
+    await sql`UPDATE ${boss} SET retry_limit = retry_limit - 1 WHERE data->>'messageId' = ${id}`.execute(db);
+    await expect
+      .poll(
+        async () => {
+          const r = await sql<{
+            state: string;
+          }>`SELECT state FROM ${boss} WHERE data->>'messageId' = ${id}`.execute(db);
+          return r.rows[0]?.state;
+        },
+        { timeout: 20_000 },
+      )
+      .toBe('completed');
+  });
 });
