@@ -31,8 +31,7 @@ import {
 import { meetingEventData } from '../domain/owner-events.js';
 import { CANCEL_ACTION, RESCHEDULE_ACTION } from '../domain/prompt.js';
 import { friendlyTime, toZonedIso, zonedInstant, zoneOffsetMinutes } from '../domain/time.js';
-import type { LeaseKey } from '../store/booking-leases.js';
-import { leaseReleaseCte } from '../store/booking-leases.js';
+import { type LeaseKey, leaseReleaseCte } from '../store/booking-leases.js';
 import { bookedRows, type MeetingRow, type MeetingStore, type NewMeeting } from '../store/meetings.js';
 import type { MessageWork, ReplyRows, StoredReply } from '../store/messages.js';
 import type { DB } from '../store/schema.js';
