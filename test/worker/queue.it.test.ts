@@ -6,7 +6,7 @@
  * completion, which must commit with its reply.
  */
 import { sql } from 'kysely';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { bossSchemaFor } from '../../src/store/database.js';
 import type { ChatRequest } from '../emulators/openai.js';
 import { messageText } from '../emulators/openai.js';
@@ -93,13 +93,14 @@ it('a message sent the moment the reply before it is visible is answered without
   try {
     const c = await s.openConversation(agent.agent_id);
     const booked = await s.send(c.conversation_id, c.customer_token, 'book');
-    const deadline = Date.now() + 20_000;
-    for (;;) {
-      if (Date.now() > deadline) throw new Error('the booking was not answered');
-      const list = await s.messages(c.conversation_id, c.customer_token);
-      if (list.some((m) => m.role === 'assistant')) break;
-      await new Promise((r) => setTimeout(r, 10));
-    }
+    // Polled often: the gap lasts 0.5 s.
+    await vi.waitFor(
+      async () => {
+        const list = await s.messages(c.conversation_id, c.customer_token);
+        expect(list.some((m) => m.role === 'assistant')).toBe(true);
+      },
+      { timeout: 20_000, interval: 10 },
+    );
     // On the server the booking's job still runs (relayOne in the trigger's sleep): the gap is real.
     const state = await sql<{ state: string }>`
       SELECT state FROM ${boss} WHERE data->>'messageId' = ${booked}`.execute(db);
@@ -146,17 +147,16 @@ describe('the last attempt', () => {
       const c = await last.openConversation(a.agent_id);
       await last.send(c.conversation_id, c.customer_token, 'hi');
       await last.waitForReplies(c.conversation_id, c.customer_token, 1);
-      const deadline = Date.now() + 20_000;
-      const rows = await (async () => {
-        for (;;) {
-          if (Date.now() > deadline) throw new Error('the reply and the completion were not both recorded');
+      const rows = await vi.waitFor(
+        async () => {
           const r = (
             await sql<{ what: string; txid: string }>`SELECT what, txid FROM write_txids`.execute(db)
           ).rows;
-          if (r.length >= 2) return r;
-          await new Promise((res) => setTimeout(res, 20));
-        }
-      })();
+          expect(r.length).toBeGreaterThanOrEqual(2);
+          return r;
+        },
+        { timeout: 20_000, interval: 20 },
+      );
       const reply = rows.filter((r) => r.what === 'reply');
       const completed = rows.filter((r) => r.what === 'completed');
       expect(reply).toHaveLength(1);
@@ -202,11 +202,10 @@ describe('failed jobs', () => {
     await f.send(c.conversation_id, c.customer_token, 'second');
     // While 'first' runs, its job ends failed, as pg-boss's monitor leaves a last attempt whose
     // heartbeat lapsed; then the attempt answers anyway (its completion finds no active job).
-    const deadline = Date.now() + 20_000;
-    while (f.openai.requests.length === 0) {
-      if (Date.now() > deadline) throw new Error('the first message was not picked up');
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    await vi.waitFor(() => expect(f.openai.requests.length).toBeGreaterThan(0), {
+      timeout: 20_000,
+      interval: 20,
+    });
     const marked = await sql`
       UPDATE ${boss} SET state = 'failed', completed_on = now()
        WHERE data->>'messageId' = ${first} AND state = 'active'`.execute(db);
