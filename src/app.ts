@@ -47,8 +47,8 @@ export interface ApplicationOptions {
   pages?: Omit<PageRouteDeps, 'agents'>;
   /** Owner webhook delivery tuning (tests shorten the retry backoff). */
   webhooks?: WebhookOptions;
-  /** Message queue tuning (tests turn the poll off to prove what notifications wake, or sweep often). */
-  queue?: Pick<QueueSettings, 'pollIntervalMs' | 'sweepIntervalMs'>;
+  /** Message queue tuning (tests turn the poll off to prove what notifications wake). */
+  queue?: Pick<QueueSettings, 'pollIntervalMs'>;
 }
 
 export interface Application {
@@ -136,13 +136,18 @@ export async function createApplication(
 
     const queue = new JobQueue(
       database,
-      { retryLimit: config.jobRetryLimit, concurrency: config.workerConcurrency, ...options.queue },
+      {
+        retryLimit: config.jobRetryLimit,
+        concurrency: config.workerConcurrency,
+        historyLimit: config.historyLimit,
+        ...options.queue,
+      },
       logger,
     );
     await queue.start();
     cleanup.push(() => queue.stop());
 
-    // Owner webhooks: a second pg-boss queue beside the message queue (src/worker/webhooks.ts).
+    // Owner webhooks: a pg-boss queue (src/worker/webhooks.ts).
     const webhookStore = new WebhookStore(db, new SecretBox(config.tokenEncryptionKeys));
     const webhooks = new WebhookDispatcher(queue.boss, webhookStore, db, logger, options.webhooks);
     await webhooks.start();
@@ -201,7 +206,6 @@ export async function createApplication(
       agents,
       conversations,
       messages,
-      queue,
       feed,
       rateLimit: config.rateLimit,
       metrics,

@@ -45,7 +45,6 @@ export interface HttpDeps {
   agents: AgentStore;
   conversations: ConversationStore;
   messages: MessageStore;
-  queue: Pick<JobQueue, 'enqueueMessage'>;
   feed: LiveFeed;
   rateLimit: Config['rateLimit'];
   metrics: Metrics;
@@ -170,11 +169,9 @@ export async function buildHttpApp(deps: HttpDeps): Promise<FastifyInstance> {
   await app.register(agentRoutes, { adminKey: deps.adminKey, agents: deps.agents });
   await app.register(conversationRoutes, {
     adminKey: deps.adminKey,
-    db: deps.db,
     agents: deps.agents,
     conversations: deps.conversations,
     messages: deps.messages,
-    queue: deps.queue,
     feed: deps.feed,
     perConversation: new WindowCounter(deps.rateLimit.perConversation, deps.rateLimit.windowSeconds * 1000),
   });

@@ -104,18 +104,118 @@ interface JsonUpcoming {
   duration_minutes: number;
 }
 
+/**
+ * Everything the worker needs to answer a customer message, as one select (one round trip before the
+ * model call; the queue's claim runs it for the messages it claimed, src/store/message-queue.ts): the
+ * message, its conversation and agent, the history the model sees (`historyLimit` messages up to
+ * this one) and the conversation's upcoming meetings. Messages of a conversation are answered one at
+ * a time, so its meetings do not change between this read and the booking that counts them. The
+ * caller adds the WHERE.
+ */
+export function selectWork(db: Kysely<DB>, historyLimit: number) {
+  return widen(db)
+    .selectFrom('messages as m')
+    .innerJoin('conversations as c', 'c.conversation_id', 'm.conversation_id')
+    .innerJoin('agents as a', 'a.agent_id', 'c.agent_id')
+    .select([
+      'm.message_id',
+      'm.conversation_id',
+      'm.role',
+      'm.content',
+      'm.created_at',
+      sql<string>`m.seq::text`.as('seq'),
+      'm.status',
+      'm.attempts',
+      'm.model_output',
+      'c.customer_name',
+      'c.customer_email',
+      'a.agent_id',
+      'a.user_id',
+      'a.name',
+      'a.system_prompt',
+      'a.timezone',
+      'a.model',
+      'a.meeting_duration_minutes',
+      'a.created_at as agent_created_at',
+      'a.updated_at as agent_updated_at',
+      'a.working_hours',
+      'a.buffer_minutes',
+      'a.min_notice_minutes',
+      'a.horizon_days',
+      // JSON aggregates: timestamps come back as ISO text, turned into Dates below.
+      sql<JsonMessage[]>`(
+        SELECT coalesce(json_agg(h ORDER BY h.seq), '[]'::json)
+          FROM (SELECT message_id, conversation_id, role, content, created_at, seq
+                  FROM messages
+                 WHERE conversation_id = m.conversation_id AND seq <= m.seq
+                 ORDER BY seq DESC
+                 LIMIT ${historyLimit}) h)`.as('history'),
+      sql<JsonUpcoming[]>`(
+        SELECT coalesce(json_agg(u ORDER BY u.created_at DESC, u.meeting_id DESC), '[]'::json)
+          FROM (SELECT meeting_id, title, meeting_time, duration_minutes, created_at
+                  FROM meetings
+                 WHERE conversation_id = m.conversation_id
+                   AND status = 'scheduled'
+                   AND meeting_time > m.created_at
+                 ORDER BY created_at DESC, meeting_id DESC
+                 LIMIT ${UPCOMING_LISTED}) u)`.as('upcoming'),
+      sql<number>`(
+        SELECT count(*)::int FROM meetings
+         WHERE conversation_id = m.conversation_id
+           AND status = 'scheduled'
+           AND meeting_time > now())`.as('upcoming_count'),
+    ]);
+}
+
+type WorkRow = Awaited<ReturnType<ReturnType<typeof selectWork>['executeTakeFirstOrThrow']>>;
+
+/** A selectWork row as the worker uses it. */
+export function toWork(r: WorkRow): MessageWork {
+  return {
+    message: {
+      ...toMessage(r),
+      seq: r.seq,
+      status: r.status,
+      attempts: r.attempts,
+      modelOutput: r.model_output,
+    },
+    conversation: {
+      conversationId: r.conversation_id,
+      customerName: r.customer_name,
+      customerEmail: r.customer_email,
+    },
+    agent: {
+      agentId: r.agent_id,
+      userId: r.user_id,
+      name: r.name,
+      systemPrompt: r.system_prompt,
+      timezone: r.timezone,
+      model: r.model,
+      meetingDurationMinutes: r.meeting_duration_minutes,
+      createdAt: r.agent_created_at,
+      updatedAt: r.agent_updated_at,
+    },
+    booking: bookingOf(r),
+    history: r.history.map((h) => toMessage({ ...h, created_at: new Date(h.created_at) })),
+    upcomingMeetings: r.upcoming.map((u) => ({
+      meetingId: u.meeting_id,
+      title: u.title,
+      meetingTime: new Date(u.meeting_time),
+      durationMinutes: u.duration_minutes,
+    })),
+    upcomingMeetingCount: r.upcoming_count,
+  };
+}
+
 export class MessageStore {
   constructor(private readonly db: Kysely<DB>) {}
 
   /**
-   * Stores a customer message and announces its conversation (live feeds, and the queue's
-   * CUSTOMER_MESSAGE_CHANNEL), in one statement.
+   * Stores a customer message, which is also its job (a pending message is what the queue claims,
+   * src/store/message-queue.ts), and announces it (live feeds, and the queue's wake-up on
+   * CUSTOMER_MESSAGE_CHANNEL), in one statement: stored and queued together, or not at all.
    */
-  async insertCustomerMessage(
-    trx: Transaction<DB>,
-    conversationId: string,
-    content: string,
-  ): Promise<Message> {
+  async insertCustomerMessage(conversationId: string, content: string): Promise<Message> {
     const r = await sql<StoredRow>`
       WITH ins AS (
         INSERT INTO messages (message_id, conversation_id, role, content, status)
@@ -126,7 +226,7 @@ export class MessageStore {
                pg_notify(${CUSTOMER_MESSAGE_CHANNEL}, conversation_id || ' ' || message_id)
           FROM ins
       )
-      SELECT ins.*, (SELECT count(*) FROM announced) AS announced FROM ins`.execute(trx);
+      SELECT ins.*, (SELECT count(*) FROM announced) AS announced FROM ins`.execute(this.db);
     const row = r.rows[0];
     if (!row) throw new Error('message insert returned no row');
     return toMessage(row);
@@ -176,116 +276,6 @@ export class MessageStore {
       .limit(1)
       .executeTakeFirst();
     return r ? toMessage(r) : undefined;
-  }
-
-  /**
-   * Everything the worker needs to answer a customer message, in one statement (one round trip
-   * before the model call): the message, its conversation and agent, the history the model sees
-   * (`historyLimit` messages up to this one) and the conversation's upcoming meetings. Messages of a
-   * conversation are answered one at a time, so its meetings do not change between this read and
-   * the booking that counts them.
-   */
-  async loadWork(messageId: string, historyLimit: number): Promise<MessageWork | undefined> {
-    const r = await widen(this.db)
-      .selectFrom('messages as m')
-      .innerJoin('conversations as c', 'c.conversation_id', 'm.conversation_id')
-      .innerJoin('agents as a', 'a.agent_id', 'c.agent_id')
-      .select([
-        'm.message_id',
-        'm.conversation_id',
-        'm.role',
-        'm.content',
-        'm.created_at',
-        sql<string>`m.seq::text`.as('seq'),
-        'm.status',
-        'm.attempts',
-        'm.model_output',
-        'c.customer_name',
-        'c.customer_email',
-        'a.agent_id',
-        'a.user_id',
-        'a.name',
-        'a.system_prompt',
-        'a.timezone',
-        'a.model',
-        'a.meeting_duration_minutes',
-        'a.created_at as agent_created_at',
-        'a.updated_at as agent_updated_at',
-        'a.working_hours',
-        'a.buffer_minutes',
-        'a.min_notice_minutes',
-        'a.horizon_days',
-        // JSON aggregates: timestamps come back as ISO text, turned into Dates below.
-        sql<JsonMessage[]>`(
-          SELECT coalesce(json_agg(h ORDER BY h.seq), '[]'::json)
-            FROM (SELECT message_id, conversation_id, role, content, created_at, seq
-                    FROM messages
-                   WHERE conversation_id = m.conversation_id AND seq <= m.seq
-                   ORDER BY seq DESC
-                   LIMIT ${historyLimit}) h)`.as('history'),
-        sql<JsonUpcoming[]>`(
-          SELECT coalesce(json_agg(u ORDER BY u.created_at DESC, u.meeting_id DESC), '[]'::json)
-            FROM (SELECT meeting_id, title, meeting_time, duration_minutes, created_at
-                    FROM meetings
-                   WHERE conversation_id = m.conversation_id
-                     AND status = 'scheduled'
-                     AND meeting_time > m.created_at
-                   ORDER BY created_at DESC, meeting_id DESC
-                   LIMIT ${UPCOMING_LISTED}) u)`.as('upcoming'),
-        sql<number>`(
-          SELECT count(*)::int FROM meetings
-           WHERE conversation_id = m.conversation_id
-             AND status = 'scheduled'
-             AND meeting_time > now())`.as('upcoming_count'),
-      ])
-      .where('m.message_id', '=', messageId)
-      .executeTakeFirst();
-    if (!r) return undefined;
-    return {
-      message: {
-        ...toMessage(r),
-        seq: r.seq,
-        status: r.status,
-        attempts: r.attempts,
-        modelOutput: r.model_output,
-      },
-      conversation: {
-        conversationId: r.conversation_id,
-        customerName: r.customer_name,
-        customerEmail: r.customer_email,
-      },
-      agent: {
-        agentId: r.agent_id,
-        userId: r.user_id,
-        name: r.name,
-        systemPrompt: r.system_prompt,
-        timezone: r.timezone,
-        model: r.model,
-        meetingDurationMinutes: r.meeting_duration_minutes,
-        createdAt: r.agent_created_at,
-        updatedAt: r.agent_updated_at,
-      },
-      booking: bookingOf(r),
-      history: r.history.map((h) => toMessage({ ...h, created_at: new Date(h.created_at) })),
-      upcomingMeetings: r.upcoming.map((u) => ({
-        meetingId: u.meeting_id,
-        title: u.title,
-        meetingTime: new Date(u.meeting_time),
-        durationMinutes: u.duration_minutes,
-      })),
-      upcomingMeetingCount: r.upcoming_count,
-    };
-  }
-
-  async recordAttempt(messageId: string, error?: string): Promise<void> {
-    await this.db
-      .updateTable('messages')
-      .set({
-        attempts: sql<number>`attempts + 1`,
-        ...(error !== undefined ? { last_error: error.slice(0, 2000) } : {}),
-      })
-      .where('message_id', '=', messageId)
-      .execute();
   }
 
   /**

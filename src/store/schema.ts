@@ -57,6 +57,10 @@ export interface MessageTable {
   last_error: string | null;
   processed_at: Date | null;
   created_at: Timestamp;
+  /** The queue: a worker holds this pending message until then (migration 007). */
+  claimed_until: Date | null;
+  /** The queue: a failed attempt's backoff; the message is not claimed before then. */
+  run_after: Date | null;
 }
 
 export interface MeetingTable {

@@ -18,12 +18,11 @@ import {
 import type { ChatModel, ChatResult, ChatTurn, ToolDefinition } from '../llm/chat-model.js';
 import type { MessageStore, MessageWork, ReplyRows, StoredReply } from '../store/messages.js';
 import type { DB, StoredModelOutput } from '../store/schema.js';
-import type { JobContext, JobOutcome, MessageJob } from './queue.js';
+import type { JobContext, JobOutcome } from './queue.js';
 
 /**
  * The reply to send, and what must be committed together with it (e.g. the meeting row). Either
- * `write` (the rows join the reply's own statement: one round trip, one commit; on a job's last
- * attempt that statement and the job's completion share a transaction) or `persist` (a transaction
+ * `write` (the rows join the reply's own statement: one round trip, one commit) or `persist` (a transaction
  * around the reply's statement and the rows' own), or neither (the reply alone).
  */
 export interface Reply {
@@ -111,34 +110,41 @@ function describe(err: unknown): string {
 }
 
 /**
- * Answers one customer message. At-least-once safe: a message already answered is skipped; the
- * model's output is stored before anything acts on it, so a retry books from the same output; the
- * reply insert is unique per customer message.
+ * Answers one customer message, claimed by the queue with what answering it needs. At-least-once
+ * safe: the model's output is stored before anything acts on it, so a retry books from the same
+ * output; the reply insert is unique per customer message, and its statement closes the message
+ * (the job's completion), so a second run of an answered message cannot happen through the queue
+ * and one racing a slow commit stores nothing.
  */
 export function createMessageProcessor(deps: MessageProcessorDeps) {
-  return async function processMessage(job: MessageJob, ctx: JobContext): Promise<JobOutcome | undefined> {
+  return async function processMessage(work: MessageWork, ctx: JobContext): Promise<JobOutcome | undefined> {
     const log = deps.logger.child({
-      message_id: job.messageId,
-      conversation_id: job.conversationId,
+      message_id: work.message.messageId,
+      conversation_id: work.message.conversationId,
       job_id: ctx.jobId,
     });
-    const work = await deps.messages.loadWork(job.messageId, deps.historyLimit);
-    if (!work || work.message.role !== 'customer' || work.message.status !== 'pending') {
-      deps.onOutcome?.('skipped');
-      // A duplicate job of an answered message held the conversation too: look for its next one.
-      return { nextWaiting: true };
-    }
     const agentLog = log.child({ agent_id: work.agent.agentId });
-    // The reply's write: on its own (one statement, autocommit), or, on the last attempt, in a
-    // transaction that also completes the job (JobContext.completeIn).
-    const commit = <T>(write: (e: Kysely<DB> | Transaction<DB>) => Promise<T>): Promise<T> =>
-      ctx.isLastAttempt
-        ? deps.db.transaction().execute(async (trx) => {
-            const result = await write(trx);
-            await ctx.completeIn(trx);
-            return result;
-          })
-        : write(deps.db);
+    const fallback = async (phase: 'model' | 'booking', err: unknown) => {
+      const stored = await deps.messages.storeReply(deps.db, {
+        conversationId: work.message.conversationId,
+        replyTo: work.message.messageId,
+        content: phase === 'model' ? deps.llmErrorMessage : deps.meetingErrorMessage,
+        outcome: 'failed',
+        error: describe(err),
+      });
+      deps.onOutcome?.('failed');
+      return { nextWaiting: stored.nextWaiting };
+    };
+    if (ctx.giveUp) {
+      // Its last attempt kept not finishing (a crash, a stop, a fallback that could not be written):
+      // answer now rather than run again what failed, so the conversation moves on.
+      const err = new Error(`gave up after ${ctx.attempt} attempts that did not finish`);
+      agentLog.error(
+        { attempt: ctx.attempt },
+        'message answered with the fallback: its attempts kept not finishing',
+      );
+      return fallback(work.message.modelOutput ? 'booking' : 'model', err);
+    }
     let phase: 'model' | 'booking' = 'model';
     try {
       const output = work.message.modelOutput ?? (await askModel(work, ctx.signal, agentLog));
@@ -160,15 +166,13 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
             const s = await deps.messages.storeReply(trx, input);
             // Only the attempt whose reply was stored commits the side rows (meeting).
             if (s.message) await persist(trx);
-            if (ctx.isLastAttempt) await ctx.completeIn(trx);
             return s;
           });
         } else if (reply.write) {
-          // One statement (in `commit`'s transaction on the last attempt): its rows are conditioned
-          // on the reply being this attempt's.
-          stored = await reply.write((rows) => commit((e) => deps.messages.storeReply(e, input, rows)));
+          // One statement: its rows are conditioned on the reply being this attempt's.
+          stored = await reply.write((rows) => deps.messages.storeReply(deps.db, input, rows));
         } else {
-          stored = await commit((e) => deps.messages.storeReply(e, input));
+          stored = await deps.messages.storeReply(deps.db, input);
         }
         committed = true;
       } finally {
@@ -179,9 +183,9 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
       deps.onOutcome?.('answered');
       return { nextWaiting: stored.nextWaiting };
     } catch (err) {
-      await deps.messages.recordAttempt(job.messageId, describe(err)).catch(() => {});
       const retryable = !(err instanceof Upstream) || err.retryable;
       if (retryable && !ctx.isLastAttempt) {
+        // The queue gives the claim back with a backoff and keeps the error on the message.
         agentLog.warn({ err, attempt: ctx.attempt, phase }, 'message processing failed; will retry');
         deps.onOutcome?.('retry');
         throw err;
@@ -190,17 +194,7 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
         { err, attempt: ctx.attempt, phase },
         'message processing failed; sending the fallback reply',
       );
-      const stored = await commit((e) =>
-        deps.messages.storeReply(e, {
-          conversationId: work.message.conversationId,
-          replyTo: work.message.messageId,
-          content: phase === 'model' ? deps.llmErrorMessage : deps.meetingErrorMessage,
-          outcome: 'failed',
-          error: describe(err),
-        }),
-      );
-      deps.onOutcome?.('failed');
-      return { nextWaiting: stored.nextWaiting };
+      return fallback(phase, err);
     }
   };
 

@@ -9,7 +9,6 @@ import { sleep, TimeoutError, waitUntil } from './util.js';
 export const GOOGLE_CLIENT_ID = 'faults-client.apps.googleusercontent.com';
 export const GOOGLE_CLIENT_SECRET = 'faults-client-secret';
 export const OPENAI_KEY = 'sk-faults-0123456789abcdefghijklmnop';
-export const MESSAGE_QUEUE = 'customer-messages';
 
 /** Emulator latencies outside the scenarios that change them on purpose. */
 export const DEFAULT_OPENAI_LATENCY_MS = 30;
@@ -17,7 +16,7 @@ export const DEFAULT_GOOGLE_LATENCY_MS = 20;
 
 /**
  * What every child process gets. JOB_RETRY_LIMIT: a job's patience is a number of retries, not a
- * duration; with pg-boss's backoff (2 s doubling, jitter, capped at 60 s) the default 4 retries add
+ * duration; with the queue's backoff (2 s doubling, jitter, capped at 60 s) the default 4 retries add
  * up to only 30-60 s, so a job that starts failing at the start of a 30 s model outage could spend
  * its last attempt inside it and be answered with the fallback text. 10 retries give 6+ minutes.
  */
@@ -135,10 +134,6 @@ export class Harness {
     });
     openai.responder = faultModel;
     return new Harness(config, google, openai);
-  }
-
-  get bossSchema(): string {
-    return `${this.config.schema}_pgboss`;
   }
 
   childEnv(): Record<string, string> {
@@ -319,14 +314,21 @@ export class Harness {
     }
   }
 
-  /** Jobs of these conversations by pg-boss state, and how many were retried at least once. */
+  /**
+   * The customer messages (the queue's jobs) of these conversations by state — `active` (claimed),
+   * `queued` (pending, not claimed), `completed` (answered, with the reply or the fallback) — and how
+   * many were claimed more than once.
+   */
   async jobStates(conversations: string[]): Promise<{ states: Record<string, number>; retried: number }> {
     const rows = await this.query<{ state: string; n: number; retried: number }>(
-      `SELECT state, count(*)::int AS n, count(*) FILTER (WHERE retry_count > 0)::int AS retried
-         FROM "${this.bossSchema}".job
-        WHERE name = $1 AND data->>'conversationId' = ANY($2)
-        GROUP BY state`,
-      [MESSAGE_QUEUE, conversations],
+      `SELECT CASE WHEN status <> 'pending' THEN 'completed'
+                   WHEN claimed_until >= now() THEN 'active'
+                   ELSE 'queued' END AS state,
+              count(*)::int AS n, count(*) FILTER (WHERE attempts > 1)::int AS retried
+         FROM messages
+        WHERE role = 'customer' AND conversation_id = ANY($1)
+        GROUP BY 1`,
+      [conversations],
     );
     const states: Record<string, number> = {};
     let retried = 0;

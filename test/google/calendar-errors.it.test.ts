@@ -132,13 +132,13 @@ describe('non-retryable Google errors', () => {
         .map((l) => JSON.parse(l) as Record<string, unknown>)
         .filter((l) => l.msg === 'Google refused the request');
       expect(logged).toContainEqual(expect.objectContaining({ op: 'events.insert', status, reason }));
-      // The job finished in its first run: no failed attempt, so no second run.
+      // The job finished in its first run (one claim): no failed attempt, so no second run.
       const row = await s.app.database.db
         .selectFrom('messages')
         .select(['status', 'attempts'])
         .where('message_id', '=', b.messageId)
         .executeTakeFirstOrThrow();
-      expect(row).toEqual({ status: 'answered', attempts: 0 });
+      expect(row).toEqual({ status: 'answered', attempts: 1 });
     },
   );
 });

@@ -37,9 +37,7 @@ async function conversationWith(n: number) {
   const { conversation } = await conversations.create({ agentId });
   const ids: string[] = [];
   for (let i = 0; i < n; i++) {
-    const m = await database.db
-      .transaction()
-      .execute((trx) => messages.insertCustomerMessage(trx, conversation.conversationId, `m${i}`));
+    const m = await messages.insertCustomerMessage(conversation.conversationId, `m${i}`);
     ids.push(m.messageId);
   }
   return { conversationId: conversation.conversationId, ids };

@@ -4,7 +4,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { sql } from 'kysely';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { CALENDAR_SCOPES } from '../emulators/google.js';
 import type { ChatRequest, ScriptedReply } from '../emulators/openai.js';
 import { messageText } from '../emulators/openai.js';
@@ -298,17 +298,18 @@ describe('availability before booking', () => {
       const c = await chatWith(o);
       s.openai.responder = () => ({ content: JSON.stringify([bookingAction(ist(3, 16).iso)]) });
       const messageId = await s.send(c.conversation_id, c.customer_token, 'at 4pm');
-      const attempts = async () =>
-        (
-          await s.app.database.db
-            .selectFrom('messages')
-            .select('attempts')
-            .where('message_id', '=', messageId)
-            .executeTakeFirstOrThrow()
-        ).attempts;
-      const deadline = Date.now() + 20_000;
-      while ((await attempts()) < 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
-      expect(await attempts()).toBe(1);
+      const failed = async () =>
+        s.app.database.db
+          .selectFrom('messages')
+          .select(['attempts', 'last_error'])
+          .where('message_id', '=', messageId)
+          .executeTakeFirstOrThrow();
+      // The first attempt failed and gave its claim back (with its error).
+      await vi.waitFor(async () => expect((await failed()).last_error).not.toBeNull(), {
+        timeout: 20_000,
+        interval: 25,
+      });
+      expect((await failed()).attempts).toBe(1);
       // The failed transaction's release rolled back with it; the lease was deleted right after.
       expect(await releases(o.userId)).toEqual([0]);
       expect(await leaseRows(o.userId)).toBe(0);

@@ -6,7 +6,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { calendar_v3 } from '@googleapis/calendar';
-import { beforeEach, describe, expect, it } from 'vitest';
+import { sql } from 'kysely';
+import { beforeEach, describe, expect, it, vi } from 'vitest';
 import type { ScriptedReply } from '../emulators/openai.js';
 import { messageText } from '../emulators/openai.js';
 import { useStack } from '../helpers/stack.js';
@@ -472,28 +473,54 @@ describe('booking: never twice', () => {
     expect(await meetingsOf(c.userId)).toHaveLength(1);
   });
 
-  it('a duplicate job for an answered message does nothing (worker crash / redelivery)', async () => {
+  it('a second run of the message while the first still runs (its claim lapsed) books once, one reply', async () => {
     const c = await newChat();
-    s.openai.responder = (req) => {
-      const last = [...req.messages].reverse().find((m) => m.role === 'user');
-      return messageText(last?.content) === 'book'
-        ? { content: JSON.stringify([seedAction()]) }
-        : { content: 'Anything else?' };
+    let calls = 0;
+    let releaseFirst: () => void = () => {};
+    const firstHeld = new Promise<void>((r) => {
+      releaseFirst = r;
+    });
+    s.openai.responder = async () => {
+      calls++;
+      if (calls === 1) {
+        // The first run stalls here (as a process whose event loop stopped would) and its claim
+        // lapses; an announcement wakes the dispatcher, which claims the message again.
+        await s.app.database.db
+          .updateTable('messages')
+          .set({ claimed_until: new Date(Date.now() - 1000) })
+          .where('conversation_id', '=', c.conversation_id)
+          .where('status', '=', 'pending')
+          .execute();
+        await sql`SELECT pg_notify('agent_meetings_customer_messages', ${c.conversation_id})`.execute(
+          s.app.database.db,
+        );
+        await firstHeld;
+      }
+      return { content: JSON.stringify([seedAction()]) };
     };
     const messageId = await s.send(c.conversation_id, c.customer_token, 'book');
     await s.waitForReplies(c.conversation_id, c.customer_token, 1);
-    s.google.reset();
-    // The same job again, then a new message: per-conversation FIFO runs the duplicate first.
-    await s.app.database.db
-      .transaction()
-      .execute((trx) => s.app.queue.enqueueMessage(trx, { messageId, conversationId: c.conversation_id }));
-    await s.send(c.conversation_id, c.customer_token, 'thanks');
-    await s.waitForReplies(c.conversation_id, c.customer_token, 2);
+    expect(calls).toBe(2);
+    releaseFirst();
+    // The first run goes on with the output the second stored, finds its event and its reply
+    // taken: nothing more is written.
+    await vi.waitFor(
+      async () => {
+        const row = await s.app.database.db
+          .selectFrom('messages')
+          .select(['attempts', 'status', 'claimed_until'])
+          .where('message_id', '=', messageId)
+          .executeTakeFirstOrThrow();
+        expect(row).toMatchObject({ attempts: 2, status: 'answered' });
+        expect(requestsFor('events.insert')).toHaveLength(2);
+      },
+      { timeout: 10_000 },
+    );
+    await new Promise((r) => setTimeout(r, 300));
+    expect(requestsFor('events.insert').map((r) => r.status)).toEqual([200, 409]);
     const replies = await assistantReplies(c);
-    expect(replies).toHaveLength(2);
+    expect(replies).toHaveLength(1);
     expect(replies[0]).toMatch(/^✅ Meeting confirmed!/);
-    expect(replies[1]).toBe('Anything else?');
-    expect(s.google.requests.filter((r) => r.op !== 'token')).toEqual([]);
     expect(s.google.events(c.email)).toHaveLength(1);
     expect(await meetingsOf(c.userId)).toHaveLength(1);
   });

@@ -1,13 +1,10 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import type { Kysely } from 'kysely';
 import { Type } from 'typebox';
 import { Forbidden, InvalidInput, NotFound, Unauthorized } from '../../domain/errors.js';
 import type { AgentStore } from '../../store/agents.js';
 import { type Conversation, type ConversationStore, hashToken } from '../../store/conversations.js';
 import type { Message, MessageStore } from '../../store/messages.js';
-import type { DB } from '../../store/schema.js';
-import type { JobQueue } from '../../worker/queue.js';
 import { bearerToken, isAdmin, secretEquals } from '../auth.js';
 import type { LiveFeed } from '../live-feed.js';
 import type { WindowCounter } from '../rate-limit.js';
@@ -15,11 +12,9 @@ import { errorResponses, IdString } from '../schemas.js';
 
 export interface ConversationRouteDeps {
   adminKey: string;
-  db: Kysely<DB>;
   agents: AgentStore;
   conversations: ConversationStore;
   messages: MessageStore;
-  queue: Pick<JobQueue, 'enqueueMessage'>;
   feed: LiveFeed;
   perConversation: WindowCounter;
 }
@@ -133,19 +128,12 @@ export const conversationRoutes: FastifyPluginAsyncTypebox<ConversationRouteDeps
           .header('retry-after', String(wait))
           .send({ success: false, error: `Too many messages in this conversation; retry in ${wait} s` });
       }
-      // The message and its job commit together: no stored message without a job, no job without it.
-      const message = await deps.db.transaction().execute(async (trx) => {
-        const m = await deps.messages.insertCustomerMessage(
-          trx,
-          conversation.conversationId,
-          req.body.content,
-        );
-        await deps.queue.enqueueMessage(trx, {
-          messageId: m.messageId,
-          conversationId: conversation.conversationId,
-        });
-        return m;
-      });
+      // One statement: the message is its own job (src/store/message-queue.ts), stored and queued
+      // together, and its commit wakes the workers.
+      const message = await deps.messages.insertCustomerMessage(
+        conversation.conversationId,
+        req.body.content,
+      );
       return reply.code(202).send({ message_id: message.messageId });
     },
   );

@@ -83,7 +83,7 @@ export const bookingCrash: Scenario = {
     );
     await starting;
 
-    // Picked up again by the live worker (heartbeat 10 s lapses, the job is retried).
+    // Picked up again by the live worker (its claim, 15 s, lapses and the message is claimed again).
     const answered = await h.waitAllAnswered(ctx, PICKUP_LIMIT_MS);
     const reply = await h.query<{ created_at: Date }>('SELECT created_at FROM messages WHERE reply_to = $1', [
       messageId,

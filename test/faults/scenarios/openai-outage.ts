@@ -32,7 +32,8 @@ export const openaiOutage: Scenario = {
     const t = await h.tally(ctx);
     const last = Math.max(...t.rows.map((r) => r.replyAt?.getTime() ?? 0));
     const early = t.rows.filter((r) => r.replyAt && r.replyAt.getTime() < outageEnds - 500).length;
-    const maxAttempts = Math.max(...t.rows.map((r) => r.attempts));
+    // `attempts` counts runs; the last one answered.
+    const maxAttempts = Math.max(...t.rows.map((r) => r.attempts)) - 1;
     ctx.note(
       `all answered ${seconds(last - outageEnds)} after the outage ended; up to ${maxAttempts} failed attempts ` +
         `for one message (with the default JOB_RETRY_LIMIT=4, a 5th failure is the end: fallback text)`,

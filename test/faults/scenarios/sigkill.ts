@@ -8,7 +8,7 @@ const CONVERSATIONS = 200;
 /**
  * Workers are SIGKILLed at random moments (every 1-3 s once one is up, while jobs are in flight) as
  * 200 conversations x 2 messages flow, and each is restarted 1-3 s after its death. The jobs a dead
- * worker held come back when their heartbeat (10 s) lapses; every message must still be answered
+ * worker held come back when their claim (15 s) lapses; every message must still be answered
  * exactly once and in order.
  */
 export const sigkill: Scenario = {

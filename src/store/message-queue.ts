@@ -1,0 +1,134 @@
+import { type Kysely, sql } from 'kysely';
+import { type MessageWork, selectWork, toWork } from './messages.js';
+import type { DB } from './schema.js';
+
+/**
+ * The message queue's SQL (migration 007). A pending customer message is its own job: no second row
+ * to insert with it, and its reply's statement, which closes it, is the job's completion.
+ *
+ * - A conversation's messages are answered one at a time, in order: only a conversation's oldest
+ *   pending message (its head) is claimed, and only while no other message of the conversation is
+ *   claimed. The partial unique index `messages_one_claim` makes that hold whatever concurrent claims
+ *   do (two statements whose snapshots disagree on a conversation's head: the second claim fails as
+ *   a whole, `isClaimConflict`, and its worker fetches again).
+ * - A claim holds the message until `claimed_until`; the worker extends it while it works (`extend`),
+ *   so a claim whose process died lapses and the message is claimed again (at-least-once).
+ * - `attempts` counts claims; it is also the claim's fence: `extend` and `release` act only on the
+ *   claim they name, never on a later one.
+ * - A failed attempt gives its claim back with a backoff (`run_after`); the conversation waits.
+ */
+export interface Claim {
+  messageId: string;
+  /** The message's `attempts` after this claim: 1 on the first. */
+  attempts: number;
+}
+
+export interface ClaimedWork {
+  claim: Claim;
+  work: MessageWork;
+}
+
+export class MessageQueueStore {
+  constructor(private readonly db: Kysely<DB>) {}
+
+  /**
+   * Claims up to `limit` conversation heads that are ready (not claimed, or their claim lapsed; past
+   * their backoff), oldest first, for `leaseSeconds`, and returns what answering each needs (the
+   * message, its conversation and agent, history, meetings): one statement per fetch, not a fetch
+   * then a read per job. Rows locked by a concurrent claim are skipped, not waited for.
+   */
+  async claim(limit: number, leaseSeconds: number, historyLimit: number): Promise<ClaimedWork[]> {
+    // The claim commits without waiting for the WAL flush (SET LOCAL, as set_config(..., true)): a
+    // PostgreSQL crash can lose it, which only makes the message claimable again (at-least-once), and
+    // the pickup path saves a flush (~1.6 ms on the bench machine). The reply, which records the
+    // outcome, commits synchronously, and WAL is sequential: that flush makes the claim durable too.
+    const work = selectWork(this.db, historyLimit)
+      .innerJoin(
+        sql<{ message_id: string; attempts: number }>`claimed`.as('q'),
+        'q.message_id',
+        'm.message_id',
+      )
+      .select([
+        sql<number>`q.attempts`.as('claim_attempts'),
+        sql<string>`set_config('synchronous_commit', 'off', true)`.as('relaxed'),
+      ]);
+    // A conversation's head is its claimed message if it has one (a live claim holds the
+    // conversation; a lapsed one is taken over first), else its oldest pending message. `heads`
+    // reads the statement's snapshot; a head claimed or answered meanwhile is re-checked when
+    // `picked` locks it (PostgreSQL re-evaluates the WHERE on the row's latest version) and dropped.
+    const r = await sql<Parameters<typeof toWork>[0] & { claim_attempts: number }>`
+      WITH heads AS (
+        SELECT DISTINCT ON (conversation_id) message_id
+          FROM messages
+         WHERE status = 'pending'
+         ORDER BY conversation_id, claimed_until IS NULL, seq
+      ), picked AS (
+        SELECT m.message_id
+          FROM messages m
+         WHERE m.message_id IN (SELECT message_id FROM heads)
+           AND m.status = 'pending'
+           AND (m.claimed_until IS NULL OR m.claimed_until < now())
+           AND (m.run_after IS NULL OR m.run_after <= now())
+         ORDER BY m.seq
+         LIMIT ${limit}
+           FOR UPDATE SKIP LOCKED
+      ), claimed AS (
+        UPDATE messages m
+           SET claimed_until = now() + make_interval(secs => ${leaseSeconds}),
+               attempts = m.attempts + 1
+         WHERE m.message_id IN (SELECT message_id FROM picked)
+        RETURNING m.message_id, m.attempts
+      )
+      ${work}`.execute(this.db);
+    return r.rows.map((row) => ({
+      claim: { messageId: row.message_id, attempts: row.claim_attempts },
+      work: toWork({ ...row, attempts: row.claim_attempts }),
+    }));
+  }
+
+  /** Extends these claims (the worker's heartbeat); a claim since replaced or closed is left alone. */
+  async extend(claims: Claim[], leaseSeconds: number): Promise<number> {
+    if (claims.length === 0) return 0;
+    const r = await sql`
+      UPDATE messages m
+         SET claimed_until = now() + make_interval(secs => ${leaseSeconds})
+        FROM json_to_recordset(${JSON.stringify(claims)}::json) AS c("messageId" text, attempts int)
+       WHERE m.message_id = c."messageId"
+         AND m.attempts = c.attempts
+         AND m.status = 'pending'`.execute(this.db);
+    return Number(r.numAffectedRows ?? 0);
+  }
+
+  /**
+   * Gives a claim back: the message is claimed again after `delaySeconds` (0: at once), with the
+   * attempt's error kept. A no-op if the claim was replaced or the message answered meanwhile.
+   */
+  async release(claim: Claim, delaySeconds: number, error?: string): Promise<boolean> {
+    const r = await sql`
+      UPDATE messages
+         SET claimed_until = NULL,
+             run_after = CASE WHEN ${delaySeconds}::float8 > 0
+                              THEN now() + make_interval(secs => ${delaySeconds}::float8) END,
+             last_error = COALESCE(${error?.slice(0, 2000) ?? null}::text, last_error)
+       WHERE message_id = ${claim.messageId}
+         AND attempts = ${claim.attempts}
+         AND status = 'pending'`.execute(this.db);
+    return Number(r.numAffectedRows ?? 0) > 0;
+  }
+
+  /** Pending messages: claimed (being answered) and waiting. */
+  async depth(): Promise<{ queued: number; active: number }> {
+    const r = await sql<{ queued: number; active: number }>`
+      SELECT count(*) FILTER (WHERE claimed_until IS NULL OR claimed_until < now())::int AS queued,
+             count(*) FILTER (WHERE claimed_until >= now())::int AS active
+        FROM messages
+       WHERE status = 'pending'`.execute(this.db);
+    return r.rows[0] ?? { queued: 0, active: 0 };
+  }
+}
+
+/** A claim that failed because a concurrent one took another message of the same conversation. */
+export function isClaimConflict(err: unknown): boolean {
+  const e = err as { code?: string; constraint?: string };
+  return e?.code === '23505' && (e.constraint === undefined || e.constraint === 'messages_one_claim');
+}

@@ -1,0 +1,166 @@
+/**
+ * The message queue's SQL (src/store/message-queue.ts), with no worker running: what a claim takes
+ * (conversation heads, oldest first, one claimed message per conversation), what gives a message
+ * back (lapse, release with backoff) and the claim fence (a stale claim changes nothing).
+ */
+import { sql } from 'kysely';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { AgentStore } from '../../src/store/agents.js';
+import { ConversationStore } from '../../src/store/conversations.js';
+import type { Database } from '../../src/store/database.js';
+import { isClaimConflict, MessageQueueStore } from '../../src/store/message-queue.js';
+import { MessageStore } from '../../src/store/messages.js';
+import { openTestDatabase } from '../helpers/database.js';
+
+let database: Database;
+let close: () => Promise<void>;
+let messages: MessageStore;
+let queue: MessageQueueStore;
+let conversations: ConversationStore;
+let agentId: string;
+
+beforeAll(async () => {
+  ({ database, close } = await openTestDatabase());
+  messages = new MessageStore(database.db);
+  queue = new MessageQueueStore(database.db);
+  conversations = new ConversationStore(database.db);
+  agentId = (await new AgentStore(database.db).create({ userId: 'owner-queue', name: 'A' })).agentId;
+});
+afterAll(async () => {
+  await close?.();
+});
+
+async function conversationWith(...texts: string[]) {
+  const { conversation } = await conversations.create({ agentId });
+  const ids: string[] = [];
+  for (const t of texts)
+    ids.push((await messages.insertCustomerMessage(conversation.conversationId, t)).messageId);
+  return { conversationId: conversation.conversationId, ids };
+}
+
+const answer = (conversationId: string, replyTo: string) =>
+  messages.storeReply(database.db, {
+    conversationId,
+    replyTo,
+    content: `re ${replyTo}`,
+    outcome: 'answered',
+  });
+
+/** Claims everything claimable now (the test's conversations only exist in this database). */
+const claimAll = () => queue.claim(100, 15, 10);
+
+const row = (id: string) =>
+  database.db
+    .selectFrom('messages')
+    .select(['status', 'attempts', 'claimed_until', 'run_after', 'last_error'])
+    .where('message_id', '=', id)
+    .executeTakeFirstOrThrow();
+
+describe('message queue', () => {
+  it("claims each conversation's oldest message only, oldest first, with what answering it needs", async () => {
+    const a = await conversationWith('a1', 'a2', 'a3');
+    const b = await conversationWith('b1');
+    const claimed = await claimAll();
+    expect(claimed.map((c) => c.claim.messageId)).toEqual(expect.arrayContaining([a.ids[0], b.ids[0]]));
+    expect(claimed).toHaveLength(2);
+    const first = claimed.find((c) => c.claim.messageId === a.ids[0])!;
+    expect(first.claim.attempts).toBe(1);
+    expect(first.work.message).toMatchObject({ content: 'a1', status: 'pending', attempts: 1 });
+    expect(first.work.agent.agentId).toBe(agentId);
+    expect(first.work.history.map((m) => m.content)).toEqual(['a1']);
+    // A claimed conversation gives nothing more until its message is answered.
+    expect(await claimAll()).toEqual([]);
+    const next = await answer(a.conversationId, a.ids[0]!);
+    expect(next.nextWaiting).toBe(true);
+    const again = await claimAll();
+    expect(again.map((c) => c.claim.messageId)).toEqual([a.ids[1]]);
+    // History runs up to the message in storage order: a2 was stored before a1's reply.
+    expect(again[0]!.work.history.map((m) => m.content)).toEqual(['a1', 'a2']);
+    await answer(a.conversationId, a.ids[1]!);
+    await answer(b.conversationId, b.ids[0]!);
+    expect((await claimAll()).map((c) => c.claim.messageId)).toEqual([a.ids[2]]);
+    await answer(a.conversationId, a.ids[2]!);
+  });
+
+  it('respects the limit, oldest conversation head first', async () => {
+    const a = await conversationWith('x');
+    const b = await conversationWith('y');
+    const one = await queue.claim(1, 15, 10);
+    expect(one.map((c) => c.claim.messageId)).toEqual([a.ids[0]]);
+    const two = await queue.claim(1, 15, 10);
+    expect(two.map((c) => c.claim.messageId)).toEqual([b.ids[0]]);
+    await answer(a.conversationId, a.ids[0]!);
+    await answer(b.conversationId, b.ids[0]!);
+  });
+
+  it('a lapsed claim is claimed again (a new attempt); the old claim can neither extend nor release it', async () => {
+    const a = await conversationWith('lapse', 'after');
+    const [first] = await claimAll();
+    expect(first!.claim.messageId).toBe(a.ids[0]);
+    // Extending a live claim pushes it forward.
+    expect(await queue.extend([first!.claim], 15)).toBe(1);
+    await sql`UPDATE messages SET claimed_until = now() - interval '1 second'
+               WHERE message_id = ${a.ids[0]}`.execute(database.db);
+    const [second] = await claimAll();
+    expect(second!.claim).toEqual({ messageId: a.ids[0], attempts: 2 });
+    expect(await queue.extend([first!.claim], 15)).toBe(0);
+    expect(await queue.release(first!.claim, 0, 'stale')).toBe(false);
+    expect((await row(a.ids[0]!)).last_error).toBeNull();
+    // The conversation is still held by the second claim.
+    expect(await claimAll()).toEqual([]);
+    await answer(a.conversationId, a.ids[0]!);
+    // A closed message's claim is gone with it: extend and release do nothing.
+    expect(await queue.extend([second!.claim], 15)).toBe(0);
+    expect(await queue.release(second!.claim, 0)).toBe(false);
+    expect((await claimAll()).map((c) => c.claim.messageId)).toEqual([a.ids[1]]);
+    await answer(a.conversationId, a.ids[1]!);
+  });
+
+  it('a released claim waits out its backoff, and its conversation waits with it', async () => {
+    const a = await conversationWith('fails', 'waits');
+    const [first] = await claimAll();
+    expect(await queue.release(first!.claim, 60, 'model down')).toBe(true);
+    expect(await row(a.ids[0]!)).toMatchObject({ claimed_until: null, last_error: 'model down' });
+    expect((await row(a.ids[0]!)).run_after).not.toBeNull();
+    expect(await claimAll()).toEqual([]);
+    // Released with no delay (a stopping process): claimable at once, as the next attempt.
+    await sql`UPDATE messages SET run_after = NULL WHERE message_id = ${a.ids[0]}`.execute(database.db);
+    const [again] = await claimAll();
+    expect(again!.claim).toEqual({ messageId: a.ids[0], attempts: 2 });
+    expect(await queue.release(again!.claim, 0, 'process stopped')).toBe(true);
+    const [third] = await claimAll();
+    expect(third!.claim).toEqual({ messageId: a.ids[0], attempts: 3 });
+    await answer(a.conversationId, a.ids[0]!);
+    expect((await claimAll()).map((c) => c.claim.messageId)).toEqual([a.ids[1]]);
+    await answer(a.conversationId, a.ids[1]!);
+  });
+
+  it('a second claimed message in one conversation is refused by the database (claim conflict)', async () => {
+    const a = await conversationWith('one', 'two');
+    await claimAll();
+    const err = await sql`UPDATE messages SET claimed_until = now() + interval '15 seconds'
+                           WHERE message_id = ${a.ids[1]}`
+      .execute(database.db)
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+    expect(isClaimConflict(err)).toBe(true);
+    expect((await row(a.ids[1]!)).claimed_until).toBeNull();
+    await answer(a.conversationId, a.ids[0]!);
+    await claimAll();
+    await answer(a.conversationId, a.ids[1]!);
+  });
+
+  it('reports depth: waiting and claimed', async () => {
+    const a = await conversationWith('d1', 'd2');
+    const before = await queue.depth();
+    await claimAll();
+    const after = await queue.depth();
+    expect(after.active).toBe(before.active + 1);
+    expect(after.queued).toBe(before.queued - 1);
+    await answer(a.conversationId, a.ids[0]!);
+    await claimAll();
+    await answer(a.conversationId, a.ids[1]!);
+  });
+});
