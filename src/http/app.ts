@@ -22,7 +22,6 @@ import type { ConnectionCache } from '../store/connection-cache.js';
 import type { ConversationStore } from '../store/conversations.js';
 import type { MessageStore } from '../store/messages.js';
 import type { DB } from '../store/schema.js';
-import type { JobQueue } from '../worker/queue.js';
 import { isAdmin, requireAdmin } from './auth.js';
 import type { LiveFeed } from './live-feed.js';
 import { WindowCounter } from './rate-limit.js';
