@@ -202,7 +202,6 @@ export async function createApplication(
       },
       connections,
       connectionCache,
-      db,
       agents,
       conversations,
       messages,

@@ -11,7 +11,6 @@ import Fastify, {
   type FastifyReply,
   type FastifyRequest,
 } from 'fastify';
-import type { Kysely } from 'kysely';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import { DomainError } from '../domain/errors.js';
@@ -21,7 +20,6 @@ import type { CalendarConnectionStore } from '../store/calendar-connections.js';
 import type { ConnectionCache } from '../store/connection-cache.js';
 import type { ConversationStore } from '../store/conversations.js';
 import type { MessageStore } from '../store/messages.js';
-import type { DB } from '../store/schema.js';
 import { isAdmin, requireAdmin } from './auth.js';
 import type { LiveFeed } from './live-feed.js';
 import { WindowCounter } from './rate-limit.js';
@@ -40,7 +38,6 @@ export interface HttpDeps {
   ready: () => Promise<boolean>;
   connections: CalendarConnectionStore;
   connectionCache: Pick<ConnectionCache, 'get' | 'evict'>;
-  db: Kysely<DB>;
   agents: AgentStore;
   conversations: ConversationStore;
   messages: MessageStore;
