@@ -32,8 +32,8 @@ export class MessageQueueStore {
   constructor(private readonly db: Kysely<DB>) {}
 
   /**
-   * Claims up to `limit` conversation heads that are ready (not claimed, or their claim lapsed; past
-   * their backoff), oldest first, for `leaseSeconds`, and returns what answering each needs (the
+   * Claims up to `limit` ready messages, each its conversation's next, oldest first, for
+   * `leaseSeconds`, and returns what answering each needs (the
    * message, its conversation and agent, history, meetings): one statement per fetch, not a fetch
    * then a read per job. Rows locked by a concurrent claim are skipped, not waited for.
    */
@@ -52,23 +52,26 @@ export class MessageQueueStore {
         sql<number>`q.attempts`.as('claim_attempts'),
         sql<string>`set_config('synchronous_commit', 'off', true)`.as('relaxed'),
       ]);
-    // A conversation's head is its claimed message if it has one (a live claim holds the
-    // conversation; a lapsed one is taken over first), else its oldest pending message. `heads`
-    // reads the statement's snapshot; a head claimed or answered meanwhile is re-checked when
-    // `picked` locks it (PostgreSQL re-evaluates the WHERE on the row's latest version) and dropped.
+    // Pending messages in storage order (an index scan that stops once `limit` rows are locked, so
+    // a claim costs the claims in flight plus what it takes, not the backlog). A message is claimable
+    // when it is ready (no live claim; past its backoff) and either holds a lapsed claim (its
+    // conversation is its own) or is its conversation's head: no earlier pending message, and no
+    // other message of the conversation claimed. The statement reads one snapshot; a row claimed
+    // or answered meanwhile is re-checked when locked (PostgreSQL re-evaluates the WHERE on its
+    // latest version) and dropped. Rows another claim has locked are skipped, not waited for.
     const r = await sql<Parameters<typeof toWork>[0] & { claim_attempts: number }>`
-      WITH heads AS (
-        SELECT DISTINCT ON (conversation_id) message_id
-          FROM messages
-         WHERE status = 'pending'
-         ORDER BY conversation_id, claimed_until IS NULL, seq
-      ), picked AS (
+      WITH picked AS (
         SELECT m.message_id
           FROM messages m
-         WHERE m.message_id IN (SELECT message_id FROM heads)
-           AND m.status = 'pending'
+         WHERE m.status = 'pending'
            AND (m.claimed_until IS NULL OR m.claimed_until < now())
            AND (m.run_after IS NULL OR m.run_after <= now())
+           AND (m.claimed_until IS NOT NULL
+                OR NOT EXISTS (SELECT 1 FROM messages e
+                                WHERE e.conversation_id = m.conversation_id
+                                  AND e.status = 'pending'
+                                  AND e.message_id <> m.message_id
+                                  AND (e.seq < m.seq OR e.claimed_until IS NOT NULL)))
          ORDER BY m.seq
          LIMIT ${limit}
            FOR UPDATE SKIP LOCKED

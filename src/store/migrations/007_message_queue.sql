@@ -7,10 +7,12 @@ ALTER TABLE messages
   ADD COLUMN claimed_until timestamptz,
   ADD COLUMN run_after     timestamptz;
 
--- A conversation's pending messages in order: the claim's per-conversation heads, the "next message
--- of this conversation" check, and the queue-depth metric read only these rows.
+-- Pending messages in order (the claim's scan), and per conversation (whether a message is its
+-- conversation's head; the "next message of this conversation" check). The queue-depth metric reads
+-- only these rows.
 DROP INDEX messages_pending;
-CREATE INDEX messages_queue ON messages (conversation_id, seq) WHERE status = 'pending';
+CREATE INDEX messages_queue ON messages (seq) WHERE status = 'pending';
+CREATE INDEX messages_queue_by_conversation ON messages (conversation_id, seq) WHERE status = 'pending';
 -- At most one claimed message per conversation, whatever concurrent claims see (a claim's UPDATE that
 -- would add a second fails, and its worker fetches again).
 CREATE UNIQUE INDEX messages_one_claim ON messages (conversation_id)
