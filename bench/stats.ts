@@ -85,17 +85,29 @@ export function cpuSeconds(pid: number): number {
   }
 }
 
-/** CPU seconds used so far by every process whose command name is `comm` (e.g. the PostgreSQL server's). */
-export function cpuSecondsOf(comm: string): number {
-  let total = 0;
+/** CPU seconds used so far by each process whose command name is `comm` (e.g. the PostgreSQL server's), by pid. */
+export function cpuSecondsByPid(comm: string): Map<number, number> {
+  const byPid = new Map<number, number>();
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     try {
-      if (readFileSync(`/proc/${entry}/comm`, 'utf8').trim() === comm) total += cpuSeconds(Number(entry));
+      if (readFileSync(`/proc/${entry}/comm`, 'utf8').trim() === comm)
+        byPid.set(Number(entry), cpuSeconds(Number(entry)));
     } catch {
       // gone meanwhile
     }
   }
+  return byPid;
+}
+
+/**
+ * CPU seconds the processes named `comm` used since `before` (cpuSecondsByPid), summed per pid: a process
+ * that started since counts from zero; one that exited since is left out (its share is lost, never
+ * subtracted: a backend that closed during the window used to make the total negative).
+ */
+export function cpuSecondsSince(comm: string, before: Map<number, number>): number {
+  let total = 0;
+  for (const [pid, seconds] of cpuSecondsByPid(comm)) total += Math.max(0, seconds - (before.get(pid) ?? 0));
   return total;
 }
 
@@ -105,7 +117,7 @@ export function cpuMeter(servicePids: number[]): { stop(): Record<string, number
   const serviceCpu = () => servicePids.reduce((sum, pid) => sum + cpuSeconds(pid), 0);
   const service0 = serviceCpu();
   const bench0 = process.cpuUsage();
-  const pg0 = cpuSecondsOf('postgres');
+  const pg0 = cpuSecondsByPid('postgres');
   return {
     stop() {
       const wall = (performance.now() - t0) / 1000;
@@ -114,7 +126,7 @@ export function cpuMeter(servicePids: number[]): { stop(): Record<string, number
       return {
         cpu_service_pct: pct(serviceCpu() - service0),
         cpu_bench_pct: pct((bench.user + bench.system) / 1e6),
-        cpu_postgres_pct: pct(cpuSecondsOf('postgres') - pg0),
+        cpu_postgres_pct: pct(cpuSecondsSince('postgres', pg0)),
       };
     },
   };
