@@ -178,7 +178,6 @@ export async function createApplication(
         messages,
         model,
         defaultModel: config.openai.model,
-        historyLimit: config.historyLimit,
         llmErrorMessage: config.llmErrorMessage,
         meetingErrorMessage: config.meetingErrorMessage,
         actions: booking,

@@ -17,7 +17,7 @@ export interface NewAgent {
 
 export type AgentPatch = Partial<Omit<NewAgent, 'userId'>>;
 
-/** An agent row's booking settings (also read by MessageStore.loadWork, which joins the agent). */
+/** An agent row's booking settings (also read by the worker's claim, selectWork, which joins the agent). */
 export function bookingOf(
   r: Pick<
     Selectable<BookingDB['agents']>,

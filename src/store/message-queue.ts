@@ -25,7 +25,10 @@ export interface Claim {
 
 export interface ClaimedWork {
   claim: Claim;
-  work: MessageWork;
+  conversationId: string;
+  /** What answering it needs; absent when its row could not be read (`error`, e.g. corrupt settings). */
+  work?: MessageWork;
+  error?: unknown;
 }
 
 export class MessageQueueStore {
@@ -83,13 +86,26 @@ export class MessageQueueStore {
         RETURNING m.message_id, m.attempts
       )
       ${work}`.execute(this.db);
-    return r.rows.map((row) => ({
-      claim: { messageId: row.message_id, attempts: row.claim_attempts },
-      work: toWork({ ...row, attempts: row.claim_attempts }),
-    }));
+    // Each row on its own: one that cannot be read (its agent's stored settings corrupt, say) must not
+    // leave the others of its batch claimed and never run.
+    return r.rows.map((row) => {
+      const claim = { messageId: row.message_id, attempts: row.claim_attempts };
+      try {
+        return {
+          claim,
+          conversationId: row.conversation_id,
+          work: toWork({ ...row, attempts: row.claim_attempts }),
+        };
+      } catch (error) {
+        return { claim, conversationId: row.conversation_id, error };
+      }
+    });
   }
 
-  /** Extends these claims (the worker's heartbeat); a claim since replaced or closed is left alone. */
+  /**
+   * Extends these claims (the worker's heartbeat); a claim since replaced, given back or closed is left
+   * alone (a heartbeat that reaches the database after its claim's release must not hold the message).
+   */
   async extend(claims: Claim[], leaseSeconds: number): Promise<number> {
     if (claims.length === 0) return 0;
     const r = await sql`
@@ -98,6 +114,7 @@ export class MessageQueueStore {
         FROM json_to_recordset(${JSON.stringify(claims)}::json) AS c("messageId" text, attempts int)
        WHERE m.message_id = c."messageId"
          AND m.attempts = c.attempts
+         AND m.claimed_until IS NOT NULL
          AND m.status = 'pending'`.execute(this.db);
     return Number(r.numAffectedRows ?? 0);
   }

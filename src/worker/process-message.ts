@@ -67,7 +67,6 @@ export interface MessageProcessorDeps {
   messages: MessageStore;
   model: ChatModel;
   defaultModel: string;
-  historyLimit: number;
   llmErrorMessage: string;
   meetingErrorMessage: string;
   actions: ActionResponder;
@@ -183,6 +182,9 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
       deps.onOutcome?.('answered');
       return { nextWaiting: stored.nextWaiting };
     } catch (err) {
+      // Aborted by the queue (the process is stopping, or the run took too long): the claim goes back
+      // and the message runs again, as a last attempt would after a crash; no fallback from here.
+      if (ctx.signal.aborted) throw err;
       const retryable = !(err instanceof Upstream) || err.retryable;
       if (retryable && !ctx.isLastAttempt) {
         // The queue gives the claim back with a backoff and keeps the error on the message.

@@ -94,7 +94,8 @@ export class JobQueue {
   ) {
     this.#boss = new PgBoss({
       ...database.bossOptions(),
-      // The monitor notices lapsed heartbeats; a short interval keeps crash recovery well under 60 s.
+      // Webhook deliveries: the monitor notices their lapsed heartbeats; a short interval keeps their
+      // crash recovery well under 60 s.
       monitorIntervalSeconds: 5,
       superviseIntervalSeconds: 5,
       maintenanceIntervalSeconds: 60,
@@ -138,13 +139,20 @@ export class JobQueue {
     // answers the reply at once races it: its announcement may come before the commit (the claim it
     // causes finds the conversation held) while the reply's statement did not see it yet. The job
     // remembers it and fetches again once done.
-    const unlisten = await this.database.listen(CUSTOMER_MESSAGE_CHANNEL, (payload) => {
-      const [conversationId = '', messageId] = payload.split(' ');
-      for (const job of inFlight.values()) {
-        if (job.conversationId === conversationId && job.claim.messageId !== messageId) job.arrived = true;
-      }
-      nudge();
-    });
+    const unlisten = await this.database.listen(
+      CUSTOMER_MESSAGE_CHANNEL,
+      (payload) => {
+        const [conversationId = '', messageId] = payload.split(' ');
+        for (const job of inFlight.values()) {
+          if (job.conversationId === conversationId && job.claim.messageId !== messageId) job.arrived = true;
+        }
+        nudge();
+      },
+      // Back after a lost LISTEN connection: what was announced meanwhile was missed.
+      (listening) => {
+        if (listening) nudge();
+      },
+    );
     this.#unlisten = unlisten;
     const heartbeat = setInterval(
       () => {
@@ -167,18 +175,23 @@ export class JobQueue {
     // message through its handler's `nextWaiting`) and retries after a backoff are found by the
     // poll, so a finishing job costs no extra fetch.
     let saturated = false;
-    const run = async ({ claim, work }: ClaimedWork) => {
+    const run = async ({ claim, conversationId, work, error }: ClaimedWork) => {
       const attempt = claim.attempts - 1;
       const job: Running = {
         claim,
-        conversationId: work.message.conversationId,
+        conversationId,
         controller: new AbortController(),
         startedAt: Date.now(),
         arrived: false,
+        releasedByStop: false,
       };
-      inFlight.set(claim.messageId, job);
+      // Keyed by claim, not message: a run that outlived its claim and the run that took the message
+      // over in this process are two jobs (slots, heartbeats, stop).
+      const key = `${claim.messageId}#${claim.attempts}`;
+      inFlight.set(key, job);
       let nextWaiting = false;
       try {
+        if (!work) throw error;
         const outcome = await handler(work, {
           jobId: `${claim.messageId}#${claim.attempts}`,
           attempt,
@@ -192,14 +205,18 @@ export class JobQueue {
         nextWaiting = outcome?.nextWaiting === true || job.arrived;
         if (nextWaiting && this.#stopping) await this.#wakeOthers(job.conversationId);
       } catch (err) {
-        // The claim goes back with a backoff; a no-op if it was meanwhile taken over elsewhere.
+        if (!work)
+          this.logger.error({ err, message_id: claim.messageId }, 'a claimed message could not be read');
+        // The claim goes back with a backoff (unless stop() gave it back already); a no-op if it was
+        // meanwhile taken over elsewhere.
+        if (job.releasedByStop) return;
         await this.#messages
           .release(claim, retryDelaySeconds(attempt), String((err as Error)?.message ?? err))
           .catch((e: unknown) =>
             this.logger.error({ err: e, message_id: claim.messageId }, 'could not give a claim back'),
           );
       } finally {
-        inFlight.delete(claim.messageId);
+        inFlight.delete(key);
         if (saturated || woken || nextWaiting) nudge();
       }
     };
@@ -262,8 +279,9 @@ export class JobQueue {
   }
 
   /**
-   * Graceful: no new claims; running handlers get `timeoutMs` to finish; the claims of those still
-   * running then are given back (claimed at once by a live process), and pg-boss stops.
+   * Graceful: no new claims; running handlers get `timeoutMs` to finish; those still running then are
+   * aborted and their claims given back, the other processes woken to claim them at once, and pg-boss
+   * stops.
    */
   async stop(timeoutMs = 20_000): Promise<void> {
     if (!this.#started) return;
@@ -277,10 +295,16 @@ export class JobQueue {
       while (d.inFlight.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
       d.stopTimers();
       const left = [...d.inFlight.values()];
-      for (const job of left) job.controller.abort();
+      for (const job of left) {
+        job.releasedByStop = true;
+        job.controller.abort(new Error('process stopped'));
+      }
       await Promise.all(
         left.map((job) => this.#messages.release(job.claim, 0, 'process stopped').catch(() => false)),
       );
+      for (const conversationId of new Set(left.map((job) => job.conversationId))) {
+        await this.#wakeOthers(conversationId);
+      }
     }
     await this.#unlisten?.().catch(() => {});
     await this.#boss.stop({ graceful: true, timeout: 5_000, close: true });
@@ -295,4 +319,6 @@ interface Running {
   startedAt: number;
   /** Another message of its conversation was announced meanwhile (fetch again once done). */
   arrived: boolean;
+  /** stop() gave its claim back: the run's own failure must not (its backoff would override). */
+  releasedByStop: boolean;
 }

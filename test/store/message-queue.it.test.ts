@@ -65,9 +65,9 @@ describe('message queue', () => {
     expect(claimed).toHaveLength(2);
     const first = claimed.find((c) => c.claim.messageId === a.ids[0])!;
     expect(first.claim.attempts).toBe(1);
-    expect(first.work.message).toMatchObject({ content: 'a1', status: 'pending', attempts: 1 });
-    expect(first.work.agent.agentId).toBe(agentId);
-    expect(first.work.history.map((m) => m.content)).toEqual(['a1']);
+    expect(first.work!.message).toMatchObject({ content: 'a1', status: 'pending', attempts: 1 });
+    expect(first.work!.agent.agentId).toBe(agentId);
+    expect(first.work!.history.map((m) => m.content)).toEqual(['a1']);
     // A claimed conversation gives nothing more until its message is answered.
     expect(await claimAll()).toEqual([]);
     const next = await answer(a.conversationId, a.ids[0]!);
@@ -75,7 +75,7 @@ describe('message queue', () => {
     const again = await claimAll();
     expect(again.map((c) => c.claim.messageId)).toEqual([a.ids[1]]);
     // History runs up to the message in storage order: a2 was stored before a1's reply.
-    expect(again[0]!.work.history.map((m) => m.content)).toEqual(['a1', 'a2']);
+    expect(again[0]!.work!.history.map((m) => m.content)).toEqual(['a1', 'a2']);
     await answer(a.conversationId, a.ids[1]!);
     await answer(b.conversationId, b.ids[0]!);
     expect((await claimAll()).map((c) => c.claim.messageId)).toEqual([a.ids[2]]);
@@ -108,10 +108,16 @@ describe('message queue', () => {
     expect((await row(a.ids[0]!)).last_error).toBeNull();
     // The conversation is still held by the second claim.
     expect(await claimAll()).toEqual([]);
+    // A released claim is not brought back by a heartbeat of that claim arriving late.
+    expect(await queue.release(second!.claim, 0, 'given back')).toBe(true);
+    expect(await queue.extend([second!.claim], 15)).toBe(0);
+    expect((await row(a.ids[0]!)).claimed_until).toBeNull();
+    const [third] = await claimAll();
+    expect(third!.claim).toEqual({ messageId: a.ids[0], attempts: 3 });
     await answer(a.conversationId, a.ids[0]!);
     // A closed message's claim is gone with it: extend and release do nothing.
-    expect(await queue.extend([second!.claim], 15)).toBe(0);
-    expect(await queue.release(second!.claim, 0)).toBe(false);
+    expect(await queue.extend([third!.claim], 15)).toBe(0);
+    expect(await queue.release(third!.claim, 0)).toBe(false);
     expect((await claimAll()).map((c) => c.claim.messageId)).toEqual([a.ids[1]]);
     await answer(a.conversationId, a.ids[1]!);
   });

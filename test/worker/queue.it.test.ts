@@ -182,42 +182,93 @@ describe('retries and attempts that do not finish', () => {
     expect(row.last_error).toMatch(/503/);
   });
 
-  it('a message whose last attempt keeps not finishing is answered with the fallback, and its conversation moves on', async () => {
+  /**
+   * A first run of 'stuck' stalls; meanwhile its message is made to look as if it had already been
+   * claimed `earlier` times in all (JOB_RETRY_LIMIT 1: the second run on are last attempts), its
+   * claim lapses and an announcement wakes the dispatcher, which claims it again.
+   */
+  async function stallThenReclaim(earlier: number) {
     const db = r.app.database.db;
     let release!: () => void;
     const held = new Promise<void>((res) => {
       release = res;
     });
     let calls = 0;
+    const a = await r.createAgent({ user_id: 'owner-queue-stuck', name: 'Acme Assistant' });
+    const c = await r.openConversation(a.agent_id);
     r.openai.responder = async (req) => {
       const text = messageText([...req.messages].reverse().find((m) => m.role === 'user')?.content);
       if (text === 'stuck' && ++calls === 1) {
-        // This run stalls. As if its last attempt had already run four times without finishing
-        // (processes killed), its claim lapses and an announcement wakes the dispatcher.
-        await sql`UPDATE messages SET attempts = 1 + 4, claimed_until = now() - interval '1 second'
+        await sql`UPDATE messages SET attempts = ${earlier}, claimed_until = now() - interval '1 second'
                    WHERE conversation_id = ${c.conversation_id} AND content = 'stuck'`.execute(db);
         await sql`SELECT pg_notify('agent_meetings_customer_messages', ${c.conversation_id})`.execute(db);
         await held;
       }
       return { content: `re: ${text}` };
     };
-    const a = await r.createAgent({ user_id: 'owner-queue-stuck', name: 'Acme Assistant' });
-    const c = await r.openConversation(a.agent_id);
     const stuck = await r.send(c.conversation_id, c.customer_token, 'stuck');
     await r.send(c.conversation_id, c.customer_token, 'next');
     const list = await r.waitForReplies(c.conversation_id, c.customer_token, 2, 30_000);
     release();
-    expect(list.filter((m) => m.role === 'assistant').map((m) => m.content)).toEqual([
-      r.app.config.llmErrorMessage,
-      're: next',
-    ]);
     const row = await db
       .selectFrom('messages')
       .select(['attempts', 'last_error', 'status', 'model_output'])
       .where('message_id', '=', stuck)
       .executeTakeFirstOrThrow();
+    return { replies: list.filter((m) => m.role === 'assistant').map((m) => m.content), row, calls };
+  }
+
+  it('a message whose last attempt keeps not finishing is answered with the fallback, and its conversation moves on', async () => {
+    // Five runs so far: the last attempt ran four times (attempts 2 to 5) without finishing.
+    const { replies, row } = await stallThenReclaim(5);
+    expect(replies).toEqual([r.app.config.llmErrorMessage, 're: next']);
     // The run that gave up answered without asking the model (the stalled run saved no output).
     expect(row).toMatchObject({ status: 'failed', attempts: 6, model_output: null });
     expect(row.last_error).toMatch(/gave up after 5 attempts/);
+  });
+
+  it('one run fewer: the last attempt runs once more, normally', async () => {
+    const { replies, row, calls } = await stallThenReclaim(4);
+    expect(replies).toEqual(['re: stuck', 're: next']);
+    expect(calls).toBe(2);
+    expect(row).toMatchObject({ status: 'answered', attempts: 5 });
+  });
+});
+
+describe('stopping', () => {
+  // JOB_RETRY_LIMIT 0: every run is a last attempt, which a failure would answer with the fallback.
+  let st: Stack;
+  beforeAll(async () => {
+    st = await startStack({ JOB_RETRY_LIMIT: '0' });
+  });
+  afterAll(async () => {
+    await st?.close();
+  });
+
+  it('a stop gives a running last attempt back unanswered (no fallback), to run again elsewhere', async () => {
+    let release!: () => void;
+    const held = new Promise<void>((res) => {
+      release = res;
+    });
+    st.openai.responder = async () => {
+      await held;
+      return { content: 'late' };
+    };
+    const a = await st.createAgent({ user_id: 'owner-queue-stop', name: 'Acme Assistant' });
+    const c = await st.openConversation(a.agent_id);
+    const id = await st.send(c.conversation_id, c.customer_token, 'hello');
+    await vi.waitFor(() => expect(st.openai.requests.length).toBe(1), { timeout: 20_000, interval: 20 });
+    await st.app.queue.stop(100);
+    release();
+    await new Promise((r) => setTimeout(r, 300));
+    const row = await st.app.database.db
+      .selectFrom('messages')
+      .select(['status', 'attempts', 'claimed_until', 'run_after', 'last_error'])
+      .where('message_id', '=', id)
+      .executeTakeFirstOrThrow();
+    expect(row).toMatchObject({ status: 'pending', attempts: 1, claimed_until: null, run_after: null });
+    expect(row.last_error).toBe('process stopped');
+    const list = await st.messages(c.conversation_id, c.customer_token);
+    expect(list.filter((m) => m.role === 'assistant')).toEqual([]);
   });
 });
