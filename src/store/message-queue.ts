@@ -135,16 +135,6 @@ export class MessageQueueStore {
          AND status = 'pending'`.execute(this.db);
     return Number(r.numAffectedRows ?? 0) > 0;
   }
-
-  /** Pending messages: claimed (being answered) and waiting. */
-  async depth(): Promise<{ queued: number; active: number }> {
-    const r = await sql<{ queued: number; active: number }>`
-      SELECT count(*) FILTER (WHERE claimed_until IS NULL OR claimed_until < now())::int AS queued,
-             count(*) FILTER (WHERE claimed_until >= now())::int AS active
-        FROM messages
-       WHERE status = 'pending'`.execute(this.db);
-    return r.rows[0] ?? { queued: 0, active: 0 };
-  }
 }
 
 /** A claim that failed because a concurrent one took another message of the same conversation. */

@@ -55,7 +55,7 @@ export interface QueueSettings {
 }
 
 /** A retry's delay: 2 s doubling per attempt, capped at 60 s, with jitter (as pg-boss's backoff). */
-export function retryDelaySeconds(attempt: number): number {
+function retryDelaySeconds(attempt: number): number {
   const base = Math.min(60, 2 * 2 ** attempt);
   return base / 2 + (Math.random() * base) / 2;
 }
@@ -271,11 +271,6 @@ export class JobQueue {
     await sql`SELECT pg_notify(${CUSTOMER_MESSAGE_CHANNEL}, ${conversationId})`
       .execute(this.database.db)
       .catch((err: unknown) => this.logger.warn({ err }, 'could not wake the other workers'));
-  }
-
-  /** Messages waiting or being answered (metrics, tests). */
-  depth(): Promise<{ queued: number; active: number }> {
-    return this.#messages.depth();
   }
 
   /**

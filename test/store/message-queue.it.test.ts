@@ -157,16 +157,4 @@ describe('message queue', () => {
     await claimAll();
     await answer(a.conversationId, a.ids[1]!);
   });
-
-  it('reports depth: waiting and claimed', async () => {
-    const a = await conversationWith('d1', 'd2');
-    const before = await queue.depth();
-    await claimAll();
-    const after = await queue.depth();
-    expect(after.active).toBe(before.active + 1);
-    expect(after.queued).toBe(before.queued - 1);
-    await answer(a.conversationId, a.ids[0]!);
-    await claimAll();
-    await answer(a.conversationId, a.ids[1]!);
-  });
 });
