@@ -3,6 +3,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
+import { notifyChannel } from '../src/store/database.js';
 import { MESSAGE_CHANNEL } from '../src/store/messages.js';
 import { type GoogleEmulator, startGoogleEmulator } from '../test/emulators/google.js';
 import { type OpenAIEmulator, startOpenAIEmulator } from '../test/emulators/openai.js';
@@ -114,16 +115,17 @@ export async function startBenchStack(opts: {
   // any client, without reading the service's tables while the load runs.
   let listener: pg.Client | undefined;
   const notices = new Map<string, number[]>();
+  const replyChannel = notifyChannel(schema, MESSAGE_CHANNEL);
   if (opts.databaseUrl) {
     listener = new pg.Client({ connectionString: opts.databaseUrl });
     await listener.connect();
     listener.on('notification', (n) => {
-      if (n.channel !== MESSAGE_CHANNEL || !n.payload) return;
+      if (n.channel !== replyChannel || !n.payload) return;
       const seen = notices.get(n.payload);
       if (seen) seen.push(Date.now());
       else notices.set(n.payload, [Date.now()]);
     });
-    await listener.query(`LISTEN ${MESSAGE_CHANNEL}`);
+    await listener.query(`LISTEN ${replyChannel}`);
   }
   const all = [service, ...workers];
   const peaks = new Map<number, number>();

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { PGlite } from '@electric-sql/pglite';
 import { Kysely, PostgresDialect, sql } from 'kysely';
 import pg from 'pg';
@@ -20,7 +21,8 @@ export interface Database {
   bossOptions(): BossConstructorOptions;
   ping(): Promise<void>;
   /**
-   * Calls `onPayload` for every NOTIFY on `channel` (from any process on this database). On a server
+   * Calls `onPayload` for every NOTIFY on `channel` in this schema (notifyChannel: SQL notifies through
+   * agent_meetings_channel(), migration 008), from any process on this database. On a server
    * the listening connection reconnects by itself; notifications sent while it was down are lost,
    * so listeners must also catch up by querying (the SSE route does). `onState` is told when the
    * listening connection is up (true: from now on nothing is missed) or lost (false).
@@ -51,6 +53,16 @@ export interface DatabaseOptions {
 function quoteIdent(name: string): string {
   if (!/^[a-z_][a-z0-9_]{0,62}$/.test(name)) throw new Error(`invalid schema name: ${name}`);
   return `"${name}"`;
+}
+
+/**
+ * The database-wide name of our channel `base` in `schema` (SQL's agent_meetings_channel(base), migration
+ * 008): schemas sharing a database do not hear each other; 'public' keeps the plain name.
+ */
+export function notifyChannel(schema: string, base: string): string {
+  return schema === 'public'
+    ? base
+    : `${base}_${createHash('md5').update(schema).digest('hex').slice(0, 16)}`;
 }
 
 export function bossSchemaFor(schema: string): string {
@@ -199,7 +211,8 @@ async function openServer(
     ping: async () => {
       await sql`SELECT 1`.execute(db);
     },
-    listen: (channel, onPayload, onState) => listenOnServer(url, schema, channel, onPayload, onState),
+    listen: (channel, onPayload, onState) =>
+      listenOnServer(url, schema, notifyChannel(schema, channel), onPayload, onState),
     close: async () => {
       await db.destroy();
     },
@@ -301,7 +314,7 @@ async function openEmbedded(
     },
     listen: async (channel, onPayload, onState) => {
       // One process, one session: nothing is ever missed.
-      const unlisten = await pglite.listen(channel, onPayload);
+      const unlisten = await pglite.listen(notifyChannel(schema, channel), onPayload);
       onState?.(true);
       return async () => {
         if (!pglite.closed) await unlisten();

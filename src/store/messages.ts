@@ -222,8 +222,8 @@ export class MessageStore {
         VALUES (${newId('msg')}, ${conversationId}, 'customer', ${content}, 'pending')
         RETURNING message_id, conversation_id, role, content, created_at
       ), announced AS (
-        SELECT pg_notify(${MESSAGE_CHANNEL}, conversation_id),
-               pg_notify(${CUSTOMER_MESSAGE_CHANNEL}, conversation_id || ' ' || message_id)
+        SELECT pg_notify(agent_meetings_channel(${MESSAGE_CHANNEL}), conversation_id),
+               pg_notify(agent_meetings_channel(${CUSTOMER_MESSAGE_CHANNEL}), conversation_id || ' ' || message_id)
           FROM ins
       )
       SELECT ins.*, (SELECT count(*) FROM announced) AS announced FROM ins`.execute(this.db);
@@ -344,7 +344,7 @@ export class MessageStore {
          WHERE message_id = ${input.replyTo}
            AND EXISTS (SELECT 1 FROM reply)
       ), announced AS (
-        SELECT pg_notify(${MESSAGE_CHANNEL}, conversation_id) FROM reply
+        SELECT pg_notify(agent_meetings_channel(${MESSAGE_CHANNEL}), conversation_id) FROM reply
       )${extra}
       SELECT reply.*,
              (SELECT count(*) FROM announced) AS notified,

@@ -268,7 +268,7 @@ export class JobQueue {
 
   /** Wakes every process's dispatcher (a customer message's announcement). Never throws. */
   async #wakeOthers(conversationId: string): Promise<void> {
-    await sql`SELECT pg_notify(${CUSTOMER_MESSAGE_CHANNEL}, ${conversationId})`
+    await sql`SELECT pg_notify(agent_meetings_channel(${CUSTOMER_MESSAGE_CHANNEL}), ${conversationId})`
       .execute(this.database.db)
       .catch((err: unknown) => this.logger.warn({ err }, 'could not wake the other workers'));
   }

@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { type Stack, startStack } from '../helpers/stack.js';
 
 let s: Stack;
@@ -18,7 +18,13 @@ describe('observability', () => {
     await s.waitForReplies(c.conversation_id, c.customer_token, 1);
 
     expect((await s.app.http.inject({ url: '/metrics' })).statusCode).toBe(401);
-    const res = await s.app.http.inject({ url: '/metrics', headers: s.admin });
+    // The reply is visible to other connections the moment it commits, a moment before the worker
+    // hears back from its statement and counts the outcome.
+    const res = await vi.waitFor(async () => {
+      const r = await s.app.http.inject({ url: '/metrics', headers: s.admin });
+      expect(r.body).toMatch(/message_jobs_total\{outcome="answered"\} 1/);
+      return r;
+    });
     expect(res.statusCode).toBe(200);
     expect(res.headers['content-type']).toMatch(/text\/plain/);
     const text = res.body;

@@ -8,10 +8,10 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { AgentStore } from '../../src/store/agents.js';
 import { BookingLeaseStore } from '../../src/store/booking-leases.js';
 import { ConversationStore } from '../../src/store/conversations.js';
-import type { Database } from '../../src/store/database.js';
+import { type Database, notifyChannel } from '../../src/store/database.js';
 import { bookedRows } from '../../src/store/meetings.js';
 import { MESSAGE_CHANNEL, MessageStore } from '../../src/store/messages.js';
-import { openTestDatabase } from '../helpers/database.js';
+import { openTestDatabase, testDatabaseKind } from '../helpers/database.js';
 
 let database: Database;
 let close: () => Promise<void>;
@@ -152,4 +152,32 @@ describe('MessageStore.storeReply', () => {
     expect(await meetingKeys()).toEqual(['k1']);
     expect(await deliveries()).toHaveLength(1);
   });
+});
+
+describe('announcement channels', () => {
+  it("are the plain names in the 'public' schema and their own names in any other", () => {
+    expect(notifyChannel('public', MESSAGE_CHANNEL)).toBe(MESSAGE_CHANNEL);
+    const a = notifyChannel('tenant_a', MESSAGE_CHANNEL);
+    expect(a).toMatch(/^agent_meetings_messages_[0-9a-f]{16}$/);
+    expect(notifyChannel('tenant_b', MESSAGE_CHANNEL)).not.toBe(a);
+  });
+
+  it.runIf(testDatabaseKind() === 'server')(
+    'stay in their schema: another schema of the same database hears nothing (server)',
+    async () => {
+      const other = await openTestDatabase();
+      const elsewhere: string[] = [];
+      const stop = await other.database.listen(MESSAGE_CHANNEL, (payload) => elsewhere.push(payload));
+      try {
+        expect(other.database.schema).not.toBe(database.schema);
+        const { conversationId } = await conversationWith(1);
+        await vi.waitFor(() => expect(heardOn(MESSAGE_CHANNEL, conversationId)).toBe(1));
+        await new Promise((r) => setTimeout(r, 200));
+        expect(elsewhere).not.toContain(conversationId);
+      } finally {
+        await stop();
+        await other.close();
+      }
+    },
+  );
 });

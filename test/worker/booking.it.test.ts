@@ -491,7 +491,7 @@ describe('booking: never twice', () => {
           .where('conversation_id', '=', c.conversation_id)
           .where('status', '=', 'pending')
           .execute();
-        await sql`SELECT pg_notify('agent_meetings_customer_messages', ${c.conversation_id})`.execute(
+        await sql`SELECT pg_notify(agent_meetings_channel('agent_meetings_customer_messages'), ${c.conversation_id})`.execute(
           s.app.database.db,
         );
         await firstHeld;

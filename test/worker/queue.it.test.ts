@@ -201,7 +201,9 @@ describe('retries and attempts that do not finish', () => {
       if (text === 'stuck' && ++calls === 1) {
         await sql`UPDATE messages SET attempts = ${earlier}, claimed_until = now() - interval '1 second'
                    WHERE conversation_id = ${c.conversation_id} AND content = 'stuck'`.execute(db);
-        await sql`SELECT pg_notify('agent_meetings_customer_messages', ${c.conversation_id})`.execute(db);
+        await sql`SELECT pg_notify(agent_meetings_channel('agent_meetings_customer_messages'), ${c.conversation_id})`.execute(
+          db,
+        );
         await held;
       }
       return { content: `re: ${text}` };
