@@ -49,7 +49,8 @@ function bookingColumns(b: Partial<BookingSettings> | undefined) {
   };
 }
 
-const toAgent = (r: Selectable<BookingDB['agents']>): Agent => ({
+/** An agents row as the domain's Agent (also for the worker's claim, which reads the row joined). */
+export const toAgent = (r: Selectable<BookingDB['agents']>): Agent => ({
   agentId: r.agent_id,
   userId: r.user_id,
   name: r.name,

@@ -1,7 +1,7 @@
 import { type Kysely, type RawBuilder, type Selectable, sql, type Transaction } from 'kysely';
 import type { Agent } from '../domain/agent.js';
 import type { BookingSettings } from '../domain/availability.js';
-import { bookingOf } from './agents.js';
+import { toAgent } from './agents.js';
 import { newId } from './ids.js';
 import type { DB, MessageTable, StoredModelOutput } from './schema.js';
 import { widen } from './schema-booking.js';
@@ -171,6 +171,8 @@ type WorkRow = Awaited<ReturnType<ReturnType<typeof selectWork>['executeTakeFirs
 
 /** A selectWork row as the worker uses it. */
 export function toWork(r: WorkRow): MessageWork {
+  // The row carries the message's created_at; the agent's timestamps come aliased.
+  const agent = toAgent({ ...r, created_at: r.agent_created_at, updated_at: r.agent_updated_at });
   return {
     message: {
       ...toMessage(r),
@@ -184,18 +186,8 @@ export function toWork(r: WorkRow): MessageWork {
       customerName: r.customer_name,
       customerEmail: r.customer_email,
     },
-    agent: {
-      agentId: r.agent_id,
-      userId: r.user_id,
-      name: r.name,
-      systemPrompt: r.system_prompt,
-      timezone: r.timezone,
-      model: r.model,
-      meetingDurationMinutes: r.meeting_duration_minutes,
-      createdAt: r.agent_created_at,
-      updatedAt: r.agent_updated_at,
-    },
-    booking: bookingOf(r),
+    agent,
+    booking: agent.booking!, // toAgent always reads it
     history: r.history.map((h) => toMessage({ ...h, created_at: new Date(h.created_at) })),
     upcomingMeetings: r.upcoming.map((u) => ({
       meetingId: u.meeting_id,
