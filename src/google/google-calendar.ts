@@ -10,6 +10,7 @@ import type {
 } from '../domain/calendar-gateway.js';
 import { Upstream } from '../domain/errors.js';
 import { isIanaTimeZone, zonedInstant } from '../domain/time.js';
+import { createLeanFetch, type Fetch } from '../lean-fetch.js';
 import type { GoogleTokenProvider } from './token-provider.js';
 
 export interface GoogleCalendarOptions {
@@ -22,7 +23,19 @@ export interface GoogleCalendarOptions {
   /** How long to wait for a pending Meet conference to be created. */
   conferenceWaitMs?: number;
   onCall?: (outcome: { op: string; ms: number; status: number | 'network' }) => void;
+  /** The client's transport (gaxios `fetchImplementation`); default: src/lean-fetch.ts. */
+  fetch?: Fetch;
 }
+
+/** Per-request options of every Calendar call (the client's own retry is off: see #call). */
+interface CallOptions {
+  retry: false;
+  timeout: number;
+  fetchImplementation: Fetch;
+}
+
+/** Owners whose auth client is kept between calls (the most recently used). */
+const AUTH_CLIENTS_KEPT = 1000;
 
 interface GoogleErrorShape {
   status?: number;
@@ -98,6 +111,14 @@ export class GoogleCalendarGateway implements CalendarGateway {
   readonly #maxAttempts: number;
   readonly #backoffBaseMs: number;
   readonly #conferenceWaitMs: number;
+  /**
+   * One client for every owner (building the Calendar API object costs more than a call's own
+   * work); each call names its owner's auth client (`auth` in the request's parameters).
+   */
+  readonly #api: calendar_v3.Calendar;
+  readonly #callOptions: CallOptions;
+  /** Per owner, an auth client holding only its current access token (see #auth). */
+  readonly #auth = new Map<string, { token: string; client: OAuth2Client }>();
 
   constructor(
     private readonly tokens: GoogleTokenProvider,
@@ -107,6 +128,27 @@ export class GoogleCalendarGateway implements CalendarGateway {
     this.#maxAttempts = options.maxAttempts ?? 4;
     this.#backoffBaseMs = options.backoffBaseMs ?? 500;
     this.#conferenceWaitMs = options.conferenceWaitMs ?? 10_000;
+    this.#api = calendar({ version: 'v3', rootUrl: options.rootUrl });
+    this.#callOptions = {
+      retry: false,
+      timeout: options.timeoutMs,
+      fetchImplementation: options.fetch ?? createLeanFetch(),
+    };
+  }
+
+  /**
+   * The owner's auth client for `token`: only an access token, so the library cannot refresh by
+   * itself and bypass our single-refresh lock. Kept while the token is the owner's current one.
+   */
+  #authFor(ownerId: string, token: string): OAuth2Client {
+    const kept = this.#auth.get(ownerId);
+    this.#auth.delete(ownerId);
+    const entry = kept?.token === token ? kept : { token, client: new OAuth2Client() };
+    if (entry !== kept) entry.client.setCredentials({ access_token: token });
+    // Map order is insertion order: re-inserting marks it most recently used.
+    this.#auth.set(ownerId, entry);
+    if (this.#auth.size > AUTH_CLIENTS_KEPT) this.#auth.delete(this.#auth.keys().next().value!);
+    return entry.client;
   }
 
   /**
@@ -114,17 +156,18 @@ export class GoogleCalendarGateway implements CalendarGateway {
    * on retryable failures. The client's own retry is off (it never retries POST anyway) so that
    * every retry is ours and counted.
    */
-  async #call<T>(ownerId: string, op: string, fn: (api: calendar_v3.Calendar) => Promise<T>): Promise<T> {
+  async #call<T>(
+    ownerId: string,
+    op: string,
+    fn: (api: calendar_v3.Calendar, auth: OAuth2Client, options: CallOptions) => Promise<T>,
+  ): Promise<T> {
     let token = await this.tokens.accessToken(ownerId);
     let refreshed = false;
     for (let attempt = 1; ; attempt++) {
-      const auth = new OAuth2Client();
-      // Only an access token: the library cannot refresh by itself, bypassing our single-refresh lock.
-      auth.setCredentials({ access_token: token });
-      const api = calendar({ version: 'v3', auth, rootUrl: this.options.rootUrl });
+      const auth = this.#authFor(ownerId, token);
       const started = performance.now();
       try {
-        const result = await fn(api);
+        const result = await fn(this.#api, auth, this.#callOptions);
         this.options.onCall?.({ op, ms: performance.now() - started, status: 200 });
         return result;
       } catch (err) {
@@ -189,10 +232,10 @@ export class GoogleCalendarGateway implements CalendarGateway {
     let event: calendar_v3.Schema$Event;
     let existed = false;
     try {
-      event = await this.#call(ownerId, 'events.insert', async (api) => {
+      event = await this.#call(ownerId, 'events.insert', async (api, auth, options) => {
         const res = await api.events.insert(
-          { calendarId: 'primary', conferenceDataVersion: 1, sendUpdates: 'all', requestBody },
-          { retry: false, timeout: this.options.timeoutMs },
+          { auth, calendarId: 'primary', conferenceDataVersion: 1, sendUpdates: 'all', requestBody },
+          options,
         );
         return res.data;
       });
@@ -229,11 +272,8 @@ export class GoogleCalendarGateway implements CalendarGateway {
 
   async #getEvent(ownerId: string, eventId: string): Promise<calendar_v3.Schema$Event> {
     try {
-      return await this.#call(ownerId, 'events.get', async (api) => {
-        const res = await api.events.get(
-          { calendarId: 'primary', eventId },
-          { retry: false, timeout: this.options.timeoutMs },
-        );
+      return await this.#call(ownerId, 'events.get', async (api, auth, options) => {
+        const res = await api.events.get({ auth, calendarId: 'primary', eventId }, options);
         return res.data;
       });
     } catch (err) {
@@ -274,16 +314,17 @@ export class GoogleCalendarGateway implements CalendarGateway {
   async freeBusy(ownerId: string, from: Date, to: Date): Promise<BusyInterval[]> {
     let data: calendar_v3.Schema$FreeBusyResponse;
     try {
-      data = await this.#call(ownerId, 'freebusy.query', async (api) => {
+      data = await this.#call(ownerId, 'freebusy.query', async (api, auth, options) => {
         const res = await api.freebusy.query(
           {
+            auth,
             requestBody: {
               timeMin: from.toISOString(),
               timeMax: to.toISOString(),
               items: [{ id: 'primary' }],
             },
           },
-          { retry: false, timeout: this.options.timeoutMs },
+          options,
         );
         return res.data;
       });
@@ -321,9 +362,10 @@ export class GoogleCalendarGateway implements CalendarGateway {
     for (let page = 0; page < MAX_EVENT_PAGES; page++) {
       let data: calendar_v3.Schema$Events;
       try {
-        data = await this.#call(ownerId, 'events.list', async (api) => {
+        data = await this.#call(ownerId, 'events.list', async (api, auth, options) => {
           const res = await api.events.list(
             {
+              auth,
               calendarId: 'primary',
               timeMin: from.toISOString(),
               timeMax: to.toISOString(),
@@ -331,7 +373,7 @@ export class GoogleCalendarGateway implements CalendarGateway {
               maxResults: 2500,
               ...(pageToken ? { pageToken } : {}),
             },
-            { retry: false, timeout: this.options.timeoutMs },
+            options,
           );
           return res.data;
         });
@@ -362,11 +404,8 @@ export class GoogleCalendarGateway implements CalendarGateway {
   /** events.get; null for 404/410 and for a cancelled (deleted) event, which get still returns. */
   async #liveEvent(ownerId: string, eventId: string): Promise<calendar_v3.Schema$Event | null> {
     try {
-      const event = await this.#call(ownerId, 'events.get', async (api) => {
-        const res = await api.events.get(
-          { calendarId: 'primary', eventId },
-          { retry: false, timeout: this.options.timeoutMs },
-        );
+      const event = await this.#call(ownerId, 'events.get', async (api, auth, options) => {
+        const res = await api.events.get({ auth, calendarId: 'primary', eventId }, options);
         return res.data;
       });
       return event.status === 'cancelled' ? null : event;
@@ -379,9 +418,10 @@ export class GoogleCalendarGateway implements CalendarGateway {
   async patchEvent(ownerId: string, eventId: string, times: EventTimes): Promise<CreatedCalendarEvent> {
     let event: calendar_v3.Schema$Event;
     try {
-      event = await this.#call(ownerId, 'events.patch', async (api) => {
+      event = await this.#call(ownerId, 'events.patch', async (api, auth, options) => {
         const res = await api.events.patch(
           {
+            auth,
             calendarId: 'primary',
             eventId,
             sendUpdates: 'all',
@@ -393,7 +433,7 @@ export class GoogleCalendarGateway implements CalendarGateway {
               end: { dateTime: times.endDateTime, ...(times.timeZone ? { timeZone: times.timeZone } : {}) },
             },
           },
-          { retry: false, timeout: this.options.timeoutMs },
+          options,
         );
         return res.data;
       });
@@ -411,11 +451,8 @@ export class GoogleCalendarGateway implements CalendarGateway {
 
   async deleteEvent(ownerId: string, eventId: string): Promise<void> {
     try {
-      await this.#call(ownerId, 'events.delete', (api) =>
-        api.events.delete(
-          { calendarId: 'primary', eventId, sendUpdates: 'all' },
-          { retry: false, timeout: this.options.timeoutMs },
-        ),
+      await this.#call(ownerId, 'events.delete', (api, auth, options) =>
+        api.events.delete({ auth, calendarId: 'primary', eventId, sendUpdates: 'all' }, options),
       );
     } catch (err) {
       // 404/410: already deleted (by the owner, or by an earlier attempt).

@@ -1,5 +1,6 @@
 import OpenAI from 'openai';
 import { Upstream } from '../domain/errors.js';
+import { createLeanFetch, type Fetch } from '../lean-fetch.js';
 import type { ChatModel, ChatRequest, ChatResult, ChatTurn } from './chat-model.js';
 
 export interface OpenAIChatModelOptions {
@@ -10,6 +11,8 @@ export interface OpenAIChatModelOptions {
   maxRetries?: number;
   /** Observes every call (metrics). */
   onCall?: (outcome: { ms: number; status: number | 'network' | 'ok' }) => void;
+  /** The SDK's transport (its `fetch` option); default: src/lean-fetch.ts. */
+  fetch?: Fetch;
 }
 
 function toOpenAI(turn: ChatTurn): OpenAI.Chat.Completions.ChatCompletionMessageParam {
@@ -47,6 +50,7 @@ export class OpenAIChatModel implements ChatModel {
       baseURL: options.baseURL,
       timeout: options.timeoutMs,
       maxRetries: options.maxRetries ?? 2,
+      fetch: options.fetch ?? createLeanFetch(),
     });
     this.#onCall = options.onCall;
   }
