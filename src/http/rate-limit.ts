@@ -25,6 +25,14 @@ export class WindowCounter {
     return entry.count > this.max ? Math.max(1, Math.ceil((entry.resetAt - t) / 1000)) : 0;
   }
 
+  /** Takes back a hit that turned out not to count (a request refused after it was counted). */
+  refund(key: string): void {
+    const entry = this.#hits.get(key);
+    if (!entry) return;
+    entry.count--;
+    if (entry.count <= 0) this.#hits.delete(key);
+  }
+
   #sweep(t: number): void {
     for (const [k, v] of this.#hits) if (v.resetAt <= t) this.#hits.delete(k);
   }

@@ -207,11 +207,22 @@ export class MessageStore {
    * src/store/message-queue.ts), and announces it (live feeds, and the queue's wake-up on
    * CUSTOMER_MESSAGE_CHANNEL), in one statement: stored and queued together, or not at all.
    */
-  async insertCustomerMessage(conversationId: string, content: string): Promise<Message> {
+  async insertCustomerMessage(
+    conversationId: string,
+    content: string,
+    access: { customerTokenHash: string } | 'admin',
+  ): Promise<Message | undefined> {
+    // The conversation's check is this statement's own: the message is stored only into a
+    // conversation that exists and, for a customer, whose token hash matches (a comparison of
+    // SHA-256 hashes: its timing says nothing usable about the token). No row: refused.
+    const hash = access === 'admin' ? null : access.customerTokenHash;
     const r = await sql<StoredRow>`
       WITH ins AS (
         INSERT INTO messages (message_id, conversation_id, role, content, status)
-        VALUES (${newId('msg')}, ${conversationId}, 'customer', ${content}, 'pending')
+        SELECT ${newId('msg')}, c.conversation_id, 'customer', ${content}, 'pending'
+          FROM conversations c
+         WHERE c.conversation_id = ${conversationId}
+           AND (${hash}::text IS NULL OR c.customer_token_hash = ${hash}::text)
         RETURNING message_id, conversation_id, role, content, created_at
       ), announced AS (
         SELECT pg_notify(agent_meetings_channel(${MESSAGE_CHANNEL}), conversation_id),
@@ -220,8 +231,7 @@ export class MessageStore {
       )
       SELECT ins.*, (SELECT count(*) FROM announced) AS announced FROM ins`.execute(this.db);
     const row = r.rows[0];
-    if (!row) throw new Error('message insert returned no row');
-    return toMessage(row);
+    return row ? toMessage(row) : undefined;
   }
 
   /** Messages of a conversation in order, after a given message (exclusive) when set. */

@@ -169,6 +169,30 @@ describe('customer API', () => {
     ).toBe(202);
   });
 
+  it('counts only accepted messages against the limit: refused callers cannot use it up', async () => {
+    const c = await chat();
+    const other = await chat();
+    const wrong = { authorization: `Bearer ${other.customer_token}` };
+    for (let i = 0; i < 8; i++) {
+      expect((await post(c.conversation_id, wrong, { content: `x${i}` })).statusCode).toBe(403);
+    }
+    const auth = { authorization: `Bearer ${c.customer_token}` };
+    const codes: number[] = [];
+    for (let i = 0; i < 6; i++)
+      codes.push((await post(c.conversation_id, auth, { content: `m${i}` })).statusCode);
+    expect(codes).toEqual([202, 202, 202, 202, 202, 429]);
+    // Over the limit, a caller without the token still learns nothing but 403 (no 429 for it).
+    expect((await post(c.conversation_id, wrong, { content: 'again' })).statusCode).toBe(403);
+    expect((await post(c.conversation_id, auth, { content: 'again' })).statusCode).toBe(429);
+    const stored = await s.app.database.db
+      .selectFrom('messages')
+      .select((eb) => eb.fn.countAll<number>().as('n'))
+      .where('conversation_id', '=', c.conversation_id)
+      .where('role', '=', 'customer')
+      .executeTakeFirstOrThrow();
+    expect(Number(stored.n)).toBe(5);
+  });
+
   it('streams new messages over SSE and resumes after Last-Event-ID', async () => {
     const c = await chat();
     const controller = new AbortController();

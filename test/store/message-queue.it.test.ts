@@ -34,7 +34,7 @@ async function conversationWith(...texts: string[]) {
   const { conversation } = await conversations.create({ agentId });
   const ids: string[] = [];
   for (const t of texts)
-    ids.push((await messages.insertCustomerMessage(conversation.conversationId, t)).messageId);
+    ids.push((await messages.insertCustomerMessage(conversation.conversationId, t, 'admin'))!.messageId);
   return { conversationId: conversation.conversationId, ids };
 }
 

@@ -37,7 +37,7 @@ async function conversationWith(n: number) {
   const { conversation } = await conversations.create({ agentId });
   const ids: string[] = [];
   for (let i = 0; i < n; i++) {
-    const m = await messages.insertCustomerMessage(conversation.conversationId, `m${i}`);
+    const m = (await messages.insertCustomerMessage(conversation.conversationId, `m${i}`, 'admin'))!;
     ids.push(m.messageId);
   }
   return { conversationId: conversation.conversationId, ids };
@@ -56,6 +56,22 @@ const heardOn = (channel: string, payload: string) =>
   heard.filter(([c, p]) => c === channel && p === payload).length;
 
 describe('MessageStore.storeReply', () => {
+  it('stores a customer message only into an existing conversation, with its token hash unless admin', async () => {
+    const { conversation } = await conversations.create({ agentId });
+    const id = conversation.conversationId;
+    const right = { customerTokenHash: conversation.customerTokenHash };
+    expect(
+      await messages.insertCustomerMessage(id, 'wrong', { customerTokenHash: 'f'.repeat(64) }),
+    ).toBeUndefined();
+    expect(await messages.insertCustomerMessage('cnv_missing', 'none', right)).toBeUndefined();
+    expect(await messages.insertCustomerMessage('cnv_missing', 'none', 'admin')).toBeUndefined();
+    const ok = await messages.insertCustomerMessage(id, 'mine', right);
+    const admin = await messages.insertCustomerMessage(id, 'owner', 'admin');
+    expect([ok?.content, admin?.content]).toEqual(['mine', 'owner']);
+    const stored = await messages.list(id, { limit: 10 });
+    expect(stored?.map((m) => m.content)).toEqual(['mine', 'owner']);
+  });
+
   it('tells whether the conversation has a next message, and announces every reply', async () => {
     const { conversationId, ids } = await conversationWith(2);
     await vi.waitFor(() => expect(heardOn(MESSAGE_CHANNEL, conversationId)).toBe(2)); // the inserts
