@@ -28,26 +28,29 @@ export class BookingLeaseStore {
     this.db = widen(db);
   }
 
-  /** Takes the lease when it is free, lapsed, or already ours. */
-  async tryAcquire(userId: string, holder: string, leaseMs: number): Promise<boolean> {
-    const until = sql<Date>`now() + make_interval(secs => ${leaseMs / 1000})`;
-    const r = await this.db
-      .insertInto('owner_booking_leases')
-      .values({ user_id: userId, holder, lease_until: until })
-      .onConflict((oc) =>
-        oc
-          .column('user_id')
-          .doUpdateSet({ holder, lease_until: until })
-          .where((eb) =>
-            eb.or([
-              eb('owner_booking_leases.lease_until', '<', sql<Date>`now()`),
-              eb('owner_booking_leases.holder', '=', holder),
-            ]),
-          ),
-      )
-      .returning('user_id')
-      .executeTakeFirst();
-    return r !== undefined;
+  /**
+   * Takes the lease when it is free, lapsed, or already ours. `also`: a data-modifying CTE named
+   * `saved_output` to run in the same statement (MessageStore's modelOutputCte: the output the
+   * booking acts on is stored by the lease's own commit); `alsoRows` counts its rows.
+   */
+  async tryAcquire(
+    userId: string,
+    holder: string,
+    leaseMs: number,
+    also?: RawBuilder<unknown>,
+  ): Promise<{ acquired: boolean; alsoRows: number }> {
+    const r = await sql<{ acquired: number; also_rows: number }>`
+      WITH ${also ? sql`${also},` : sql``} lease AS (
+        INSERT INTO owner_booking_leases (user_id, holder, lease_until)
+        VALUES (${userId}, ${holder}, now() + make_interval(secs => ${leaseMs / 1000}))
+        ON CONFLICT (user_id) DO UPDATE
+           SET holder = EXCLUDED.holder, lease_until = EXCLUDED.lease_until
+         WHERE owner_booking_leases.lease_until < now() OR owner_booking_leases.holder = EXCLUDED.holder
+        RETURNING user_id)
+      SELECT (SELECT count(*) FROM lease)::int AS acquired,
+             ${also ? sql`(SELECT count(*) FROM saved_output)::int` : sql`0`} AS also_rows`.execute(this.db);
+    const row = r.rows[0];
+    return { acquired: Number(row?.acquired ?? 0) > 0, alsoRows: Number(row?.also_rows ?? 0) };
   }
 
   /** Extends a lease we hold; false when it was lost (lapsed and taken by someone else). */

@@ -105,6 +105,20 @@ interface JsonUpcoming {
 }
 
 /**
+ * The data-modifying CTE `saved_output` storing a message's model output if none is stored yet (first
+ * writer wins: every attempt acts on the same output). It joins the first statement that must come
+ * before anything acts on the output outside the database: the owner's booking lease
+ * (BookingLeaseStore.tryAcquire), or its own (MessageStore.storeModelOutput). `saved_output` has a
+ * row when this output is the one stored.
+ */
+export function modelOutputCte(messageId: string, output: StoredModelOutput): RawBuilder<unknown> {
+  return sql`saved_output AS (
+        UPDATE messages SET model_output = ${JSON.stringify(output)}::jsonb
+         WHERE message_id = ${messageId} AND model_output IS NULL
+        RETURNING message_id)`;
+}
+
+/**
  * Everything the worker needs to answer a customer message, as one select (one round trip before the
  * model call; the queue's claim runs it for the messages it claimed, src/store/message-queue.ts): the
  * message, its conversation and agent, the history the model sees (`historyLimit` messages up to
@@ -281,24 +295,15 @@ export class MessageStore {
   }
 
   /**
-   * Keeps the first model output stored for a message and returns the one that is stored: ours, or
-   * that of a concurrent attempt that saved first (everyone then acts on the same output).
+   * Stores a message's model output on its own statement (see modelOutputCte), unless one is stored
+   * already. True when ours is the one stored; false when an earlier attempt's was stored first (act
+   * on that one: the message runs again and finds it).
    */
-  async saveModelOutput(messageId: string, output: StoredModelOutput): Promise<StoredModelOutput> {
-    const saved = await this.db
-      .updateTable('messages')
-      .set({ model_output: JSON.stringify(output) })
-      .where('message_id', '=', messageId)
-      .where('model_output', 'is', null)
-      .returning('model_output')
-      .executeTakeFirst();
-    if (saved?.model_output) return saved.model_output;
-    const existing = await this.db
-      .selectFrom('messages')
-      .select('model_output')
-      .where('message_id', '=', messageId)
-      .executeTakeFirst();
-    return existing?.model_output ?? output;
+  async storeModelOutput(messageId: string, output: StoredModelOutput): Promise<boolean> {
+    const r = await sql<{ n: number }>`
+      WITH ${modelOutputCte(messageId, output)}
+      SELECT count(*)::int AS n FROM saved_output`.execute(this.db);
+    return Number(r.rows[0]?.n ?? 0) > 0;
   }
 
   /**

@@ -37,7 +37,7 @@ import type { MessageWork, ReplyRows, StoredReply } from '../store/messages.js';
 import type { DB } from '../store/schema.js';
 import type { OwnerEventSink } from './owner-events.js';
 import type { OwnerBookingLock, OwnerLease } from './owner-lock.js';
-import type { ActionResponder, Reply, RespondOptions } from './process-message.js';
+import type { ActionResponder, Reply, RespondOptions, UnsavedOutput } from './process-message.js';
 
 export interface BookingServiceDeps {
   calendar: CalendarGateway;
@@ -84,12 +84,16 @@ interface ReplyContext {
   booked: number;
   requested: Set<string>;
   lease?: OwnerLease;
+  /** The model output, until stored (see #lock, #storeOutput). */
+  unsavedOutput?: UnsavedOutput | undefined;
 }
 
 /**
  * Turns the model's actions into real changes: book (the seed's steps 5–11), reschedule, cancel.
  *
- * Never twice: each booking gets an idempotency key from the customer message and the action; the
+ * Never twice: the model output the actions come from is stored before any Calendar change (with
+ * the owner's lease, #lock; on its own before a cancel, #storeOutput), so every attempt acts on the
+ * same actions; each booking gets an idempotency key from the customer message and the action; the
  * Google event id is derived from it (a repeated insert answers 409 and we fetch the event; a
  * booking about to give up looks that id up first), and the meeting row (unique key and event id)
  * commits with the confirmation (one statement; a transaction when the answer has several actions).
@@ -120,6 +124,7 @@ export class BookingService implements ActionResponder {
       lastAttempt: options.lastAttempt ?? false,
       booked: 0,
       requested: new Set(),
+      unsavedOutput: options.unsavedOutput,
     };
     const texts: string[] = [];
     const rows: Array<{ booked: NewMeeting } | { persist: Persist }> = [];
@@ -290,8 +295,31 @@ export class BookingService implements ActionResponder {
     };
   }
 
+  /**
+   * Takes the owner's booking lock. The model output, if not stored yet, is stored by the lease's
+   * own statement (one round trip, one commit before any Calendar change: a retry acts on the same
+   * output, so its bookings keep their keys and event ids).
+   */
   async #lock(ctx: ReplyContext): Promise<void> {
-    ctx.lease ??= await this.deps.lock.acquire(ctx.work.agent.userId);
+    if (ctx.lease) return;
+    const unsaved = ctx.unsavedOutput;
+    const lease = await this.deps.lock.acquire(ctx.work.agent.userId, unsaved?.cte);
+    if (unsaved) {
+      ctx.unsavedOutput = undefined;
+      if (lease.alsoRows === 0) {
+        await lease.release();
+        throw outputConflict();
+      }
+    }
+    ctx.lease = lease;
+  }
+
+  /** Stores the model output, if not stored yet, before a change that takes no lock (cancel). */
+  async #storeOutput(ctx: ReplyContext): Promise<void> {
+    const unsaved = ctx.unsavedOutput;
+    if (!unsaved) return;
+    ctx.unsavedOutput = undefined;
+    if (!(await unsaved.store())) throw outputConflict();
   }
 
   /** The owner's busy time in [from, to): Google's answer plus our own scheduled meetings. */
@@ -646,6 +674,7 @@ export class BookingService implements ActionResponder {
     const target = await this.#target(ctx, action);
     if (!('meeting_id' in target)) return target;
     const meeting = target;
+    await this.#storeOutput(ctx);
     try {
       // 404/410 count as done: an earlier attempt (or the owner) already deleted it.
       await this.deps.calendar.deleteEvent(work.agent.userId, meeting.google_event_id);
@@ -671,6 +700,15 @@ export class BookingService implements ActionResponder {
       },
     };
   }
+}
+
+/**
+ * Another attempt of this message (one whose claim lapsed while it still ran) stored its model
+ * output first: acting on ours could book what that one does not. The message runs again and acts
+ * on the stored output.
+ */
+function outputConflict(): Upstream {
+  return new Upstream('another attempt of this message stored its model output first', true);
 }
 
 function describeBooking(name: string | null, email: string, agentName: string): string {

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { Transaction } from 'kysely';
+import type { RawBuilder, Transaction } from 'kysely';
 import type { Logger } from 'pino';
 import { Upstream } from '../domain/errors.js';
 import type { BookingLeaseStore } from '../store/booking-leases.js';
@@ -34,6 +34,8 @@ export interface OwnerLease {
    * Idempotent.
    */
   release(committed?: boolean): Promise<void>;
+  /** Rows of the `also` CTE given to acquire(), which ran in the lease's first statement (0 without). */
+  alsoRows: number;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -65,7 +67,12 @@ export class OwnerBookingLock {
     this.#waitMs = options.waitMs ?? 25_000;
   }
 
-  async acquire(userId: string): Promise<OwnerLease> {
+  /**
+   * Takes the owner's lock. `also`: a data-modifying CTE run once, in the first statement that tries
+   * for the lease, whether or not that one gets it (the model output a booking acts on: stored by
+   * the commit that also takes the lease, one round trip, see BookingService#lock).
+   */
+  async acquire(userId: string, also?: RawBuilder<unknown>): Promise<OwnerLease> {
     const previous = this.#local.get(userId) ?? Promise.resolve();
     let releaseLocal!: () => void;
     const mine = new Promise<void>((resolve) => {
@@ -88,12 +95,16 @@ export class OwnerBookingLock {
       ]);
       const holder = randomUUID();
       let delay = 25;
-      while (!(await this.leases.tryAcquire(userId, holder, this.#leaseMs))) {
+      const first = await this.leases.tryAcquire(userId, holder, this.#leaseMs, also);
+      const alsoRows = first.alsoRows;
+      let acquired = first.acquired;
+      while (!acquired) {
         if (Date.now() > deadline) {
           throw new Upstream(`timed out waiting for another process's booking of ${userId}`, true);
         }
         await sleep(delay);
         delay = Math.min(delay * 2, 250);
+        acquired = (await this.leases.tryAcquire(userId, holder, this.#leaseMs)).acquired;
       }
       const renewal = setInterval(() => {
         this.leases.renew(userId, holder, this.#leaseMs).then(
@@ -107,6 +118,7 @@ export class OwnerBookingLock {
       let released = false;
       let releasedInTrx = false;
       return {
+        alsoRows,
         releaseIn: async (trx) => {
           // No renewal from here on: it would wait on this transaction's row lock, then find the row
           // gone. release() follows at once either way.

@@ -1,4 +1,4 @@
-import type { Kysely, Transaction } from 'kysely';
+import type { Kysely, RawBuilder, Transaction } from 'kysely';
 import type { Logger } from 'pino';
 import { extractBookingActions } from '../domain/booking-action.js';
 import { Upstream } from '../domain/errors.js';
@@ -16,7 +16,13 @@ import {
   rescheduleParameters,
 } from '../domain/prompt.js';
 import type { ChatModel, ChatResult, ChatTurn, ToolDefinition } from '../llm/chat-model.js';
-import type { MessageStore, MessageWork, ReplyRows, StoredReply } from '../store/messages.js';
+import {
+  type MessageStore,
+  type MessageWork,
+  modelOutputCte,
+  type ReplyRows,
+  type StoredReply,
+} from '../store/messages.js';
 import type { DB, StoredModelOutput } from '../store/schema.js';
 import type { JobContext, JobOutcome } from './queue.js';
 
@@ -45,6 +51,21 @@ export interface Reply {
 export interface RespondOptions {
   /** No retry follows: a failure now ends with MEETING_ERROR_MESSAGE (see JobContext.isLastAttempt). */
   lastAttempt?: boolean;
+  /**
+   * The model output the actions come from, when this attempt asked the model (an earlier attempt's
+   * is stored already). It must be stored before anything acts on it outside the database, so that a
+   * retry acts on the same output: the responder stores it with the owner's booking lease
+   * (`cte`), or on its own (`store`) before a change that takes no lease.
+   */
+  unsavedOutput?: UnsavedOutput;
+}
+
+/** A model output not yet stored (see RespondOptions.unsavedOutput). */
+export interface UnsavedOutput {
+  /** modelOutputCte for this message (src/store/messages.ts). */
+  readonly cte: RawBuilder<unknown>;
+  /** Stores it on its own statement; false when an earlier attempt's output was stored first. */
+  store(): Promise<boolean>;
 }
 
 /** Turns booking actions into a reply (src/worker/booking-service.ts). */
@@ -110,10 +131,12 @@ function describe(err: unknown): string {
 
 /**
  * Answers one customer message, claimed by the queue with what answering it needs. At-least-once
- * safe: the model's output is stored before anything acts on it, so a retry books from the same
- * output; the reply insert is unique per customer message, and its statement closes the message
- * (the job's completion), so a second run of an answered message cannot happen through the queue
- * and one racing a slow commit stores nothing.
+ * safe: the model's output is stored before anything acts on it outside the database (by the owner's
+ * booking lease's statement, or its own before a cancel; see RespondOptions.unsavedOutput), so a
+ * retry books from the same output, and an attempt that finds another's output stored first stops
+ * and runs again with it; the reply insert is unique per customer message, and its statement closes
+ * the message (the job's completion), so a second run of an answered message cannot happen through
+ * the queue and one racing a slow commit stores nothing.
  */
 export function createMessageProcessor(deps: MessageProcessorDeps) {
   return async function processMessage(work: MessageWork, ctx: JobContext): Promise<JobOutcome | undefined> {
@@ -146,10 +169,25 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
     }
     let phase: 'model' | 'booking' = 'model';
     try {
-      const output = work.message.modelOutput ?? (await askModel(work, ctx.signal, agentLog));
-      const reply = await composeReply(work, output, agentLog, ctx.isLastAttempt, () => {
-        phase = 'booking';
-      });
+      const earlier = work.message.modelOutput;
+      const output = earlier ?? (await askModel(work, ctx.signal, agentLog));
+      // Stored by whatever first acts on it (see RespondOptions.unsavedOutput); a plain text answer
+      // acts on nothing and is not stored apart from the reply.
+      const unsavedOutput: UnsavedOutput | undefined = earlier
+        ? undefined
+        : {
+            cte: modelOutputCte(work.message.messageId, output),
+            store: () => deps.messages.storeModelOutput(work.message.messageId, output),
+          };
+      const reply = await composeReply(
+        work,
+        output,
+        agentLog,
+        { lastAttempt: ctx.isLastAttempt, unsavedOutput },
+        () => {
+          phase = 'booking';
+        },
+      );
       const input = {
         conversationId: work.message.conversationId,
         replyTo: work.message.messageId,
@@ -255,16 +293,14 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
         messages.push({ role: 'tool', toolCallId: call.id, content });
       }
     }
-    const output: StoredModelOutput = { text: result.text, toolCalls: result.toolCalls };
-    // First writer wins; a concurrent attempt that saved first is the output everyone acts on.
-    return deps.messages.saveModelOutput(work.message.messageId, output);
+    return { text: result.text, toolCalls: result.toolCalls };
   }
 
   async function composeReply(
     work: MessageWork,
     output: StoredModelOutput,
     log: Logger,
-    lastAttempt: boolean,
+    options: RespondOptions,
     enteringBooking: () => void,
   ): Promise<Reply> {
     const { actions: textActions, prose } = extractBookingActions(output.text ?? '');
@@ -280,7 +316,7 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
     const actions = [...toolActions, ...textActions];
     if (actions.length > 0) {
       enteringBooking();
-      return deps.actions.respond(work, actions, prose, log, { lastAttempt });
+      return deps.actions.respond(work, actions, prose, log, options);
     }
     if (prose) return { text: prose };
     // Empty answer: treat as a model failure so the customer is never left without a reply.

@@ -125,7 +125,7 @@ describe('MessageStore.storeReply', () => {
     const event = { type: 'meeting.booked' as const, key: (id: string) => `meeting.booked:${id}` };
     const attempt = async (key: string) => {
       const lease = { userId: 'owner-msg', holder: `h-${key}` };
-      expect(await leases.tryAcquire(lease.userId, lease.holder, 30_000)).toBe(true);
+      expect((await leases.tryAcquire(lease.userId, lease.holder, 30_000)).acquired).toBe(true);
       const stored = await messages.storeReply(
         database.db,
         input(conversationId, ids[0]!),

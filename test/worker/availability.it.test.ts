@@ -454,4 +454,49 @@ describe('reschedule and cancel by chat', () => {
     });
     expect(none).toContain("couldn't find an upcoming meeting");
   });
+
+  it('a cancel acts only on the stored model output: one stored first by another attempt wins', async () => {
+    const o = await newOwner({ working_hours: ALL_WEEK_9_TO_17 });
+    const c = await chatWith(o);
+    await ask(c, 'book', { content: JSON.stringify([bookingAction(ist(2, 10).iso)]) });
+    const [meeting] = await meetingsOf(o.userId);
+    // While this attempt waits for the model (which says cancel), another attempt of the same
+    // message stores its own output (no action): the cancel must not reach Google.
+    s.openai.responder = async () => {
+      await s.app.database.db
+        .updateTable('messages')
+        .set({ model_output: JSON.stringify({ text: 'Keeping your meeting as it is.', toolCalls: [] }) })
+        .where('conversation_id', '=', c.conversation_id)
+        .where('status', '=', 'pending')
+        .execute();
+      return { toolCalls: [{ name: 'cancel_meeting', arguments: { meeting_id: null } }] };
+    };
+    await s.send(c.conversation_id, c.customer_token, 'hmm, maybe cancel?');
+    const list = await s.waitForReplies(c.conversation_id, c.customer_token, 2, 30_000);
+    const answer = list.at(-1)?.content;
+    expect(answer).toBe('Keeping your meeting as it is.');
+    expect(s.google.sentUpdates(o.email).filter((u) => u.op === 'delete')).toHaveLength(0);
+    const row = await s.app.http.inject({ url: `/api/meetings/${meeting?.meeting_id}`, headers: s.admin });
+    expect(row.json().meeting.status).toBe('scheduled');
+  });
+
+  it('a booking stores the model output with the owner’s lease; a plain answer stores none', async () => {
+    const o = await newOwner({ working_hours: ALL_WEEK_9_TO_17 });
+    const c = await chatWith(o);
+    const output = async () =>
+      (
+        await s.app.database.db
+          .selectFrom('messages')
+          .select('model_output')
+          .where('conversation_id', '=', c.conversation_id)
+          .where('role', '=', 'customer')
+          .orderBy('seq', 'desc')
+          .executeTakeFirstOrThrow()
+      ).model_output;
+    await ask(c, 'hello', { content: 'Hello! When would you like to meet?' });
+    expect(await output()).toBeNull();
+    const action = JSON.stringify([bookingAction(ist(2, 11).iso)]);
+    await ask(c, 'book', { content: action });
+    expect(await output()).toEqual({ text: action, toolCalls: [] });
+  });
 });
