@@ -44,6 +44,13 @@ export interface PipelineResult {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/**
+ * How far after a booking's requested start BookingService reads busy time (its search window of 14
+ * days plus the longest meeting, 8 h; src/worker/booking-service.ts #window): how a freeBusy request
+ * is matched to its booking.
+ */
+const READ_AFTER_START_MS = 14 * 86_400_000 + 480 * 60_000;
+
 /** Warm-up bookings per second at most (with as many owners of their own). */
 const WARMUP_RATE = 20;
 
@@ -168,14 +175,15 @@ export async function runPipeline(
   const visible = accepted.every((b) => b.answeredAt === undefined || replyNotice(b) !== undefined);
   for (const b of accepted) b.visibleAt = visible ? replyNotice(b) : b.answeredAt;
 
-  // Emulator time per booking. Calendar requests, per owner in arrival order: a booking's freeBusy
-  // is the owner's last one before its events.insert (an owner's bookings take turns under the
-  // per-owner lease); the insert names the customer as attendee.
+  // Emulator time per booking. An owner's bookings at different times run at once (the owner's lease
+  // is per time range), so a booking's freeBusy is found by its window, not by order: BookingService
+  // reads busy time up to READ_AFTER_START_MS after the requested start (bench agents have no
+  // buffer), and each booking here has its own hour. The insert names the customer as attendee.
   type Interval = { at: number; doneAt: number };
   const spentIn = (c: Interval | undefined) => (c ? c.doneAt - c.at : 0);
   // Per booking: its last freeBusy and insert (for the stages), and the Calendar time of all its tries.
   const calls = new Map<number, { freeBusy?: Interval; insert: Interval; spent: number }>();
-  const lastFreeBusy = new Map<string, Interval>();
+  const freeBusyOf = new Map<string, Interval>(); // `${account} ${hour index}` -> its latest freeBusy
   const refreshes = new Map<string, Interval[]>();
   const ownerByRefresh = new Map(owners.map((o) => [o.refreshToken, o.email]));
   for (const r of [...stack.google.requests].sort((a, b) => a.at - b.at)) {
@@ -185,15 +193,18 @@ export async function runPipeline(
       const email = ownerByRefresh.get((r.body as Record<string, string> | undefined)?.refresh_token ?? '');
       if (email) refreshes.set(email, [...(refreshes.get(email) ?? []), call]);
     } else if (r.op === 'freebusy.query' && r.account) {
-      lastFreeBusy.set(r.account, call);
+      const timeMax = Date.parse(String((r.body as { timeMax?: unknown } | undefined)?.timeMax));
+      const hourIndex = Math.round((timeMax - READ_AFTER_START_MS - base) / 3_600_000);
+      freeBusyOf.set(`${r.account} ${hourIndex}`, call);
     } else if (r.op === 'events.insert' && r.account) {
       const attendees = (r.body as { attendees?: Array<{ email?: string }> } | undefined)?.attendees ?? [];
       const idx = attendees.map((a) => /^c(\d+)@bench\.test$/.exec(a.email ?? '')?.[1]).find(Boolean);
       if (idx === undefined) continue;
-      const freeBusy = lastFreeBusy.get(r.account);
+      const key = `${r.account} ${idx}`;
+      const freeBusy = freeBusyOf.get(key);
       const before = calls.get(Number(idx))?.spent ?? 0;
       calls.set(Number(idx), { freeBusy, insert: call, spent: before + spentIn(freeBusy) + spentIn(call) });
-      lastFreeBusy.delete(r.account);
+      freeBusyOf.delete(key);
     }
   }
   const e2e: number[] = [];
@@ -251,8 +262,6 @@ export async function runPipeline(
     offeredPerS: opts.rate,
     slots: opts.slots,
     emulatorMeanMs: em.mean,
-    owners: owners.length,
-    googleLatencyMs: stack.google.latencyMs,
   });
   const p = summarize(pickup);
   const refreshCounts = owners.map((o) => stack.google.refreshCount(o.refreshToken));

@@ -26,26 +26,17 @@ export function summarize(values: number[]): {
 
 /**
  * Bookings per second the emulators' latencies allow, an upper bound: every worker slot held for a
- * booking's emulator time (the mean, as throughput = slots ÷ mean time in a slot), and each owner's
- * bookings taking turns through its two Calendar calls under the owner's booking lease. Bookings also
- * hold slots and leases during our own work and while they wait for an owner's lease, so the bound
- * is not reached exactly even by code that costs nothing; when the two bounds are close (the bench's
- * defaults at 200/s) owners' lease queues are saturated and the gap is wider.
+ * booking's emulator time (the mean, as throughput = slots ÷ mean time in a slot). Owners add no
+ * bound here: the owner's booking lease is per time range and the bench's bookings of one owner are
+ * an hour apart, so they run at once. Bookings also hold slots during our own work, so the bound is
+ * not reached exactly even by code that costs nothing.
  */
-export function throughputLimit(o: {
-  offeredPerS: number;
-  slots: number;
-  emulatorMeanMs: number;
-  owners: number;
-  googleLatencyMs: number;
-}): number {
+export function throughputLimit(o: { offeredPerS: number; slots: number; emulatorMeanMs: number }): number {
   const bySlots =
     Number.isFinite(o.emulatorMeanMs) && o.emulatorMeanMs > 0
       ? (o.slots * 1000) / o.emulatorMeanMs
       : Number.POSITIVE_INFINITY;
-  const byOwners =
-    o.googleLatencyMs > 0 ? (o.owners * 1000) / (2 * o.googleLatencyMs) : Number.POSITIVE_INFINITY;
-  return Math.min(o.offeredPerS, bySlots, byOwners);
+  return Math.min(o.offeredPerS, bySlots);
 }
 
 export const round = (v: number, digits = 1) => (Number.isFinite(v) ? Number(v.toFixed(digits)) : v);

@@ -1,6 +1,5 @@
 import { type Kysely, type RawBuilder, sql, type Transaction } from 'kysely';
 import type { DB } from './schema.js';
-import { type BookingDB, widen } from './schema-booking.js';
 
 /** Who holds an owner's booking lease. */
 export interface LeaseKey {
@@ -8,44 +7,80 @@ export interface LeaseKey {
   holder: string;
 }
 
+/** The time an owner's lease covers, epoch ms, half-open [from, to). */
+export interface LeaseRange {
+  from: number;
+  to: number;
+}
+
+/** Every time of the owner (a booking that cannot name its range, or several bookings at once). */
+export const WHOLE_OWNER: LeaseRange = { from: -8.64e15, to: 8.64e15 };
+
+/** The database clock in epoch ms (leases lapse by it, whichever process's clock is off). */
+const NOW_MS = sql<number>`(extract(epoch FROM now()) * 1000)`;
+
+/** `holds` without the holder's hold. */
+const holdsWithout = (holder: string) => sql`(
+        SELECT COALESCE(jsonb_agg(h), '[]'::jsonb) FROM jsonb_array_elements(owner_booking_leases.holds) h
+         WHERE h->>'holder' <> ${holder})`;
+
+/** Rows where the holder has a hold. */
+const holding = (key: LeaseKey) =>
+  sql`owner_booking_leases.user_id = ${key.userId}
+         AND owner_booking_leases.holds @> jsonb_build_array(jsonb_build_object('holder', ${key.holder}::text))`;
+
 /**
- * A data-modifying CTE (`released`) giving the lease back within a larger statement (a booking's
+ * A data-modifying CTE (`released`) giving the hold back within a larger statement (a booking's
  * reply, MeetingStore.bookedRows): free when that statement's transaction commits.
  */
 export function leaseReleaseCte(key: LeaseKey): RawBuilder<unknown> {
   return sql`released AS (
-        DELETE FROM owner_booking_leases WHERE user_id = ${key.userId} AND holder = ${key.holder})`;
+        UPDATE owner_booking_leases SET holds = ${holdsWithout(key.holder)}
+         WHERE ${holding(key)})`;
 }
 
 /**
- * Per-owner booking leases (owner_booking_leases): one holder at a time may check availability and
- * book for an owner. Each statement is a single short query, so nothing holds a transaction (or the
- * embedded database's only connection) while the holder talks to Google.
+ * Per-owner booking leases by time range (owner_booking_leases, migration 009): a holder may check
+ * availability and book in its range while no other live hold of the owner overlaps it. Each
+ * statement is a single short query, so nothing holds a transaction (or the embedded database's only
+ * connection) while the holder talks to Google.
  */
 export class BookingLeaseStore {
-  private readonly db: Kysely<BookingDB>;
-  constructor(db: Kysely<DB>) {
-    this.db = widen(db);
-  }
+  constructor(private readonly db: Kysely<DB>) {}
 
   /**
-   * Takes the lease when it is free, lapsed, or already ours. `also`: a data-modifying CTE named
+   * Takes a hold on `range` when no other live hold of the owner overlaps it (lapsed holds are
+   * dropped on the way); a holder's own earlier hold is replaced. `also`: a data-modifying CTE named
    * `saved_output` to run in the same statement (MessageStore's modelOutputCte: the output the
    * booking acts on is stored by the lease's own commit); `alsoRows` counts its rows.
+   *
+   * Race-free in one statement: every hold of the owner is in its one row, and ON CONFLICT DO UPDATE
+   * evaluates its WHERE on that row's latest version, under the row's lock, whatever this statement's
+   * snapshot saw.
    */
   async tryAcquire(
     userId: string,
     holder: string,
+    range: LeaseRange,
     leaseMs: number,
     also?: RawBuilder<unknown>,
   ): Promise<{ acquired: boolean; alsoRows: number }> {
+    const mine = sql`jsonb_build_object('holder', ${holder}::text, 'from', ${range.from}::float8,
+                                        'to', ${range.to}::float8, 'until', ${NOW_MS} + ${leaseMs}::float8)`;
     const r = await sql<{ acquired: number; also_rows: number }>`
       WITH ${also ? sql`${also},` : sql``} lease AS (
-        INSERT INTO owner_booking_leases (user_id, holder, lease_until)
-        VALUES (${userId}, ${holder}, now() + make_interval(secs => ${leaseMs / 1000}))
+        INSERT INTO owner_booking_leases (user_id, holds) VALUES (${userId}, jsonb_build_array(${mine}))
         ON CONFLICT (user_id) DO UPDATE
-           SET holder = EXCLUDED.holder, lease_until = EXCLUDED.lease_until
-         WHERE owner_booking_leases.lease_until < now() OR owner_booking_leases.holder = EXCLUDED.holder
+           SET holds = (SELECT COALESCE(jsonb_agg(h), '[]'::jsonb)
+                          FROM jsonb_array_elements(owner_booking_leases.holds) h
+                         WHERE (h->>'until')::float8 > ${NOW_MS} AND h->>'holder' <> ${holder})
+                       || jsonb_build_array(${mine})
+         WHERE NOT EXISTS (
+                 SELECT 1 FROM jsonb_array_elements(owner_booking_leases.holds) h
+                  WHERE (h->>'until')::float8 > ${NOW_MS}
+                    AND h->>'holder' <> ${holder}
+                    AND (h->>'from')::float8 < ${range.to}::float8
+                    AND ${range.from}::float8 < (h->>'to')::float8)
         RETURNING user_id)
       SELECT (SELECT count(*) FROM lease)::int AS acquired,
              ${also ? sql`(SELECT count(*) FROM saved_output)::int` : sql`0`} AS also_rows`.execute(this.db);
@@ -53,23 +88,22 @@ export class BookingLeaseStore {
     return { acquired: Number(row?.acquired ?? 0) > 0, alsoRows: Number(row?.also_rows ?? 0) };
   }
 
-  /** Extends a lease we hold; false when it was lost (lapsed and taken by someone else). */
+  /** Extends a hold we have; false when it was lost (lapsed and dropped by another holder). */
   async renew(userId: string, holder: string, leaseMs: number): Promise<boolean> {
-    const r = await this.db
-      .updateTable('owner_booking_leases')
-      .set({ lease_until: sql<Date>`now() + make_interval(secs => ${leaseMs / 1000})` })
-      .where('user_id', '=', userId)
-      .where('holder', '=', holder)
-      .executeTakeFirst();
-    return Number(r.numUpdatedRows) > 0;
+    const r = await sql`
+      UPDATE owner_booking_leases
+         SET holds = (SELECT jsonb_agg(CASE WHEN h->>'holder' = ${holder}
+                                            THEN jsonb_set(h, '{until}', to_jsonb(${NOW_MS} + ${leaseMs}::float8))
+                                            ELSE h END)
+                        FROM jsonb_array_elements(owner_booking_leases.holds) h)
+       WHERE ${holding({ userId, holder })}`.execute(this.db);
+    return Number(r.numAffectedRows ?? 0) > 0;
   }
 
-  /** Gives the lease back; in `trx`, it is free when that transaction commits. */
+  /** Gives the hold back; in `trx`, it is free when that transaction commits. */
   async release(userId: string, holder: string, trx?: Transaction<DB>): Promise<void> {
-    await (trx ? widen(trx) : this.db)
-      .deleteFrom('owner_booking_leases')
-      .where('user_id', '=', userId)
-      .where('holder', '=', holder)
-      .execute();
+    await sql`
+      UPDATE owner_booking_leases SET holds = ${holdsWithout(holder)}
+       WHERE ${holding({ userId, holder })}`.execute(trx ?? this.db);
   }
 }

@@ -24,8 +24,16 @@ export interface MeetingRescheduleColumns {
 
 export interface OwnerBookingLeaseTable {
   user_id: string;
+  /** Live and lapsed holds, a JSON array of LeaseHold (migration 009). */
+  holds: ColumnType<LeaseHold[], string | undefined, string>;
+}
+
+/** One hold of an owner's booking lease: the time range it covers (epoch ms) and until when. */
+export interface LeaseHold {
   holder: string;
-  lease_until: ColumnType<Date, Date | string, Date | string>;
+  from: number;
+  to: number;
+  until: number;
 }
 
 export interface OwnerWebhookTable {

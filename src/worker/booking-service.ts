@@ -31,7 +31,7 @@ import {
 import { meetingEventData } from '../domain/owner-events.js';
 import { CANCEL_ACTION, RESCHEDULE_ACTION } from '../domain/prompt.js';
 import { friendlyTime, toZonedIso, zonedInstant, zoneOffsetMinutes } from '../domain/time.js';
-import { type LeaseKey, leaseReleaseCte } from '../store/booking-leases.js';
+import { type LeaseKey, type LeaseRange, leaseReleaseCte, WHOLE_OWNER } from '../store/booking-leases.js';
 import { bookedRows, type MeetingRow, type MeetingStore, type NewMeeting } from '../store/meetings.js';
 import type { MessageWork, ReplyRows, StoredReply } from '../store/messages.js';
 import type { DB } from '../store/schema.js';
@@ -86,6 +86,8 @@ interface ReplyContext {
   lease?: OwnerLease;
   /** The model output, until stored (see #lock, #storeOutput). */
   unsavedOutput?: UnsavedOutput | undefined;
+  /** The answer books or moves more than one meeting: its lease covers all of the owner's time. */
+  wholeOwner: boolean;
 }
 
 /**
@@ -125,6 +127,10 @@ export class BookingService implements ActionResponder {
       booked: 0,
       requested: new Set(),
       unsavedOutput: options.unsavedOutput,
+      // One lease serves the whole answer (taken once, given back with the reply): with two
+      // bookings or moves in it, it must cover both, so it covers all of the owner's time.
+      wholeOwner:
+        actions.filter((a) => (a as { action?: unknown } | null)?.action !== CANCEL_ACTION).length > 1,
     };
     const texts: string[] = [];
     const rows: Array<{ booked: NewMeeting } | { persist: Persist }> = [];
@@ -296,14 +302,22 @@ export class BookingService implements ActionResponder {
   }
 
   /**
-   * Takes the owner's booking lock. The model output, if not stored yet, is stored by the lease's
-   * own statement (one round trip, one commit before any Calendar change: a retry acts on the same
+   * Takes the owner's booking lock on the time this booking may conflict with (all of the owner's
+   * time when the answer has several bookings or moves). The model output, if not stored yet, is
+   * stored by the lease's own statement (one round trip, one commit before any Calendar change: a retry acts on the same
    * output, so its bookings keep their keys and event ids).
    */
-  async #lock(ctx: ReplyContext): Promise<void> {
+  async #lock(ctx: ReplyContext, start: Date, end: Date): Promise<void> {
     if (ctx.lease) return;
     const unsaved = ctx.unsavedOutput;
-    const lease = await this.deps.lock.acquire(ctx.work.agent.userId, unsaved?.cte);
+    // The time this booking may conflict with: its meeting widened by the buffer (a meeting of the
+    // owner's inside the buffer is a conflict either way, so two holds that overlap cover every
+    // pair of bookings that could).
+    const pad = ctx.settings.bufferMinutes * 60_000;
+    const range: LeaseRange = ctx.wholeOwner
+      ? WHOLE_OWNER
+      : { from: start.getTime() - pad, to: end.getTime() + pad };
+    const lease = await this.deps.lock.acquire(ctx.work.agent.userId, range, unsaved?.cte);
     if (unsaved) {
       ctx.unsavedOutput = undefined;
       if (lease.alsoRows === 0) {
@@ -521,7 +535,7 @@ export class BookingService implements ActionResponder {
       if (!withinWorkingHours(request.start, end, agent.timezone, ctx.settings.workingHours)) {
         return await this.#refuse(ctx, 'outside_hours', request.start, agent.meetingDurationMinutes, { key });
       }
-      await this.#lock(ctx);
+      await this.#lock(ctx, request.start, end);
       const w = this.#window(ctx, request.start);
       const busy = await this.#busy(work, w.readFrom, w.readTo, { key });
       if (
@@ -629,7 +643,7 @@ export class BookingService implements ActionResponder {
       if (!withinWorkingHours(start, end, agent.timezone, ctx.settings.workingHours)) {
         return await this.#refuse(ctx, 'outside_hours', start, meeting.duration_minutes, except);
       }
-      await this.#lock(ctx);
+      await this.#lock(ctx, start, end);
       const w = this.#window(ctx, start);
       const busy = await this.#busy(work, w.readFrom, w.readTo, except);
       if (overlapsBusy(start, end, busy, ctx.settings.bufferMinutes)) {

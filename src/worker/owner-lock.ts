@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { RawBuilder, Transaction } from 'kysely';
 import type { Logger } from 'pino';
 import { Upstream } from '../domain/errors.js';
-import type { BookingLeaseStore } from '../store/booking-leases.js';
+import type { BookingLeaseStore, LeaseRange } from '../store/booking-leases.js';
 import type { DB } from '../store/schema.js';
 
 export interface OwnerLockOptions {
@@ -40,21 +40,32 @@ export interface OwnerLease {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** A hold of this process on an owner's time range, and when it ends. */
+interface LocalHold {
+  range: LeaseRange;
+  ended: Promise<void>;
+}
+
+const overlaps = (a: LeaseRange, b: LeaseRange) => a.from < b.to && b.from < a.to;
+
 /**
  * "Two customers asking for the same slot of one owner at the same moment cannot both get it": the
  * availability check and the booking (freeBusy -> events.insert -> meeting row committed) run under
- * one lock per owner, across every process.
+ * the owner's lock on the range of time the booking may conflict with (its meeting widened by the
+ * buffer), across every process. Bookings of one owner whose ranges do not overlap run at once.
  *
  * Why a lease row and not an advisory lock: the critical section contains Google calls (seconds).
  * A transaction-scoped advisory lock would keep a transaction open across them, and on the embedded
  * database (one connection) that blocks every other query of the process; a session advisory lock
  * needs a dedicated connection per held owner on a server and does not exist as such on PGlite. A
  * lease (like the token-refresh lease) is a few one-statement queries on either database; it is
- * renewed while held and lapses by itself if its holder dies. In this process, callers for the same
- * owner queue on a promise chain first, so they do not poll the database against each other.
+ * renewed while held and lapses by itself if its holder dies. In this process, a caller first waits
+ * for this process's holds that overlap its range, so callers do not poll the database against each
+ * other.
  */
 export class OwnerBookingLock {
-  readonly #local = new Map<string, Promise<void>>();
+  /** This process's holds and waiters per owner, in arrival order. */
+  readonly #local = new Map<string, LocalHold[]>();
   readonly #leaseMs: number;
   readonly #waitMs: number;
 
@@ -68,22 +79,30 @@ export class OwnerBookingLock {
   }
 
   /**
-   * Takes the owner's lock. `also`: a data-modifying CTE run once, in the first statement that tries
-   * for the lease, whether or not that one gets it (the model output a booking acts on: stored by
-   * the commit that also takes the lease, one round trip, see BookingService#lock).
+   * Takes the owner's lock on `range` (WHOLE_OWNER for all of the owner's time). `also`: a
+   * data-modifying CTE run once, in the first statement that tries for the lease, whether or not
+   * that one gets it (the model output a booking acts on: stored by the commit that also takes the
+   * lease, one round trip, see BookingService#lock).
    */
-  async acquire(userId: string, also?: RawBuilder<unknown>): Promise<OwnerLease> {
-    const previous = this.#local.get(userId) ?? Promise.resolve();
+  async acquire(userId: string, range: LeaseRange, also?: RawBuilder<unknown>): Promise<OwnerLease> {
+    const holds = this.#local.get(userId) ?? [];
+    const earlier = holds.filter((h) => overlaps(h.range, range)).map((h) => h.ended);
     let releaseLocal!: () => void;
-    const mine = new Promise<void>((resolve) => {
-      releaseLocal = resolve;
-    });
-    const tail = previous.then(() => mine);
-    this.#local.set(userId, tail);
+    const mine: LocalHold = {
+      range,
+      ended: new Promise<void>((resolve) => {
+        releaseLocal = resolve;
+      }),
+    };
+    holds.push(mine);
+    this.#local.set(userId, holds);
     const dropLocal = () => {
       releaseLocal();
-      if (this.#local.get(userId) === tail) this.#local.delete(userId);
+      const left = (this.#local.get(userId) ?? []).filter((h) => h !== mine);
+      if (left.length === 0) this.#local.delete(userId);
+      else this.#local.set(userId, left);
     };
+    const previous = Promise.all(earlier);
 
     const deadline = Date.now() + this.#waitMs;
     try {
@@ -95,7 +114,7 @@ export class OwnerBookingLock {
       ]);
       const holder = randomUUID();
       let delay = 25;
-      const first = await this.leases.tryAcquire(userId, holder, this.#leaseMs, also);
+      const first = await this.leases.tryAcquire(userId, holder, range, this.#leaseMs, also);
       const alsoRows = first.alsoRows;
       let acquired = first.acquired;
       while (!acquired) {
@@ -104,7 +123,7 @@ export class OwnerBookingLock {
         }
         await sleep(delay);
         delay = Math.min(delay * 2, 250);
-        acquired = (await this.leases.tryAcquire(userId, holder, this.#leaseMs)).acquired;
+        acquired = (await this.leases.tryAcquire(userId, holder, range, this.#leaseMs)).acquired;
       }
       const renewal = setInterval(() => {
         this.leases.renew(userId, holder, this.#leaseMs).then(

@@ -6,7 +6,7 @@
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { AgentStore } from '../../src/store/agents.js';
-import { BookingLeaseStore } from '../../src/store/booking-leases.js';
+import { BookingLeaseStore, WHOLE_OWNER } from '../../src/store/booking-leases.js';
 import { ConversationStore } from '../../src/store/conversations.js';
 import { type Database, notifyChannel } from '../../src/store/database.js';
 import { bookedRows } from '../../src/store/meetings.js';
@@ -125,14 +125,16 @@ describe('MessageStore.storeReply', () => {
     const event = { type: 'meeting.booked' as const, key: (id: string) => `meeting.booked:${id}` };
     const attempt = async (key: string) => {
       const lease = { userId: 'owner-msg', holder: `h-${key}` };
-      expect((await leases.tryAcquire(lease.userId, lease.holder, 30_000)).acquired).toBe(true);
+      expect((await leases.tryAcquire(lease.userId, lease.holder, WHOLE_OWNER, 30_000)).acquired).toBe(true);
       const stored = await messages.storeReply(
         database.db,
         input(conversationId, ids[0]!),
         bookedRows(meeting(key), { event, lease, onlyIfRowIn: 'reply', enqueued: false }),
       );
       const held = await sql<{ n: number }>`
-        SELECT count(*)::int AS n FROM owner_booking_leases WHERE user_id = 'owner-msg'`.execute(database.db);
+        SELECT jsonb_array_length(holds) AS n FROM owner_booking_leases WHERE user_id = 'owner-msg'`.execute(
+        database.db,
+      );
       return { stored, leaseHeld: held.rows[0]!.n > 0 };
     };
     const meetingKeys = async () =>

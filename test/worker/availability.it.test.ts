@@ -229,9 +229,60 @@ describe('availability before booking', () => {
     expect(await meetingsOf(o.userId)).toHaveLength(1);
   });
 
+  describe('bookings of one owner at the same moment', () => {
+    /** Two chats of one owner, each asking for its own time (the model answers by the message). */
+    async function bookTogether(o: Awaited<ReturnType<typeof newOwner>>, times: Record<string, string>) {
+      const chats = await Promise.all(Object.keys(times).map(() => chatWith(o)));
+      s.openai.responder = (req) => {
+        const said = messageText(req.messages.at(-1)!.content);
+        return { content: JSON.stringify([bookingAction(times[said]!)]) };
+      };
+      const previous = s.google.latencyMs;
+      s.google.latencyMs = 300;
+      try {
+        const texts = Object.keys(times);
+        await Promise.all(chats.map((c, i) => s.send(c.conversation_id, c.customer_token, texts[i]!)));
+        const replies = await Promise.all(
+          chats.map(
+            async (c) =>
+              (await s.waitForReplies(c.conversation_id, c.customer_token, 1, 30_000)).filter(
+                (m) => m.role === 'assistant',
+              )[0]!.content,
+          ),
+        );
+        const calls = s.google.requests
+          .filter((r) => r.account === o.email && (r.op === 'freebusy.query' || r.op === 'events.insert'))
+          .sort((a, b) => a.at - b.at)
+          .map((r) => r.op);
+        return { replies, calls };
+      } finally {
+        s.google.latencyMs = previous;
+      }
+    }
+
+    it('at times that cannot conflict run at once: neither waits for the other’s Google calls', async () => {
+      const o = await newOwner({ buffer_minutes: 15 });
+      const { replies, calls } = await bookTogether(o, { ten: ist(3, 10).iso, two: ist(3, 14).iso });
+      expect(replies.every((r) => r.startsWith('✅ Meeting confirmed!'))).toBe(true);
+      // Both availability checks went out before either insert: the two holds were held together.
+      expect(calls).toEqual(['freebusy.query', 'freebusy.query', 'events.insert', 'events.insert']);
+      expect(liveEvents(o.email)).toHaveLength(2);
+    });
+
+    it('within the buffer of each other take turns, and exactly one gets its time', async () => {
+      // 30-minute meetings at 10:00 and 10:40: 10 minutes apart, inside the 15-minute buffer.
+      const o = await newOwner({ buffer_minutes: 15 });
+      const { replies, calls } = await bookTogether(o, { first: ist(3, 10).iso, second: ist(3, 10, 40).iso });
+      expect(replies.filter((r) => r.startsWith('✅ Meeting confirmed!'))).toHaveLength(1);
+      expect(replies.filter((r) => r.startsWith('Sorry, that time is not available.'))).toHaveLength(1);
+      expect(calls).toEqual(['freebusy.query', 'events.insert', 'freebusy.query']);
+      expect(liveEvents(o.email)).toHaveLength(1);
+    });
+  });
+
   describe("the owner's lease", () => {
-    // Each release of a lease row is logged with the meetings of that owner written by the same
-    // transaction (a trigger in the database, so the real statements are observed).
+    // Each release of a hold (the owner's row losing one) is logged with the meetings of that owner
+    // written by the same transaction (a trigger in the database, so the real statements are observed).
     beforeAll(async () => {
       await sql`
         CREATE TABLE lease_release_log (user_id text, meetings_in_same_tx int);
@@ -242,8 +293,9 @@ describe('availability before booking', () => {
              WHERE user_id = OLD.user_id AND xmin = xid(pg_current_xact_id());
           RETURN OLD;
         END $$;
-        CREATE TRIGGER lease_released AFTER DELETE ON owner_booking_leases
-          FOR EACH ROW EXECUTE FUNCTION log_lease_release();
+        CREATE TRIGGER lease_released AFTER UPDATE ON owner_booking_leases
+          FOR EACH ROW WHEN (jsonb_array_length(NEW.holds) < jsonb_array_length(OLD.holds))
+          EXECUTE FUNCTION log_lease_release();
         CREATE FUNCTION refuse_meeting() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
           RAISE EXCEPTION 'meeting rows refused by the test';
@@ -267,9 +319,8 @@ describe('availability before booking', () => {
       (
         await sql<{
           n: number;
-        }>`SELECT count(*)::int AS n FROM owner_booking_leases WHERE user_id = ${userId}`.execute(
-          s.app.database.db,
-        )
+        }>`SELECT COALESCE(sum(jsonb_array_length(holds)), 0)::int AS n FROM owner_booking_leases
+             WHERE user_id = ${userId}`.execute(s.app.database.db)
       ).rows[0]!.n;
 
     it('is given back in the reply transaction, together with the meeting row; also when the time is refused', async () => {

@@ -238,8 +238,9 @@ describe('webhook deliveries', () => {
       CREATE TRIGGER log_meeting AFTER INSERT ON meetings FOR EACH ROW EXECUTE FUNCTION log_booking_write();
       CREATE TRIGGER log_delivery AFTER INSERT ON webhook_deliveries
         FOR EACH ROW EXECUTE FUNCTION log_booking_write();
-      CREATE TRIGGER log_lease AFTER DELETE ON owner_booking_leases
-        FOR EACH ROW EXECUTE FUNCTION log_booking_write();`.execute(s.app.database.db);
+      CREATE TRIGGER log_lease AFTER UPDATE ON owner_booking_leases
+        FOR EACH ROW WHEN (jsonb_array_length(NEW.holds) < jsonb_array_length(OLD.holds))
+        EXECUTE FUNCTION log_booking_write();`.execute(s.app.database.db);
     try {
       const o = await ownerWithHook('/one-statement');
       const { text } = await say(o.agentId, undefined, booking(at(4, 10)));
