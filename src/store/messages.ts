@@ -105,16 +105,24 @@ interface JsonUpcoming {
 }
 
 /**
- * The data-modifying CTE `saved_output` storing a message's model output if none is stored yet (first
- * writer wins: every attempt acts on the same output). It joins the first statement that must come
- * before anything acts on the output outside the database: the owner's booking lease
- * (BookingLeaseStore.tryAcquire), or its own (MessageStore.storeModelOutput). `saved_output` has a
- * row when this output is the one stored.
+ * The data-modifying CTE `saved_output` storing a message's model output (every attempt then acts on
+ * the same actions). Only the message's current claim may store it, and only once: the message is
+ * still pending, `claimAttempts` is its claim number (`attempts`, a later claim of a lapsed one
+ * raised it) and no output is stored yet. It joins the first statement that must come before
+ * anything acts on the output outside the database: the owner's booking lease
+ * (BookingLeaseStore.tryAcquire), or its own (MessageStore.storeModelOutput). No row in
+ * `saved_output`: this attempt is stale (another claim took the message over, or answered it) and
+ * must act on nothing.
  */
-export function modelOutputCte(messageId: string, output: StoredModelOutput): RawBuilder<unknown> {
+export function modelOutputCte(
+  messageId: string,
+  claimAttempts: number,
+  output: StoredModelOutput,
+): RawBuilder<unknown> {
   return sql`saved_output AS (
         UPDATE messages SET model_output = ${JSON.stringify(output)}::jsonb
-         WHERE message_id = ${messageId} AND model_output IS NULL
+         WHERE message_id = ${messageId} AND status = 'pending' AND attempts = ${claimAttempts}
+           AND model_output IS NULL
         RETURNING message_id)`;
 }
 
@@ -295,13 +303,16 @@ export class MessageStore {
   }
 
   /**
-   * Stores a message's model output on its own statement (see modelOutputCte), unless one is stored
-   * already. True when ours is the one stored; false when an earlier attempt's was stored first (act
-   * on that one: the message runs again and finds it).
+   * Stores a message's model output on its own statement (see modelOutputCte); false when this
+   * attempt is stale and must act on nothing.
    */
-  async storeModelOutput(messageId: string, output: StoredModelOutput): Promise<boolean> {
+  async storeModelOutput(
+    messageId: string,
+    claimAttempts: number,
+    output: StoredModelOutput,
+  ): Promise<boolean> {
     const r = await sql<{ n: number }>`
-      WITH ${modelOutputCte(messageId, output)}
+      WITH ${modelOutputCte(messageId, claimAttempts, output)}
       SELECT count(*)::int AS n FROM saved_output`.execute(this.db);
     return Number(r.rows[0]?.n ?? 0) > 0;
   }

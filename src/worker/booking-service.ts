@@ -37,7 +37,13 @@ import type { MessageWork, ReplyRows, StoredReply } from '../store/messages.js';
 import type { DB } from '../store/schema.js';
 import type { OwnerEventSink } from './owner-events.js';
 import type { OwnerBookingLock, OwnerLease } from './owner-lock.js';
-import type { ActionResponder, Reply, RespondOptions, UnsavedOutput } from './process-message.js';
+import {
+  type ActionResponder,
+  type Reply,
+  type RespondOptions,
+  StaleAttempt,
+  type UnsavedOutput,
+} from './process-message.js';
 
 export interface BookingServiceDeps {
   calendar: CalendarGateway;
@@ -322,7 +328,7 @@ export class BookingService implements ActionResponder {
       ctx.unsavedOutput = undefined;
       if (lease.alsoRows === 0) {
         await lease.release();
-        throw outputConflict();
+        throw new StaleAttempt();
       }
     }
     ctx.lease = lease;
@@ -333,7 +339,7 @@ export class BookingService implements ActionResponder {
     const unsaved = ctx.unsavedOutput;
     if (!unsaved) return;
     ctx.unsavedOutput = undefined;
-    if (!(await unsaved.store())) throw outputConflict();
+    if (!(await unsaved.store())) throw new StaleAttempt();
   }
 
   /** The owner's busy time in [from, to): Google's answer plus our own scheduled meetings. */
@@ -556,6 +562,9 @@ export class BookingService implements ActionResponder {
         attendees: [request.email, ...request.participants],
       });
     } catch (err) {
+      // A stale attempt acts on nothing, not even the last attempt's event lookup (its key is this
+      // attempt's, from an output the message is not answered from).
+      if (err instanceof StaleAttempt) throw err;
       const found = await this.#eventCreatedBefore(ctx, eventId, err);
       if (!found) return this.#calendarFailure(err, ctx, 'book');
       created = found;
@@ -714,15 +723,6 @@ export class BookingService implements ActionResponder {
       },
     };
   }
-}
-
-/**
- * Another attempt of this message (one whose claim lapsed while it still ran) stored its model
- * output first: acting on ours could book what that one does not. The message runs again and acts
- * on the stored output.
- */
-function outputConflict(): Upstream {
-  return new Upstream('another attempt of this message stored its model output first', true);
 }
 
 function describeBooking(name: string | null, email: string, agentName: string): string {

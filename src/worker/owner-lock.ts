@@ -105,14 +105,26 @@ export class OwnerBookingLock {
     const previous = Promise.all(earlier);
 
     const deadline = Date.now() + this.#waitMs;
+    // Set once a statement that may take the hold was sent: a failure after it gives the hold back
+    // (its commit may have reached the database even if its answer did not).
+    let sentFor: string | undefined;
     try {
-      await Promise.race([
-        previous,
-        sleep(this.#waitMs).then(() => {
-          throw new Upstream(`timed out waiting for another booking of ${userId}`, true);
-        }),
-      ]);
+      let timer: NodeJS.Timeout | undefined;
+      try {
+        await Promise.race([
+          previous,
+          new Promise<never>((_, reject) => {
+            timer = setTimeout(
+              () => reject(new Upstream(`timed out waiting for another booking of ${userId}`, true)),
+              this.#waitMs,
+            );
+          }),
+        ]);
+      } finally {
+        clearTimeout(timer);
+      }
       const holder = randomUUID();
+      sentFor = holder;
       let delay = 25;
       const first = await this.leases.tryAcquire(userId, holder, range, this.#leaseMs, also);
       const alsoRows = first.alsoRows;
@@ -166,6 +178,12 @@ export class OwnerBookingLock {
         },
       };
     } catch (err) {
+      if (sentFor) {
+        await this.leases.release(userId, sentFor).catch((e: unknown) => {
+          // It lapses by itself within leaseMs.
+          this.logger.warn({ err: e, user_id: userId }, 'could not give back a hold after a failure');
+        });
+      }
       dropLocal();
       throw err;
     }

@@ -62,10 +62,24 @@ export interface RespondOptions {
 
 /** A model output not yet stored (see RespondOptions.unsavedOutput). */
 export interface UnsavedOutput {
-  /** modelOutputCte for this message (src/store/messages.ts). */
+  /** modelOutputCte for this message and claim (src/store/messages.ts). */
   readonly cte: RawBuilder<unknown>;
-  /** Stores it on its own statement; false when an earlier attempt's output was stored first. */
+  /** Stores it on its own statement; false when this attempt is stale (see StaleAttempt). */
   store(): Promise<boolean>;
+}
+
+/**
+ * This attempt may not act: another claim took its message over (its own claim lapsed while it ran)
+ * or answered it, so the output it got is not the one the message is answered from. The run ends
+ * without a reply; the queue gives its claim back as after any failure, which is a no-op once another
+ * claim holds the message or it is answered, and the current claim answers it. Never a fallback reply: that would close the message under the
+ * attempt that is booking.
+ */
+export class StaleAttempt extends Error {
+  constructor(message = 'another claim of this message took it over; this attempt acts on nothing') {
+    super(message);
+    this.name = 'StaleAttempt';
+  }
 }
 
 /** Turns booking actions into a reply (src/worker/booking-service.ts). */
@@ -176,8 +190,9 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
       const unsavedOutput: UnsavedOutput | undefined = earlier
         ? undefined
         : {
-            cte: modelOutputCte(work.message.messageId, output),
-            store: () => deps.messages.storeModelOutput(work.message.messageId, output),
+            // The claim number fences the store: JobContext.attempt is the claim's `attempts` - 1.
+            cte: modelOutputCte(work.message.messageId, ctx.attempt + 1, output),
+            store: () => deps.messages.storeModelOutput(work.message.messageId, ctx.attempt + 1, output),
           };
       const reply = await composeReply(
         work,
@@ -223,6 +238,11 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
       // Aborted by the queue (the process is stopping, or the run took too long): the claim goes back
       // and the message runs again, as a last attempt would after a crash; no fallback from here.
       if (ctx.signal.aborted) throw err;
+      if (err instanceof StaleAttempt) {
+        agentLog.warn({ attempt: ctx.attempt }, 'stale attempt stopped: another claim answers this message');
+        deps.onOutcome?.('skipped');
+        throw err;
+      }
       const retryable = !(err instanceof Upstream) || err.retryable;
       if (retryable && !ctx.isLastAttempt) {
         // The queue gives the claim back with a backoff and keeps the error on the message.

@@ -501,10 +501,10 @@ describe('booking: never twice', () => {
     const messageId = await s.send(c.conversation_id, c.customer_token, 'book');
     await s.waitForReplies(c.conversation_id, c.customer_token, 1);
     expect(calls).toBe(2);
-    const retriesBefore = await retriesCounted();
+    const stopsBefore = await staleStopsCounted();
     releaseFirst();
-    // The first run goes on to the owner's lease, whose statement finds the output the second run
-    // stored: it stops there (it would act on its own output), and its claim's release is a no-op.
+    // The first run goes on to the owner's lease, whose statement finds that the message is no longer
+    // its claim's: it stops there (a stale attempt), and its claim's release is a no-op.
     await vi.waitFor(
       async () => {
         const row = await s.app.database.db
@@ -516,8 +516,8 @@ describe('booking: never twice', () => {
       },
       { timeout: 10_000 },
     );
-    // It ended as a retry (counted), not as a second booking.
-    await vi.waitFor(async () => expect(await retriesCounted()).toBe(retriesBefore + 1), { timeout: 5_000 });
+    // It ended as a stale attempt (counted), not as a second booking.
+    await vi.waitFor(async () => expect(await staleStopsCounted()).toBe(stopsBefore + 1), { timeout: 5_000 });
     await new Promise((r) => setTimeout(r, 300));
     expect(requestsFor('events.insert').map((r) => r.status)).toEqual([200]);
     const replies = await assistantReplies(c);
@@ -528,10 +528,10 @@ describe('booking: never twice', () => {
   });
 });
 
-/** message_jobs_total{outcome="retry"} from /metrics. */
-async function retriesCounted(): Promise<number> {
+/** message_jobs_total{outcome="skipped"} from /metrics: stale attempts stopped. */
+async function staleStopsCounted(): Promise<number> {
   const res = await s.app.http.inject({ url: '/metrics', headers: s.admin });
-  return Number(/message_jobs_total\{outcome="retry"\} (\d+)/.exec(res.body)?.[1] ?? 0);
+  return Number(/message_jobs_total\{outcome="skipped"\} (\d+)/.exec(res.body)?.[1] ?? 0);
 }
 
 describe('booking: the Meet link', () => {

@@ -1,0 +1,118 @@
+/**
+ * A stale attempt: a run of a message whose claim lapsed while it still ran (its process stalled), so
+ * another claim took the message over. Only the current claim may store the model output and act on
+ * it; the stale run acts on nothing and writes nothing, not even a fallback on its last attempt.
+ * JOB_RETRY_LIMIT=0: every run is a last attempt.
+ */
+import { randomBytes } from 'node:crypto';
+import { sql } from 'kysely';
+import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
+import type { ScriptedReply } from '../emulators/openai.js';
+import { bookingAction } from '../helpers/actions.js';
+import { type Stack, startStack } from '../helpers/stack.js';
+import { wallTime } from '../helpers/time.js';
+
+let s: Stack;
+beforeAll(async () => {
+  s = await startStack({ JOB_RETRY_LIMIT: '0' });
+});
+afterAll(async () => {
+  await s?.close();
+});
+beforeEach(() => {
+  s.openai.reset();
+  s.google.reset();
+});
+
+async function newChat() {
+  const userId = `stale-${randomBytes(5).toString('hex')}`;
+  await s.connectOwner(userId);
+  const agent = await s.createAgent({ user_id: userId, name: 'Acme', timezone: 'Asia/Kolkata' });
+  const c = await s.openConversation(agent.agent_id, { customer_name: 'Sid' });
+  return { userId, email: `${userId}@owner.test`, ...c };
+}
+
+/**
+ * The first run's model call stalls until released, while its claim is made to lapse and the
+ * dispatcher is woken: a second run claims the message and answers it with `second`.
+ */
+function stallFirstRun(conversationId: string, first: () => ScriptedReply, second: () => ScriptedReply) {
+  let calls = 0;
+  let release: () => void = () => {};
+  const held = new Promise<void>((r) => {
+    release = r;
+  });
+  s.openai.responder = async () => {
+    calls++;
+    if (calls > 1) return second();
+    await s.app.database.db
+      .updateTable('messages')
+      .set({ claimed_until: new Date(Date.now() - 1000) })
+      .where('conversation_id', '=', conversationId)
+      .where('status', '=', 'pending')
+      .execute();
+    await sql`SELECT pg_notify(agent_meetings_channel('agent_meetings_customer_messages'), ${conversationId})`.execute(
+      s.app.database.db,
+    );
+    await held;
+    return first();
+  };
+  return { release: () => release(), calls: () => calls };
+}
+
+const inserts = () => s.google.requests.filter((r) => r.op === 'events.insert');
+const replies = async (c: { conversation_id: string; customer_token: string }) =>
+  (await s.messages(c.conversation_id, c.customer_token)).filter((m) => m.role === 'assistant');
+const meetings = async (userId: string) =>
+  (await s.app.http.inject({ url: `/api/users/${userId}/meetings`, headers: s.admin })).json().meetings;
+
+describe('a stale attempt', () => {
+  it('after the current claim answered in plain text: books nothing', async () => {
+    const c = await newChat();
+    const run = stallFirstRun(
+      c.conversation_id,
+      () => ({ content: JSON.stringify([bookingAction(wallTime(2, 11, 0, 330).iso)]) }),
+      () => ({ content: 'Which day suits you?' }),
+    );
+    await s.send(c.conversation_id, c.customer_token, 'book me in');
+    await s.waitForReplies(c.conversation_id, c.customer_token, 1);
+    expect(run.calls()).toBe(2);
+    run.release();
+    // The stale run now has a booking action; its lease statement finds it is not the message's
+    // claim any more and it stops there.
+    await vi.waitFor(
+      async () => {
+        const m = await s.app.http.inject({ url: '/metrics', headers: s.admin });
+        expect(m.body).toMatch(/message_jobs_total\{outcome="skipped"\} 1/);
+      },
+      { timeout: 10_000 },
+    );
+    await new Promise((r) => setTimeout(r, 300));
+    expect(inserts()).toHaveLength(0);
+    expect(s.google.requests.filter((r) => r.op === 'freebusy.query')).toHaveLength(0);
+    expect((await replies(c)).map((m) => m.content)).toEqual(['Which day suits you?']);
+  });
+
+  it('on its last attempt, while the current claim is booking: no fallback, the booking is confirmed', async () => {
+    const c = await newChat();
+    // The current claim's insert is slow, so the stale run reaches its lease statement meanwhile.
+    s.google.fail('events.insert', { kind: 'stall', ms: 1500 });
+    const run = stallFirstRun(
+      c.conversation_id,
+      () => ({ content: JSON.stringify([bookingAction(wallTime(3, 15, 0, 330).iso)]) }),
+      () => {
+        setTimeout(() => run.release(), 300);
+        return { content: JSON.stringify([bookingAction(wallTime(2, 11, 0, 330).iso)]) };
+      },
+    );
+    await s.send(c.conversation_id, c.customer_token, 'book me in');
+    await s.waitForReplies(c.conversation_id, c.customer_token, 1, 20_000);
+    await new Promise((r) => setTimeout(r, 500));
+    const texts = (await replies(c)).map((m) => m.content);
+    expect(texts).toHaveLength(1);
+    expect(texts[0]).toMatch(/^✅ Meeting confirmed!/);
+    expect(inserts()).toHaveLength(1);
+    expect(s.google.events(c.email)).toHaveLength(1);
+    expect(await meetings(c.userId)).toHaveLength(1);
+  });
+});
