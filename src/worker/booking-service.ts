@@ -551,6 +551,8 @@ export class BookingService implements ActionResponder {
       ) {
         return await this.#refuse(ctx, 'busy', request.start, agent.meetingDurationMinutes, { key }, busy);
       }
+      // The hold must still be ours when the event is made (this process may have stalled since).
+      await ctx.lease?.confirm();
       created = await this.deps.calendar.createEvent(agent.userId, {
         eventId,
         conferenceRequestId: `am-${key.slice(0, 32)}`,
@@ -658,6 +660,7 @@ export class BookingService implements ActionResponder {
       if (overlapsBusy(start, end, busy, ctx.settings.bufferMinutes)) {
         return await this.#refuse(ctx, 'busy', start, meeting.duration_minutes, except, busy);
       }
+      await ctx.lease?.confirm();
       // Patching to the same times again (a retried job) changes nothing.
       patched = await this.deps.calendar.patchEvent(agent.userId, meeting.google_event_id, {
         startDateTime: toOffsetIso(start, when.offsetMinutes),

@@ -1,0 +1,79 @@
+/**
+ * The owner's booking lock (OwnerBookingLock over BookingLeaseStore): in-process waiting only for
+ * overlapping holds, and `confirm()` before a Calendar change when the hold may have lapsed.
+ */
+import pino from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Upstream } from '../../src/domain/errors.js';
+import { BookingLeaseStore, type LeaseRange } from '../../src/store/booking-leases.js';
+import type { Database } from '../../src/store/database.js';
+import { OwnerBookingLock } from '../../src/worker/owner-lock.js';
+import { openTestDatabase } from '../helpers/database.js';
+
+let database: Database;
+let close: () => Promise<void>;
+let leases: BookingLeaseStore;
+const logger = pino({ level: 'silent' });
+
+beforeAll(async () => {
+  ({ database, close } = await openTestDatabase());
+  leases = new BookingLeaseStore(database.db);
+});
+afterAll(async () => {
+  await close?.();
+});
+
+const at = (h: number) => Date.UTC(2031, 0, 6, h);
+const range = (from: number, to: number): LeaseRange => ({ from, to });
+let owners = 0;
+const newOwner = () => `lock-owner-${++owners}`;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe('OwnerBookingLock', () => {
+  it('in one process, waits only for overlapping holds', async () => {
+    const lock = new OwnerBookingLock(leases, logger);
+    const u = newOwner();
+    const ten = await lock.acquire(u, range(at(10), at(11)));
+    const order: string[] = [];
+    const two = lock.acquire(u, range(at(14), at(15))).then((l) => {
+      order.push('two');
+      return l;
+    });
+    const tenAgain = lock.acquire(u, range(at(10), at(11))).then((l) => {
+      order.push('ten again');
+      return l;
+    });
+    await (await two).release();
+    expect(order).toEqual(['two']);
+    await ten.release();
+    await (await tenAgain).release();
+    expect(order).toEqual(['two', 'ten again']);
+  });
+
+  it('confirm(): nothing to do on a fresh hold; a lapsed hold still free is renewed', async () => {
+    // No renewal runs meanwhile, as in a process that stalled.
+    const lock = new OwnerBookingLock(leases, logger, { leaseMs: 90, renewEveryMs: 60_000 });
+    const u = newOwner();
+    const held = await lock.acquire(u, range(at(10), at(11)));
+    await held.confirm();
+    await sleep(150); // the hold lapsed, nobody took the range
+    await held.confirm();
+    // Renewed: an overlapping taker is refused again.
+    expect((await leases.tryAcquire(u, 'other', range(at(10), at(11)), 30_000)).acquired).toBe(false);
+    await held.release();
+  });
+
+  it('confirm(): a hold that lapsed and was taken by an overlapping booking fails, retryable', async () => {
+    const lock = new OwnerBookingLock(leases, logger, { leaseMs: 90, renewEveryMs: 60_000 });
+    const u = newOwner();
+    const held = await lock.acquire(u, range(at(10), at(11)));
+    await sleep(150);
+    expect((await leases.tryAcquire(u, 'other', range(at(10), at(11)), 30_000)).acquired).toBe(true);
+    const err = await held.confirm().catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(Upstream);
+    expect((err as Upstream).retryable).toBe(true);
+    await held.release();
+    // Its release left the other holder's hold alone.
+    expect((await leases.tryAcquire(u, 'third', range(at(10), at(11)), 30_000)).acquired).toBe(false);
+  });
+});
