@@ -117,7 +117,7 @@ export class GoogleCalendarGateway implements CalendarGateway {
    */
   readonly #api: calendar_v3.Calendar;
   readonly #callOptions: CallOptions;
-  /** Per owner, an auth client holding only its current access token (see #auth). */
+  /** Per owner, an auth client holding only its current access token (see #authFor). */
   readonly #auth = new Map<string, { token: string; client: OAuth2Client }>();
 
   constructor(

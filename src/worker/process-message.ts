@@ -72,8 +72,8 @@ export interface UnsavedOutput {
  * This attempt may not act: another claim took its message over (its own claim lapsed while it ran)
  * or answered it, so the output it got is not the one the message is answered from. The run ends
  * without a reply; the queue gives its claim back as after any failure, which is a no-op once another
- * claim holds the message or it is answered, and the current claim answers it. Never a fallback reply: that would close the message under the
- * attempt that is booking.
+ * claim holds the message or it is answered, and the current claim answers it. Never a fallback
+ * reply: that would close the message under the attempt that is booking.
  */
 export class StaleAttempt extends Error {
   constructor(message = 'another claim of this message took it over; this attempt acts on nothing') {
@@ -147,10 +147,10 @@ function describe(err: unknown): string {
  * Answers one customer message, claimed by the queue with what answering it needs. At-least-once
  * safe: the model's output is stored before anything acts on it outside the database (by the owner's
  * booking lease's statement, or its own before a cancel; see RespondOptions.unsavedOutput), so a
- * retry books from the same output, and an attempt that finds another's output stored first stops
- * and runs again with it; the reply insert is unique per customer message, and its statement closes
- * the message (the job's completion), so a second run of an answered message cannot happen through
- * the queue and one racing a slow commit stores nothing.
+ * retry books from the same output, and only the message's current claim may store it (a run whose
+ * claim was taken over stops, StaleAttempt); the reply insert is unique per customer message, and
+ * its statement closes the message (the job's completion), so a second run of an answered message
+ * cannot happen through the queue and one racing a slow commit stores nothing.
  */
 export function createMessageProcessor(deps: MessageProcessorDeps) {
   return async function processMessage(work: MessageWork, ctx: JobContext): Promise<JobOutcome | undefined> {
