@@ -187,12 +187,13 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
       const output = earlier ?? (await askModel(work, ctx.signal, agentLog));
       // Stored by whatever first acts on it (see RespondOptions.unsavedOutput); a plain text answer
       // acts on nothing and is not stored apart from the reply.
+      // The claim number fences the store: JobContext.attempt is the claim's `attempts` - 1.
+      const claim = ctx.attempt + 1;
       const unsavedOutput: UnsavedOutput | undefined = earlier
         ? undefined
         : {
-            // The claim number fences the store: JobContext.attempt is the claim's `attempts` - 1.
-            cte: modelOutputCte(work.message.messageId, ctx.attempt + 1, output),
-            store: () => deps.messages.storeModelOutput(work.message.messageId, ctx.attempt + 1, output),
+            cte: modelOutputCte(work.message.messageId, claim, output),
+            store: () => deps.messages.storeModelOutput(work.message.messageId, claim, output),
           };
       const reply = await composeReply(
         work,

@@ -28,6 +28,17 @@ const post = (conversationId: string, headers: Record<string, string>, payload: 
     payload: payload as object,
   });
 
+/** Customer messages stored in a conversation (read from the database, not the API). */
+async function customerMessages(conversationId: string): Promise<number> {
+  const r = await s.app.database.db
+    .selectFrom('messages')
+    .select((eb) => eb.fn.countAll<number>().as('n'))
+    .where('conversation_id', '=', conversationId)
+    .where('role', '=', 'customer')
+    .executeTakeFirstOrThrow();
+  return Number(r.n);
+}
+
 describe('customer API', () => {
   it('opens a conversation without the admin key and stores only a hash of the token', async () => {
     const c = await chat();
@@ -87,13 +98,7 @@ describe('customer API', () => {
     expect(admin.statusCode).toBe(202);
     const adminMissing = await post('cnv_doesnotexist', s.admin, { content: 'hi' });
     expect(adminMissing.statusCode).toBe(404);
-    const count = await s.app.database.db
-      .selectFrom('messages')
-      .select((eb) => eb.fn.countAll<number>().as('n'))
-      .where('conversation_id', '=', c1.conversation_id)
-      .where('role', '=', 'customer')
-      .executeTakeFirstOrThrow();
-    expect(Number(count.n)).toBe(1);
+    expect(await customerMessages(c1.conversation_id)).toBe(1);
   });
 
   it.each([
@@ -184,13 +189,7 @@ describe('customer API', () => {
     // Over the limit, a caller without the token still learns nothing but 403 (no 429 for it).
     expect((await post(c.conversation_id, wrong, { content: 'again' })).statusCode).toBe(403);
     expect((await post(c.conversation_id, auth, { content: 'again' })).statusCode).toBe(429);
-    const stored = await s.app.database.db
-      .selectFrom('messages')
-      .select((eb) => eb.fn.countAll<number>().as('n'))
-      .where('conversation_id', '=', c.conversation_id)
-      .where('role', '=', 'customer')
-      .executeTakeFirstOrThrow();
-    expect(Number(stored.n)).toBe(5);
+    expect(await customerMessages(c.conversation_id)).toBe(5);
   });
 
   it('streams new messages over SSE and resumes after Last-Event-ID', async () => {

@@ -6,11 +6,11 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { calendar_v3 } from '@googleapis/calendar';
-import { sql } from 'kysely';
 import { beforeEach, describe, expect, it, vi } from 'vitest';
 import type { ScriptedReply } from '../emulators/openai.js';
 import { messageText } from '../emulators/openai.js';
 import { useStack } from '../helpers/stack.js';
+import { stallFirstRun } from '../helpers/stall.js';
 import { friendlyIn, wallTime } from '../helpers/time.js';
 
 const s = useStack();
@@ -475,34 +475,13 @@ describe('booking: never twice', () => {
 
   it('a second run of the message while the first still runs (its claim lapsed) books once, one reply', async () => {
     const c = await newChat();
-    let calls = 0;
-    let releaseFirst: () => void = () => {};
-    const firstHeld = new Promise<void>((r) => {
-      releaseFirst = r;
-    });
-    s.openai.responder = async () => {
-      calls++;
-      if (calls === 1) {
-        // The first run stalls here (as a process whose event loop stopped would) and its claim
-        // lapses; an announcement wakes the dispatcher, which claims the message again.
-        await s.app.database.db
-          .updateTable('messages')
-          .set({ claimed_until: new Date(Date.now() - 1000) })
-          .where('conversation_id', '=', c.conversation_id)
-          .where('status', '=', 'pending')
-          .execute();
-        await sql`SELECT pg_notify(agent_meetings_channel('agent_meetings_customer_messages'), ${c.conversation_id})`.execute(
-          s.app.database.db,
-        );
-        await firstHeld;
-      }
-      return { content: JSON.stringify([seedAction()]) };
-    };
+    const booking = () => ({ content: JSON.stringify([seedAction()]) });
+    const run = stallFirstRun(s, c.conversation_id, booking, booking);
     const messageId = await s.send(c.conversation_id, c.customer_token, 'book');
     await s.waitForReplies(c.conversation_id, c.customer_token, 1);
-    expect(calls).toBe(2);
+    expect(run.calls()).toBe(2);
     const stopsBefore = await staleStopsCounted();
-    releaseFirst();
+    run.release();
     // The first run goes on to the owner's lease, whose statement finds that the message is no longer
     // its claim's: it stops there (a stale attempt), and its claim's release is a no-op.
     await vi.waitFor(

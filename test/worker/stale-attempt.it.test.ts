@@ -5,24 +5,13 @@
  * JOB_RETRY_LIMIT=0: every run is a last attempt.
  */
 import { randomBytes } from 'node:crypto';
-import { sql } from 'kysely';
-import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
-import type { ScriptedReply } from '../emulators/openai.js';
+import { describe, expect, it, vi } from 'vitest';
 import { bookingAction } from '../helpers/actions.js';
-import { type Stack, startStack } from '../helpers/stack.js';
+import { useStack } from '../helpers/stack.js';
+import { stallFirstRun } from '../helpers/stall.js';
 import { wallTime } from '../helpers/time.js';
 
-let s: Stack;
-beforeAll(async () => {
-  s = await startStack({ JOB_RETRY_LIMIT: '0' });
-});
-afterAll(async () => {
-  await s?.close();
-});
-beforeEach(() => {
-  s.openai.reset();
-  s.google.reset();
-});
+const s = useStack({ JOB_RETRY_LIMIT: '0' });
 
 async function newChat() {
   const userId = `stale-${randomBytes(5).toString('hex')}`;
@@ -30,34 +19,6 @@ async function newChat() {
   const agent = await s.createAgent({ user_id: userId, name: 'Acme', timezone: 'Asia/Kolkata' });
   const c = await s.openConversation(agent.agent_id, { customer_name: 'Sid' });
   return { userId, email: `${userId}@owner.test`, ...c };
-}
-
-/**
- * The first run's model call stalls until released, while its claim is made to lapse and the
- * dispatcher is woken: a second run claims the message and answers it with `second`.
- */
-function stallFirstRun(conversationId: string, first: () => ScriptedReply, second: () => ScriptedReply) {
-  let calls = 0;
-  let release: () => void = () => {};
-  const held = new Promise<void>((r) => {
-    release = r;
-  });
-  s.openai.responder = async () => {
-    calls++;
-    if (calls > 1) return second();
-    await s.app.database.db
-      .updateTable('messages')
-      .set({ claimed_until: new Date(Date.now() - 1000) })
-      .where('conversation_id', '=', conversationId)
-      .where('status', '=', 'pending')
-      .execute();
-    await sql`SELECT pg_notify(agent_meetings_channel('agent_meetings_customer_messages'), ${conversationId})`.execute(
-      s.app.database.db,
-    );
-    await held;
-    return first();
-  };
-  return { release: () => release(), calls: () => calls };
 }
 
 const inserts = () => s.google.requests.filter((r) => r.op === 'events.insert');
@@ -70,6 +31,7 @@ describe('a stale attempt', () => {
   it('after the current claim answered in plain text: books nothing', async () => {
     const c = await newChat();
     const run = stallFirstRun(
+      s,
       c.conversation_id,
       () => ({ content: JSON.stringify([bookingAction(wallTime(2, 11, 0, 330).iso)]) }),
       () => ({ content: 'Which day suits you?' }),
@@ -98,6 +60,7 @@ describe('a stale attempt', () => {
     // The current claim's insert is slow, so the stale run reaches its lease statement meanwhile.
     s.google.fail('events.insert', { kind: 'stall', ms: 1500 });
     const run = stallFirstRun(
+      s,
       c.conversation_id,
       () => ({ content: JSON.stringify([bookingAction(wallTime(3, 15, 0, 330).iso)]) }),
       () => {

@@ -126,39 +126,37 @@ export const conversationRoutes: FastifyPluginAsyncTypebox<ConversationRouteDeps
       const admin = isAdmin(req, deps.adminKey);
       // The common case is one statement: the insert checks the conversation and its token itself
       // (MessageStore.insertCustomerMessage). The hit is counted first, so that concurrent requests
-      // cannot all pass the limit, and given back when the insert refuses the request: a caller
-      // without the conversation's token cannot use up its limit.
+      // cannot all pass the limit, and given back unless the request turns out to be the holder's
+      // (refused, or failed): a caller without the conversation's token cannot use up its limit.
       const wait = deps.perConversation.hit(conversationId);
-      if (wait > 0) {
-        // Over the limit: only the conversation's holder learns it (a refused caller gets 403/404).
-        await authorize(req, conversationId).catch((err: unknown) => {
-          deps.perConversation.refund(conversationId);
-          throw err;
-        });
-        return reply
-          .code(429)
-          .header('retry-after', String(wait))
-          .send({ success: false, error: `Too many messages in this conversation; retry in ${wait} s` });
-      }
-      // One statement: the message is its own job (src/store/message-queue.ts), stored and queued
-      // together, and its commit wakes the workers.
-      const message = await deps.messages
-        .insertCustomerMessage(
+      let holder = false;
+      try {
+        if (wait > 0) {
+          // Over the limit: only the conversation's holder learns it (a refused caller gets 403/404).
+          await authorize(req, conversationId);
+          holder = true;
+          return reply
+            .code(429)
+            .header('retry-after', String(wait))
+            .send({ success: false, error: `Too many messages in this conversation; retry in ${wait} s` });
+        }
+        // One statement: the message is its own job (src/store/message-queue.ts), stored and queued
+        // together, and its commit wakes the workers.
+        const message = await deps.messages.insertCustomerMessage(
           conversationId,
           req.body.content,
           admin ? 'admin' : { customerTokenHash: hashToken(token) },
-        )
-        .catch((err: unknown) => {
-          deps.perConversation.refund(conversationId);
-          throw err;
-        });
-      if (!message) {
-        deps.perConversation.refund(conversationId);
+        );
         // Same answers as authorize(): ids are not enumerable.
-        if (admin) throw new NotFound(`No conversation ${conversationId}`);
-        throw new Forbidden('This token does not belong to that conversation');
+        if (!message) {
+          if (admin) throw new NotFound(`No conversation ${conversationId}`);
+          throw new Forbidden('This token does not belong to that conversation');
+        }
+        holder = true;
+        return reply.code(202).send({ message_id: message.messageId });
+      } finally {
+        if (!holder) deps.perConversation.refund(conversationId);
       }
-      return reply.code(202).send({ message_id: message.messageId });
     },
   );
 
