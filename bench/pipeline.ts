@@ -35,6 +35,13 @@ export interface PipelineResult {
   e2e_end: 'visible' | 'created_at';
   owners: number;
   refreshes_per_owner: string;
+  /**
+   * Bookings' freeBusy reads sent alongside the lease statement during the load, and the share of them
+   * kept (the rest were read again under the lease: a hold of the owner ended meanwhile). From the
+   * service's /metrics; null with --workers (the worker processes serve no HTTP).
+   */
+  busy_reads: number | null;
+  busy_reads_kept_pct: number | null;
   cpu_service_pct: number;
   cpu_bench_pct: number;
   cpu_postgres_pct: number;
@@ -136,6 +143,7 @@ export async function runPipeline(
   }
   stack.google.requests.length = 0;
 
+  const readsBefore = await busyReads(stack);
   const cpu = cpuMeter(stack.pids());
   const started = Date.now();
   await send(stack, bookings, opts.rate, '#');
@@ -145,6 +153,7 @@ export async function runPipeline(
   const accepted = bookings.filter((b) => b.messageId !== undefined);
   await waitForInserts(stack, accepted.length);
   const cpuUse = cpu.stop();
+  const readsAfter = await busyReads(stack);
   const deadline = Date.now() + 60_000;
   for (;;) {
     const open = accepted.filter((b) => b.answeredAt === undefined);
@@ -285,6 +294,7 @@ export async function runPipeline(
     e2e_end: visible && stack.notices ? 'visible' : 'created_at',
     owners: owners.length,
     refreshes_per_owner: [...new Set(refreshCounts)].join('/'),
+    ...readShares(readsBefore, readsAfter),
     ...(cpuUse as { cpu_service_pct: number; cpu_bench_pct: number; cpu_postgres_pct: number }),
     stages: Object.fromEntries(
       Object.entries(stage).map(([k, v]) => {
@@ -293,6 +303,30 @@ export async function runPipeline(
       }),
     ),
   };
+}
+
+type ReadCounts = { kept: number; readAgain: number } | null;
+
+/** The service's count of freeBusy reads sent alongside the lease statement (src/metrics.ts busyReads). */
+async function busyReads(stack: BenchStack): Promise<ReadCounts> {
+  if (stack.workers.length > 0) return null;
+  const res = await fetch(`${stack.baseUrl}/metrics`, {
+    headers: { authorization: `Bearer ${stack.adminKey}` },
+  });
+  if (!res.ok) throw new Error(`GET /metrics: ${res.status}`);
+  const body = await res.text();
+  const count = (result: string) => {
+    const m = new RegExp(`^booking_busy_reads_total\\{result="${result}"\\} (\\d+)$`, 'm').exec(body);
+    return m ? Number(m[1]) : 0;
+  };
+  return { kept: count('kept'), readAgain: count('read_again') };
+}
+
+function readShares(before: ReadCounts, after: ReadCounts) {
+  if (!before || !after) return { busy_reads: null, busy_reads_kept_pct: null };
+  const kept = after.kept - before.kept;
+  const total = kept + after.readAgain - before.readAgain;
+  return { busy_reads: total, busy_reads_kept_pct: total === 0 ? null : round((100 * kept) / total) };
 }
 
 /** The bench customers (`w<n>` or `c<n>`) of the events Google inserted so far, repeats included. */

@@ -172,6 +172,7 @@ export async function createApplication(
         meetingErrorMessage: config.meetingErrorMessage,
         now,
         onOutcome: (outcome) => metrics.bookings.inc({ outcome }),
+        onBusyRead: (kept) => metrics.busyReads.inc({ result: kept ? 'kept' : 'read_again' }),
       });
       const processMessage = createMessageProcessor({
         db,

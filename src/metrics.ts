@@ -29,6 +29,13 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly busyReads = new Counter({
+    name: 'booking_busy_reads_total',
+    help: "Bookings' Google freeBusy reads sent alongside the lease statement, by whether the read was kept (kept) or Google was read again after the lease because a hold of the owner ended meanwhile (read_again)",
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+
   readonly upstreamDuration = new Histogram({
     name: 'upstream_request_duration_seconds',
     help: 'Google and OpenAI call latency by service, operation and status',

@@ -19,6 +19,12 @@ export const WHOLE_OWNER: LeaseRange = { from: -8.64e15, to: 8.64e15 };
 /** The database clock in epoch ms (leases lapse by it, whichever process's clock is off). */
 const NOW_MS = sql<number>`(extract(epoch FROM now()) * 1000)`;
 
+/**
+ * The database clock in epoch ms when the statement's expression runs (a hold's end is stamped with
+ * it, not with the transaction's start: whatever was made under the hold was made before this).
+ */
+const CLOCK_MS = sql<number>`(extract(epoch FROM clock_timestamp()) * 1000)`;
+
 /** `holds` without the holder's hold. */
 const holdsWithout = (holder: string) => sql`(
         SELECT COALESCE(jsonb_agg(h), '[]'::jsonb) FROM jsonb_array_elements(owner_booking_leases.holds) h
@@ -35,7 +41,7 @@ const holding = (key: LeaseKey) =>
  */
 export function leaseReleaseCte(key: LeaseKey): RawBuilder<unknown> {
   return sql`released AS (
-        UPDATE owner_booking_leases SET holds = ${holdsWithout(key.holder)}
+        UPDATE owner_booking_leases SET holds = ${holdsWithout(key.holder)}, released_at = ${CLOCK_MS}
          WHERE ${holding(key)})`;
 }
 
@@ -52,7 +58,10 @@ export class BookingLeaseStore {
    * Takes a hold on `range` when no other live hold of the owner overlaps it (lapsed holds are
    * dropped on the way); a holder's own earlier hold is replaced. `also`: a data-modifying CTE named
    * `saved_output` to run in the same statement (MessageStore's modelOutputCte: the output the
-   * booking acts on is stored by the lease's own commit); `alsoRows` counts its rows.
+   * booking acts on is stored by the lease's own commit); `alsoRows` counts its rows. `quietMs`
+   * (when acquired): how long before this statement began, by the database's clock, a hold of the
+   * owner last ended (given back, or dropped by this statement because it lapsed: then 0); Infinity
+   * when none ever did.
    *
    * Race-free in one statement: every hold of the owner is in its one row, and ON CONFLICT DO UPDATE
    * evaluates its WHERE on that row's latest version, under the row's lock, whatever this statement's
@@ -64,28 +73,41 @@ export class BookingLeaseStore {
     range: LeaseRange,
     leaseMs: number,
     also?: RawBuilder<unknown>,
-  ): Promise<{ acquired: boolean; alsoRows: number }> {
+  ): Promise<{ acquired: boolean; alsoRows: number; quietMs: number }> {
     const mine = sql`jsonb_build_object('holder', ${holder}::text, 'from', ${range.from}::float8,
                                         'to', ${range.to}::float8, 'until', ${NOW_MS} + ${leaseMs}::float8)`;
-    const r = await sql<{ acquired: number; also_rows: number }>`
+    // A lapsed hold of another holder dropped here ends now (its holder may have made an event).
+    const r = await sql<{ acquired: number; also_rows: number; quiet_ms: number | null }>`
       WITH ${also ? sql`${also},` : sql``} lease AS (
         INSERT INTO owner_booking_leases (user_id, holds) VALUES (${userId}, jsonb_build_array(${mine}))
         ON CONFLICT (user_id) DO UPDATE
            SET holds = (SELECT COALESCE(jsonb_agg(h), '[]'::jsonb)
                           FROM jsonb_array_elements(owner_booking_leases.holds) h
                          WHERE (h->>'until')::float8 > ${NOW_MS} AND h->>'holder' <> ${holder})
-                       || jsonb_build_array(${mine})
+                       || jsonb_build_array(${mine}),
+               released_at = CASE WHEN EXISTS (
+                                     SELECT 1 FROM jsonb_array_elements(owner_booking_leases.holds) h
+                                      WHERE (h->>'until')::float8 <= ${NOW_MS} AND h->>'holder' <> ${holder})
+                                  THEN ${CLOCK_MS} ELSE owner_booking_leases.released_at END
          WHERE NOT EXISTS (
                  SELECT 1 FROM jsonb_array_elements(owner_booking_leases.holds) h
                   WHERE (h->>'until')::float8 > ${NOW_MS}
                     AND h->>'holder' <> ${holder}
                     AND (h->>'from')::float8 < ${range.to}::float8
                     AND ${range.from}::float8 < (h->>'to')::float8)
-        RETURNING user_id)
+        RETURNING released_at)
       SELECT (SELECT count(*) FROM lease)::int AS acquired,
-             ${also ? sql`(SELECT count(*) FROM saved_output)::int` : sql`0`} AS also_rows`.execute(this.db);
+             ${also ? sql`(SELECT count(*) FROM saved_output)::int` : sql`0`} AS also_rows,
+             (SELECT CASE WHEN released_at = 0 THEN NULL
+                          ELSE greatest(${NOW_MS} - released_at, 0) END FROM lease) AS quiet_ms`.execute(
+      this.db,
+    );
     const row = r.rows[0];
-    return { acquired: Number(row?.acquired ?? 0) > 0, alsoRows: Number(row?.also_rows ?? 0) };
+    return {
+      acquired: Number(row?.acquired ?? 0) > 0,
+      alsoRows: Number(row?.also_rows ?? 0),
+      quietMs: row?.quiet_ms == null ? Number.POSITIVE_INFINITY : Number(row.quiet_ms),
+    };
   }
 
   /** Extends a hold we have; false when it was lost (lapsed and dropped by another holder). */
@@ -103,7 +125,7 @@ export class BookingLeaseStore {
   /** Gives the hold back; in `trx`, it is free when that transaction commits. */
   async release(userId: string, holder: string, trx?: Transaction<DB>): Promise<void> {
     await sql`
-      UPDATE owner_booking_leases SET holds = ${holdsWithout(holder)}
+      UPDATE owner_booking_leases SET holds = ${holdsWithout(holder)}, released_at = ${CLOCK_MS}
        WHERE ${holding({ userId, holder })}`.execute(trx ?? this.db);
   }
 }

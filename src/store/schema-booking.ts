@@ -26,6 +26,8 @@ export interface OwnerBookingLeaseTable {
   user_id: string;
   /** Live and lapsed holds, a JSON array of LeaseHold (migration 009). */
   holds: ColumnType<LeaseHold[], string | undefined, string>;
+  /** When a hold was last given back or dropped, epoch ms by the database's clock; 0: never (migration 010). */
+  released_at: ColumnType<number, number | undefined, number>;
 }
 
 /** One hold of an owner's booking lease: the time range it covers (epoch ms) and until when. */

@@ -55,6 +55,8 @@ export interface BookingServiceDeps {
   /** Owner webhooks: events recorded with the reply (its statement, or its transaction). */
   events?: OwnerEventSink | undefined;
   onOutcome?: (outcome: string) => void;
+  /** Per freeBusy read sent alongside the lease statement: whether it was kept (see #lockAndRead). */
+  onBusyRead?: (kept: boolean) => void;
 }
 
 /** How many alternatives a refused time gets, and how far around it they are searched. */
@@ -313,8 +315,8 @@ export class BookingService implements ActionResponder {
    * stored by the lease's own statement (one round trip, one commit before any Calendar change: a retry acts on the same
    * output, so its bookings keep their keys and event ids).
    */
-  async #lock(ctx: ReplyContext, start: Date, end: Date): Promise<void> {
-    if (ctx.lease) return;
+  async #lock(ctx: ReplyContext, start: Date, end: Date): Promise<OwnerLease> {
+    if (ctx.lease) return ctx.lease;
     const unsaved = ctx.unsavedOutput;
     // The time this booking may conflict with: its meeting widened by the buffer (a meeting of the
     // owner's inside the buffer is a conflict either way, so two holds that overlap cover every
@@ -332,6 +334,7 @@ export class BookingService implements ActionResponder {
       }
     }
     ctx.lease = lease;
+    return lease;
   }
 
   /** Stores the model output, if not stored yet, before a change that takes no lock (cancel). */
@@ -342,16 +345,46 @@ export class BookingService implements ActionResponder {
     if (!(await unsaved.store())) throw new StaleAttempt();
   }
 
-  /** The owner's busy time in [from, to): Google's answer plus our own scheduled meetings. */
+  /**
+   * Takes the owner's lock for a booking at [start, end) (see #lock) and reads the owner's busy time
+   * around it (see #window). The freeBusy read is sent before the lease statement, so that round trip
+   * is off the path to Google, and kept only when no hold of the owner ended after it was sent
+   * (OwnerLease.quietSince): an event made under a hold that ended later (a booking this one waited
+   * for, or one whose hold lapsed) may be missing from it, so then Google is read again. Our own
+   * meetings are read after the lock either way, so they include the previous holder's.
+   */
+  async #lockAndRead(
+    ctx: ReplyContext,
+    start: Date,
+    end: Date,
+    except: { key?: string; meetingId?: string; interval?: Interval },
+  ): Promise<Interval[]> {
+    const w = this.#window(ctx, start);
+    if (ctx.lease) return this.#busy(ctx.work, w.readFrom, w.readTo, except);
+    const userId = ctx.work.agent.userId;
+    const sentAt = Date.now();
+    const early = this.deps.calendar.freeBusy(userId, w.readFrom, w.readTo);
+    // Awaited below, or dropped when the lock fails or the read is stale.
+    early.catch(() => undefined);
+    const fresh = (await this.#lock(ctx, start, end)).quietSince(sentAt);
+    this.deps.onBusyRead?.(fresh);
+    return this.#busy(ctx.work, w.readFrom, w.readTo, except, fresh ? early : undefined);
+  }
+
+  /**
+   * The owner's busy time in [from, to): Google's answer (`google`, when already asked for) plus our
+   * own scheduled meetings.
+   */
   async #busy(
     work: MessageWork,
     from: Date,
     to: Date,
     except: { key?: string; meetingId?: string; interval?: Interval },
+    googleRead?: Promise<Interval[]>,
   ): Promise<Interval[]> {
     const userId = work.agent.userId;
     const [google, ours] = await Promise.all([
-      this.deps.calendar.freeBusy(userId, from, to),
+      googleRead ?? this.deps.calendar.freeBusy(userId, from, to),
       this.deps.meetings.overlapping(userId, from, to, except),
     ]);
     // A reschedule must not collide with the meeting it moves: its own block is taken out of Google's
@@ -541,9 +574,7 @@ export class BookingService implements ActionResponder {
       if (!withinWorkingHours(request.start, end, agent.timezone, ctx.settings.workingHours)) {
         return await this.#refuse(ctx, 'outside_hours', request.start, agent.meetingDurationMinutes, { key });
       }
-      await this.#lock(ctx, request.start, end);
-      const w = this.#window(ctx, request.start);
-      const busy = await this.#busy(work, w.readFrom, w.readTo, { key });
+      const busy = await this.#lockAndRead(ctx, request.start, end, { key });
       if (
         overlapsBusy(request.start, end, busy, ctx.settings.bufferMinutes) &&
         // Our own event from an earlier attempt of this job shows as busy too: that one is ours.
@@ -654,9 +685,7 @@ export class BookingService implements ActionResponder {
       if (!withinWorkingHours(start, end, agent.timezone, ctx.settings.workingHours)) {
         return await this.#refuse(ctx, 'outside_hours', start, meeting.duration_minutes, except);
       }
-      await this.#lock(ctx, start, end);
-      const w = this.#window(ctx, start);
-      const busy = await this.#busy(work, w.readFrom, w.readTo, except);
+      const busy = await this.#lockAndRead(ctx, start, end, except);
       if (overlapsBusy(start, end, busy, ctx.settings.bufferMinutes)) {
         return await this.#refuse(ctx, 'busy', start, meeting.duration_minutes, except, busy);
       }

@@ -46,6 +46,14 @@ export interface OwnerLease {
    * statement otherwise.
    */
   confirm(): Promise<void>;
+  /**
+   * Whether no hold of this owner ended (was given back, or lapsed and was dropped) after `sentAt`
+   * (this process's Date.now()) by the time the hold was taken. Then a Calendar read sent at `sentAt`,
+   * before the lease statement, already saw every event made under an earlier hold of an overlapping
+   * range (each was made before its hold ended), and later ones wait for this hold: BookingService
+   * sends its freeBusy read alongside the lease statement and keeps it only when this holds.
+   */
+  quietSince(sentAt: number): boolean;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -138,17 +146,22 @@ export class OwnerBookingLock {
       const holder = randomUUID();
       sentFor = holder;
       let delay = 25;
-      const first = await this.leases.tryAcquire(userId, holder, range, this.#leaseMs, also);
-      const alsoRows = first.alsoRows;
-      let acquired = first.acquired;
-      while (!acquired) {
+      let attempt = await this.leases.tryAcquire(userId, holder, range, this.#leaseMs, also);
+      const alsoRows = attempt.alsoRows;
+      while (!attempt.acquired) {
         if (Date.now() > deadline) {
           throw new Upstream(`timed out waiting for another process's booking of ${userId}`, true);
         }
         await sleep(delay);
         delay = Math.min(delay * 2, 250);
-        acquired = (await this.leases.tryAcquire(userId, holder, range, this.#leaseMs)).acquired;
+        attempt = await this.leases.tryAcquire(userId, holder, range, this.#leaseMs);
       }
+      // The taking statement began no later than its answer came back, so a hold that ended
+      // `quietMs` before it began ended more than (answeredAt - sentAt) before `sentAt` only if
+      // quietMs exceeds that: durations only, so the two clocks need not agree. 1 ms covers
+      // Date.now()'s truncation.
+      const answeredAt = Date.now();
+      const quietMs = attempt.quietMs;
       // When the hold was last known to be live (taken, or renewed), and whether a renewal found it gone.
       let confirmedAt = Date.now();
       let lost = false;
@@ -173,6 +186,7 @@ export class OwnerBookingLock {
       let releasedInTrx = false;
       return {
         alsoRows,
+        quietSince: (sentAt) => quietMs > answeredAt - sentAt + 1,
         confirm: async () => {
           if (!lost && Date.now() - confirmedAt <= leaseMs / 3) return;
           if (lost || !(await renew())) {

@@ -38,6 +38,11 @@ it('books every message of the load after a warm-up that booked too, one refresh
     e2e_end: server ? 'visible' : 'created_at',
   });
   expect('reply_visible' in r.stages).toBe(server);
+  // Each measured booking sent one freeBusy read alongside its lease statement (read from the
+  // service's /metrics, the warm-up's excluded).
+  expect(r.busy_reads).toBe(5);
+  expect(r.busy_reads_kept_pct).toBeGreaterThanOrEqual(0);
+  expect(r.busy_reads_kept_pct).toBeLessThanOrEqual(100);
   // The warm-up's bookings reached Google (runPipeline refuses to measure otherwise), and each
   // measured booking did, as its own customer (the request log was cleared after the warm-up).
   expect(new Set(attendeesInserted(stack, 'c'))).toEqual(new Set([0, 1, 2, 3, 4]));

@@ -1,10 +1,16 @@
 /**
- * Owner booking leases by time range (BookingLeaseStore, migration 009): what a hold excludes, how it
- * lapses, is renewed and given back, and that concurrent takers of overlapping ranges never both win.
+ * Owner booking leases by time range (BookingLeaseStore, migrations 009 and 010): what a hold
+ * excludes, how it lapses, is renewed and given back, how long ago one last ended, and that concurrent
+ * takers of overlapping ranges never both win.
  */
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BookingLeaseStore, type LeaseRange, WHOLE_OWNER } from '../../src/store/booking-leases.js';
+import {
+  BookingLeaseStore,
+  type LeaseRange,
+  leaseReleaseCte,
+  WHOLE_OWNER,
+} from '../../src/store/booking-leases.js';
 import type { Database } from '../../src/store/database.js';
 import { openTestDatabase } from '../helpers/database.js';
 
@@ -80,15 +86,51 @@ describe('owner booking leases by time range', () => {
     expect(await leases.renew(u, 'old', 30_000)).toBe(false);
   });
 
+  it('says how long ago a hold of the owner ended: given back alone or with a reply, or dropped after lapsing', async () => {
+    const u = newOwner();
+    const quiet = async (holder: string, r: LeaseRange, leaseMs = 30_000) => {
+      const got = await leases.tryAcquire(u, holder, r, leaseMs);
+      expect(got.acquired).toBe(true);
+      return got.quietMs;
+    };
+    const releasedAt = async () =>
+      (
+        await sql<{
+          at: number;
+        }>`SELECT released_at AS at FROM owner_booking_leases WHERE user_id = ${u}`.execute(database.db)
+      ).rows[0]!.at;
+    // Nothing has ended yet; taking, replacing and renewing end nothing.
+    expect(await quiet('a', range(at(10), at(11)))).toBe(Number.POSITIVE_INFINITY);
+    expect(await quiet('b', range(at(12), at(13)))).toBe(Number.POSITIVE_INFINITY);
+    expect(await quiet('b', range(at(12), at(14)))).toBe(Number.POSITIVE_INFINITY);
+    expect(await leases.renew(u, 'b', 30_000)).toBe(true);
+    expect(await quiet('c', range(at(15), at(16)))).toBe(Number.POSITIVE_INFINITY);
+    // Given back on its own: counted from then, by the database's clock.
+    await leases.release(u, 'a');
+    await new Promise((r) => setTimeout(r, 40));
+    const sinceA = await quiet('d', range(at(10), at(11)));
+    expect(sinceA).toBeGreaterThanOrEqual(30);
+    expect(sinceA).toBeLessThan(60_000);
+    // Given back by a reply's statement (leaseReleaseCte).
+    const before = await releasedAt();
+    await sql`WITH ${leaseReleaseCte({ userId: u, holder: 'b' })} SELECT 1`.execute(database.db);
+    expect(await releasedAt()).toBeGreaterThan(before);
+    // A lapsed hold of another holder, dropped by the taking statement itself: it ended just now.
+    expect(await quiet('short', range(at(20), at(21)), 1)).toBeGreaterThan(0);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(await quiet('e', range(at(22), at(23)))).toBe(0);
+    expect(await holders(u)).not.toContain('short');
+  });
+
   it('stores the output CTE in the same statement, whether or not the hold is granted', async () => {
     const u = newOwner();
     await sql`CREATE TABLE IF NOT EXISTS lease_side (n int)`.execute(database.db);
     const also = sql`saved_output AS (INSERT INTO lease_side VALUES (1) RETURNING n)`;
-    expect(await leases.tryAcquire(u, 'a', range(at(10), at(11)), 30_000, also)).toEqual({
+    expect(await leases.tryAcquire(u, 'a', range(at(10), at(11)), 30_000, also)).toMatchObject({
       acquired: true,
       alsoRows: 1,
     });
-    expect(await leases.tryAcquire(u, 'b', range(at(10), at(11)), 30_000, also)).toEqual({
+    expect(await leases.tryAcquire(u, 'b', range(at(10), at(11)), 30_000, also)).toMatchObject({
       acquired: false,
       alsoRows: 1,
     });

@@ -36,6 +36,13 @@ interface Chat {
   customer_token: string;
 }
 
+/** A series' value in this process's /metrics (0 before it is first counted). */
+async function metricValue(series: string): Promise<number> {
+  const body = (await s.app.http.inject({ url: '/metrics', headers: s.admin })).body;
+  const line = body.split('\n').find((l) => l.startsWith(`${series} `));
+  return line ? Number(line.slice(series.length + 1)) : 0;
+}
+
 async function newOwner(agent: Record<string, unknown> = {}, scope?: string) {
   const userId = uid('av');
   await s.connectOwner(userId, scope ? { scope } : {});
@@ -275,8 +282,33 @@ describe('availability before booking', () => {
       const { replies, calls } = await bookTogether(o, { first: ist(3, 10).iso, second: ist(3, 10, 40).iso });
       expect(replies.filter((r) => r.startsWith('✅ Meeting confirmed!'))).toHaveLength(1);
       expect(replies.filter((r) => r.startsWith('Sorry, that time is not available.'))).toHaveLength(1);
-      expect(calls).toEqual(['freebusy.query', 'events.insert', 'freebusy.query']);
+      // Each sends its freeBusy read alongside its lease statement; the second took the lease after
+      // the first's hold ended, so it read Google again before deciding.
+      expect(calls).toEqual(['freebusy.query', 'freebusy.query', 'events.insert', 'freebusy.query']);
       expect(liveEvents(o.email)).toHaveLength(1);
+    });
+
+    it('a hold that ended after the other’s read was sent, its event made and no meeting row: Google is read again', async () => {
+      // The first booking's insert answers are all lost after Google made the event (every attempt
+      // of the gateway's 4): that run fails (the job is retried later) and gives its hold back with no
+      // meeting row. The other booking's freeBusy read went out before that event existed, and our
+      // meetings do not show it: it must read Google again.
+      const o = await newOwner();
+      const slot = ist(3, 12).iso;
+      s.google.fail('events.insert', { kind: 'lost-response' }, 4);
+      const readAgain = () => metricValue('booking_busy_reads_total{result="read_again"}');
+      const before = await readAgain();
+      const { replies, calls } = await bookTogether(o, { 'noon please': slot, 'noon for me too': slot });
+      expect(replies.filter((r) => r.startsWith('✅ Meeting confirmed!'))).toHaveLength(1);
+      expect(replies.filter((r) => r.startsWith('Sorry, that time is not available.'))).toHaveLength(1);
+      expect(liveEvents(o.email)).toHaveLength(1);
+      expect(calls.slice(0, 7)).toEqual([
+        'freebusy.query',
+        'freebusy.query',
+        ...Array(4).fill('events.insert'),
+        'freebusy.query', // the second booking's read again; the first's retry follows
+      ]);
+      expect(await readAgain()).toBeGreaterThan(before);
     });
   });
 

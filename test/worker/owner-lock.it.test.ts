@@ -1,6 +1,7 @@
 /**
  * The owner's booking lock (OwnerBookingLock over BookingLeaseStore): in-process waiting only for
- * overlapping holds, and `confirm()` before a Calendar change when the hold may have lapsed.
+ * overlapping holds, `quietSince()` for a read sent before the lock, and `confirm()` before a
+ * Calendar change when the hold may have lapsed.
  */
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -48,6 +49,34 @@ describe('OwnerBookingLock', () => {
     await ten.release();
     await (await tenAgain).release();
     expect(order).toEqual(['two', 'ten again']);
+  });
+
+  it('quietSince(): a read sent before the lock is kept only if no hold of the owner ended after it', async () => {
+    const lock = new OwnerBookingLock(leases, logger);
+    const u = newOwner();
+    const sentFirst = Date.now();
+    const ten = await lock.acquire(u, range(at(10), at(11)));
+    expect(ten.quietSince(sentFirst)).toBe(true); // nothing of the owner ever ended
+    // A read sent while the 10:00 hold is held, by a booking that then waits for it.
+    const sentWhileHeld = Date.now();
+    const waiting = lock.acquire(u, range(at(10), at(11)));
+    await sleep(30);
+    await ten.release();
+    const tenAgain = await waiting;
+    expect(tenAgain.quietSince(sentWhileHeld)).toBe(false);
+    await tenAgain.release();
+    // A read sent well after the last hold ended is kept, whatever the range.
+    await sleep(40);
+    const sentLater = Date.now();
+    const two = await lock.acquire(u, range(at(14), at(15)));
+    expect(two.quietSince(sentLater)).toBe(true);
+    // A hold of another range ending after the read was sent counts too (the read covers its time).
+    const sentBefore = Date.now();
+    await sleep(5);
+    await two.release();
+    const eleven = await lock.acquire(u, range(at(11), at(12)));
+    expect(eleven.quietSince(sentBefore)).toBe(false);
+    await eleven.release();
   });
 
   it('confirm(): nothing to do on a fresh hold; a lapsed hold still free is renewed', async () => {
