@@ -63,6 +63,13 @@ export class BookingLeaseStore {
    * owner last ended (given back, or dropped by this statement because it lapsed: then 0); Infinity
    * when none ever did.
    *
+   * `read`: a scalar subquery evaluated in the same statement; its value comes back as `read` only
+   * when the hold was granted and no hold of the owner ended between this statement's snapshot and
+   * the grant (the owner's row then still had the `released_at` the snapshot saw). Rows a previous
+   * holder wrote with its release (a booking's meeting row, written by the statement that gives its
+   * hold back) are then in the snapshot the read saw; otherwise `read` is undefined and the caller
+   * reads on its own, after the grant.
+   *
    * Race-free in one statement: every hold of the owner is in its one row, and ON CONFLICT DO UPDATE
    * evaluates its WHERE on that row's latest version, under the row's lock, whatever this statement's
    * snapshot saw.
@@ -73,12 +80,21 @@ export class BookingLeaseStore {
     range: LeaseRange,
     leaseMs: number,
     also?: RawBuilder<unknown>,
-  ): Promise<{ acquired: boolean; alsoRows: number; quietMs: number }> {
+    read?: RawBuilder<unknown>,
+  ): Promise<{ acquired: boolean; alsoRows: number; quietMs: number; read?: unknown }> {
     const mine = sql`jsonb_build_object('holder', ${holder}::text, 'from', ${range.from}::float8,
                                         'to', ${range.to}::float8, 'until', ${NOW_MS} + ${leaseMs}::float8)`;
     // A lapsed hold of another holder dropped here ends now (its holder may have made an event).
-    const r = await sql<{ acquired: number; also_rows: number; quiet_ms: number | null }>`
-      WITH ${also ? sql`${also},` : sql``} lease AS (
+    const r = await sql<{
+      acquired: number;
+      also_rows: number;
+      quiet_ms: number | null;
+      read_current?: boolean | null;
+      read?: unknown;
+    }>`
+      WITH ${also ? sql`${also},` : sql``}
+      ${read ? sql`seen AS (SELECT released_at FROM owner_booking_leases WHERE user_id = ${userId}),` : sql``}
+      lease AS (
         INSERT INTO owner_booking_leases (user_id, holds) VALUES (${userId}, jsonb_build_array(${mine}))
         ON CONFLICT (user_id) DO UPDATE
            SET holds = (SELECT COALESCE(jsonb_agg(h), '[]'::jsonb)
@@ -99,14 +115,20 @@ export class BookingLeaseStore {
       SELECT (SELECT count(*) FROM lease)::int AS acquired,
              ${also ? sql`(SELECT count(*) FROM saved_output)::int` : sql`0`} AS also_rows,
              (SELECT CASE WHEN released_at = 0 THEN NULL
-                          ELSE greatest(${NOW_MS} - released_at, 0) END FROM lease) AS quiet_ms`.execute(
-      this.db,
-    );
+                          ELSE greatest(${NOW_MS} - released_at, 0) END FROM lease) AS quiet_ms
+             ${
+               read
+                 ? sql`, (SELECT COALESCE((SELECT released_at FROM seen), 0) = released_at FROM lease) AS read_current,
+                       ${read} AS read`
+                 : sql``
+             }`.execute(this.db);
     const row = r.rows[0];
+    const acquired = Number(row?.acquired ?? 0) > 0;
     return {
-      acquired: Number(row?.acquired ?? 0) > 0,
+      acquired,
       alsoRows: Number(row?.also_rows ?? 0),
       quietMs: row?.quiet_ms == null ? Number.POSITIVE_INFINITY : Number(row.quiet_ms),
+      ...(acquired && row?.read_current === true ? { read: row.read } : {}),
     };
   }
 

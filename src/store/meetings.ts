@@ -140,6 +140,40 @@ export class MeetingStore {
     to: Date,
     except: { key?: string; meetingId?: string } = {},
   ): Promise<Array<{ start: Date; end: Date }>> {
+    const rows = await this.#overlappingQuery(userId, from, to, except).execute();
+    return rows.map((r) => ({
+      start: r.meeting_time,
+      end: new Date(r.meeting_time.getTime() + r.duration_minutes * 60_000),
+    }));
+  }
+
+  /**
+   * `overlapping` as one value inside another statement (the owner lease's, see
+   * BookingLeaseStore.tryAcquire `read`): `sql` is a scalar subquery, `parse` turns its value into
+   * the intervals.
+   */
+  overlappingRead(
+    userId: string,
+    from: Date,
+    to: Date,
+    except: { key?: string; meetingId?: string } = {},
+  ): { sql: RawBuilder<unknown>; parse: (value: unknown) => Array<{ start: Date; end: Date }> } {
+    const q = this.#overlappingQuery(userId, from, to, except);
+    return {
+      sql: sql`(SELECT COALESCE(json_agg(json_build_array(
+                  extract(epoch FROM o.meeting_time) * 1000, o.duration_minutes)), '[]'::json)
+                  FROM (${q}) o)`,
+      parse: (value) => {
+        const pairs = (typeof value === 'string' ? JSON.parse(value) : value) as Array<[number, number]>;
+        return pairs.map(([start, minutes]) => ({
+          start: new Date(Number(start)),
+          end: new Date(Number(start) + Number(minutes) * 60_000),
+        }));
+      },
+    };
+  }
+
+  #overlappingQuery(userId: string, from: Date, to: Date, except: { key?: string; meetingId?: string }) {
     let q = this.db
       .selectFrom('meetings')
       .select(['meeting_time', 'duration_minutes'])
@@ -149,11 +183,7 @@ export class MeetingStore {
       .where(sql<boolean>`meeting_time + make_interval(mins => duration_minutes) > ${from}`);
     if (except.key) q = q.where('idempotency_key', '!=', except.key);
     if (except.meetingId) q = q.where('meeting_id', '!=', except.meetingId);
-    const rows = await q.execute();
-    return rows.map((r) => ({
-      start: r.meeting_time,
-      end: new Date(r.meeting_time.getTime() + r.duration_minutes * 60_000),
-    }));
+    return q;
   }
 
   /** Upcoming scheduled meetings of one conversation, most recently booked first. */

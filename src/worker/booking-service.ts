@@ -1,4 +1,4 @@
-import type { Transaction } from 'kysely';
+import type { RawBuilder, Transaction } from 'kysely';
 import type { Logger } from 'pino';
 import {
   type BookingSettings,
@@ -315,7 +315,7 @@ export class BookingService implements ActionResponder {
    * stored by the lease's own statement (one round trip, one commit before any Calendar change: a retry acts on the same
    * output, so its bookings keep their keys and event ids).
    */
-  async #lock(ctx: ReplyContext, start: Date, end: Date): Promise<OwnerLease> {
+  async #lock(ctx: ReplyContext, start: Date, end: Date, read?: RawBuilder<unknown>): Promise<OwnerLease> {
     if (ctx.lease) return ctx.lease;
     const unsaved = ctx.unsavedOutput;
     // The time this booking may conflict with: its meeting widened by the buffer (a meeting of the
@@ -325,7 +325,7 @@ export class BookingService implements ActionResponder {
     const range: LeaseRange = ctx.wholeOwner
       ? WHOLE_OWNER
       : { from: start.getTime() - pad, to: end.getTime() + pad };
-    const lease = await this.deps.lock.acquire(ctx.work.agent.userId, range, unsaved?.cte);
+    const lease = await this.deps.lock.acquire(ctx.work.agent.userId, range, unsaved?.cte, read);
     if (unsaved) {
       ctx.unsavedOutput = undefined;
       if (lease.alsoRows === 0) {
@@ -351,7 +351,9 @@ export class BookingService implements ActionResponder {
    * is off the path to Google, and kept only when no hold of the owner ended after it was sent
    * (OwnerLease.quietSince): an event made under a hold that ended later (a booking this one waited
    * for, or one whose hold lapsed) may be missing from it, so then Google is read again. Our own
-   * meetings are read after the lock either way, so they include the previous holder's.
+   * meetings are read by the lease statement itself when that statement took the hold and saw every
+   * earlier holder's meeting row (OwnerLease.read), else after the grant: either way they include
+   * the previous holder's.
    */
   async #lockAndRead(
     ctx: ReplyContext,
@@ -366,26 +368,31 @@ export class BookingService implements ActionResponder {
     const early = this.deps.calendar.freeBusy(userId, w.readFrom, w.readTo);
     // Awaited below, or dropped when the lock fails or the read is stale.
     early.catch(() => undefined);
-    const fresh = (await this.#lock(ctx, start, end)).quietSince(sentAt);
+    const ours = this.deps.meetings.overlappingRead(userId, w.readFrom, w.readTo, except);
+    const lease = await this.#lock(ctx, start, end, ours.sql);
+    const fresh = lease.quietSince(sentAt);
     this.deps.onBusyRead?.(fresh);
-    return this.#busy(ctx.work, w.readFrom, w.readTo, except, fresh ? early : undefined);
+    return this.#busy(ctx.work, w.readFrom, w.readTo, except, {
+      ...(fresh ? { google: early } : {}),
+      ...(lease.read !== undefined ? { ours: ours.parse(lease.read) } : {}),
+    });
   }
 
   /**
-   * The owner's busy time in [from, to): Google's answer (`google`, when already asked for) plus our
-   * own scheduled meetings.
+   * The owner's busy time in [from, to): Google's answer plus our own scheduled meetings (`known`:
+   * either, when already read).
    */
   async #busy(
     work: MessageWork,
     from: Date,
     to: Date,
     except: { key?: string; meetingId?: string; interval?: Interval },
-    googleRead?: Promise<Interval[]>,
+    known: { google?: Promise<Interval[]>; ours?: Interval[] } = {},
   ): Promise<Interval[]> {
     const userId = work.agent.userId;
     const [google, ours] = await Promise.all([
-      googleRead ?? this.deps.calendar.freeBusy(userId, from, to),
-      this.deps.meetings.overlapping(userId, from, to, except),
+      known.google ?? this.deps.calendar.freeBusy(userId, from, to),
+      known.ours ?? this.deps.meetings.overlapping(userId, from, to, except),
     ]);
     // A reschedule must not collide with the meeting it moves: its own block is taken out of Google's
     // answer (freeBusy has no event ids; an event sharing exactly that block is hidden with it).

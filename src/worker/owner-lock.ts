@@ -39,6 +39,11 @@ export interface OwnerLease {
   /** Rows of the `also` CTE given to acquire(), which ran in the lease's first statement (0 without). */
   alsoRows: number;
   /**
+   * The value of the `read` given to acquire(), when the lease's first statement took the hold and
+   * what it read is current (BookingLeaseStore.tryAcquire); undefined otherwise: read after the grant.
+   */
+  read?: unknown;
+  /**
    * Makes sure the hold is still ours right before a Calendar change made under it: when the hold
    * was last confirmed (taken or renewed) more than a third of the lease ago, as after a stall of this
    * process (a long GC pause, a frozen VM), it is renewed now, and a hold that lapsed meanwhile (and
@@ -102,9 +107,15 @@ export class OwnerBookingLock {
    * Takes the owner's lock on `range` (WHOLE_OWNER for all of the owner's time). `also`: a
    * data-modifying CTE run once, in the first statement that tries for the lease, whether or not
    * that one gets it (the model output a booking acts on: stored by the commit that also takes the
-   * lease, one round trip, see BookingService#lock).
+   * lease, one round trip, see BookingService#lock). `read`: a scalar subquery for that first
+   * statement to evaluate too (see OwnerLease.read).
    */
-  async acquire(userId: string, range: LeaseRange, also?: RawBuilder<unknown>): Promise<OwnerLease> {
+  async acquire(
+    userId: string,
+    range: LeaseRange,
+    also?: RawBuilder<unknown>,
+    read?: RawBuilder<unknown>,
+  ): Promise<OwnerLease> {
     const holds = this.#local.get(userId) ?? [];
     const earlier = holds.filter((h) => overlaps(h.range, range)).map((h) => h.ended);
     let releaseLocal!: () => void;
@@ -146,8 +157,8 @@ export class OwnerBookingLock {
       const holder = randomUUID();
       sentFor = holder;
       let delay = 25;
-      let attempt = await this.leases.tryAcquire(userId, holder, range, this.#leaseMs, also);
-      const alsoRows = attempt.alsoRows;
+      let attempt = await this.leases.tryAcquire(userId, holder, range, this.#leaseMs, also, read);
+      const { alsoRows, read: firstRead } = attempt;
       while (!attempt.acquired) {
         if (Date.now() > deadline) {
           throw new Upstream(`timed out waiting for another process's booking of ${userId}`, true);
@@ -186,6 +197,7 @@ export class OwnerBookingLock {
       let releasedInTrx = false;
       return {
         alsoRows,
+        ...(firstRead !== undefined ? { read: firstRead } : {}),
         quietSince: (sentAt) => quietMs > answeredAt - sentAt + 1,
         confirm: async () => {
           if (!lost && Date.now() - confirmedAt <= leaseMs / 3) return;

@@ -17,6 +17,7 @@ import { openTestDatabase } from '../helpers/database.js';
 let database: Database;
 let close: () => Promise<void>;
 let leases: BookingLeaseStore;
+const server = process.env.TEST_DB === 'server';
 
 beforeAll(async () => {
   ({ database, close } = await openTestDatabase());
@@ -120,6 +121,34 @@ describe('owner booking leases by time range', () => {
     await new Promise((r) => setTimeout(r, 20));
     expect(await quiet('e', range(at(22), at(23)))).toBe(0);
     expect(await holders(u)).not.toContain('short');
+  });
+
+  it('returns a read of the taking statement only when the grant came with no hold ended since its snapshot', async () => {
+    const u = newOwner();
+    await sql`CREATE TABLE IF NOT EXISTS lease_probe (user_id text)`.execute(database.db);
+    const read = sql`(SELECT count(*)::int FROM lease_probe WHERE user_id = ${u})`;
+    const takeReading = (holder: string) =>
+      leases.tryAcquire(u, holder, range(at(10), at(11)), 30_000, undefined, read);
+    expect(await takeReading('a')).toMatchObject({ acquired: true, read: 0 });
+    const refused = await takeReading('b');
+    expect(refused.acquired).toBe(false);
+    expect(refused).not.toHaveProperty('read');
+    if (!server) return; // the rest needs two connections at once
+    // The holder gives its hold back in a transaction that also writes a row, while another taker's
+    // statement (snapshot taken, the row not in it) waits for the owner's row: no read comes back.
+    let taking: ReturnType<typeof takeReading> | undefined;
+    await database.db.transaction().execute(async (trx) => {
+      await sql`INSERT INTO lease_probe VALUES (${u})`.execute(trx);
+      await leases.release(u, 'a', trx);
+      taking = takeReading('c');
+      await new Promise((r) => setTimeout(r, 150));
+    });
+    const granted = await taking!;
+    expect(granted.acquired).toBe(true);
+    expect(granted).not.toHaveProperty('read');
+    // A later taker's snapshot has the row.
+    await leases.release(u, 'c');
+    expect(await takeReading('d')).toMatchObject({ acquired: true, read: 1 });
   });
 
   it('stores the output CTE in the same statement, whether or not the hold is granted', async () => {

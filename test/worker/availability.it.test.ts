@@ -194,6 +194,37 @@ describe('availability before booking', () => {
     expect(refused).not.toContain(friendly(ist(2, 9, 30).at));
   });
 
+  it('our own scheduled meeting keeps its time busy after its Google event is gone', async () => {
+    // The owner deleted the event in Google Calendar; the meeting is still scheduled with us. The
+    // next booking's lease statement reads our meetings (nothing of the owner ended meanwhile).
+    const userId = uid('av');
+    const grant = await s.connectOwner(userId);
+    const agent = await s.createAgent({
+      user_id: userId,
+      name: 'Acme Assistant',
+      timezone: 'Asia/Kolkata',
+      meeting_duration_minutes: 30,
+    });
+    const o = { userId, email: ownerEmail(userId), agentId: agent.agent_id };
+    const slot = ist(3, 15).iso;
+    const booked = await ask(await chatWith(o), 'at 3', { content: JSON.stringify([bookingAction(slot)]) });
+    expect(booked.startsWith('✅ Meeting confirmed!')).toBe(true);
+    const [event] = liveEvents(o.email);
+    const deleted = await fetch(`${s.google.rootUrl}calendar/v3/calendars/primary/events/${event!.id}`, {
+      method: 'DELETE',
+      headers: { authorization: `Bearer ${grant.access_token}` },
+    });
+    expect(deleted.status).toBe(204);
+    expect(liveEvents(o.email)).toHaveLength(0);
+    await new Promise((r) => setTimeout(r, 20)); // the first booking's hold ended well before
+    const refused = await ask(await chatWith(o), 'at 3 too', {
+      content: JSON.stringify([bookingAction(slot)]),
+    });
+    expect(refused.startsWith('Sorry, that time is not available.')).toBe(true);
+    expect(liveEvents(o.email)).toHaveLength(0);
+    expect(await meetingsOf(o.userId)).toHaveLength(1);
+  });
+
   it('a time outside working hours is refused the same way, with alternatives inside them', async () => {
     const o = await newOwner({ working_hours: ALL_WEEK_9_TO_17 });
     const c = await chatWith(o);
