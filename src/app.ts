@@ -26,7 +26,7 @@ import { SecretBox } from './store/secret-box.js';
 import { WebhookStore } from './store/webhooks.js';
 import { BookingService } from './worker/booking-service.js';
 import { OwnerBookingLock } from './worker/owner-lock.js';
-import { createMessageProcessor } from './worker/process-message.js';
+import { createMessageProcessor, createUnreadableAnswer } from './worker/process-message.js';
 import { JobQueue, type QueueSettings } from './worker/queue.js';
 import { WebhookDispatcher, type WebhookOptions } from './worker/webhooks.js';
 
@@ -174,6 +174,8 @@ export async function createApplication(
         onOutcome: (outcome) => metrics.bookings.inc({ outcome }),
         onBusyRead: (kept) => metrics.busyReads.inc({ result: kept ? 'kept' : 'read_again' }),
       });
+      const jobOutcome = (outcome: 'answered' | 'failed' | 'retry' | 'skipped') =>
+        metrics.jobs.inc({ outcome });
       const processMessage = createMessageProcessor({
         db,
         messages,
@@ -183,9 +185,17 @@ export async function createApplication(
         meetingErrorMessage: config.meetingErrorMessage,
         actions: booking,
         logger,
-        onOutcome: (outcome) => metrics.jobs.inc({ outcome }),
+        onOutcome: jobOutcome,
       });
-      await queue.workMessages(processMessage);
+      await queue.workMessages(
+        processMessage,
+        createUnreadableAnswer({
+          db,
+          messages,
+          llmErrorMessage: config.llmErrorMessage,
+          onOutcome: jobOutcome,
+        }),
+      );
     }
 
     const feed = new LiveFeed(database);

@@ -19,12 +19,6 @@ export const WHOLE_OWNER: LeaseRange = { from: -8.64e15, to: 8.64e15 };
 /** The database clock in epoch ms (leases lapse by it, whichever process's clock is off). */
 const NOW_MS = sql<number>`(extract(epoch FROM now()) * 1000)`;
 
-/**
- * The database clock in epoch ms when the statement's expression runs (a hold's end is stamped with
- * it, not with the transaction's start: whatever was made under the hold was made before this).
- */
-const CLOCK_MS = sql<number>`(extract(epoch FROM clock_timestamp()) * 1000)`;
-
 /** `holds` without the holder's hold. */
 const holdsWithout = (holder: string) => sql`(
         SELECT COALESCE(jsonb_agg(h), '[]'::jsonb) FROM jsonb_array_elements(owner_booking_leases.holds) h
@@ -41,7 +35,7 @@ const holding = (key: LeaseKey) =>
  */
 export function leaseReleaseCte(key: LeaseKey): RawBuilder<unknown> {
   return sql`released AS (
-        UPDATE owner_booking_leases SET holds = ${holdsWithout(key.holder)}, released_at = ${CLOCK_MS}
+        UPDATE owner_booking_leases SET holds = ${holdsWithout(key.holder)}
          WHERE ${holding(key)})`;
 }
 
@@ -60,7 +54,8 @@ export class BookingLeaseStore {
    * `saved_output` to run in the same statement (MessageStore's modelOutputCte: the output the
    * booking acts on is stored by the lease's own commit); `alsoRows` counts its rows. `quietMs`
    * (when acquired): how long before this statement began, by the database's clock, a hold of the
-   * owner last ended (given back, or dropped by this statement because it lapsed: then 0); Infinity
+   * owner last ended (given back, or dropped because it lapsed, by this statement too: then 0;
+   * `released_at`, stamped by migration 010's trigger whenever a holder leaves `holds`); Infinity
    * when none ever did.
    *
    * `read`: a scalar subquery evaluated in the same statement; its value comes back as `read` only
@@ -84,7 +79,6 @@ export class BookingLeaseStore {
   ): Promise<{ acquired: boolean; alsoRows: number; quietMs: number; read?: unknown }> {
     const mine = sql`jsonb_build_object('holder', ${holder}::text, 'from', ${range.from}::float8,
                                         'to', ${range.to}::float8, 'until', ${NOW_MS} + ${leaseMs}::float8)`;
-    // A lapsed hold of another holder dropped here ends now (its holder may have made an event).
     const r = await sql<{
       acquired: number;
       also_rows: number;
@@ -100,11 +94,7 @@ export class BookingLeaseStore {
            SET holds = (SELECT COALESCE(jsonb_agg(h), '[]'::jsonb)
                           FROM jsonb_array_elements(owner_booking_leases.holds) h
                          WHERE (h->>'until')::float8 > ${NOW_MS} AND h->>'holder' <> ${holder})
-                       || jsonb_build_array(${mine}),
-               released_at = CASE WHEN EXISTS (
-                                     SELECT 1 FROM jsonb_array_elements(owner_booking_leases.holds) h
-                                      WHERE (h->>'until')::float8 <= ${NOW_MS} AND h->>'holder' <> ${holder})
-                                  THEN ${CLOCK_MS} ELSE owner_booking_leases.released_at END
+                       || jsonb_build_array(${mine})
          WHERE NOT EXISTS (
                  SELECT 1 FROM jsonb_array_elements(owner_booking_leases.holds) h
                   WHERE (h->>'until')::float8 > ${NOW_MS}
@@ -147,7 +137,7 @@ export class BookingLeaseStore {
   /** Gives the hold back; in `trx`, it is free when that transaction commits. */
   async release(userId: string, holder: string, trx?: Transaction<DB>): Promise<void> {
     await sql`
-      UPDATE owner_booking_leases SET holds = ${holdsWithout(holder)}, released_at = ${CLOCK_MS}
+      UPDATE owner_booking_leases SET holds = ${holdsWithout(holder)}
        WHERE ${holding({ userId, holder })}`.execute(trx ?? this.db);
   }
 }

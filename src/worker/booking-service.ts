@@ -364,7 +364,7 @@ export class BookingService implements ActionResponder {
     const w = this.#window(ctx, start);
     if (ctx.lease) return this.#busy(ctx.work, w.readFrom, w.readTo, except);
     const userId = ctx.work.agent.userId;
-    const sentAt = Date.now();
+    const sentAt = performance.now();
     const early = this.deps.calendar.freeBusy(userId, w.readFrom, w.readTo);
     // Awaited below, or dropped when the lock fails or the read is stale.
     early.catch(() => undefined);

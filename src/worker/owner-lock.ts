@@ -23,16 +23,16 @@ export interface OwnerLease {
    */
   releaseIn(trx: Transaction<DB>): Promise<void>;
   /**
-   * As `releaseIn`, for a caller that deletes the lease row within a statement of its own: the reply's
+   * As `releaseIn`, for a caller that gives the hold back within a statement of its own: the reply's
    * statement itself (autocommit, see MeetingStore.bookedRows) or one in the reply's transaction
-   * (MeetingStore.insertBooked). `write` gets the row's key, and the lease counts as given back once
-   * `write` resolved (if it throws, release() deletes the row as after any failure).
+   * (MeetingStore.insertBooked). `write` gets the hold's key, and the lease counts as given back once
+   * `write` resolved (if it throws, release() gives it back as after any failure).
    */
   releaseWith<T>(write: (key: { userId: string; holder: string }) => Promise<T>): Promise<T>;
   /**
    * Frees the lock once the reply's write (its statement or transaction) is over. `committed`: it
-   * committed, so a releaseIn or releaseWith in it already gave the lease back; otherwise the lease
-   * row is deleted now.
+   * committed, so a releaseIn or releaseWith in it already gave the lease back; otherwise the hold
+   * is given back now (the owner's row stays: rows are never deleted, see migration 010).
    * Idempotent.
    */
   release(committed?: boolean): Promise<void>;
@@ -52,11 +52,12 @@ export interface OwnerLease {
    */
   confirm(): Promise<void>;
   /**
-   * Whether no hold of this owner ended (was given back, or lapsed and was dropped) after `sentAt`
-   * (this process's Date.now()) by the time the hold was taken. Then a Calendar read sent at `sentAt`,
-   * before the lease statement, already saw every event made under an earlier hold of an overlapping
-   * range (each was made before its hold ended), and later ones wait for this hold: BookingService
-   * sends its freeBusy read alongside the lease statement and keeps it only when this holds.
+   * True only if no hold of this owner ended (was given back, or lapsed and was dropped) after
+   * `sentAt` (this process's performance.now()) by the time the hold was taken; false may also mean
+   * it cannot tell. Then a Calendar read sent at `sentAt`, before the lease statement, already saw
+   * every event made under an earlier hold of an overlapping range (each was made before its hold
+   * ended), and later ones wait for this hold: BookingService sends its freeBusy read alongside the
+   * lease statement and keeps it only when this holds.
    */
   quietSince(sentAt: number): boolean;
 }
@@ -168,10 +169,10 @@ export class OwnerBookingLock {
         attempt = await this.leases.tryAcquire(userId, holder, range, this.#leaseMs);
       }
       // The taking statement began no later than its answer came back, so a hold that ended
-      // `quietMs` before it began ended more than (answeredAt - sentAt) before `sentAt` only if
-      // quietMs exceeds that: durations only, so the two clocks need not agree. 1 ms covers
-      // Date.now()'s truncation.
-      const answeredAt = Date.now();
+      // `quietMs` before it began (database clock) ended before `sentAt` if quietMs exceeds the time
+      // from `sentAt` to that answer (this process's monotonic clock): durations only, so the two
+      // clocks need not agree; the margin covers rounding and their rates differing by up to 0.1 %.
+      const answeredAt = performance.now();
       const quietMs = attempt.quietMs;
       // When the hold was last known to be live (taken, or renewed), and whether a renewal found it gone.
       let confirmedAt = Date.now();
@@ -198,7 +199,7 @@ export class OwnerBookingLock {
       return {
         alsoRows,
         ...(firstRead !== undefined ? { read: firstRead } : {}),
-        quietSince: (sentAt) => quietMs > answeredAt - sentAt + 1,
+        quietSince: (sentAt) => quietMs > (answeredAt - sentAt) * 1.001 + 1,
         confirm: async () => {
           if (!lost && Date.now() - confirmedAt <= leaseMs / 3) return;
           if (lost || !(await renew())) {

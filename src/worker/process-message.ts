@@ -24,7 +24,7 @@ import {
   type StoredReply,
 } from '../store/messages.js';
 import type { DB, StoredModelOutput } from '../store/schema.js';
-import type { JobContext, JobOutcome } from './queue.js';
+import type { JobContext, JobOutcome, UnreadableHandler } from './queue.js';
 
 /**
  * The reply to send, and what must be committed together with it (e.g. the meeting row). Either
@@ -152,6 +152,27 @@ function describe(err: unknown): string {
  * its statement closes the message (the job's completion), so a second run of an answered message
  * cannot happen through the queue and one racing a slow commit stores nothing.
  */
+/**
+ * The answer to a claimed message whose row could not be read, on its last attempt (the queue's
+ * UnreadableHandler): the model fallback, as when the model cannot be asked. It closes the message
+ * like any reply (unique per customer message).
+ */
+export function createUnreadableAnswer(
+  deps: Pick<MessageProcessorDeps, 'db' | 'messages' | 'llmErrorMessage' | 'onOutcome'>,
+): UnreadableHandler {
+  return async ({ messageId, conversationId }, err) => {
+    const stored = await deps.messages.storeReply(deps.db, {
+      conversationId,
+      replyTo: messageId,
+      content: deps.llmErrorMessage,
+      outcome: 'failed',
+      error: describe(err),
+    });
+    deps.onOutcome?.('failed');
+    return { nextWaiting: stored.nextWaiting };
+  };
+}
+
 export function createMessageProcessor(deps: MessageProcessorDeps) {
   return async function processMessage(work: MessageWork, ctx: JobContext): Promise<JobOutcome | undefined> {
     const log = deps.logger.child({

@@ -45,6 +45,15 @@ export interface JobOutcome {
   nextWaiting?: boolean;
 }
 
+/**
+ * Answers a claimed message whose row could not be read, on its last attempt (the fallback reply;
+ * it returns once that committed, as a handler does).
+ */
+export type UnreadableHandler = (
+  message: { messageId: string; conversationId: string },
+  error: unknown,
+) => Promise<JobOutcome | undefined>;
+
 export interface QueueSettings {
   retryLimit: number;
   concurrency: number;
@@ -126,6 +135,7 @@ export class JobQueue {
    */
   async workMessages(
     handler: (work: MessageWork, ctx: JobContext) => Promise<JobOutcome | undefined>,
+    unreadable?: UnreadableHandler,
   ): Promise<void> {
     const inFlight = new Map<string, Running>();
     let wake: (() => void) | undefined;
@@ -191,14 +201,26 @@ export class JobQueue {
       inFlight.set(key, job);
       let nextWaiting = false;
       try {
-        if (!work) throw error;
-        const outcome = await handler(work, {
-          jobId: `${claim.messageId}#${claim.attempts}`,
-          attempt,
-          isLastAttempt: attempt >= this.settings.retryLimit,
-          giveUp: attempt > this.settings.retryLimit + LAST_ATTEMPT_RERUNS,
-          signal: job.controller.signal,
-        });
+        let outcome: JobOutcome | undefined;
+        if (!work) {
+          // A row that cannot be read (its agent's stored settings corrupt, say) is retried like a
+          // failed attempt, so a repair meanwhile lets it run; its last attempt answers it with the
+          // fallback instead, so it does not hold its conversation for good.
+          if (!unreadable || attempt < this.settings.retryLimit) throw error;
+          this.logger.error(
+            { err: error, message_id: claim.messageId, attempt },
+            'a claimed message could not be read on its last attempt: answering with the fallback',
+          );
+          outcome = await unreadable({ messageId: claim.messageId, conversationId }, error);
+        } else {
+          outcome = await handler(work, {
+            jobId: `${claim.messageId}#${claim.attempts}`,
+            attempt,
+            isLastAttempt: attempt >= this.settings.retryLimit,
+            giveUp: attempt > this.settings.retryLimit + LAST_ATTEMPT_RERUNS,
+            signal: job.controller.signal,
+          });
+        }
         // The reply's statement closed the message: nothing left to complete. The conversation's
         // next message is claimable now; this process has a free slot, so it fetches it itself; if
         // it is stopping, it wakes the others.

@@ -4,7 +4,7 @@
  * takers of overlapping ranges never both win.
  */
 import { sql } from 'kysely';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import {
   BookingLeaseStore,
   type LeaseRange,
@@ -116,6 +116,17 @@ describe('owner booking leases by time range', () => {
     const before = await releasedAt();
     await sql`WITH ${leaseReleaseCte({ userId: u, holder: 'b' })} SELECT 1`.execute(database.db);
     expect(await releasedAt()).toBeGreaterThan(before);
+    // Whatever statement removes a holder stamps the row (migration 010's trigger), e.g. one of a
+    // process still running the previous version; nothing moves the stamp back.
+    const beforeOld = await releasedAt();
+    await sql`UPDATE owner_booking_leases
+                 SET holds = (SELECT COALESCE(jsonb_agg(h), '[]'::jsonb) FROM jsonb_array_elements(holds) h
+                               WHERE h->>'holder' <> 'c')
+               WHERE user_id = ${u}`.execute(database.db);
+    const stamped = await releasedAt();
+    expect(stamped).toBeGreaterThan(beforeOld);
+    await sql`UPDATE owner_booking_leases SET released_at = 0 WHERE user_id = ${u}`.execute(database.db);
+    expect(await releasedAt()).toBe(stamped);
     // A lapsed hold of another holder, dropped by the taking statement itself: it ended just now.
     expect(await quiet('short', range(at(20), at(21)), 1)).toBeGreaterThan(0);
     await new Promise((r) => setTimeout(r, 20));
@@ -140,8 +151,21 @@ describe('owner booking leases by time range', () => {
     await database.db.transaction().execute(async (trx) => {
       await sql`INSERT INTO lease_probe VALUES (${u})`.execute(trx);
       await leases.release(u, 'a', trx);
+      const xid = (await sql<{ x: string }>`SELECT (txid_current() % 4294967296)::text AS x`.execute(trx))
+        .rows[0]!.x;
       taking = takeReading('c');
-      await new Promise((r) => setTimeout(r, 150));
+      // Until that statement waits for this transaction (for the row's lock; its snapshot taken).
+      await vi.waitFor(
+        async () => {
+          const waiting = await sql<{ n: number }>`
+            SELECT count(*)::int AS n FROM pg_locks
+             WHERE locktype = 'transactionid' AND NOT granted AND transactionid::text = ${xid}`.execute(
+            database.db,
+          );
+          expect(waiting.rows[0]!.n).toBeGreaterThan(0);
+        },
+        { timeout: 10_000, interval: 10 },
+      );
     });
     const granted = await taking!;
     expect(granted.acquired).toBe(true);

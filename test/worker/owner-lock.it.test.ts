@@ -54,11 +54,11 @@ describe('OwnerBookingLock', () => {
   it('quietSince(): a read sent before the lock is kept only if no hold of the owner ended after it', async () => {
     const lock = new OwnerBookingLock(leases, logger);
     const u = newOwner();
-    const sentFirst = Date.now();
+    const sentFirst = performance.now();
     const ten = await lock.acquire(u, range(at(10), at(11)));
     expect(ten.quietSince(sentFirst)).toBe(true); // nothing of the owner ever ended
     // A read sent while the 10:00 hold is held, by a booking that then waits for it.
-    const sentWhileHeld = Date.now();
+    const sentWhileHeld = performance.now();
     const waiting = lock.acquire(u, range(at(10), at(11)));
     await sleep(30);
     await ten.release();
@@ -66,12 +66,12 @@ describe('OwnerBookingLock', () => {
     expect(tenAgain.quietSince(sentWhileHeld)).toBe(false);
     await tenAgain.release();
     // A read sent well after the last hold ended is kept, whatever the range.
-    await sleep(40);
-    const sentLater = Date.now();
+    await sleep(200);
+    const sentLater = performance.now();
     const two = await lock.acquire(u, range(at(14), at(15)));
     expect(two.quietSince(sentLater)).toBe(true);
     // A hold of another range ending after the read was sent counts too (the read covers its time).
-    const sentBefore = Date.now();
+    const sentBefore = performance.now();
     await sleep(5);
     await two.release();
     const eleven = await lock.acquire(u, range(at(11), at(12)));
