@@ -85,18 +85,28 @@ export function weekdayIn(at: Date, zone: string): string {
   return zonedParts(at, zone).weekday;
 }
 
-/** "Monday, October 6, 2025 at 7:00 PM GMT+5:30" style text for confirmations. */
+const friendlyFormatters = new Map<string, Intl.DateTimeFormat>();
+
+/**
+ * "Monday, October 6, 2025 at 7:00 PM GMT+5:30" style text for confirmations. One formatter per zone
+ * (building one costs far more than formatting: a refusal formats several times, a tool result dozens).
+ */
 export function friendlyTime(at: Date, zone: string): string {
-  return new Intl.DateTimeFormat('en-US', {
-    timeZone: zone,
-    weekday: 'long',
-    year: 'numeric',
-    month: 'long',
-    day: 'numeric',
-    hour: 'numeric',
-    minute: '2-digit',
-    timeZoneName: 'short',
-  }).format(at);
+  let f = friendlyFormatters.get(zone);
+  if (!f) {
+    f = new Intl.DateTimeFormat('en-US', {
+      timeZone: zone,
+      weekday: 'long',
+      year: 'numeric',
+      month: 'long',
+      day: 'numeric',
+      hour: 'numeric',
+      minute: '2-digit',
+      timeZoneName: 'short',
+    });
+    friendlyFormatters.set(zone, f);
+  }
+  return f.format(at);
 }
 
 /** The local calendar date and clock in `zone` at that instant (weekday 0 = Sunday). */

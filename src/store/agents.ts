@@ -26,8 +26,15 @@ export function bookingOf(
 ): BookingSettings {
   let workingHours: BookingSettings['workingHours'] = null;
   if (r.working_hours !== null && r.working_hours !== undefined) {
-    const raw = typeof r.working_hours === 'string' ? JSON.parse(r.working_hours) : r.working_hours;
-    workingHours = parseWorkingHours(raw);
+    try {
+      const raw = typeof r.working_hours === 'string' ? JSON.parse(r.working_hours) : r.working_hours;
+      workingHours = parseWorkingHours(raw);
+    } catch (err) {
+      // Stored data, not the caller's input: a server error (500), not the validation's 400.
+      throw new Error(`the agent's stored working_hours cannot be read: ${(err as Error).message}`, {
+        cause: err,
+      });
+    }
   }
   return {
     workingHours,

@@ -42,6 +42,14 @@ describe('a claimed message that cannot be read', () => {
     expect(s.openai.requests.length).toBe(0);
     const m = await s.app.http.inject({ url: '/metrics', headers: s.admin });
     expect(m.body).toMatch(/message_jobs_total\{outcome="failed"\} 1/);
+    // Reading that agent over HTTP is a server error (stored data), not the caller's bad input.
+    const opened = await s.app.http.inject({
+      method: 'POST',
+      url: `/api/agents/${c.agentId}/conversations`,
+      payload: {},
+    });
+    expect(opened.statusCode).toBe(500);
+    expect(opened.json()).toEqual({ success: false, error: 'Internal server error' });
   }, 30_000);
 
   it('runs normally once repaired before its last attempt', async () => {
