@@ -26,7 +26,11 @@ import { SecretBox } from './store/secret-box.js';
 import { WebhookStore } from './store/webhooks.js';
 import { BookingService } from './worker/booking-service.js';
 import { OwnerBookingLock } from './worker/owner-lock.js';
-import { createMessageProcessor, createUnreadableAnswer } from './worker/process-message.js';
+import {
+  createMessageProcessor,
+  createUnreadableAnswer,
+  type MessageProcessorDeps,
+} from './worker/process-message.js';
 import { JobQueue, type QueueSettings } from './worker/queue.js';
 import { WebhookDispatcher, type WebhookOptions } from './worker/webhooks.js';
 
@@ -174,7 +178,7 @@ export async function createApplication(
         onOutcome: (outcome) => metrics.bookings.inc({ outcome }),
         onBusyRead: (kept) => metrics.busyReads.inc({ result: kept ? 'kept' : 'read_again' }),
       });
-      const jobOutcome = (outcome: 'answered' | 'failed' | 'retry' | 'skipped') =>
+      const jobOutcome: NonNullable<MessageProcessorDeps['onOutcome']> = (outcome) =>
         metrics.jobs.inc({ outcome });
       const processMessage = createMessageProcessor({
         db,
