@@ -144,6 +144,7 @@ export async function createApplication(
         retryLimit: config.jobRetryLimit,
         concurrency: config.workerConcurrency,
         historyLimit: config.historyLimit,
+        onPickup: (path, count) => metrics.pickups.inc({ path }, count),
         ...options.queue,
       },
       logger,
@@ -219,6 +220,9 @@ export async function createApplication(
       agents,
       conversations,
       messages,
+      // Claims the message for this process's worker when it has a free slot (role all); stores it
+      // for the workers otherwise (role api: this process works no messages).
+      accept: (conversationId, content, access) => queue.accept(conversationId, content, access),
       feed,
       rateLimit: config.rateLimit,
       metrics,

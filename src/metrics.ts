@@ -22,6 +22,13 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly pickups = new Counter({
+    name: 'queue_pickups_total',
+    help: "Customer messages this process's worker took, by how: claimed by the POST's own insert when a slot was free (insert) or by a claim statement (claim)",
+    labelNames: ['path'] as const,
+    registers: [this.registry],
+  });
+
   readonly bookings = new Counter({
     name: 'booking_outcomes_total',
     help: 'Booking actions by outcome (booked, booked_existing, invalid, limit, not_connected, revoked, google_error)',

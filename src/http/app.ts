@@ -25,7 +25,7 @@ import type { LiveFeed } from './live-feed.js';
 import { WindowCounter } from './rate-limit.js';
 import { agentRoutes } from './routes/agents.js';
 import { calendarConnectionRoutes } from './routes/calendar-connections.js';
-import { conversationRoutes } from './routes/conversations.js';
+import { type ConversationRouteDeps, conversationRoutes } from './routes/conversations.js';
 import { healthRoutes } from './routes/health.js';
 import { ErrorBody } from './schemas.js';
 
@@ -41,6 +41,8 @@ export interface HttpDeps {
   agents: AgentStore;
   conversations: ConversationStore;
   messages: MessageStore;
+  /** Stores a customer message (ConversationRouteDeps.accept); default: messages.insertCustomerMessage. */
+  accept?: ConversationRouteDeps['accept'];
   feed: LiveFeed;
   rateLimit: Config['rateLimit'];
   metrics: Metrics;
@@ -168,6 +170,7 @@ export async function buildHttpApp(deps: HttpDeps): Promise<FastifyInstance> {
     agents: deps.agents,
     conversations: deps.conversations,
     messages: deps.messages,
+    accept: deps.accept,
     feed: deps.feed,
     perConversation: new WindowCounter(deps.rateLimit.perConversation, deps.rateLimit.windowSeconds * 1000),
   });

@@ -1,5 +1,6 @@
 import { type Kysely, sql } from 'kysely';
-import { type MessageWork, selectWork, toWork } from './messages.js';
+import { newId } from './ids.js';
+import { MESSAGE_CHANNEL, type Message, type MessageWork, selectWork, toWork } from './messages.js';
 import type { DB } from './schema.js';
 
 /**
@@ -100,6 +101,78 @@ export class MessageQueueStore {
         return { claim, conversationId: row.conversation_id, error };
       }
     });
+  }
+
+  /**
+   * Stores a customer message already claimed for `leaseSeconds` (attempts 1) and returns what
+   * answering it needs, in one statement, for a process that took the message's POST and has a free
+   * worker slot (JobQueue.accept): no claim statement and no wake-up hop before its worker starts.
+   *
+   * Only when the conversation is idle: no pending message in the statement's snapshot (so it is the
+   * conversation's head and none of its messages is claimed). A concurrent insert of the same
+   * conversation that claimed first makes this one's row conflict on `messages_one_claim`
+   * (ON CONFLICT DO NOTHING waits for that insert's commit): nothing is stored. In both cases `claimed`
+   * is false and the caller stores the message unclaimed (MessageStore.insertCustomerMessage), for
+   * the queue to claim in turn.
+   *
+   * The conversation's check is the statement's own, as in insertCustomerMessage: undefined when it
+   * does not exist or, for a customer, its token hash differs. The message is announced on the feed's
+   * channel only: no worker needs waking for a claimed message (its conversation had nothing pending,
+   * so no job of it is running that would have to fetch again).
+   *
+   * Order within a conversation stays one at a time (the unique index), and answers follow `seq`
+   * except for messages sent concurrently: a message stored unclaimed because an earlier one was still
+   * pending, whose statement commits after this one's snapshot saw that earlier one answered, has the
+   * lower `seq` but waits for this one (both were in flight at once; each is answered with the history
+   * its claim read).
+   */
+  async insertClaimed(
+    conversationId: string,
+    content: string,
+    customerTokenHash: string | null,
+    leaseSeconds: number,
+    historyLimit: number,
+  ): Promise<{ claimed: false } | { claimed: true; message: Message; work: ClaimedWork } | undefined> {
+    const work = selectWork(this.db, historyLimit, 'inserted');
+    const r = await sql<Parameters<typeof toWork>[0] & { announced: number }>`
+      WITH conv AS (
+        SELECT c.conversation_id,
+               NOT EXISTS (SELECT 1 FROM messages e
+                            WHERE e.conversation_id = c.conversation_id AND e.status = 'pending') AS free
+          FROM conversations c
+         WHERE c.conversation_id = ${conversationId}
+           AND (${customerTokenHash}::text IS NULL OR c.customer_token_hash = ${customerTokenHash}::text)
+      ), ins AS (
+        INSERT INTO messages (message_id, conversation_id, role, content, status, claimed_until, attempts)
+        SELECT ${newId('msg')}, conversation_id, 'customer', ${content}, 'pending',
+               now() + make_interval(secs => ${leaseSeconds}), 1
+          FROM conv
+         WHERE free
+        ON CONFLICT (conversation_id) WHERE status = 'pending' AND claimed_until IS NOT NULL DO NOTHING
+        RETURNING *
+      ), announced AS (
+        SELECT pg_notify(agent_meetings_channel(${MESSAGE_CHANNEL}), conversation_id) FROM ins
+      )
+      SELECT (SELECT count(*) FROM announced)::int AS announced, w.*
+        FROM conv LEFT JOIN (${work}) AS w ON true`.execute(this.db);
+    const row = r.rows[0];
+    if (!row) return undefined;
+    if (!row.message_id) return { claimed: false };
+    const claim = { messageId: row.message_id, attempts: 1 };
+    const message: Message = {
+      messageId: row.message_id,
+      conversationId: row.conversation_id,
+      role: row.role,
+      content: row.content,
+      createdAt: row.created_at,
+    };
+    try {
+      return { claimed: true, message, work: { claim, conversationId, work: toWork(row) } };
+    } catch (error) {
+      // Stored and claimed, but its agent's settings cannot be read: the queue retries it like any
+      // claimed message it cannot read (JobQueue's UnreadableHandler).
+      return { claimed: true, message, work: { claim, conversationId, error } };
+    }
   }
 
   /**

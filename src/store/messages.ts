@@ -23,6 +23,12 @@ export interface Message {
   createdAt: Date;
 }
 
+/**
+ * Who sends a customer message: a customer, by the SHA-256 hash of the conversation's token the
+ * request carried (the statement compares it with the stored one), or the admin key's holder.
+ */
+export type MessageAccess = { customerTokenHash: string } | 'admin';
+
 /** What the worker needs to answer one customer message. */
 export interface MessageWork {
   message: Message & {
@@ -133,10 +139,19 @@ export function modelOutputCte(
  * this one) and the conversation's upcoming meetings. Messages of a conversation are answered one at
  * a time, so its meetings do not change between this read and the booking that counts them. The
  * caller adds the WHERE.
+ *
+ * `from`: the messages table, or `inserted`, the rows of a CTE named `ins` that inserts the message in
+ * the same statement (MessageQueueStore.insertClaimed). That row is not in the statement's snapshot of
+ * the table, so the history is the message's own row (`m`) followed by the earlier ones read from the
+ * table, whichever the source.
  */
-export function selectWork(db: Kysely<DB>, historyLimit: number) {
-  return widen(db)
-    .selectFrom('messages as m')
+export function selectWork(db: Kysely<DB>, historyLimit: number, from: 'messages' | 'inserted' = 'messages') {
+  const wide = widen(db);
+  const source =
+    from === 'messages'
+      ? wide.selectFrom('messages as m')
+      : wide.withTables<{ ins: MessageTable }>().selectFrom('ins as m');
+  return source
     .innerJoin('conversations as c', 'c.conversation_id', 'm.conversation_id')
     .innerJoin('agents as a', 'a.agent_id', 'c.agent_id')
     .select([
@@ -167,11 +182,13 @@ export function selectWork(db: Kysely<DB>, historyLimit: number) {
       // JSON aggregates: timestamps come back as ISO text, turned into Dates below.
       sql<JsonMessage[]>`(
         SELECT coalesce(json_agg(h ORDER BY h.seq), '[]'::json)
-          FROM (SELECT message_id, conversation_id, role, content, created_at, seq
-                  FROM messages
-                 WHERE conversation_id = m.conversation_id AND seq <= m.seq
-                 ORDER BY seq DESC
-                 LIMIT ${historyLimit}) h)`.as('history'),
+          FROM (SELECT m.message_id, m.conversation_id, m.role, m.content, m.created_at, m.seq
+                UNION ALL
+                (SELECT message_id, conversation_id, role, content, created_at, seq
+                   FROM messages
+                  WHERE conversation_id = m.conversation_id AND seq < m.seq
+                  ORDER BY seq DESC
+                  LIMIT ${historyLimit - 1})) h)`.as('history'),
       sql<JsonUpcoming[]>`(
         SELECT coalesce(json_agg(u ORDER BY u.created_at DESC, u.meeting_id DESC), '[]'::json)
           FROM (SELECT meeting_id, title, meeting_time, duration_minutes, created_at
@@ -232,7 +249,7 @@ export class MessageStore {
   async insertCustomerMessage(
     conversationId: string,
     content: string,
-    access: { customerTokenHash: string } | 'admin',
+    access: MessageAccess,
   ): Promise<Message | undefined> {
     // The conversation's check is this statement's own: the message is stored only into a
     // conversation that exists and, for a customer, whose token hash matches (a comparison of

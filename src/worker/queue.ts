@@ -3,7 +3,13 @@ import { PgBoss } from 'pg-boss';
 import type { Logger } from 'pino';
 import type { Database } from '../store/database.js';
 import { type Claim, type ClaimedWork, isClaimConflict, MessageQueueStore } from '../store/message-queue.js';
-import { CUSTOMER_MESSAGE_CHANNEL, type MessageWork } from '../store/messages.js';
+import {
+  CUSTOMER_MESSAGE_CHANNEL,
+  type Message,
+  type MessageAccess,
+  MessageStore,
+  type MessageWork,
+} from '../store/messages.js';
 
 /**
  * How many more times a message's last attempt runs after one that did not finish (its process died
@@ -61,6 +67,11 @@ export interface QueueSettings {
   historyLimit: number;
   /** The backstop poll for work no notification announced (retries after their backoff); 2 s. */
   pollIntervalMs?: number;
+  /**
+   * Called for each message this process's worker takes: claimed by its own insert (`insert`,
+   * JobQueue.accept) or by a claim statement (`claim`).
+   */
+  onPickup?: (path: 'insert' | 'claim', count: number) => void;
 }
 
 /** A retry's delay: 2 s doubling per attempt, capped at 60 s, with jitter (as pg-boss's backoff). */
@@ -84,6 +95,7 @@ function retryDelaySeconds(attempt: number): number {
 export class JobQueue {
   readonly #boss: PgBoss;
   readonly #messages: MessageQueueStore;
+  readonly #store: MessageStore;
   #started = false;
   #stopping = false;
   #unlisten: (() => Promise<void>) | undefined;
@@ -93,6 +105,10 @@ export class JobQueue {
         inFlight: Map<string, Running>;
         stopTimers: () => void;
         wake: () => void;
+        /** Holds a free slot for a message claimed by its own insert (accept); undefined when none. */
+        reserve: () => SlotReservation | undefined;
+        /** Slots held by reserve() and not yet run or given back. */
+        reserved: () => number;
       }
     | undefined;
 
@@ -111,6 +127,7 @@ export class JobQueue {
       queueCacheIntervalSeconds: 5,
     });
     this.#messages = new MessageQueueStore(database.db);
+    this.#store = new MessageStore(database.db);
     this.#boss.on('error', (err) => this.logger.error({ err }, 'job queue error'));
   }
 
@@ -122,6 +139,45 @@ export class JobQueue {
   async start(): Promise<void> {
     await this.#boss.start();
     this.#started = true;
+  }
+
+  /**
+   * Stores a customer message (the POST's one statement) and returns it; undefined when the
+   * conversation does not exist or the token is not its own.
+   *
+   * When this process works messages, is not stopping and has a free slot, the statement also claims
+   * the message if its conversation is idle, and the slot runs it at once
+   * (MessageQueueStore.insertClaimed): the message reaches the model without a wake-up hop or a claim
+   * statement. Durability is the same as a claim's: the message is committed with its claim before
+   * the POST is answered, and if this process dies before answering it, the claim lapses and any
+   * worker claims it again (LEASE_SECONDS). Otherwise (no slot, the conversation busy, a concurrent
+   * insert of it claimed first, an API-only process) it is stored unclaimed and announced, and
+   * whichever worker is free claims it.
+   */
+  async accept(conversationId: string, content: string, access: MessageAccess): Promise<Message | undefined> {
+    const slot = this.#started && !this.#stopping ? this.#dispatcher?.reserve() : undefined;
+    if (slot) {
+      let stored: Awaited<ReturnType<MessageQueueStore['insertClaimed']>>;
+      try {
+        stored = await this.#messages.insertClaimed(
+          conversationId,
+          content,
+          access === 'admin' ? null : access.customerTokenHash,
+          LEASE_SECONDS,
+          this.settings.historyLimit,
+        );
+      } catch (err) {
+        slot.cancel();
+        throw err;
+      }
+      if (stored?.claimed) {
+        slot.run(stored.work);
+        return stored.message;
+      }
+      slot.cancel();
+      if (!stored) return undefined;
+    }
+    return this.#store.insertCustomerMessage(conversationId, content, access);
   }
 
   /**
@@ -243,9 +299,35 @@ export class JobQueue {
       }
     };
 
+    // Slots held for messages their own insert is claiming (accept): counted as taken until the
+    // insert's statement answers, so the claim statement never takes more than the free slots.
+    let reserved = 0;
+    const reserve = (): SlotReservation | undefined => {
+      if (this.#stopping || inFlight.size + reserved >= this.settings.concurrency) return undefined;
+      reserved += 1;
+      let open = true;
+      const close = () => {
+        if (!open) return false;
+        open = false;
+        reserved -= 1;
+        return true;
+      };
+      return {
+        run: (work) => {
+          if (!close()) return;
+          this.settings.onPickup?.('insert', 1);
+          void run(work);
+        },
+        cancel: () => {
+          // The slot is free again: if a wake-up found no free slot meanwhile, fetch now.
+          if (close() && (saturated || woken)) nudge();
+        },
+      };
+    };
+
     const loop = async () => {
       while (!this.#stopping) {
-        const free = this.settings.concurrency - inFlight.size;
+        const free = this.settings.concurrency - inFlight.size - reserved;
         let fetched = 0;
         if (free > 0) {
           woken = false;
@@ -253,6 +335,7 @@ export class JobQueue {
             const claimed = await this.#messages.claim(free, LEASE_SECONDS, this.settings.historyLimit);
             fetched = claimed.length;
             saturated = fetched === free;
+            if (fetched > 0) this.settings.onPickup?.('claim', fetched);
             for (const c of claimed) void run(c);
           } catch (err) {
             if (isClaimConflict(err)) {
@@ -269,7 +352,7 @@ export class JobQueue {
         if (fetched > 0 && fetched === free) continue;
         // Woken with no free slot: wait (a finishing job nudges again). Looping here would spin
         // without awaiting and starve the event loop: jobs, heartbeats and signals would all stall.
-        if (woken && this.settings.concurrency - inFlight.size > 0) continue;
+        if (woken && this.settings.concurrency - inFlight.size - reserved > 0) continue;
         await new Promise<void>((resolve) => {
           const timer = setTimeout(resolve, this.settings.pollIntervalMs ?? 2_000);
           wake = () => {
@@ -285,6 +368,8 @@ export class JobQueue {
       inFlight,
       stopTimers: () => clearInterval(heartbeat),
       wake: nudge,
+      reserve,
+      reserved: () => reserved,
     };
   }
 
@@ -309,7 +394,9 @@ export class JobQueue {
       d.wake();
       await d.done;
       const deadline = Date.now() + timeoutMs;
-      while (d.inFlight.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      // A POST whose insert is claiming its message still holds a reserved slot: it runs here too.
+      while ((d.inFlight.size > 0 || d.reserved() > 0) && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 50));
       d.stopTimers();
       const left = [...d.inFlight.values()];
       for (const job of left) {
@@ -326,6 +413,14 @@ export class JobQueue {
     await this.#unlisten?.().catch(() => {});
     await this.#boss.stop({ graceful: true, timeout: 5_000, close: true });
   }
+}
+
+/** A worker slot held for a message its own insert is claiming (JobQueue.accept). */
+interface SlotReservation {
+  /** The insert claimed it: run it in this slot. */
+  run(work: ClaimedWork): void;
+  /** It was not claimed (or the statement failed): the slot is free again. */
+  cancel(): void;
 }
 
 /** A message being answered in this process. */

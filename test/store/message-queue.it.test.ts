@@ -4,9 +4,9 @@
  * back (lapse, release with backoff) and the claim fence (a stale claim changes nothing).
  */
 import { sql } from 'kysely';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { AgentStore } from '../../src/store/agents.js';
-import { ConversationStore } from '../../src/store/conversations.js';
+import { ConversationStore, hashToken } from '../../src/store/conversations.js';
 import type { Database } from '../../src/store/database.js';
 import { isClaimConflict, MessageQueueStore } from '../../src/store/message-queue.js';
 import { MessageStore } from '../../src/store/messages.js';
@@ -18,6 +18,7 @@ let messages: MessageStore;
 let queue: MessageQueueStore;
 let conversations: ConversationStore;
 let agentId: string;
+const server = process.env.TEST_DB === 'server';
 
 beforeAll(async () => {
   ({ database, close } = await openTestDatabase());
@@ -156,5 +157,103 @@ describe('message queue', () => {
     await answer(a.conversationId, a.ids[0]!);
     await claimAll();
     await answer(a.conversationId, a.ids[1]!);
+  });
+});
+
+describe('a message claimed by its own insert', () => {
+  /** The conversation's messages as stored, in order. */
+  const stored = (conversationId: string) =>
+    database.db
+      .selectFrom('messages')
+      .select(['content', 'status', 'attempts', 'claimed_until'])
+      .where('conversation_id', '=', conversationId)
+      .orderBy('seq')
+      .execute();
+
+  it('in an idle conversation: stored claimed (attempt 1), with what answering it needs', async () => {
+    const { conversation, customerToken } = await conversations.create({ agentId });
+    const id = conversation.conversationId;
+    // Earlier exchanges: the history is the last `historyLimit` messages, ending with this one.
+    const earlier: string[] = [];
+    for (const t of ['h1', 'h2']) {
+      const m = (await messages.insertCustomerMessage(id, t, 'admin'))!;
+      await claimAll();
+      await answer(id, m.messageId);
+      earlier.push(m.messageId);
+    }
+    const got = await queue.insertClaimed(id, 'now', hashToken(customerToken), 15, 3);
+    expect(got?.claimed).toBe(true);
+    if (!got?.claimed) return;
+    expect(got.message).toMatchObject({ conversationId: id, role: 'customer', content: 'now' });
+    expect(got.work.claim).toEqual({ messageId: got.message.messageId, attempts: 1 });
+    const work = got.work.work!;
+    expect(work.message).toMatchObject({ messageId: got.message.messageId, status: 'pending', attempts: 1 });
+    expect(work.agent.agentId).toBe(agentId);
+    expect(work.conversation.conversationId).toBe(id);
+    expect(work.history.map((m) => m.content)).toEqual(['h2', `re ${earlier[1]}`, 'now']);
+    expect(work.history.at(-1)!.createdAt.getTime()).toBe(got.message.createdAt.getTime());
+    const last = (await stored(id)).at(-1)!;
+    expect(last).toMatchObject({ content: 'now', status: 'pending', attempts: 1 });
+    expect(last.claimed_until).not.toBeNull();
+    // Held by its claim: the queue's claim does not take it, nor a message sent after it.
+    const next = await messages.insertCustomerMessage(id, 'after', 'admin');
+    expect(await claimAll()).toEqual([]);
+    await answer(id, got.message.messageId);
+    expect((await claimAll()).map((c) => c.claim.messageId)).toEqual([next!.messageId]);
+    await answer(id, next!.messageId);
+  });
+
+  it("stores nothing when the conversation has a message pending, or is not the token holder's", async () => {
+    const { conversation, customerToken } = await conversations.create({ agentId });
+    const id = conversation.conversationId;
+    const first = await queue.insertClaimed(id, 'first', null, 15, 10);
+    expect(first?.claimed).toBe(true);
+    // The first is pending (claimed): the second is not claimed and not stored (the caller stores it
+    // unclaimed); so is one sent while a message waits unclaimed (e.g. in its backoff).
+    expect(await queue.insertClaimed(id, 'second', hashToken(customerToken), 15, 10)).toEqual({
+      claimed: false,
+    });
+    const waiting = (await messages.insertCustomerMessage(id, 'waiting', 'admin'))!;
+    if (first?.claimed) await answer(id, first.message.messageId);
+    expect(await queue.insertClaimed(id, 'third', null, 15, 10)).toEqual({ claimed: false });
+    // Refused: a wrong token, or no such conversation.
+    expect(await queue.insertClaimed(id, 'wrong', 'f'.repeat(64), 15, 10)).toBeUndefined();
+    expect(await queue.insertClaimed('cnv_missing', 'none', null, 15, 10)).toBeUndefined();
+    expect((await stored(id)).map((m) => m.content)).toEqual([
+      'first',
+      'waiting',
+      `re ${first?.claimed ? first.message.messageId : ''}`,
+    ]);
+    await claimAll();
+    await answer(id, waiting.messageId);
+  });
+
+  it('stores nothing when a concurrent insert of the conversation claimed first (server)', async () => {
+    if (!server) return; // needs two connections at once
+    const { conversation } = await conversations.create({ agentId });
+    const id = conversation.conversationId;
+    let racing: ReturnType<MessageQueueStore['insertClaimed']> | undefined;
+    // Another POST's insert has claimed a message of the conversation and not committed yet; this
+    // statement's snapshot sees an idle conversation, so it tries to claim too and waits on the
+    // unique index for that transaction.
+    await database.db.transaction().execute(async (trx) => {
+      await new MessageQueueStore(trx).insertClaimed(id, 'winner', null, 15, 10);
+      const xid = (await sql<{ x: string }>`SELECT (txid_current() % 4294967296)::text AS x`.execute(trx))
+        .rows[0]!.x;
+      racing = queue.insertClaimed(id, 'loser', null, 15, 10);
+      await vi.waitFor(
+        async () => {
+          const waiting = await sql<{ n: number }>`
+            SELECT count(*)::int AS n FROM pg_locks
+             WHERE locktype = 'transactionid' AND NOT granted AND transactionid::text = ${xid}`.execute(
+            database.db,
+          );
+          expect(waiting.rows[0]!.n).toBeGreaterThan(0);
+        },
+        { timeout: 10_000, interval: 10 },
+      );
+    });
+    expect(await racing).toEqual({ claimed: false });
+    expect((await stored(id)).map((m) => m.content)).toEqual(['winner']);
   });
 });

@@ -4,7 +4,7 @@ import { Type } from 'typebox';
 import { Forbidden, InvalidInput, NotFound, Unauthorized } from '../../domain/errors.js';
 import type { AgentStore } from '../../store/agents.js';
 import { type Conversation, type ConversationStore, hashToken } from '../../store/conversations.js';
-import type { Message, MessageStore } from '../../store/messages.js';
+import type { Message, MessageAccess, MessageStore } from '../../store/messages.js';
 import { bearerToken, isAdmin, secretEquals } from '../auth.js';
 import type { LiveFeed } from '../live-feed.js';
 import type { WindowCounter } from '../rate-limit.js';
@@ -15,6 +15,13 @@ export interface ConversationRouteDeps {
   agents: AgentStore;
   conversations: ConversationStore;
   messages: MessageStore;
+  /**
+   * Stores a customer message (its own job): JobQueue.accept, which also claims it for this process's
+   * worker when a slot is free; default: messages.insertCustomerMessage. Undefined: refused.
+   */
+  accept?:
+    | ((conversationId: string, content: string, access: MessageAccess) => Promise<Message | undefined>)
+    | undefined;
   feed: LiveFeed;
   perConversation: WindowCounter;
 }
@@ -141,12 +148,12 @@ export const conversationRoutes: FastifyPluginAsyncTypebox<ConversationRouteDeps
             .send({ success: false, error: `Too many messages in this conversation; retry in ${wait} s` });
         }
         // One statement: the message is its own job (src/store/message-queue.ts), stored and queued
-        // together, and its commit wakes the workers.
-        const message = await deps.messages.insertCustomerMessage(
-          conversationId,
-          req.body.content,
-          admin ? 'admin' : { customerTokenHash: hashToken(token) },
-        );
+        // together; claimed by it for this process's worker when a slot is free (JobQueue.accept),
+        // else its commit wakes the workers.
+        const access: MessageAccess = admin ? 'admin' : { customerTokenHash: hashToken(token) };
+        const message = deps.accept
+          ? await deps.accept(conversationId, req.body.content, access)
+          : await deps.messages.insertCustomerMessage(conversationId, req.body.content, access);
         // Same answers as authorize(): ids are not enumerable.
         if (!message) {
           if (admin) throw new NotFound(`No conversation ${conversationId}`);
