@@ -1,3 +1,4 @@
+import { Agent, request } from 'node:http';
 import { messageText } from '../test/emulators/openai.js';
 import {
   type BenchOwner,
@@ -380,8 +381,54 @@ async function openConversations(stack: BenchStack, owners: BenchOwner[], count:
   return bookings;
 }
 
+/**
+ * POSTs JSON over node:http with a keep-alive agent and resolves with the parsed answer (rejects on a
+ * non-2xx status). The load generator's sends use it rather than fetch: fetch spends ~0.4 ms more
+ * of the bench process's time between the send's timestamp and the request's bytes leaving
+ * (measured against a bare Fastify route: send to handler p50 0.77–0.87 ms with fetch, 0.36–0.46 ms
+ * with node:http), which the figures would count as the service's overhead.
+ */
+function postJson<T>(agent: Agent, url: URL, headers: Record<string, string>, body: string): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const req = request(
+      {
+        host: url.hostname,
+        port: url.port,
+        method: 'POST',
+        path: url.pathname,
+        headers: {
+          ...headers,
+          'content-type': 'application/json',
+          'content-length': String(Buffer.byteLength(body)),
+        },
+        agent,
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('error', reject);
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          const status = res.statusCode ?? 0;
+          if (status < 200 || status > 299) reject(new Error(`${status} ${text}`));
+          else {
+            try {
+              resolve(JSON.parse(text) as T);
+            } catch (err) {
+              reject(err);
+            }
+          }
+        });
+      },
+    );
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
 /** Open loop: one booking request every 1/rate s, whatever the answers; failures are recorded. */
 async function send(stack: BenchStack, bookings: Booking[], rate: number, mark: '#' | 'w') {
+  const agent = new Agent({ keepAlive: true });
   const started = Date.now();
   const sends: Promise<void>[] = [];
   for (const b of bookings) {
@@ -390,22 +437,22 @@ async function send(stack: BenchStack, bookings: Booking[], rate: number, mark: 
     if (wait > 0) await sleep(wait);
     b.sentAt = Date.now();
     sends.push(
-      fetch(`${stack.baseUrl}/api/conversations/${b.conversationId}/messages`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${b.token}`, 'content-type': 'application/json' },
-        body: JSON.stringify({ content: `please book ${mark}${b.idx}` }),
-      })
-        .then((r) => json<{ message_id: string }>(r))
-        .then(
-          (r) => {
-            b.messageId = r.message_id;
-          },
-          (err: unknown) => {
-            // Counted, not fatal: an overloaded service refusing or timing out is a result too.
-            b.sendError = String((err as Error)?.message ?? err);
-          },
-        ),
+      postJson<{ message_id: string }>(
+        agent,
+        new URL(`${stack.baseUrl}/api/conversations/${b.conversationId}/messages`),
+        { authorization: `Bearer ${b.token}` },
+        JSON.stringify({ content: `please book ${mark}${b.idx}` }),
+      ).then(
+        (r) => {
+          b.messageId = r.message_id;
+        },
+        (err: unknown) => {
+          // Counted, not fatal: an overloaded service refusing or timing out is a result too.
+          b.sendError = String((err as Error)?.message ?? err);
+        },
+      ),
     );
   }
   await Promise.all(sends);
+  agent.destroy();
 }
