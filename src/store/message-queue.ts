@@ -1,6 +1,13 @@
 import { type Kysely, sql } from 'kysely';
 import { newId } from './ids.js';
-import { MESSAGE_CHANNEL, type Message, type MessageWork, selectWork, toWork } from './messages.js';
+import {
+  CUSTOMER_MESSAGE_CHANNEL,
+  MESSAGE_CHANNEL,
+  type Message,
+  type MessageWork,
+  selectWork,
+  toWork,
+} from './messages.js';
 import type { DB } from './schema.js';
 
 /**
@@ -104,27 +111,28 @@ export class MessageQueueStore {
   }
 
   /**
-   * Stores a customer message already claimed for `leaseSeconds` (attempts 1) and returns what
-   * answering it needs, in one statement, for a process that took the message's POST and has a free
-   * worker slot (JobQueue.accept): no claim statement and no wake-up hop before its worker starts.
+   * Stores a customer message for a process that took its POST and holds a free worker slot
+   * (JobQueue.accept), in one statement, and claims it there when it can: no claim statement and no
+   * wake-up hop before that slot runs it.
    *
-   * Only when the conversation is idle: no pending message in the statement's snapshot (so it is the
-   * conversation's head and none of its messages is claimed). A concurrent insert of the same
-   * conversation that claimed first makes this one's row conflict on `messages_one_claim`
-   * (ON CONFLICT DO NOTHING waits for that insert's commit): nothing is stored. In both cases `claimed`
-   * is false and the caller stores the message unclaimed (MessageStore.insertCustomerMessage), for
-   * the queue to claim in turn.
+   * - The conversation idle (no pending message in the statement's snapshot, so this message is its
+   *   head and none of its messages is claimed): stored claimed for `leaseSeconds` (attempts 1), and
+   *   `work` is what answering it needs. Announced on the feed's channel only: no worker needs waking
+   *   (no job of its conversation is running that would have to fetch again).
+   * - A message of it pending: stored unclaimed and announced to the workers, as
+   *   MessageStore.insertCustomerMessage does; `work` is absent and the queue claims it in turn.
+   * - A concurrent insert of the same conversation claimed first (both snapshots saw it idle): this
+   *   row conflicts on `messages_one_claim` (ON CONFLICT DO NOTHING waits for that insert's commit)
+   *   and nothing is stored; `message` is absent and the caller stores it unclaimed.
    *
    * The conversation's check is the statement's own, as in insertCustomerMessage: undefined when it
-   * does not exist or, for a customer, its token hash differs. The message is announced on the feed's
-   * channel only: no worker needs waking for a claimed message (its conversation had nothing pending,
-   * so no job of it is running that would have to fetch again).
+   * does not exist or, for a customer, its token hash differs.
    *
    * Order within a conversation stays one at a time (the unique index), and answers follow `seq`
-   * except for messages sent concurrently: a message stored unclaimed because an earlier one was still
-   * pending, whose statement commits after this one's snapshot saw that earlier one answered, has the
-   * lower `seq` but waits for this one (both were in flight at once; each is answered with the history
-   * its claim read).
+   * except for messages sent at once: a message stored unclaimed behind a pending one, whose statement
+   * commits after this one's snapshot saw that pending one answered, has the lower `seq` but is
+   * answered after this one. Its history, like any message's, is the conversation as stored before
+   * it (`seq`), so it does not show this one's exchange: the customer sent it first.
    */
   async insertClaimed(
     conversationId: string,
@@ -132,9 +140,16 @@ export class MessageQueueStore {
     customerTokenHash: string | null,
     leaseSeconds: number,
     historyLimit: number,
-  ): Promise<{ claimed: false } | { claimed: true; message: Message; work: ClaimedWork } | undefined> {
+  ): Promise<{ message?: Message; work?: ClaimedWork } | undefined> {
     const work = selectWork(this.db, historyLimit, 'inserted');
-    const r = await sql<Parameters<typeof toWork>[0] & { announced: number }>`
+    const messageId = newId('msg');
+    const r = await sql<
+      Parameters<typeof toWork>[0] & {
+        announced: number;
+        queued_id: string | null;
+        queued_at: Date | null;
+      }
+    >`
       WITH conv AS (
         SELECT c.conversation_id,
                NOT EXISTS (SELECT 1 FROM messages e
@@ -144,20 +159,45 @@ export class MessageQueueStore {
            AND (${customerTokenHash}::text IS NULL OR c.customer_token_hash = ${customerTokenHash}::text)
       ), ins AS (
         INSERT INTO messages (message_id, conversation_id, role, content, status, claimed_until, attempts)
-        SELECT ${newId('msg')}, conversation_id, 'customer', ${content}, 'pending',
+        SELECT ${messageId}, conversation_id, 'customer', ${content}, 'pending',
                now() + make_interval(secs => ${leaseSeconds}), 1
           FROM conv
          WHERE free
         ON CONFLICT (conversation_id) WHERE status = 'pending' AND claimed_until IS NOT NULL DO NOTHING
         RETURNING *
+      ), queued AS (
+        INSERT INTO messages (message_id, conversation_id, role, content, status)
+        SELECT ${messageId}, conversation_id, 'customer', ${content}, 'pending'
+          FROM conv
+         WHERE NOT free
+        RETURNING message_id, conversation_id, created_at
       ), announced AS (
         SELECT pg_notify(agent_meetings_channel(${MESSAGE_CHANNEL}), conversation_id) FROM ins
+        UNION ALL
+        SELECT pg_notify(agent_meetings_channel(${MESSAGE_CHANNEL}), conversation_id) FROM queued
+        UNION ALL
+        SELECT pg_notify(agent_meetings_channel(${CUSTOMER_MESSAGE_CHANNEL}), conversation_id || ' ' || message_id)
+          FROM queued
       )
-      SELECT (SELECT count(*) FROM announced)::int AS announced, w.*
-        FROM conv LEFT JOIN (${work}) AS w ON true`.execute(this.db);
+      SELECT (SELECT count(*) FROM announced)::int AS announced,
+             queued.message_id AS queued_id, queued.created_at AS queued_at, w.*
+        FROM conv
+        LEFT JOIN (${work}) AS w ON true
+        LEFT JOIN queued ON true`.execute(this.db);
     const row = r.rows[0];
     if (!row) return undefined;
-    if (!row.message_id) return { claimed: false };
+    if (row.queued_id) {
+      return {
+        message: {
+          messageId: row.queued_id,
+          conversationId,
+          role: 'customer',
+          content,
+          createdAt: row.queued_at!,
+        },
+      };
+    }
+    if (!row.message_id) return {};
     const claim = { messageId: row.message_id, attempts: 1 };
     const message: Message = {
       messageId: row.message_id,
@@ -167,11 +207,11 @@ export class MessageQueueStore {
       createdAt: row.created_at,
     };
     try {
-      return { claimed: true, message, work: { claim, conversationId, work: toWork(row) } };
+      return { message, work: { claim, conversationId, work: toWork(row) } };
     } catch (error) {
       // Stored and claimed, but its agent's settings cannot be read: the queue retries it like any
       // claimed message it cannot read (JobQueue's UnreadableHandler).
-      return { claimed: true, message, work: { claim, conversationId, error } };
+      return { message, work: { claim, conversationId, error } };
     }
   }
 

@@ -150,9 +150,11 @@ export class JobQueue {
    * (MessageQueueStore.insertClaimed): the message reaches the model without a wake-up hop or a claim
    * statement. Durability is the same as a claim's: the message is committed with its claim before
    * the POST is answered, and if this process dies before answering it, the claim lapses and any
-   * worker claims it again (LEASE_SECONDS). Otherwise (no slot, the conversation busy, a concurrent
-   * insert of it claimed first, an API-only process) it is stored unclaimed and announced, and
-   * whichever worker is free claims it.
+   * worker claims it again (LEASE_SECONDS); so does a statement whose answer is lost after its
+   * commit (the POST fails, the message waits for its claim to lapse). Otherwise (no slot, the
+   * conversation busy, an API-only process) it is stored unclaimed and announced, and whichever
+   * worker is free claims it; only when a concurrent insert of its conversation claimed first does
+   * that take a second statement.
    */
   async accept(conversationId: string, content: string, access: MessageAccess): Promise<Message | undefined> {
     const slot = this.#started && !this.#stopping ? this.#dispatcher?.reserve() : undefined;
@@ -170,12 +172,11 @@ export class JobQueue {
         slot.cancel();
         throw err;
       }
-      if (stored?.claimed) {
-        slot.run(stored.work);
-        return stored.message;
-      }
-      slot.cancel();
-      if (!stored) return undefined;
+      if (stored?.work) slot.run(stored.work);
+      else slot.cancel();
+      // Refused, or stored (claimed and running here, or unclaimed behind a pending message of its
+      // conversation); else a concurrent insert of its conversation claimed first: stored below.
+      if (!stored || stored.message) return stored?.message;
     }
     return this.#store.insertCustomerMessage(conversationId, content, access);
   }
@@ -299,11 +300,14 @@ export class JobQueue {
       }
     };
 
-    // Slots held for messages their own insert is claiming (accept): counted as taken until the
-    // insert's statement answers, so the claim statement never takes more than the free slots.
+    // Slots held for messages their own insert is claiming (accept), and slots a claim statement in
+    // flight may fill: each side counts the other's as taken, so together they never run more than
+    // `concurrency` messages.
     let reserved = 0;
+    let claiming = 0;
     const reserve = (): SlotReservation | undefined => {
-      if (this.#stopping || inFlight.size + reserved >= this.settings.concurrency) return undefined;
+      if (this.#stopping || inFlight.size + reserved + claiming >= this.settings.concurrency)
+        return undefined;
       reserved += 1;
       let open = true;
       const close = () => {
@@ -331,13 +335,17 @@ export class JobQueue {
         let fetched = 0;
         if (free > 0) {
           woken = false;
+          claiming = free;
           try {
             const claimed = await this.#messages.claim(free, LEASE_SECONDS, this.settings.historyLimit);
+            claiming = 0;
             fetched = claimed.length;
             saturated = fetched === free;
             if (fetched > 0) this.settings.onPickup?.('claim', fetched);
+            // Each run enters inFlight synchronously, before anything else can reserve.
             for (const c of claimed) void run(c);
           } catch (err) {
+            claiming = 0;
             if (isClaimConflict(err)) {
               // Another worker claimed a message of the same conversation at the same moment; the
               // statement claimed nothing. Fetch again: its snapshot will see that claim.

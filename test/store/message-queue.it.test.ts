@@ -182,50 +182,59 @@ describe('a message claimed by its own insert', () => {
       earlier.push(m.messageId);
     }
     const got = await queue.insertClaimed(id, 'now', hashToken(customerToken), 15, 3);
-    expect(got?.claimed).toBe(true);
-    if (!got?.claimed) return;
-    expect(got.message).toMatchObject({ conversationId: id, role: 'customer', content: 'now' });
-    expect(got.work.claim).toEqual({ messageId: got.message.messageId, attempts: 1 });
-    const work = got.work.work!;
-    expect(work.message).toMatchObject({ messageId: got.message.messageId, status: 'pending', attempts: 1 });
+    const message = got!.message!;
+    expect(message).toMatchObject({ conversationId: id, role: 'customer', content: 'now' });
+    expect(got!.work!.claim).toEqual({ messageId: message.messageId, attempts: 1 });
+    const work = got!.work!.work!;
+    expect(work.message).toMatchObject({ messageId: message.messageId, status: 'pending', attempts: 1 });
     expect(work.agent.agentId).toBe(agentId);
     expect(work.conversation.conversationId).toBe(id);
     expect(work.history.map((m) => m.content)).toEqual(['h2', `re ${earlier[1]}`, 'now']);
-    expect(work.history.at(-1)!.createdAt.getTime()).toBe(got.message.createdAt.getTime());
+    expect(work.history.at(-1)!.createdAt.getTime()).toBe(message.createdAt.getTime());
     const last = (await stored(id)).at(-1)!;
     expect(last).toMatchObject({ content: 'now', status: 'pending', attempts: 1 });
     expect(last.claimed_until).not.toBeNull();
     // Held by its claim: the queue's claim does not take it, nor a message sent after it.
     const next = await messages.insertCustomerMessage(id, 'after', 'admin');
     expect(await claimAll()).toEqual([]);
-    await answer(id, got.message.messageId);
+    await answer(id, message.messageId);
     expect((await claimAll()).map((c) => c.claim.messageId)).toEqual([next!.messageId]);
     await answer(id, next!.messageId);
   });
 
-  it("stores nothing when the conversation has a message pending, or is not the token holder's", async () => {
+  it('with a message of the conversation pending: stored unclaimed in the same statement, for the queue', async () => {
     const { conversation, customerToken } = await conversations.create({ agentId });
     const id = conversation.conversationId;
-    const first = await queue.insertClaimed(id, 'first', null, 15, 10);
-    expect(first?.claimed).toBe(true);
-    // The first is pending (claimed): the second is not claimed and not stored (the caller stores it
-    // unclaimed); so is one sent while a message waits unclaimed (e.g. in its backoff).
-    expect(await queue.insertClaimed(id, 'second', hashToken(customerToken), 15, 10)).toEqual({
-      claimed: false,
-    });
-    const waiting = (await messages.insertCustomerMessage(id, 'waiting', 'admin'))!;
-    if (first?.claimed) await answer(id, first.message.messageId);
-    expect(await queue.insertClaimed(id, 'third', null, 15, 10)).toEqual({ claimed: false });
-    // Refused: a wrong token, or no such conversation.
+    const first = (await queue.insertClaimed(id, 'first', null, 15, 10))!;
+    expect(first.work).toBeDefined();
+    // The first is pending (claimed): the second is stored, not claimed.
+    const second = (await queue.insertClaimed(id, 'second', hashToken(customerToken), 15, 10))!;
+    expect(second.work).toBeUndefined();
+    expect(second.message).toMatchObject({ conversationId: id, role: 'customer', content: 'second' });
+    expect(await claimAll()).toEqual([]);
+    await answer(id, first.message!.messageId);
+    // So is one sent while a message waits unclaimed (here: the second, until the queue claims it).
+    const third = (await queue.insertClaimed(id, 'third', null, 15, 10))!;
+    expect(third.work).toBeUndefined();
+    expect(await stored(id)).toMatchObject([
+      { content: 'first', status: 'answered' },
+      { content: 'second', status: 'pending', attempts: 0, claimed_until: null },
+      { content: `re ${first.message!.messageId}` },
+      { content: 'third', status: 'pending', attempts: 0, claimed_until: null },
+    ]);
+    // In order, through the queue's claim.
+    for (const m of [second.message!, third.message!]) {
+      expect((await claimAll()).map((c) => c.claim.messageId)).toEqual([m.messageId]);
+      await answer(id, m.messageId);
+    }
+  });
+
+  it('stores nothing for a caller that is not the token holder, or no conversation', async () => {
+    const { conversation } = await conversations.create({ agentId });
+    const id = conversation.conversationId;
     expect(await queue.insertClaimed(id, 'wrong', 'f'.repeat(64), 15, 10)).toBeUndefined();
     expect(await queue.insertClaimed('cnv_missing', 'none', null, 15, 10)).toBeUndefined();
-    expect((await stored(id)).map((m) => m.content)).toEqual([
-      'first',
-      'waiting',
-      `re ${first?.claimed ? first.message.messageId : ''}`,
-    ]);
-    await claimAll();
-    await answer(id, waiting.messageId);
+    expect(await stored(id)).toEqual([]);
   });
 
   it('stores nothing when a concurrent insert of the conversation claimed first (server)', async () => {
@@ -233,11 +242,13 @@ describe('a message claimed by its own insert', () => {
     const { conversation } = await conversations.create({ agentId });
     const id = conversation.conversationId;
     let racing: ReturnType<MessageQueueStore['insertClaimed']> | undefined;
+    let winner: string | undefined;
     // Another POST's insert has claimed a message of the conversation and not committed yet; this
     // statement's snapshot sees an idle conversation, so it tries to claim too and waits on the
     // unique index for that transaction.
     await database.db.transaction().execute(async (trx) => {
-      await new MessageQueueStore(trx).insertClaimed(id, 'winner', null, 15, 10);
+      winner = (await new MessageQueueStore(trx).insertClaimed(id, 'winner', null, 15, 10))!.message!
+        .messageId;
       const xid = (await sql<{ x: string }>`SELECT (txid_current() % 4294967296)::text AS x`.execute(trx))
         .rows[0]!.x;
       racing = queue.insertClaimed(id, 'loser', null, 15, 10);
@@ -253,7 +264,9 @@ describe('a message claimed by its own insert', () => {
         { timeout: 10_000, interval: 10 },
       );
     });
-    expect(await racing).toEqual({ claimed: false });
+    // Neither stored nor claimed: the caller stores it unclaimed (JobQueue.accept).
+    expect(await racing).toEqual({});
     expect((await stored(id)).map((m) => m.content)).toEqual(['winner']);
+    await answer(id, winner!);
   });
 });

@@ -149,7 +149,8 @@ export const conversationRoutes: FastifyPluginAsyncTypebox<ConversationRouteDeps
         }
         // One statement: the message is its own job (src/store/message-queue.ts), stored and queued
         // together; claimed by it for this process's worker when a slot is free (JobQueue.accept),
-        // else its commit wakes the workers.
+        // else its commit wakes the workers (a second statement only when another insert of the
+        // conversation claimed at that moment).
         const access: MessageAccess = admin ? 'admin' : { customerTokenHash: hashToken(token) };
         const message = deps.accept
           ? await deps.accept(conversationId, req.body.content, access)
