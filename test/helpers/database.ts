@@ -1,8 +1,11 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
+import { type Kysely, sql } from 'kysely';
 import pg from 'pg';
+import { expect, vi } from 'vitest';
 import { type Database, type DatabaseOptions, openDatabase } from '../../src/store/database.js';
 import { migrate } from '../../src/store/migrate.js';
+import type { DB } from '../../src/store/schema.js';
 
 /**
  * Where a test's database lives: a fresh in-memory PGlite (project "embedded"), or a private schema
@@ -59,4 +62,26 @@ export async function openTestDatabase(): Promise<{ database: Database; close():
       await options.cleanup();
     },
   };
+}
+
+/** The id of the transaction `trx` runs in (server), as pg_locks shows it. */
+export async function transactionId(trx: Kysely<DB>): Promise<string> {
+  const r = await sql<{ x: string }>`SELECT (txid_current() % 4294967296)::text AS x`.execute(trx);
+  return r.rows[0]!.x;
+}
+
+/**
+ * Resolves once a statement waits for transaction `xid` (for a row or index entry it wrote): its
+ * snapshot is taken, so what that transaction commits next is not in it. Server only.
+ */
+export async function waitForWaiterOn(db: Kysely<DB>, xid: string): Promise<void> {
+  await vi.waitFor(
+    async () => {
+      const waiting = await sql<{ n: number }>`
+        SELECT count(*)::int AS n FROM pg_locks
+         WHERE locktype = 'transactionid' AND NOT granted AND transactionid::text = ${xid}`.execute(db);
+      expect(waiting.rows[0]!.n).toBeGreaterThan(0);
+    },
+    { timeout: 10_000, interval: 10 },
+  );
 }

@@ -4,7 +4,7 @@
  * takers of overlapping ranges never both win.
  */
 import { sql } from 'kysely';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   BookingLeaseStore,
   type LeaseRange,
@@ -12,7 +12,7 @@ import {
   WHOLE_OWNER,
 } from '../../src/store/booking-leases.js';
 import type { Database } from '../../src/store/database.js';
-import { openTestDatabase } from '../helpers/database.js';
+import { openTestDatabase, transactionId, waitForWaiterOn } from '../helpers/database.js';
 
 let database: Database;
 let close: () => Promise<void>;
@@ -151,21 +151,10 @@ describe('owner booking leases by time range', () => {
     await database.db.transaction().execute(async (trx) => {
       await sql`INSERT INTO lease_probe VALUES (${u})`.execute(trx);
       await leases.release(u, 'a', trx);
-      const xid = (await sql<{ x: string }>`SELECT (txid_current() % 4294967296)::text AS x`.execute(trx))
-        .rows[0]!.x;
+      const xid = await transactionId(trx);
       taking = takeReading('c');
       // Until that statement waits for this transaction (for the row's lock; its snapshot taken).
-      await vi.waitFor(
-        async () => {
-          const waiting = await sql<{ n: number }>`
-            SELECT count(*)::int AS n FROM pg_locks
-             WHERE locktype = 'transactionid' AND NOT granted AND transactionid::text = ${xid}`.execute(
-            database.db,
-          );
-          expect(waiting.rows[0]!.n).toBeGreaterThan(0);
-        },
-        { timeout: 10_000, interval: 10 },
-      );
+      await waitForWaiterOn(database.db, xid);
     });
     const granted = await taking!;
     expect(granted.acquired).toBe(true);

@@ -4,13 +4,13 @@
  * back (lapse, release with backoff) and the claim fence (a stale claim changes nothing).
  */
 import { sql } from 'kysely';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentStore } from '../../src/store/agents.js';
 import { ConversationStore, hashToken } from '../../src/store/conversations.js';
 import type { Database } from '../../src/store/database.js';
 import { isClaimConflict, MessageQueueStore } from '../../src/store/message-queue.js';
 import { MessageStore } from '../../src/store/messages.js';
-import { openTestDatabase } from '../helpers/database.js';
+import { openTestDatabase, transactionId, waitForWaiterOn } from '../helpers/database.js';
 
 let database: Database;
 let close: () => Promise<void>;
@@ -249,20 +249,9 @@ describe('a message claimed by its own insert', () => {
     await database.db.transaction().execute(async (trx) => {
       winner = (await new MessageQueueStore(trx).insertClaimed(id, 'winner', null, 15, 10))!.message!
         .messageId;
-      const xid = (await sql<{ x: string }>`SELECT (txid_current() % 4294967296)::text AS x`.execute(trx))
-        .rows[0]!.x;
+      const xid = await transactionId(trx);
       racing = queue.insertClaimed(id, 'loser', null, 15, 10);
-      await vi.waitFor(
-        async () => {
-          const waiting = await sql<{ n: number }>`
-            SELECT count(*)::int AS n FROM pg_locks
-             WHERE locktype = 'transactionid' AND NOT granted AND transactionid::text = ${xid}`.execute(
-            database.db,
-          );
-          expect(waiting.rows[0]!.n).toBeGreaterThan(0);
-        },
-        { timeout: 10_000, interval: 10 },
-      );
+      await waitForWaiterOn(database.db, xid);
     });
     // Neither stored nor claimed: the caller stores it unclaimed (JobQueue.accept).
     expect(await racing).toEqual({});
