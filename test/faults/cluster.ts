@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { freePort, REPO_ROOT } from '../helpers/process.js';
 import { sleep } from './util.js';
 
-export type ServiceRole = 'api' | 'worker';
+export type ServiceRole = 'api' | 'worker' | 'all';
 
 export interface ChildExit {
   code: number | null;
@@ -170,9 +170,19 @@ export class Cluster {
     return n === 1 ? base : `${base}.${n}`;
   }
 
-  async startApi(): Promise<ServiceChild> {
+  /**
+   * Starts the process the suite sends its HTTP calls to: `--role=api`, or `--role=all` (it then also
+   * works messages, and claims the ones POSTed to it in their own insert when it has a free slot).
+   */
+  async startApi(role: 'api' | 'all' = 'api'): Promise<ServiceChild> {
     const port = await freePort();
-    const api = new ServiceChild(this.#name('api'), 'api', port, this.env, this.logDir);
+    const api = new ServiceChild(
+      this.#name(role === 'api' ? 'api' : 'api-all'),
+      role,
+      port,
+      this.env,
+      this.logDir,
+    );
     this.api = api;
     await api.waitReady();
     return api;

@@ -189,11 +189,13 @@ export class Harness {
     path: string,
     opts: { body?: unknown; token?: string; expect: number; retryForMs?: number },
   ): Promise<T> {
-    const api = this.cluster.api;
-    if (!api) throw new Error('the API process is not running');
     const deadline = Date.now() + (opts.retryForMs ?? 30_000);
     let last = '';
     for (;;) {
+      // Read on every attempt: a scenario may restart the API process (on another port), as a load
+      // balancer would send a retry to the instance that replaced a dead one.
+      const api = this.cluster.api;
+      if (!api) throw new Error('the API process is not running');
       let res: Response | undefined;
       let text = '';
       try {

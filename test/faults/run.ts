@@ -1,8 +1,9 @@
 /**
  * The fault suite (`npm run test:faults`, issue 6 items 2 and 3).
  *
- * Starts the real service as separate processes — 1 API (`--role=api`) and 2 workers
- * (`--role=worker`) — on the PostgreSQL server at FAULTS_DATABASE_URL (a fresh schema, dropped at the
+ * Starts the real service as separate processes — 1 API (`--role=api`; `--role=all` during the
+ * sigkill-all scenario, which kills it while it holds messages claimed by their own insert) and 2
+ * workers (`--role=worker`) — on the PostgreSQL server at FAULTS_DATABASE_URL (a fresh schema, dropped at the
  * end), with the Google and OpenAI emulators running in this process, then runs each scenario on its
  * own conversations and checks from the database and the emulators that every customer message was
  * answered exactly once, in order, and every booking is one event, one meeting row and one
@@ -31,6 +32,7 @@ import { googleStorm } from './scenarios/google-storm.js';
 import { openaiOutage } from './scenarios/openai-outage.js';
 import { postgresRestart } from './scenarios/postgres-restart.js';
 import { sigkill } from './scenarios/sigkill.js';
+import { sigkillAll } from './scenarios/sigkill-all.js';
 import { sigterm } from './scenarios/sigterm.js';
 import { steady } from './scenarios/steady.js';
 import { seconds } from './util.js';
@@ -43,6 +45,7 @@ const SCENARIOS: Record<string, Scenario> = {
   'postgres-restart': postgresRestart,
   sigterm,
   'booking-crash': bookingCrash,
+  'sigkill-all': sigkillAll,
 };
 
 /** The whole run is bounded: past this, everything is torn down and the suite fails. */
@@ -265,7 +268,7 @@ async function main(): Promise<number> {
       `Run ${new Date().toISOString()} by \`npm run test:faults\` (test/faults/run.ts)` +
         `${only ? ` with FAULTS_ONLY=${only.join(',')}` : ''}` +
         ` on the service at ${label}: 1 API + 2 worker processes ` +
-        `(\`--role=api|worker\`) on PostgreSQL (cluster ${clusterName()}), Google and OpenAI emulators in the suite's ` +
+        `(\`--role=api|worker\`; the API as \`--role=all\` in the sigkill-all scenario) on PostgreSQL (cluster ${clusterName()}), Google and OpenAI emulators in the suite's ` +
         `process. WORKER_CONCURRENCY=${SERVICE_SETTINGS.WORKER_CONCURRENCY}, JOB_RETRY_LIMIT=${SERVICE_SETTINGS.JOB_RETRY_LIMIT}, ` +
         `DATABASE_POOL_SIZE=${SERVICE_SETTINGS.DATABASE_POOL_SIZE}, GOOGLE_TIMEOUT_MS=${SERVICE_SETTINGS.GOOGLE_TIMEOUT_MS}.`,
       '',
