@@ -162,3 +162,14 @@ export function useStack(env: Record<string, string> = {}, options: ApplicationO
     },
   });
 }
+
+/**
+ * queue_pickups_total by path, as the process's /metrics reports it: messages its worker took by
+ * their own insert (`insert`) and by a claim statement (`claim`).
+ */
+export async function queuePickups(s: Stack): Promise<{ insert: number; claim: number }> {
+  const res = await s.app.http.inject({ method: 'GET', url: '/metrics', headers: s.admin });
+  const count = (path: string) =>
+    Number(res.body.match(new RegExp(`^queue_pickups_total\\{path="${path}"\\} (\\d+)`, 'm'))?.[1] ?? 0);
+  return { insert: count('insert'), claim: count('claim') };
+}

@@ -1,15 +1,16 @@
 /**
  * A message claimed by its own insert (JobQueue.accept): a process that takes the POST and has a free
  * worker slot claims the message in the insert's statement and runs it at once; with no free slot, or
- * its conversation busy, the message is stored unclaimed and the queue's claim takes it in turn. The
- * backstop poll is off: what is answered here was run by its insert, or woken by a notification.
+ * its conversation busy, the message is stored unclaimed and the queue's claim takes it in turn (a
+ * message an API-only process stored wakes the worker: test/worker/queue.it.test.ts). The backstop
+ * poll is off: what is answered here was run by its insert, or woken by a notification.
  */
 import { sql } from 'kysely';
 import { afterAll, beforeAll, beforeEach, expect, it } from 'vitest';
 import { MessageStore } from '../../src/store/messages.js';
 import type { ChatRequest } from '../emulators/openai.js';
 import { messageText } from '../emulators/openai.js';
-import { type Stack, startStack } from '../helpers/stack.js';
+import { queuePickups, type Stack, startStack } from '../helpers/stack.js';
 
 let s: Stack;
 /** Model answers wait for this gate when it is set (a slot kept busy on purpose). */
@@ -34,13 +35,7 @@ afterAll(async () => {
   await s?.close();
 });
 
-/** queue_pickups_total by path, as /metrics reports it. */
-async function pickups(): Promise<{ insert: number; claim: number }> {
-  const res = await s.app.http.inject({ method: 'GET', url: '/metrics', headers: s.admin });
-  const count = (path: string) =>
-    Number(res.body.match(new RegExp(`^queue_pickups_total\\{path="${path}"\\} (\\d+)`, 'm'))?.[1] ?? 0);
-  return { insert: count('insert'), claim: count('claim') };
-}
+const pickups = () => queuePickups(s);
 
 const conversation = async () => {
   const a = await s.createAgent({ user_id: 'owner-claim-insert', name: 'Acme Assistant' });
@@ -106,16 +101,6 @@ it('with every slot busy, a message is stored unclaimed and claimed once a slot 
   expect(list.at(-1)?.content).toBe('re: later');
   for (const c of busy) await s.waitForReplies(c.conversation_id, c.customer_token, 1);
   expect(await pickups()).toEqual({ insert: before.insert + 2, claim: before.claim + 1 });
-});
-
-it('a message stored by an API-only process wakes an idle worker here (its insert notifies)', async () => {
-  const c = await conversation();
-  const before = await pickups();
-  // The statement an API-only process runs (role api: no worker of its own to claim for).
-  await new MessageStore(s.app.database.db).insertCustomerMessage(c.conversation_id, 'from api', 'admin');
-  const list = await s.waitForReplies(c.conversation_id, c.customer_token, 1);
-  expect(list.at(-1)?.content).toBe('re: from api');
-  expect(await pickups()).toEqual({ insert: before.insert, claim: before.claim + 1 });
 });
 
 it('a POST arriving while a claim statement is in flight does not run more than WORKER_CONCURRENCY (server)', async () => {

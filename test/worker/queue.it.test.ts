@@ -8,9 +8,10 @@
  */
 import { sql } from 'kysely';
 import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
+import { MessageStore } from '../../src/store/messages.js';
 import type { ChatRequest } from '../emulators/openai.js';
 import { messageText } from '../emulators/openai.js';
-import { type Stack, startStack } from '../helpers/stack.js';
+import { queuePickups, type Stack, startStack } from '../helpers/stack.js';
 
 let s: Stack;
 const echo = async (req: ChatRequest) => {
@@ -45,9 +46,14 @@ it("answers a conversation's waiting messages one after another without polling"
 it('a new message wakes an idle worker (its insert notifies)', async () => {
   const a = await s.createAgent({ user_id: 'owner-queue', name: 'Acme Assistant' });
   const c = await s.openConversation(a.agent_id);
-  await s.send(c.conversation_id, c.customer_token, 'hello');
+  // Stored as an API-only process stores it (a POST to this process, which works messages, would be
+  // claimed by its own insert instead: test/worker/claim-at-insert.it.test.ts).
+  const claimedBefore = (await queuePickups(s)).claim;
+  await new MessageStore(s.app.database.db).insertCustomerMessage(c.conversation_id, 'hello', 'admin');
   const list = await s.waitForReplies(c.conversation_id, c.customer_token, 1);
   expect(list.at(-1)?.content).toBe('re: hello');
+  // Taken by the claim statement its announcement woke.
+  expect((await queuePickups(s)).claim).toBe(claimedBefore + 1);
 });
 
 it('a message sent the moment the reply before it is visible is answered without polling', async () => {
