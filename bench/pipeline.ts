@@ -8,7 +8,7 @@ import {
   json,
   openConversation,
 } from './setup.js';
-import { cpuMeter, round, summarize, throughputLimit } from './stats.js';
+import { cpuMeter, round, summarize, throughputLimit, zeroOverheadEnd } from './stats.js';
 
 export interface PipelineResult {
   offered_per_s: number;
@@ -20,6 +20,13 @@ export interface PipelineResult {
   bookings_per_s: number;
   /** Upper bound the emulators' latencies allow at this load (stats.ts throughputLimit). */
   limit_per_s: number;
+  /**
+   * What bookings_per_s would read for this very run on code that costs nothing: the same sends, each
+   * holding a worker slot for exactly its own emulator time (stats.ts zeroOverheadEnd).
+   */
+  zero_overhead_per_s: number;
+  /** bookings_per_s as a share of zero_overhead_per_s. */
+  of_zero_overhead_pct: number;
   e2e_p50_ms: number;
   e2e_p99_ms: number;
   emulator_p50_ms: number;
@@ -220,6 +227,7 @@ export async function runPipeline(
   const e2e: number[] = [];
   const overhead: number[] = [];
   const emulator: number[] = [];
+  const replay: Array<{ sentAt: number; emulatorMs: number }> = [];
   const pickup: number[] = [];
   const stage: Record<string, number[]> = {
     http_store: [],
@@ -248,6 +256,7 @@ export async function runPipeline(
     const spent = model + refresh + (c?.spent ?? 0);
     e2e.push(total);
     emulator.push(spent);
+    replay.push({ sentAt: b.sentAt!, emulatorMs: spent });
     overhead.push(total - spent);
     if (b.answer?.includes('✅ Meeting confirmed!')) confirmed++;
     else if (process.env.BENCH_DEBUG)
@@ -273,6 +282,9 @@ export async function runPipeline(
     slots: opts.slots,
     emulatorMeanMs: em.mean,
   });
+  const perS = (end: number) => answeredOnes.length / ((end - started) / 1000);
+  const bookingsPerS = perS(lastAnswer);
+  const zeroOverheadPerS = perS(zeroOverheadEnd(replay, opts.slots));
   const p = summarize(pickup);
   const refreshCounts = owners.map((o) => stack.google.refreshCount(o.refreshToken));
   return {
@@ -281,8 +293,10 @@ export async function runPipeline(
     send_errors: bookings.length - accepted.length,
     unanswered: accepted.length - answeredOnes.length,
     confirmed,
-    bookings_per_s: round(answeredOnes.length / ((lastAnswer - started) / 1000)),
+    bookings_per_s: round(bookingsPerS),
     limit_per_s: round(limit),
+    zero_overhead_per_s: round(zeroOverheadPerS),
+    of_zero_overhead_pct: round((100 * bookingsPerS) / zeroOverheadPerS),
     e2e_p50_ms: round(e.p50),
     e2e_p99_ms: round(e.p99),
     emulator_p50_ms: round(em.p50),

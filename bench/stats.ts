@@ -39,6 +39,60 @@ export function throughputLimit(o: { offeredPerS: number; slots: number; emulato
   return Math.min(o.offeredPerS, bySlots);
 }
 
+/**
+ * The run replayed on code that costs nothing: each booking, in send order, takes the first worker slot
+ * free at or after its send and holds it for exactly its own emulator time. Returns when the last one
+ * is answered (ms, on the sends' clock). `bookings_per_s` divided over this instead of the real last
+ * answer is what the run would have measured with no overhead at all, filling and draining included
+ * (the first answers cannot come before one booking's emulator time, which a steady-state bound such as
+ * throughputLimit leaves out).
+ */
+export function zeroOverheadEnd(
+  bookings: Array<{ sentAt: number; emulatorMs: number }>,
+  slots: number,
+): number {
+  if (slots < 1) throw new Error('zeroOverheadEnd: at least one slot');
+  const free: number[] = []; // when each slot in use frees, as a min-heap
+  let end = Number.NEGATIVE_INFINITY;
+  for (const b of [...bookings].sort((x, y) => x.sentAt - y.sentAt)) {
+    let start = b.sentAt;
+    if (free.length >= slots) start = Math.max(start, popMin(free));
+    const done = start + b.emulatorMs;
+    pushHeap(free, done);
+    end = Math.max(end, done);
+  }
+  return end;
+}
+
+function pushHeap(h: number[], v: number): void {
+  h.push(v);
+  for (let i = h.length - 1; i > 0; ) {
+    const up = (i - 1) >> 1;
+    if (h[up]! <= h[i]!) break;
+    [h[up], h[i]] = [h[i]!, h[up]!];
+    i = up;
+  }
+}
+
+function popMin(h: number[]): number {
+  const top = h[0]!;
+  const last = h.pop()!;
+  if (h.length > 0) {
+    h[0] = last;
+    for (let i = 0; ; ) {
+      const l = 2 * i + 1;
+      const r = l + 1;
+      let m = i;
+      if (l < h.length && h[l]! < h[m]!) m = l;
+      if (r < h.length && h[r]! < h[m]!) m = r;
+      if (m === i) break;
+      [h[m], h[i]] = [h[i]!, h[m]!];
+      i = m;
+    }
+  }
+  return top;
+}
+
 export const round = (v: number, digits = 1) => (Number.isFinite(v) ? Number(v.toFixed(digits)) : v);
 
 /** Samples the process's resident memory; `peak()` is the highest seen. */

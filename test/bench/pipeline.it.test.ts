@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { attendeesInserted, runPipeline } from '../../bench/pipeline.js';
 import { type BenchStack, startBenchStack } from '../../bench/setup.js';
-import { throughputLimit } from '../../bench/stats.js';
+import { throughputLimit, zeroOverheadEnd } from '../../bench/stats.js';
 
 let stack: BenchStack;
 const server = process.env.TEST_DB === 'server';
@@ -49,6 +49,13 @@ it('books every message of the load after a warm-up that booked too, one refresh
   expect(attendeesInserted(stack, 'w')).toEqual([]);
   // Offered 5/s; 10 slots over ~40 ms of emulator time allow far more.
   expect(r.limit_per_s).toBe(5);
+  // The zero-overhead replay of this run: 5 sends 200 ms apart, each answered ~40 ms after it, so
+  // ~5 answers in ~0.84 s; the real run, paying our overhead too, reads no more than that.
+  expect(r.zero_overhead_per_s).toBeGreaterThan(5);
+  expect(r.zero_overhead_per_s).toBeLessThan(6.25);
+  expect(r.bookings_per_s).toBeLessThanOrEqual(r.zero_overhead_per_s);
+  // (Both rates are rounded to 0.1/s, the share is computed before rounding.)
+  expect(Math.abs(r.of_zero_overhead_pct - (100 * r.bookings_per_s) / r.zero_overhead_per_s)).toBeLessThan(2);
   // Each booking's emulator time has its model call (20 ms), its freeBusy and its insert (10 ms
   // each): its freeBusy was matched to it (by the window it read), not lost (that would read ~30).
   expect(r.emulator_p50_ms).toBeGreaterThanOrEqual(38);
@@ -71,5 +78,32 @@ describe('throughputLimit', () => {
   it('has no bound from an unknown emulator time', () => {
     expect(throughputLimit({ ...base, emulatorMeanMs: 0 })).toBe(200);
     expect(throughputLimit({ ...base, emulatorMeanMs: Number.NaN })).toBe(200);
+  });
+});
+
+describe('zeroOverheadEnd', () => {
+  const at = (sentAt: number, emulatorMs = 100) => ({ sentAt, emulatorMs });
+  it('answers each booking its emulator time after its send while slots are free', () => {
+    expect(zeroOverheadEnd([at(0), at(10), at(20, 300)], 3)).toBe(320);
+    // A slot freed before the next send is used again without a wait.
+    expect(zeroOverheadEnd([at(0), at(150), at(300)], 1)).toBe(400);
+  });
+  it('queues bookings for the first slot to free, in send order', () => {
+    // One slot, four bookings sent together: 4 x 100 ms back to back.
+    expect(zeroOverheadEnd([at(0), at(0), at(0), at(0)], 1)).toBe(400);
+    // Two slots: the third waits for the one that frees first (at 50), the fourth for the next (100).
+    expect(zeroOverheadEnd([at(0, 100), at(0, 50), at(1, 100), at(2, 100)], 2)).toBe(200);
+    // Send order, not list order.
+    expect(zeroOverheadEnd([at(2, 100), at(0, 50), at(1, 100), at(0, 100)], 2)).toBe(200);
+  });
+  it('over a long overloaded run, approaches slots / emulator time', () => {
+    // 200/s offered for 10 s, 100 slots of 600 ms: 166.7/s in the steady state. Booking 100k + j
+    // (sent at 500k + 5j) starts when booking 100(k-1) + j frees its slot, at 600k + 5j: the last
+    // (k 19, j 99) is answered at 11,895 + 600 ms, so the run reads 2000 / 12.495 s = 160.1/s.
+    const sends = Array.from({ length: 2000 }, (_, i) => at(i * 5, 600));
+    const end = zeroOverheadEnd(sends, 100);
+    expect(end).toBe(12_495);
+    expect(2000 / (end / 1000)).toBeCloseTo(160.1, 1);
+    expect(zeroOverheadEnd([], 5)).toBe(Number.NEGATIVE_INFINITY);
   });
 });
