@@ -9,6 +9,7 @@ import {
   toWork,
 } from './messages.js';
 import type { DB } from './schema.js';
+import { StatementTemplate } from './statement-template.js';
 
 /**
  * The message queue's SQL (migration 007). A pending customer message is its own job: no second row
@@ -40,6 +41,9 @@ export interface ClaimedWork {
 }
 
 export class MessageQueueStore {
+  readonly #claimTemplates = new Map<number, ClaimTemplate>();
+  readonly #insertClaimedTemplates = new Map<number, InsertClaimedTemplate>();
+
   constructor(private readonly db: Kysely<DB>) {}
 
   /**
@@ -53,47 +57,7 @@ export class MessageQueueStore {
     // PostgreSQL crash can lose it, which only makes the message claimable again (at-least-once), and
     // the pickup path saves a flush (~1.6 ms on the bench machine). The reply, which records the
     // outcome, commits synchronously, and WAL is sequential: that flush makes the claim durable too.
-    const work = selectWork(this.db, historyLimit)
-      .innerJoin(
-        sql<{ message_id: string; attempts: number }>`claimed`.as('q'),
-        'q.message_id',
-        'm.message_id',
-      )
-      .select([
-        sql<number>`q.attempts`.as('claim_attempts'),
-        sql<string>`set_config('synchronous_commit', 'off', true)`.as('relaxed'),
-      ]);
-    // Pending messages in storage order (an index scan that stops once `limit` rows are locked, so
-    // a claim costs the claims in flight plus what it takes, not the backlog). A message is claimable
-    // when it is ready (no live claim; past its backoff) and either holds a lapsed claim (its
-    // conversation is its own) or is its conversation's head: no earlier pending message, and no
-    // other message of the conversation claimed. The statement reads one snapshot; a row claimed
-    // or answered meanwhile is re-checked when locked (PostgreSQL re-evaluates the WHERE on its
-    // latest version) and dropped. Rows another claim has locked are skipped, not waited for.
-    const r = await sql<Parameters<typeof toWork>[0] & { claim_attempts: number }>`
-      WITH picked AS (
-        SELECT m.message_id
-          FROM messages m
-         WHERE m.status = 'pending'
-           AND (m.claimed_until IS NULL OR m.claimed_until < now())
-           AND (m.run_after IS NULL OR m.run_after <= now())
-           AND (m.claimed_until IS NOT NULL
-                OR NOT EXISTS (SELECT 1 FROM messages e
-                                WHERE e.conversation_id = m.conversation_id
-                                  AND e.status = 'pending'
-                                  AND e.message_id <> m.message_id
-                                  AND (e.seq < m.seq OR e.claimed_until IS NOT NULL)))
-         ORDER BY m.seq
-         LIMIT ${limit}
-           FOR UPDATE SKIP LOCKED
-      ), claimed AS (
-        UPDATE messages m
-           SET claimed_until = now() + make_interval(secs => ${leaseSeconds}),
-               attempts = m.attempts + 1
-         WHERE m.message_id IN (SELECT message_id FROM picked)
-        RETURNING m.message_id, m.attempts
-      )
-      ${work}`.execute(this.db);
+    const r = await this.#claimTemplate(historyLimit).execute(this.db, { limit, leaseSeconds });
     // Each row on its own: one that cannot be read (its agent's stored settings corrupt, say) must not
     // leave the others of its batch claimed and never run.
     return r.rows.map((row) => {
@@ -141,49 +105,13 @@ export class MessageQueueStore {
     leaseSeconds: number,
     historyLimit: number,
   ): Promise<{ message?: Message; work?: ClaimedWork } | undefined> {
-    const work = selectWork(this.db, historyLimit, 'inserted');
-    const messageId = newId('msg');
-    const r = await sql<
-      Parameters<typeof toWork>[0] & {
-        announced: number;
-        queued_id: string | null;
-        queued_at: Date | null;
-      }
-    >`
-      WITH conv AS (
-        SELECT c.conversation_id,
-               NOT EXISTS (SELECT 1 FROM messages e
-                            WHERE e.conversation_id = c.conversation_id AND e.status = 'pending') AS free
-          FROM conversations c
-         WHERE c.conversation_id = ${conversationId}
-           AND (${customerTokenHash}::text IS NULL OR c.customer_token_hash = ${customerTokenHash}::text)
-      ), ins AS (
-        INSERT INTO messages (message_id, conversation_id, role, content, status, claimed_until, attempts)
-        SELECT ${messageId}, conversation_id, 'customer', ${content}, 'pending',
-               now() + make_interval(secs => ${leaseSeconds}), 1
-          FROM conv
-         WHERE free
-        ON CONFLICT (conversation_id) WHERE status = 'pending' AND claimed_until IS NOT NULL DO NOTHING
-        RETURNING *
-      ), queued AS (
-        INSERT INTO messages (message_id, conversation_id, role, content, status)
-        SELECT ${messageId}, conversation_id, 'customer', ${content}, 'pending'
-          FROM conv
-         WHERE NOT free
-        RETURNING message_id, conversation_id, created_at
-      ), announced AS (
-        SELECT pg_notify(agent_meetings_channel(${MESSAGE_CHANNEL}), conversation_id) FROM ins
-        UNION ALL
-        SELECT pg_notify(agent_meetings_channel(${MESSAGE_CHANNEL}), conversation_id) FROM queued
-        UNION ALL
-        SELECT pg_notify(agent_meetings_channel(${CUSTOMER_MESSAGE_CHANNEL}), conversation_id || ' ' || message_id)
-          FROM queued
-      )
-      SELECT (SELECT count(*) FROM announced)::int AS announced,
-             queued.message_id AS queued_id, queued.created_at AS queued_at, w.*
-        FROM conv
-        LEFT JOIN (${work}) AS w ON true
-        LEFT JOIN queued ON true`.execute(this.db);
+    const r = await this.#insertClaimedTemplate(historyLimit).execute(this.db, {
+      conversationId,
+      customerTokenHash,
+      messageId: newId('msg'),
+      content,
+      leaseSeconds,
+    });
     const row = r.rows[0];
     if (!row) return undefined;
     if (row.queued_id) {
@@ -213,6 +141,107 @@ export class MessageQueueStore {
       // claimed message it cannot read (JobQueue's UnreadableHandler).
       return { message, work: { claim, conversationId, error } };
     }
+  }
+
+  /** claim's statement, compiled once per history length. */
+  #claimTemplate(historyLimit: number): ClaimTemplate {
+    let t = this.#claimTemplates.get(historyLimit);
+    if (!t) {
+      const work = selectWork(this.db, historyLimit)
+        .innerJoin(
+          sql<{ message_id: string; attempts: number }>`claimed`.as('q'),
+          'q.message_id',
+          'm.message_id',
+        )
+        .select([
+          sql<number>`q.attempts`.as('claim_attempts'),
+          sql<string>`set_config('synchronous_commit', 'off', true)`.as('relaxed'),
+        ]);
+      // Pending messages in storage order (an index scan that stops once `limit` rows are locked, so
+      // a claim costs the claims in flight plus what it takes, not the backlog). A message is claimable
+      // when it is ready (no live claim; past its backoff) and either holds a lapsed claim (its
+      // conversation is its own) or is its conversation's head: no earlier pending message, and no
+      // other message of the conversation claimed. The statement reads one snapshot; a row claimed
+      // or answered meanwhile is re-checked when locked (PostgreSQL re-evaluates the WHERE on its
+      // latest version) and dropped. Rows another claim has locked are skipped, not waited for.
+      t = new StatementTemplate<ClaimValues, ClaimRow>(
+        this.db,
+        (v) => sql`
+        WITH picked AS (
+          SELECT m.message_id
+            FROM messages m
+           WHERE m.status = 'pending'
+             AND (m.claimed_until IS NULL OR m.claimed_until < now())
+             AND (m.run_after IS NULL OR m.run_after <= now())
+             AND (m.claimed_until IS NOT NULL
+                  OR NOT EXISTS (SELECT 1 FROM messages e
+                                  WHERE e.conversation_id = m.conversation_id
+                                    AND e.status = 'pending'
+                                    AND e.message_id <> m.message_id
+                                    AND (e.seq < m.seq OR e.claimed_until IS NOT NULL)))
+           ORDER BY m.seq
+           LIMIT ${v.limit}
+             FOR UPDATE SKIP LOCKED
+        ), claimed AS (
+          UPDATE messages m
+             SET claimed_until = now() + make_interval(secs => ${v.leaseSeconds}),
+                 attempts = m.attempts + 1
+           WHERE m.message_id IN (SELECT message_id FROM picked)
+          RETURNING m.message_id, m.attempts
+        )
+        ${work}`,
+      );
+      this.#claimTemplates.set(historyLimit, t);
+    }
+    return t;
+  }
+
+  /** insertClaimed's statement, compiled once per history length (it is on every POST's path). */
+  #insertClaimedTemplate(historyLimit: number): InsertClaimedTemplate {
+    let t = this.#insertClaimedTemplates.get(historyLimit);
+    if (!t) {
+      const work = selectWork(this.db, historyLimit, 'inserted');
+      t = new StatementTemplate<InsertClaimedValues, InsertClaimedRow>(
+        this.db,
+        (v) => sql`
+          WITH conv AS (
+            SELECT c.conversation_id,
+                   NOT EXISTS (SELECT 1 FROM messages e
+                                WHERE e.conversation_id = c.conversation_id AND e.status = 'pending') AS free
+              FROM conversations c
+             WHERE c.conversation_id = ${v.conversationId}
+               AND (${v.customerTokenHash}::text IS NULL OR c.customer_token_hash = ${v.customerTokenHash}::text)
+          ), ins AS (
+            INSERT INTO messages (message_id, conversation_id, role, content, status, claimed_until, attempts)
+            SELECT ${v.messageId}, conversation_id, 'customer', ${v.content}, 'pending',
+                   now() + make_interval(secs => ${v.leaseSeconds}), 1
+              FROM conv
+             WHERE free
+            ON CONFLICT (conversation_id) WHERE status = 'pending' AND claimed_until IS NOT NULL DO NOTHING
+            RETURNING *
+          ), queued AS (
+            INSERT INTO messages (message_id, conversation_id, role, content, status)
+            SELECT ${v.messageId}, conversation_id, 'customer', ${v.content}, 'pending'
+              FROM conv
+             WHERE NOT free
+            RETURNING message_id, conversation_id, created_at
+          ), announced AS (
+            SELECT pg_notify(agent_meetings_channel(${MESSAGE_CHANNEL}), conversation_id) FROM ins
+            UNION ALL
+            SELECT pg_notify(agent_meetings_channel(${MESSAGE_CHANNEL}), conversation_id) FROM queued
+            UNION ALL
+            SELECT pg_notify(agent_meetings_channel(${CUSTOMER_MESSAGE_CHANNEL}), conversation_id || ' ' || message_id)
+              FROM queued
+          )
+          SELECT (SELECT count(*) FROM announced)::int AS announced,
+                 queued.message_id AS queued_id, queued.created_at AS queued_at, w.*
+            FROM conv
+            LEFT JOIN (${work}) AS w ON true
+            LEFT JOIN queued ON true`,
+      );
+      this.#insertClaimedTemplates.set(historyLimit, t);
+    }
+    return t;
   }
 
   /**
@@ -249,6 +278,24 @@ export class MessageQueueStore {
     return Number(r.numAffectedRows ?? 0) > 0;
   }
 }
+
+type ClaimValues = { limit: number; leaseSeconds: number };
+type ClaimRow = Parameters<typeof toWork>[0] & { claim_attempts: number };
+type ClaimTemplate = StatementTemplate<ClaimValues, ClaimRow>;
+
+type InsertClaimedValues = {
+  conversationId: string;
+  customerTokenHash: string | null;
+  messageId: string;
+  content: string;
+  leaseSeconds: number;
+};
+type InsertClaimedRow = Parameters<typeof toWork>[0] & {
+  announced: number;
+  queued_id: string | null;
+  queued_at: Date | null;
+};
+type InsertClaimedTemplate = StatementTemplate<InsertClaimedValues, InsertClaimedRow>;
 
 /** A claim that failed because a concurrent one took another message of the same conversation. */
 export function isClaimConflict(err: unknown): boolean {
