@@ -76,7 +76,11 @@ function zonedParts(at: Date, zone: string): ZonedParts {
 
 /** The zone's offset from UTC at that instant, in minutes (Asia/Kolkata -> 330). */
 export function zoneOffsetMinutes(at: Date, zone: string): number {
-  const p = zonedParts(at, zone);
+  return offsetOf(at, zonedParts(at, zone));
+}
+
+/** The offset that `p`, the zone's wall clock at `at`, implies. */
+function offsetOf(at: Date, p: ZonedParts): number {
   const asUtc = Date.UTC(p.year, p.month - 1, p.day, p.hour, p.minute, p.second);
   return Math.round((asUtc - Math.floor(at.getTime() / 1000) * 1000) / 60_000);
 }
@@ -92,7 +96,7 @@ const pad = (n: number) => String(n).padStart(2, '0');
 /** RFC 3339 local time with the zone's offset, e.g. 2025-10-06T19:00:00+05:30. */
 export function toZonedIso(at: Date, zone: string): string {
   const p = zonedParts(at, zone);
-  return `${p.year}-${pad(p.month)}-${pad(p.day)}T${pad(p.hour)}:${pad(p.minute)}:${pad(p.second)}${formatOffset(zoneOffsetMinutes(at, zone))}`;
+  return `${p.year}-${pad(p.month)}-${pad(p.day)}T${pad(p.hour)}:${pad(p.minute)}:${pad(p.second)}${formatOffset(offsetOf(at, p))}`;
 }
 
 export function weekdayIn(at: Date, zone: string): string {
