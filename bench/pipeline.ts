@@ -50,6 +50,18 @@ export interface PipelineResult {
    */
   busy_reads: number | null;
   busy_reads_kept_pct: number | null;
+  /**
+   * The measured jobs' mean time in a worker slot (the service's worker_slot_seconds), and the slots'
+   * use over the load: their time over slots x (first send to last answer). With every slot busy,
+   * bookings/s = slots / slot time. Null with --workers.
+   */
+  slot_ms_mean: number | null;
+  slot_busy_pct: number | null;
+  /**
+   * slot_ms_mean minus the bookings' mean emulator time: our own time inside a worker slot per
+   * booking (mean), the part of the slots' bound on throughput that is ours.
+   */
+  slot_overhead_ms: number | null;
   cpu_service_pct: number;
   cpu_bench_pct: number;
   cpu_postgres_pct: number;
@@ -151,7 +163,7 @@ export async function runPipeline(
   }
   stack.google.requests.length = 0;
 
-  const readsBefore = await busyReads(stack);
+  const countsBefore = await serviceCounts(stack);
   const cpu = cpuMeter(stack.pids());
   const started = Date.now();
   await send(stack, bookings, opts.rate, '#');
@@ -161,7 +173,6 @@ export async function runPipeline(
   const accepted = bookings.filter((b) => b.messageId !== undefined);
   await waitForInserts(stack, accepted.length);
   const cpuUse = cpu.stop();
-  const readsAfter = await busyReads(stack);
   const deadline = Date.now() + 60_000;
   for (;;) {
     const open = accepted.filter((b) => b.answeredAt === undefined);
@@ -185,6 +196,9 @@ export async function runPipeline(
     });
     if (accepted.some((b) => b.answeredAt === undefined)) await sleep(250);
   }
+  // Each job gives its slot back just after its reply commits.
+  await sleep(200);
+  const countsAfter = await serviceCounts(stack);
   const peakRss = stack.peakRss();
   // The reply's NOTIFY is the conversation's second (the first announced the customer message).
   // Used only when every answered booking's was seen, so the figures never mix both ends.
@@ -309,7 +323,8 @@ export async function runPipeline(
     e2e_end: visible && stack.notices ? 'visible' : 'created_at',
     owners: owners.length,
     refreshes_per_owner: [...new Set(refreshCounts)].join('/'),
-    ...readShares(readsBefore, readsAfter),
+    ...readShares(countsBefore, countsAfter),
+    ...slotUse(countsBefore, countsAfter, opts.slots, lastAnswer - started, em.mean),
     ...(cpuUse as { cpu_service_pct: number; cpu_bench_pct: number; cpu_postgres_pct: number }),
     stages: Object.fromEntries(
       Object.entries(stage).map(([k, v]) => {
@@ -320,28 +335,62 @@ export async function runPipeline(
   };
 }
 
-type ReadCounts = { kept: number; readAgain: number } | null;
+/** What the bench reads from the service's /metrics (null with --workers: workers serve no HTTP). */
+type ServiceCounts = {
+  /** freeBusy reads sent alongside the lease statement, kept or read again (src/metrics.ts busyReads). */
+  kept: number;
+  readAgain: number;
+  /** worker_slot_seconds: the jobs' total time in a worker slot, and how many jobs. */
+  slotSeconds: number;
+  slotJobs: number;
+} | null;
 
-/** The service's count of freeBusy reads sent alongside the lease statement (src/metrics.ts busyReads). */
-async function busyReads(stack: BenchStack): Promise<ReadCounts> {
+async function serviceCounts(stack: BenchStack): Promise<ServiceCounts> {
   if (stack.workers.length > 0) return null;
   const res = await fetch(`${stack.baseUrl}/metrics`, {
     headers: { authorization: `Bearer ${stack.adminKey}` },
   });
   if (!res.ok) throw new Error(`GET /metrics: ${res.status}`);
   const body = await res.text();
-  const count = (result: string) => {
-    const m = new RegExp(`^booking_busy_reads_total\\{result="${result}"\\} (\\d+)$`, 'm').exec(body);
+  const read = (series: string) => {
+    const m = new RegExp(`^${series.replace(/[{}]/g, '\\$&')} ([\\d.e+-]+)$`, 'm').exec(body);
     return m ? Number(m[1]) : 0;
   };
-  return { kept: count('kept'), readAgain: count('read_again') };
+  return {
+    kept: read('booking_busy_reads_total{result="kept"}'),
+    readAgain: read('booking_busy_reads_total{result="read_again"}'),
+    slotSeconds: read('worker_slot_seconds_sum'),
+    slotJobs: read('worker_slot_seconds_count'),
+  };
 }
 
-function readShares(before: ReadCounts, after: ReadCounts) {
+function readShares(before: ServiceCounts, after: ServiceCounts) {
   if (!before || !after) return { busy_reads: null, busy_reads_kept_pct: null };
   const kept = after.kept - before.kept;
   const total = kept + after.readAgain - before.readAgain;
   return { busy_reads: total, busy_reads_kept_pct: total === 0 ? null : round((100 * kept) / total) };
+}
+
+/**
+ * The measured jobs' mean time in a worker slot, and how busy the slots were over the load (their
+ * jobs' time over slots x the load's duration, first send to last answer).
+ */
+function slotUse(
+  before: ServiceCounts,
+  after: ServiceCounts,
+  slots: number,
+  durationMs: number,
+  emulatorMeanMs: number,
+) {
+  if (!before || !after || after.slotJobs === before.slotJobs)
+    return { slot_ms_mean: null, slot_busy_pct: null, slot_overhead_ms: null };
+  const seconds = after.slotSeconds - before.slotSeconds;
+  const mean = (1000 * seconds) / (after.slotJobs - before.slotJobs);
+  return {
+    slot_ms_mean: round(mean),
+    slot_busy_pct: round((100 * 1000 * seconds) / (slots * durationMs)),
+    slot_overhead_ms: round(mean - emulatorMeanMs),
+  };
 }
 
 /** The bench customers (`w<n>` or `c<n>`) of the events Google inserted so far, repeats included. */

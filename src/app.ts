@@ -145,6 +145,7 @@ export async function createApplication(
         concurrency: config.workerConcurrency,
         historyLimit: config.historyLimit,
         onPickup: (path, count) => metrics.pickups.inc({ path }, count),
+        onSlotFreed: (ms) => metrics.slotTime.observe(ms / 1000),
         ...options.queue,
       },
       logger,

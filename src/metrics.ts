@@ -29,6 +29,13 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly slotTime = new Histogram({
+    name: 'worker_slot_seconds',
+    help: "How long each customer-message job held one of this process's WORKER_CONCURRENCY worker slots, from its claim's (or its insert's) return to its end (its reply committed, or its claim given back). sum / count is the mean time a job holds a slot: with every slot busy, the worker answers WORKER_CONCURRENCY / that mean messages per second",
+    buckets: [0.05, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 30, 60, 300],
+    registers: [this.registry],
+  });
+
   readonly bookings = new Counter({
     name: 'booking_outcomes_total',
     help: 'Booking actions by outcome (booked, booked_existing, invalid, limit, not_connected, revoked, google_error)',

@@ -72,6 +72,8 @@ export interface QueueSettings {
    * JobQueue.accept) or by a claim statement (`claim`).
    */
   onPickup?: (path: 'insert' | 'claim', count: number) => void;
+  /** Called as each job gives its slot back, with how long it held it (ms). */
+  onSlotFreed?: (heldMs: number) => void;
 }
 
 /** A retry's delay: 2 s doubling per attempt, capped at 60 s, with jitter (as pg-boss's backoff). */
@@ -296,6 +298,7 @@ export class JobQueue {
           );
       } finally {
         inFlight.delete(key);
+        this.settings.onSlotFreed?.(Date.now() - job.startedAt);
         if (saturated || woken || nextWaiting) nudge();
       }
     };

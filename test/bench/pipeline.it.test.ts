@@ -43,6 +43,16 @@ it('books every message of the load after a warm-up that booked too, one refresh
   expect(r.busy_reads).toBe(5);
   expect(r.busy_reads_kept_pct).toBeGreaterThanOrEqual(0);
   expect(r.busy_reads_kept_pct).toBeLessThanOrEqual(100);
+  // The measured jobs' time in a worker slot (the service's worker_slot_seconds, the warm-up's
+  // excluded): at least the model's 20 ms and Google's two 10 ms calls each; 5 jobs over 10 slots for
+  // the load's ~1 s keep them a few percent busy.
+  expect(r.slot_ms_mean).toBeGreaterThanOrEqual(40);
+  expect(r.slot_ms_mean).toBeLessThan(5000);
+  expect(r.slot_busy_pct).toBeGreaterThan(0);
+  expect(r.slot_busy_pct).toBeLessThan(100);
+  // Each job's slot time contains its own emulator calls, so ours is what is left of it.
+  expect(r.slot_overhead_ms).toBeGreaterThanOrEqual(0);
+  expect(r.slot_overhead_ms).toBeLessThan(r.slot_ms_mean!);
   // The warm-up's bookings reached Google (runPipeline refuses to measure otherwise), and each
   // measured booking did, as its own customer (the request log was cleared after the warm-up).
   expect(new Set(attendeesInserted(stack, 'c'))).toEqual(new Set([0, 1, 2, 3, 4]));

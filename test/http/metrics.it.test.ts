@@ -40,6 +40,34 @@ describe('observability', () => {
     expect(text).toMatch(/process_resident_memory_bytes/);
   });
 
+  it('times how long each job holds its worker slot (worker_slot_seconds)', async () => {
+    const slot = async () => {
+      const text = (await s.app.http.inject({ url: '/metrics', headers: s.admin })).body;
+      return {
+        count: Number(/^worker_slot_seconds_count (\d+)$/m.exec(text)?.[1]),
+        sum: Number(/^worker_slot_seconds_sum ([\d.e-]+)$/m.exec(text)?.[1]),
+      };
+    };
+    const before = await slot();
+    // The model answers after 150 ms: the job holds its slot at least that long.
+    s.openai.responder = async () => {
+      await new Promise((r) => setTimeout(r, 150));
+      return { content: 'timed' };
+    };
+    const a = await s.createAgent({ user_id: 'owner-metrics', name: 'Slots' });
+    const c = await s.openConversation(a.agent_id);
+    await s.send(c.conversation_id, c.customer_token, 'time my slot');
+    await s.waitForReplies(c.conversation_id, c.customer_token, 1);
+    // The slot is given back just after the reply commits.
+    const after = await vi.waitFor(async () => {
+      const now = await slot();
+      expect(now.count).toBe(before.count + 1);
+      return now;
+    });
+    expect(after.sum - before.sum).toBeGreaterThanOrEqual(0.15);
+    expect(after.sum - before.sum).toBeLessThan(30);
+  });
+
   it('counts waiting messages in queue_depth', async () => {
     let release!: () => void;
     const gate = new Promise<void>((r) => {
