@@ -22,6 +22,8 @@ const { values } = parseArgs({
     'google-latency': { type: 'string', default: '150' },
     'worker-concurrency': { type: 'string', default: '100' },
     owners: { type: 'string', default: '50' },
+    /** Seconds until the owners' access tokens expire (see runPipeline's tokenExpiryS). */
+    'token-expiry': { type: 'string', default: '30' },
     /** Server pipeline only: N `--role=worker` processes beside one `--role=api` (0 = one `--role=all`). */
     workers: { type: 'string', default: '0' },
     'api-duration': { type: 'string', default: '5' },
@@ -81,6 +83,7 @@ for (const target of targets) {
           rate,
           durationS: num('duration'),
           owners: num('owners'),
+          tokenExpiryS: num('token-expiry'),
           warmupS: warmupS,
           // Every worker process has WORKER_CONCURRENCY slots.
           slots: num('worker-concurrency') * Math.max(1, split),

@@ -127,6 +127,9 @@ export async function createApplication(
       },
       logger,
     );
+    // After the queue's jobs (cleanup runs in reverse): a refresh still running in the background
+    // stores its token and gives its lease back before the database closes.
+    cleanup.push(() => tokens.drain());
     const calendar = new GoogleCalendarGateway(
       tokens,
       {

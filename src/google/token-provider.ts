@@ -10,6 +10,12 @@ export interface TokenProviderOptions {
   timeoutMs: number;
   /** Refresh this long before expiry (default 5 minutes). */
   refreshMarginMs?: number;
+  /**
+   * Inside the refresh margin, a token with more than this left (default 1 minute) is still handed
+   * out while the refresh runs in the background; with less, or one Google rejected, callers wait for
+   * the refresh.
+   */
+  waitMarginMs?: number;
   /** How long a refresh lease lasts if its holder dies mid-refresh. */
   leaseMs?: number;
   /** How long a waiter waits for another process's refresh before giving up (retryable). */
@@ -38,6 +44,14 @@ function usable(userId: string, c: CalendarConnection | undefined): CalendarConn
  * Hands out a valid access token per owner, refreshing it through Google's token endpoint when it
  * is expired or about to be.
  *
+ * Refresh ahead: a token inside the refresh margin (5 minutes) that still has more than the wait
+ * margin (1 minute) left is handed out at once, and its refresh runs in the background, so the
+ * booking that finds it there does not wait for Google's token endpoint; a booking's calls take
+ * seconds, and one that meets a 401 anyway refreshes and retries once (GoogleCalendarGateway). A
+ * token with less left than the wait margin, or one Google rejected, is refreshed while its callers
+ * wait. A background refresh that fails is logged and counted; the next caller inside the margin
+ * starts another.
+ *
  * One refresh per owner at a time, across every worker and process:
  * - in this process, concurrent callers share one in-flight promise (single flight);
  * - across processes, a lease on the owner's row (`refresh_lock_until`) elects one refresher; the
@@ -49,8 +63,10 @@ function usable(userId: string, c: CalendarConnection | undefined): CalendarConn
  * the refresh's result is dropped and the reconnected tokens are used (refreshed if need be).
  */
 export class GoogleTokenProvider {
-  readonly #inFlight = new Map<string, Promise<string>>();
+  /** Each owner's refresh in this process, and the token Google rejected that started it, if one did. */
+  readonly #inFlight = new Map<string, { promise: Promise<string>; rejected?: string }>();
   readonly #margin: number;
+  readonly #waitMargin: number;
   readonly #leaseMs: number;
   readonly #waitMs: number;
   readonly #now: () => Date;
@@ -61,6 +77,7 @@ export class GoogleTokenProvider {
     private readonly logger: Logger,
   ) {
     this.#margin = options.refreshMarginMs ?? 5 * 60_000;
+    this.#waitMargin = Math.min(options.waitMarginMs ?? 60_000, this.#margin);
     this.#leaseMs = options.leaseMs ?? 30_000;
     this.#waitMs = options.waitMs ?? 20_000;
     this.#now = options.now ?? (() => new Date());
@@ -75,10 +92,37 @@ export class GoogleTokenProvider {
     if (this.#fresh(c, rejected)) return c.accessToken;
     let flight = this.#inFlight.get(userId);
     if (!flight) {
-      flight = this.#refreshOnce(userId, rejected).finally(() => this.#inFlight.delete(userId));
+      const promise = this.#refreshOnce(userId, rejected).finally(() => this.#inFlight.delete(userId));
+      flight = { promise, rejected };
       this.#inFlight.set(userId, flight);
+      // Its waiters see a failure; one that only ran in the background is logged here (a revoked
+      // connection was logged when it was marked).
+      promise.catch((err: unknown) => {
+        if (!(err instanceof CalendarNotConnected))
+          this.logger.warn({ err, user_id: userId }, 'Google access token refresh failed');
+      });
     }
-    return flight;
+    // Still good for a while, and not the token Google just rejected: use it while the refresh
+    // finishes in the background.
+    const usableMeanwhile =
+      rejected === undefined && c.accessToken !== flight.rejected && this.#remainingMs(c) > this.#waitMargin;
+    return usableMeanwhile ? c.accessToken : flight.promise;
+  }
+
+  /**
+   * Resolves once every refresh started here has ended, or after `timeoutMs` (the app's shutdown,
+   * before the database closes, so that a background refresh can store its token and give its lease
+   * back; one that takes longer loses its result, and its lease lapses).
+   */
+  async drain(timeoutMs = 5_000): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.allSettled([...this.#inFlight.values()].map((f) => f.promise)),
+      new Promise<void>((r) => {
+        timer = setTimeout(r, timeoutMs);
+      }),
+    ]);
+    clearTimeout(timer);
   }
 
   async #load(
@@ -89,7 +133,11 @@ export class GoogleTokenProvider {
   }
 
   #fresh(c: CalendarConnection, rejected: string | undefined): boolean {
-    return c.tokenExpiry.getTime() - this.#now().getTime() > this.#margin && c.accessToken !== rejected;
+    return this.#remainingMs(c) > this.#margin && c.accessToken !== rejected;
+  }
+
+  #remainingMs(c: CalendarConnection): number {
+    return c.tokenExpiry.getTime() - this.#now().getTime();
   }
 
   async #refreshOnce(userId: string, rejected: string | undefined): Promise<string> {

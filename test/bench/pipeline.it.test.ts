@@ -75,7 +75,46 @@ it('books every message of the load after a warm-up that booked too, one refresh
     expect(Number.isFinite(stage.p50)).toBe(true);
     expect(stage.p99).toBeGreaterThanOrEqual(stage.p50);
   }
+  // The tokens had under a minute left: each owner's first booking waited for the refresh and read
+  // Google with the token it issued.
+  const { issued, firstReadWith } = tokensOfTheLoad();
+  expect(issued.size).toBe(2);
+  expect(firstReadWith).toHaveLength(2);
+  for (const token of firstReadWith) expect(issued.has(token)).toBe(true);
 }, 120_000);
+
+it('with tokens good for two more minutes, each owner is still refreshed once, in the background: no booking waits', async () => {
+  const r = await runPipeline(stack, {
+    rate: 5,
+    durationS: 1,
+    owners: 2,
+    warmupS: 1,
+    slots: 10,
+    tokenExpiryS: 120,
+  });
+  expect(r).toMatchObject({ bookings: 5, confirmed: 5, unanswered: 0, refreshes_per_owner: '1' });
+  // Each owner's first booking read Google with the token it had, while its refresh ran (later ones
+  // may carry the new token, stored by then).
+  const { issued, firstReadWith } = tokensOfTheLoad();
+  expect(issued.size).toBe(2);
+  expect(firstReadWith).toHaveLength(2);
+  for (const token of firstReadWith) expect(issued.has(token)).toBe(false);
+}, 120_000);
+
+/**
+ * The measured load's refreshes (the tokens they issued), and the token each owner's first freeBusy
+ * read of the load carried.
+ */
+function tokensOfTheLoad() {
+  const requests = [...stack.google.requests].sort((a, b) => a.at - b.at);
+  const first = new Map<string, string | undefined>();
+  for (const q of requests)
+    if (q.op === 'freebusy.query' && q.account && !first.has(q.account)) first.set(q.account, q.accessToken);
+  return {
+    issued: new Set(requests.filter((q) => q.op === 'token').map((q) => q.accessToken)),
+    firstReadWith: [...first.values()],
+  };
+}
 
 describe('throughputLimit', () => {
   const base = { offeredPerS: 200, slots: 100, emulatorMeanMs: 600 };

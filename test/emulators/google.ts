@@ -63,6 +63,8 @@ export interface RequestLogEntry {
   doneAt?: number;
   /** The account's email when the request carried a valid access token. */
   account?: string;
+  /** That access token (Calendar requests), or the one a successful token request issued. */
+  accessToken?: string;
   op: Exclude<GoogleOp, '*'> | 'unknown';
   fault?: Fault['kind'];
 }
@@ -173,6 +175,7 @@ interface Route {
 interface Caller {
   account: Account;
   scope: string;
+  token: string;
 }
 
 // Scopes each method accepts, from the generated client's documentation of calendar v3.
@@ -477,6 +480,8 @@ export class GoogleEmulator {
           : calendarError(400, 'parseError', 'Parse Error');
     } else {
       reply = this.dispatch(route, req, entry, parsed.value);
+      if (route.op === 'token' && reply.status === 200)
+        entry.accessToken = (reply.body as { access_token?: string }).access_token;
     }
 
     if (fault?.kind === 'lost-response') {
@@ -497,6 +502,7 @@ export class GoogleEmulator {
     const caller = this.authenticate(req, route.op);
     if ('status' in caller) return caller;
     entry.account = caller.account.email;
+    entry.accessToken = caller.token;
     if (route.op === 'freebusy.query') return this.freeBusy(caller, body);
     const calendarId = route.calendarId ?? '';
     const account = caller.account;
@@ -723,7 +729,7 @@ export class GoogleEmulator {
     }
     const account = this.accounts.get(access.email);
     if (!account) throw new Error(`token for unknown account ${access.email}`);
-    return { account, scope: access.scope };
+    return { account, scope: access.scope, token: bearer };
   }
 
   // ---- Calendar: events ------------------------------------------------------------------------------

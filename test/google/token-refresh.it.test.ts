@@ -1,13 +1,13 @@
 /**
  * The owner's Google access token while booking (issue 4, item 4): refresh when expired or close to
- * it, persisted encrypted with the refresh token kept; one refresh per owner under concurrency (in
+ * it (in the background while the token still has more than a minute left), persisted encrypted with the refresh token kept; one refresh per owner under concurrency (in
  * the process and across processes through the database lease); 401 -> one forced refresh and one
  * retry; invalid_grant -> revoked, MEETING_ERROR_MESSAGE, no loop.
  * Everything runs through HTTP, the worker, and the real google-auth-library / googleapis clients.
  */
 import { randomBytes } from 'node:crypto';
 import { sql } from 'kysely';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { GoogleTokenProvider, type TokenProviderOptions } from '../../src/google/token-provider.js';
 import type { CalendarConnection } from '../../src/store/calendar-connections.js';
 import { bookingAction } from '../helpers/actions.js';
@@ -132,14 +132,94 @@ describe('token refresh', () => {
     expect(s.google.refreshCount(o.grant.refresh_token)).toBe(1);
   });
 
-  it('refreshes a token that expires within 5 minutes, and not one that is fresh', async () => {
+  it('refreshes a token that expires within 5 minutes in the background: the booking does not wait for it', async () => {
     const soon = await newOwner(120);
+    // The token endpoint answers only after the booking is done: a booking that waited for it would
+    // come after it, and would call Calendar with the new token.
+    s.google.fail('token', { kind: 'stall', ms: 1500 }, 1);
     expect(isConfirmation(await book(soon))).toBe(true);
+    const calendarTokens = () =>
+      s.google.requests.filter((r) => r.account === soon.email).map((r) => r.accessToken);
+    expect(new Set(calendarTokens())).toEqual(new Set([soon.grant.access_token]));
+    expect(tokenCalls()[0]?.doneAt).toBeUndefined();
+    // The refresh ran once and stored its token, which the next booking uses without refreshing.
+    await vi.waitFor(async () => {
+      expect((await s.app.connections.get(soon.userId))?.accessToken).toBe(tokenCalls()[0]?.accessToken);
+    }, 5000);
+    const issued = tokenCalls()[0]!.accessToken!;
+    expect(isConfirmation(await book(soon, 2))).toBe(true);
+    expect(calendarTokens().at(-1)).toBe(issued);
     expect(s.google.refreshCount(soon.grant.refresh_token)).toBe(1);
+    expect(tokenCalls()).toHaveLength(1);
 
     const fresh = await newOwner(3600);
     expect(isConfirmation(await book(fresh))).toBe(true);
     expect(s.google.refreshCount(fresh.grant.refresh_token)).toBe(0);
+  });
+
+  it('a token with less than a minute left is refreshed before the booking calls Calendar with it', async () => {
+    const o = await newOwner(30);
+    expect(isConfirmation(await book(o))).toBe(true);
+    expect(s.google.refreshCount(o.grant.refresh_token)).toBe(1);
+    const issued = tokenCalls()[0]!.accessToken;
+    const used = s.google.requests.filter((r) => r.account === o.email).map((r) => r.accessToken);
+    expect(used.length).toBeGreaterThan(0);
+    expect(new Set(used)).toEqual(new Set([issued]));
+  });
+
+  it('10 concurrent bookings inside the refresh margin share one background refresh, and none waits for it', async () => {
+    const o = await newOwner(120);
+    s.google.fail('token', { kind: 'stall', ms: 1500 }, 1);
+    let n = 0;
+    s.openai.responder = () => ({ content: JSON.stringify([action(1 + n++ / 24)]) });
+    const chats = await Promise.all(Array.from({ length: 10 }, () => s.openConversation(o.agentId)));
+    await Promise.all(chats.map((c) => s.send(c.conversation_id, c.customer_token, 'book me')));
+    const lists = await Promise.all(
+      chats.map((c) => s.waitForReplies(c.conversation_id, c.customer_token, 1, 30_000)),
+    );
+    for (const list of lists) expect(isConfirmation(list.at(-1)!.content)).toBe(true);
+    // Every booking was answered while the one refresh was still stalled.
+    expect(tokenCalls()).toHaveLength(1);
+    expect(tokenCalls()[0]!.doneAt).toBeUndefined();
+    expect(s.google.events(o.email)).toHaveLength(10);
+    await vi.waitFor(() => expect(s.google.refreshCount(o.grant.refresh_token)).toBe(1), 5000);
+    expect(tokenCalls()).toHaveLength(1);
+  });
+
+  it('a background refresh that fails leaves the booking booked, and the next caller inside the margin refreshes again', async () => {
+    const o = await newOwner(120);
+    // Every try of the first refresh fails (the library retries a 5xx by itself).
+    s.google.fail('token', { kind: 'status', status: 500 }, 20);
+    expect(isConfirmation(await book(o))).toBe(true);
+    await vi.waitFor(() => expect(tokenCalls().length).toBeGreaterThan(0));
+    expect(s.google.refreshCount(o.grant.refresh_token)).toBe(0);
+    expect((await s.app.connections.get(o.userId))?.accessToken).toBe(o.grant.access_token);
+    // Let the failed refresh end (its retries), then the token endpoint works again.
+    await vi.waitFor(async () => {
+      const metrics = (await s.app.http.inject({ url: '/metrics', headers: s.admin })).body;
+      expect(metrics).toMatch(/^google_token_refreshes_total\{outcome="failed"\} [1-9]/m);
+    }, 10_000);
+    s.google.reset();
+    expect(isConfirmation(await book(o, 2))).toBe(true);
+    await vi.waitFor(() => expect(s.google.refreshCount(o.grant.refresh_token)).toBe(1), 5000);
+  });
+
+  it('drain() waits for a refresh running in the background', async () => {
+    const o = await newOwner(120);
+    const provider = otherProvider();
+    s.google.fail('token', { kind: 'stall', ms: 300 }, 1);
+    // Handed out at once, the refresh still running.
+    expect(await provider.accessToken(o.userId)).toBe(o.grant.access_token);
+    expect(s.google.refreshCount(o.grant.refresh_token)).toBe(0);
+    await provider.drain();
+    expect(s.google.refreshCount(o.grant.refresh_token)).toBe(1);
+    const stored = (await s.app.connections.get(o.userId))!;
+    expect(stored.accessToken).not.toBe(o.grant.access_token);
+    expect(stored.tokenExpiry.getTime()).toBeGreaterThan(Date.now() + 50 * 60_000);
+    // Now fresh: handed out as stored, no second refresh.
+    expect(await provider.accessToken(o.userId)).toBe(stored.accessToken);
+    await provider.drain();
+    expect(s.google.refreshCount(o.grant.refresh_token)).toBe(1);
   });
 
   it('refreshes once for 10 concurrent bookings of one owner', async () => {
