@@ -129,7 +129,7 @@ export async function createApplication(
     );
     // After the queue's jobs (cleanup runs in reverse): a refresh still running in the background
     // stores its token and gives its lease back before the database closes.
-    cleanup.push(() => tokens.drain());
+    cleanup.push(() => tokens.stop());
     const calendar = new GoogleCalendarGateway(
       tokens,
       {

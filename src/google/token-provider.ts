@@ -16,6 +16,11 @@ export interface TokenProviderOptions {
    * the refresh.
    */
   waitMarginMs?: number;
+  /**
+   * After a failed refresh, how long callers whose token still has more than the wait margin left
+   * use it without trying again (default 15 s); callers that must wait always try.
+   */
+  refreshCooldownMs?: number;
   /** How long a refresh lease lasts if its holder dies mid-refresh. */
   leaseMs?: number;
   /** How long a waiter waits for another process's refresh before giving up (retryable). */
@@ -31,6 +36,12 @@ export interface TokenProviderOptions {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+interface Flight {
+  promise: Promise<string>;
+  /** A caller waits for it (and reports its failure). */
+  awaited: boolean;
+}
 
 /** The connection, if there is one and it is not revoked. */
 function usable(userId: string, c: CalendarConnection | undefined): CalendarConnection {
@@ -63,10 +74,16 @@ function usable(userId: string, c: CalendarConnection | undefined): CalendarConn
  * the refresh's result is dropped and the reconnected tokens are used (refreshed if need be).
  */
 export class GoogleTokenProvider {
-  /** Each owner's refresh in this process, and the token Google rejected that started it, if one did. */
-  readonly #inFlight = new Map<string, { promise: Promise<string>; rejected?: string }>();
+  /** Each owner's refresh in flight in this process. */
+  readonly #inFlight = new Map<string, Flight>();
+  /** The last token Google refused per owner (a 401), until a different one is read. */
+  readonly #rejected = new Map<string, string>();
+  /** When an owner's last refresh failed (cleared by one that succeeds). */
+  readonly #failedAt = new Map<string, number>();
+  #stopping = false;
   readonly #margin: number;
   readonly #waitMargin: number;
+  readonly #cooldown: number;
   readonly #leaseMs: number;
   readonly #waitMs: number;
   readonly #now: () => Date;
@@ -78,6 +95,7 @@ export class GoogleTokenProvider {
   ) {
     this.#margin = options.refreshMarginMs ?? 5 * 60_000;
     this.#waitMargin = Math.min(options.waitMarginMs ?? 60_000, this.#margin);
+    this.#cooldown = options.refreshCooldownMs ?? 15_000;
     this.#leaseMs = options.leaseMs ?? 30_000;
     this.#waitMs = options.waitMs ?? 20_000;
     this.#now = options.now ?? (() => new Date());
@@ -88,41 +106,73 @@ export class GoogleTokenProvider {
    * refreshed even if not yet expired, unless someone already replaced it.
    */
   async accessToken(userId: string, rejected?: string): Promise<string> {
+    if (rejected !== undefined) this.#rejected.set(userId, rejected);
     const c = await this.#load(userId, this.options.cached);
-    if (this.#fresh(c, rejected)) return c.accessToken;
+    // The token Google refused, still read (from the cache, say) after its replacement was stored,
+    // is never handed out again; once a different one is read, the memo has done its job.
+    const refused = this.#rejected.get(userId);
+    if (refused !== undefined && refused !== c.accessToken) this.#rejected.delete(userId);
+    if (this.#fresh(c, refused)) return c.accessToken;
+
+    const usableMeanwhile =
+      c.accessToken !== refused && !this.#stopping && this.#remainingMs(c) > this.#waitMargin;
     let flight = this.#inFlight.get(userId);
     if (!flight) {
-      const promise = this.#refreshOnce(userId, rejected).finally(() => this.#inFlight.delete(userId));
-      flight = { promise, rejected };
-      this.#inFlight.set(userId, flight);
-      // Its waiters see a failure; one that only ran in the background is logged here (a revoked
-      // connection was logged when it was marked).
-      promise.catch((err: unknown) => {
-        if (!(err instanceof CalendarNotConnected))
-          this.logger.warn({ err, user_id: userId }, 'Google access token refresh failed');
-      });
+      // In the background, a refresh that just failed is not tried again at once: the token still
+      // has time, and every Google call would otherwise start one during a token-endpoint outage.
+      const failedAt = this.#failedAt.get(userId);
+      if (usableMeanwhile && failedAt !== undefined && this.#now().getTime() - failedAt < this.#cooldown)
+        return c.accessToken;
+      flight = this.#startRefresh(userId, c.accessToken === refused ? refused : undefined);
     }
-    // Still good for a while, and not the token Google just rejected: use it while the refresh
-    // finishes in the background.
-    const usableMeanwhile =
-      rejected === undefined && c.accessToken !== flight.rejected && this.#remainingMs(c) > this.#waitMargin;
-    return usableMeanwhile ? c.accessToken : flight.promise;
+    if (usableMeanwhile) return c.accessToken;
+    flight.awaited = true;
+    return flight.promise;
+  }
+
+  #startRefresh(userId: string, rejected: string | undefined): Flight {
+    const promise = this.#refreshOnce(userId, rejected).finally(() => this.#inFlight.delete(userId));
+    const flight: Flight = { promise, awaited: false };
+    this.#inFlight.set(userId, flight);
+    promise.then(
+      () => this.#failedAt.delete(userId),
+      (err: unknown) => {
+        this.#failedAt.set(userId, this.#now().getTime());
+        // A caller that waited for it reports its failure; one that ran only in the background is
+        // logged here (a revoked connection was logged when it was marked).
+        if (!flight.awaited && !(err instanceof CalendarNotConnected))
+          this.logger.warn({ err, user_id: userId }, 'Google access token refresh failed in the background');
+      },
+    );
+    return flight;
   }
 
   /**
-   * Resolves once every refresh started here has ended, or after `timeoutMs` (the app's shutdown,
-   * before the database closes, so that a background refresh can store its token and give its lease
-   * back; one that takes longer loses its result, and its lease lapses).
+   * Resolves once every refresh in flight here has ended (those started meanwhile too), or after
+   * `timeoutMs` (by default the token request's own timeout and a little more).
    */
-  async drain(timeoutMs = 5_000): Promise<void> {
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([
-      Promise.allSettled([...this.#inFlight.values()].map((f) => f.promise)),
-      new Promise<void>((r) => {
-        timer = setTimeout(r, timeoutMs);
-      }),
-    ]);
-    clearTimeout(timer);
+  async drain(timeoutMs = this.options.timeoutMs + 2_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.#inFlight.size > 0 && Date.now() < deadline) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        Promise.allSettled([...this.#inFlight.values()].map((f) => f.promise)),
+        new Promise<void>((r) => {
+          timer = setTimeout(r, Math.max(0, deadline - Date.now()));
+        }),
+      ]);
+      clearTimeout(timer);
+    }
+  }
+
+  /**
+   * The app's shutdown, before the database closes: no refresh runs in the background any more
+   * (callers wait for theirs), and the ones in flight may end (drain), so that a refresh can store its
+   * token and give its lease back; one that takes longer loses its result, and its lease lapses.
+   */
+  async stop(): Promise<void> {
+    this.#stopping = true;
+    await this.drain();
   }
 
   async #load(
@@ -182,6 +232,11 @@ export class GoogleTokenProvider {
     const userId = c.userId;
     if (!c.refreshToken) {
       if (!(await this.connections.markRevoked(userId, c.revision))) return undefined;
+      this.options.onRefresh?.('revoked');
+      this.logger.warn(
+        { user_id: userId },
+        'no refresh token to renew the access token: connection marked revoked',
+      );
       throw new CalendarNotConnected(`user ${userId} has no refresh token`, 'revoked');
     }
     const client = new OAuth2Client({

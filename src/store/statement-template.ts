@@ -19,7 +19,8 @@ type Executor = Pick<Kysely<unknown>, 'executeQuery'>;
  * parameters, and each call fills them in. Values that are constant for the template (a channel
  * name, a limit fixed per process) stay as they were compiled.
  *
- * `build` must only pass the values on (`${v.name}` in an `sql` template, or a builder's value): a
+ * `build` must only pass the values on (`${v.name}` in an `sql` template, or a builder's value; not
+ * tested, not spread into a row, not a list for `in`, whose length the text would fix): a
  * placeholder cannot be computed with (arithmetic, string concatenation, serialization), and
  * doing so throws when the template is compiled, so a template that compiles runs the SQL `build`
  * would have built. Anything computed from a call's values belongs in the caller, passed in as a
@@ -41,7 +42,9 @@ export class StatementTemplate<V extends Record<string, unknown>, R> {
     const compiled = build(values).compile(db);
     this.#sql = compiled.sql;
     this.#params = compiled.parameters.map((p) => (p instanceof Placeholder ? p : { constant: p }));
-    const used = new Set(this.#params.flatMap((p) => (p instanceof Placeholder ? [p.key] : [])));
+    const used = new Set(
+      this.#params.flatMap((p) => (p instanceof Placeholder ? [Placeholder.keyOf(p)] : [])),
+    );
     const dropped = [...seen].filter((k) => !used.has(k));
     if (dropped.length > 0)
       throw new Error(`StatementTemplate: ${dropped.join(', ')} read but not passed to the statement`);
@@ -53,18 +56,29 @@ export class StatementTemplate<V extends Record<string, unknown>, R> {
   }
 
   execute(executor: Executor, values: V): Promise<QueryResult<R>> {
-    const parameters = this.#params.map((p) => (p instanceof Placeholder ? values[p.key] : p.constant));
+    const parameters = this.#params.map((p) =>
+      p instanceof Placeholder ? values[Placeholder.keyOf(p)] : p.constant,
+    );
     return executor.executeQuery(CompiledQuery.raw(this.#sql, parameters) as CompiledQuery<R>);
   }
 }
 
-/** A value's place in a template while it compiles; using it as a value of its own throws. */
+/**
+ * A value's place in a template while it compiles; using it as a value of its own throws. It has no
+ * fields to read (a builder given it as a row would find no columns).
+ */
 class Placeholder {
-  constructor(readonly key: string) {}
+  readonly #key: string;
+  constructor(key: string) {
+    this.#key = key;
+  }
+  static keyOf(p: Placeholder): string {
+    return p.#key;
+  }
   [Symbol.toPrimitive](): never {
-    throw new Error(`StatementTemplate: the value ${this.key} was computed with while compiling`);
+    throw new Error(`StatementTemplate: the value ${this.#key} was computed with while compiling`);
   }
   toJSON(): never {
-    throw new Error(`StatementTemplate: the value ${this.key} was serialized while compiling`);
+    throw new Error(`StatementTemplate: the value ${this.#key} was serialized while compiling`);
   }
 }

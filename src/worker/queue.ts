@@ -251,6 +251,7 @@ export class JobQueue {
         conversationId,
         controller: new AbortController(),
         startedAt: Date.now(),
+        startedPerf: performance.now(),
         arrived: false,
         releasedByStop: false,
       };
@@ -298,8 +299,12 @@ export class JobQueue {
           );
       } finally {
         inFlight.delete(key);
-        this.settings.onSlotFreed?.(Date.now() - job.startedAt);
         if (saturated || woken || nextWaiting) nudge();
+        try {
+          this.settings.onSlotFreed?.(performance.now() - job.startedPerf);
+        } catch (err) {
+          this.logger.warn({ err }, 'the slot-freed callback failed');
+        }
       }
     };
 
@@ -440,6 +445,8 @@ interface Running {
   conversationId: string;
   controller: AbortController;
   startedAt: number;
+  /** The same moment on the monotonic clock (the slot's time, whatever the wall clock does). */
+  startedPerf: number;
   /** Another message of its conversation was announced meanwhile (fetch again once done). */
   arrived: boolean;
   /** stop() gave its claim back: the run's own failure must not (its backoff would override). */

@@ -186,22 +186,79 @@ describe('token refresh', () => {
     expect(tokenCalls()).toHaveLength(1);
   });
 
-  it('a background refresh that fails leaves the booking booked, and the next caller inside the margin refreshes again', async () => {
+  it('a background refresh that fails leaves the booking booked; bookings right after it do not retry it at once', async () => {
     const o = await newOwner(120);
-    // Every try of the first refresh fails (the library retries a 5xx by itself).
+    const failedRefreshes = async () => {
+      const metrics = (await s.app.http.inject({ url: '/metrics', headers: s.admin })).body;
+      return Number(/^google_token_refreshes_total\{outcome="failed"\} (\d+)/m.exec(metrics)?.[1] ?? 0);
+    };
+    const failedBefore = await failedRefreshes();
+    // Every try of the refresh fails (the library retries a 5xx by itself).
     s.google.fail('token', { kind: 'status', status: 500 }, 20);
     expect(isConfirmation(await book(o))).toBe(true);
-    await vi.waitFor(() => expect(tokenCalls().length).toBeGreaterThan(0));
+    // The refresh has ended (its retries too) once it is counted.
+    await vi.waitFor(async () => expect(await failedRefreshes()).toBe(failedBefore + 1), 10_000);
     expect(s.google.refreshCount(o.grant.refresh_token)).toBe(0);
     expect((await s.app.connections.get(o.userId))?.accessToken).toBe(o.grant.access_token);
-    // Let the failed refresh end (its retries), then the token endpoint works again.
-    await vi.waitFor(async () => {
-      const metrics = (await s.app.http.inject({ url: '/metrics', headers: s.admin })).body;
-      expect(metrics).toMatch(/^google_token_refreshes_total\{outcome="failed"\} [1-9]/m);
-    }, 10_000);
+    // The token endpoint works again, but the token still has time and the failure is recent: the
+    // next booking uses it without a refresh (the cooldown's expiry is checked below, on a clock of
+    // its own).
     s.google.reset();
     expect(isConfirmation(await book(o, 2))).toBe(true);
-    await vi.waitFor(() => expect(s.google.refreshCount(o.grant.refresh_token)).toBe(1), 5000);
+    expect(tokenCalls()).toHaveLength(0);
+    expect(s.google.requests.filter((r) => r.account === o.email).map((r) => r.accessToken)).toContain(
+      o.grant.access_token,
+    );
+  });
+
+  it('after a failed background refresh, tries again once the cooldown passed, and at once when it must wait', async () => {
+    const o = await newOwner(180);
+    let clock = Date.now();
+    const provider = otherProvider({ now: () => new Date(clock), refreshCooldownMs: 15_000 });
+    s.google.fail('token', { kind: 'status', status: 400 }, 1); // no retry: a configuration-like error
+    expect(await provider.accessToken(o.userId)).toBe(o.grant.access_token);
+    await provider.drain();
+    expect(tokenCalls()).toHaveLength(1);
+    // Within the cooldown: the token, no new try.
+    clock += 10_000;
+    expect(await provider.accessToken(o.userId)).toBe(o.grant.access_token);
+    await provider.drain();
+    expect(tokenCalls()).toHaveLength(1);
+    // Past it: a new background refresh, which succeeds.
+    clock += 10_000;
+    expect(await provider.accessToken(o.userId)).toBe(o.grant.access_token);
+    await provider.drain();
+    expect(tokenCalls()).toHaveLength(2);
+    expect(s.google.refreshCount(o.grant.refresh_token)).toBe(1);
+
+    // Another owner, whose token has under a minute left: a recent failure does not hold its
+    // callers back (they wait for a new try).
+    const late = await newOwner(45);
+    const other = otherProvider({ refreshCooldownMs: 60_000 });
+    s.google.fail('token', { kind: 'status', status: 400 }, 1);
+    await expect(other.accessToken(late.userId)).rejects.toThrow(/token refresh failed/);
+    const token = await other.accessToken(late.userId);
+    expect(token).not.toBe(late.grant.access_token);
+    expect(s.google.refreshCount(late.grant.refresh_token)).toBe(1);
+  });
+
+  it('never hands out again a token Google refused, even read from a cache that has not caught up', async () => {
+    const o = await newOwner(180);
+    const stored = (await s.app.connections.get(o.userId))!;
+    // A cache that keeps returning the refused token (its eviction not arrived yet).
+    const provider = otherProvider({ cached: async () => stored });
+    s.google.fail('token', { kind: 'stall', ms: 300 }, 1);
+    const refusedOne = o.grant.access_token;
+    const [afterRefusal, meanwhile] = await Promise.all([
+      provider.accessToken(o.userId, refusedOne),
+      // A caller arriving while that refresh runs waits for it rather than take the refused token.
+      provider.accessToken(o.userId),
+    ]);
+    expect(afterRefusal).not.toBe(refusedOne);
+    expect(meanwhile).toBe(afterRefusal);
+    // Later, the cache still has the refused one: the database's (refreshed) token, no new refresh.
+    expect(await provider.accessToken(o.userId)).toBe(afterRefusal);
+    expect(s.google.refreshCount(o.grant.refresh_token)).toBe(1);
   });
 
   it('drain() waits for a refresh running in the background', async () => {
@@ -220,6 +277,16 @@ describe('token refresh', () => {
     expect(await provider.accessToken(o.userId)).toBe(stored.accessToken);
     await provider.drain();
     expect(s.google.refreshCount(o.grant.refresh_token)).toBe(1);
+  });
+
+  it('once stopped (shutdown), refreshes no longer run in the background: callers wait for theirs', async () => {
+    const o = await newOwner(120);
+    const provider = otherProvider();
+    await provider.stop();
+    const token = await provider.accessToken(o.userId);
+    expect(token).not.toBe(o.grant.access_token);
+    expect(s.google.refreshCount(o.grant.refresh_token)).toBe(1);
+    expect((await s.app.connections.get(o.userId))?.accessToken).toBe(token);
   });
 
   it('refreshes once for 10 concurrent bookings of one owner', async () => {
