@@ -60,8 +60,9 @@ function usable(userId: string, c: CalendarConnection | undefined): CalendarConn
  * booking that finds it there does not wait for Google's token endpoint; a booking's calls take
  * seconds, and one that meets a 401 anyway refreshes and retries once (GoogleCalendarGateway). A
  * token with less left than the wait margin, or one Google rejected, is refreshed while its callers
- * wait. A background refresh that fails is logged and counted; the next caller inside the margin
- * starts another.
+ * wait. A background refresh that fails is logged and counted; callers whose token still has time
+ * do not try again before `refreshCooldownMs` (15 s), callers that must wait always try. A token Google
+ * refused is not handed out again, even where a cache still holds it.
  *
  * One refresh per owner at a time, across every worker and process:
  * - in this process, concurrent callers share one in-flight promise (single flight);
@@ -123,7 +124,7 @@ export class GoogleTokenProvider {
       const failedAt = this.#failedAt.get(userId);
       if (usableMeanwhile && failedAt !== undefined && this.#now().getTime() - failedAt < this.#cooldown)
         return c.accessToken;
-      flight = this.#startRefresh(userId, c.accessToken === refused ? refused : undefined);
+      flight = this.#startRefresh(userId, refused);
     }
     if (usableMeanwhile) return c.accessToken;
     flight.awaited = true;

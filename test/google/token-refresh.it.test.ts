@@ -76,6 +76,19 @@ async function book(o: Owner, days = 1): Promise<string> {
   return list.filter((m) => m.role === 'assistant').at(-1)!.content;
 }
 
+/** Ten conversations of `o`'s agent each ask for a booking at once (a different hour each); all are confirmed. */
+async function bookTenAtOnce(o: Owner): Promise<void> {
+  let n = 0;
+  // A different hour each: one slot of one owner cannot be booked twice.
+  s.openai.responder = () => ({ content: JSON.stringify([action(1 + n++ / 24)]) });
+  const chats = await Promise.all(Array.from({ length: 10 }, () => s.openConversation(o.agentId)));
+  await Promise.all(chats.map((c) => s.send(c.conversation_id, c.customer_token, 'book me')));
+  const lists = await Promise.all(
+    chats.map((c) => s.waitForReplies(c.conversation_id, c.customer_token, 1, 30_000)),
+  );
+  for (const list of lists) expect(isConfirmation(list.at(-1)!.content)).toBe(true);
+}
+
 async function tokenInfo(userId: string): Promise<Record<string, unknown>> {
   const res = await s.app.http.inject({ url: `/api/google-tokens/${userId}`, headers: s.admin });
   expect(res.statusCode).toBe(200);
@@ -170,14 +183,7 @@ describe('token refresh', () => {
   it('10 concurrent bookings inside the refresh margin share one background refresh, and none waits for it', async () => {
     const o = await newOwner(120);
     s.google.fail('token', { kind: 'stall', ms: 1500 }, 1);
-    let n = 0;
-    s.openai.responder = () => ({ content: JSON.stringify([action(1 + n++ / 24)]) });
-    const chats = await Promise.all(Array.from({ length: 10 }, () => s.openConversation(o.agentId)));
-    await Promise.all(chats.map((c) => s.send(c.conversation_id, c.customer_token, 'book me')));
-    const lists = await Promise.all(
-      chats.map((c) => s.waitForReplies(c.conversation_id, c.customer_token, 1, 30_000)),
-    );
-    for (const list of lists) expect(isConfirmation(list.at(-1)!.content)).toBe(true);
+    await bookTenAtOnce(o);
     // Every booking was answered while the one refresh was still stalled.
     expect(tokenCalls()).toHaveLength(1);
     expect(tokenCalls()[0]!.doneAt).toBeUndefined();
@@ -370,14 +376,7 @@ describe('401 from Calendar', () => {
   it('10 concurrent bookings whose token Google rejects share one forced refresh', async () => {
     const o = await newOwner(3600);
     s.google.expireAccessToken(o.grant.access_token);
-    let n = 0;
-    s.openai.responder = () => ({ content: JSON.stringify([action(1 + n++ / 24)]) });
-    const chats = await Promise.all(Array.from({ length: 10 }, () => s.openConversation(o.agentId)));
-    await Promise.all(chats.map((c) => s.send(c.conversation_id, c.customer_token, 'book me')));
-    const lists = await Promise.all(
-      chats.map((c) => s.waitForReplies(c.conversation_id, c.customer_token, 1, 30_000)),
-    );
-    for (const list of lists) expect(isConfirmation(list.at(-1)!.content)).toBe(true);
+    await bookTenAtOnce(o);
     expect(s.google.refreshCount(o.grant.refresh_token)).toBe(1);
     expect(inserts().map((r) => r.status)).toEqual(Array(10).fill(200));
     const statuses = freeBusyCalls().map((r) => r.status);
