@@ -36,6 +36,13 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly connectionLookups = new Counter({
+    name: 'connection_cache_lookups_total',
+    help: "Lookups of owners' calendar connections through this process's cache: served from memory or a read in flight (hit), or read from the database (miss)",
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+
   readonly bookings = new Counter({
     name: 'booking_outcomes_total',
     help: 'Booking actions by outcome (booked, booked_existing, invalid, limit, not_connected, revoked, google_error)',

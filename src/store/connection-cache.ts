@@ -24,7 +24,8 @@ export const CONNECTION_CHANNEL = 'agent_meetings_connections';
  * is down (server restart) notifications can be lost, so the cache is emptied and bypassed until it
  * is back.
  *
- * Only this read path uses the cache; the worker's token provider reads the row under its own rules.
+ * The worker's token provider reads a fresh token through it too; every refresh decision re-reads the
+ * row from the database.
  */
 export class ConnectionCache {
   readonly #entries = new Map<string, CalendarConnection | null>();
@@ -37,6 +38,8 @@ export class ConnectionCache {
     private readonly database: Database,
     private readonly load: (userId: string) => Promise<CalendarConnection | undefined>,
     private readonly maxEntries = 10_000,
+    /** Each lookup: served from memory or a read already in flight (`hit`), or a database read (`miss`). */
+    private readonly onLookup?: (result: 'hit' | 'miss') => void,
   ) {}
 
   async start(): Promise<void> {
@@ -58,9 +61,16 @@ export class ConnectionCache {
 
   async get(userId: string): Promise<CalendarConnection | undefined> {
     const hit = this.#entries.get(userId);
-    if (hit !== undefined) return hit ?? undefined;
+    if (hit !== undefined) {
+      this.onLookup?.('hit');
+      return hit ?? undefined;
+    }
     const shared = this.#loading.get(userId);
-    if (shared) return shared.row;
+    if (shared) {
+      this.onLookup?.('hit');
+      return shared.row;
+    }
+    this.onLookup?.('miss');
     const load: Load = { stale: false, row: this.load(userId) };
     this.#loading.set(userId, load);
     try {

@@ -555,6 +555,29 @@ describe('the cached read of a fresh token', () => {
     expect(s.google.refreshCount(o.grant.refresh_token)).toBe(0);
   });
 
+  it('counts its lookups: an owner’s first booking reads the connection from the database, the next ones from memory', async () => {
+    const lookups = async () => {
+      const text = (await s.app.http.inject({ url: '/metrics', headers: s.admin })).body;
+      const count = (result: string) =>
+        Number(
+          new RegExp(`^connection_cache_lookups_total\\{result="${result}"\\} (\\d+)`, 'm').exec(text)?.[1] ??
+            0,
+        );
+      return { hit: count('hit'), miss: count('miss') };
+    };
+    const o = await newOwner(3600);
+    const before = await lookups();
+    expect(isConfirmation(await book(o, 3))).toBe(true);
+    const first = await lookups();
+    // One read for its freeBusy; its insert's lookup found it in memory.
+    expect(first.miss).toBe(before.miss + 1);
+    expect(first.hit).toBeGreaterThanOrEqual(before.hit + 1);
+    expect(isConfirmation(await book(o, 4))).toBe(true);
+    const second = await lookups();
+    expect(second.miss).toBe(first.miss);
+    expect(second.hit).toBeGreaterThanOrEqual(first.hit + 2);
+  });
+
   it('the service’s worker reads a refreshed token through the cache once the change is announced', async () => {
     const o = await newOwner(-60);
     s.openai.responder = () => ({ content: JSON.stringify([action(5)]) });
