@@ -110,12 +110,9 @@ export async function createApplication(
 
     // Served from memory while fresh, evicted on every change by NOTIFY (API reads and the worker's
     // token lookups alike).
-    const connectionCache = new ConnectionCache(
-      database,
-      (userId) => connections.get(userId),
-      undefined,
-      (result) => metrics.connectionLookups.inc({ result }),
-    );
+    const connectionCache = new ConnectionCache(database, (userId) => connections.get(userId), {
+      onLookup: (result) => metrics.connectionLookups.inc({ result }),
+    });
     await connectionCache.start();
     cleanup.push(() => connectionCache.stop());
 

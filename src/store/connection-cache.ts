@@ -34,13 +34,22 @@ export class ConnectionCache {
   #live = false;
   #unlisten: (() => Promise<void>) | undefined;
 
+  readonly #maxEntries: number;
+  readonly #onLookup: ((result: 'hit' | 'miss') => void) | undefined;
+
   constructor(
     private readonly database: Database,
     private readonly load: (userId: string) => Promise<CalendarConnection | undefined>,
-    private readonly maxEntries = 10_000,
-    /** Each lookup: served from memory or a read already in flight (`hit`), or a database read (`miss`). */
-    private readonly onLookup?: (result: 'hit' | 'miss') => void,
-  ) {}
+    options: {
+      /** Owners kept at most (the oldest is dropped first); default 10,000. */
+      maxEntries?: number;
+      /** Each lookup: served from memory or a read already in flight (`hit`), or a database read (`miss`). */
+      onLookup?: (result: 'hit' | 'miss') => void;
+    } = {},
+  ) {
+    this.#maxEntries = options.maxEntries ?? 10_000;
+    this.#onLookup = options.onLookup;
+  }
 
   async start(): Promise<void> {
     this.#unlisten = await this.database.listen(
@@ -62,15 +71,15 @@ export class ConnectionCache {
   async get(userId: string): Promise<CalendarConnection | undefined> {
     const hit = this.#entries.get(userId);
     if (hit !== undefined) {
-      this.onLookup?.('hit');
+      this.#onLookup?.('hit');
       return hit ?? undefined;
     }
     const shared = this.#loading.get(userId);
     if (shared) {
-      this.onLookup?.('hit');
+      this.#onLookup?.('hit');
       return shared.row;
     }
-    this.onLookup?.('miss');
+    this.#onLookup?.('miss');
     const load: Load = { stale: false, row: this.load(userId) };
     this.#loading.set(userId, load);
     try {
@@ -97,7 +106,7 @@ export class ConnectionCache {
   }
 
   #remember(userId: string, row: CalendarConnection | null): void {
-    if (this.#entries.size >= this.maxEntries) {
+    if (this.#entries.size >= this.#maxEntries) {
       // Map iterates in insertion order: drop the oldest entry.
       const oldest = this.#entries.keys().next();
       if (!oldest.done) this.#entries.delete(oldest.value);

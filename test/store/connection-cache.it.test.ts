@@ -200,7 +200,9 @@ describe('ConnectionCache', () => {
   });
 
   it('holds at most maxEntries rows, dropping the oldest', async () => {
-    const c = new ConnectionCache(database, async (id) => ({ userId: id }) as CalendarConnection, 3);
+    const c = new ConnectionCache(database, async (id) => ({ userId: id }) as CalendarConnection, {
+      maxEntries: 3,
+    });
     await c.start();
     try {
       for (const id of ['a', 'b', 'c', 'd']) await c.get(id);
