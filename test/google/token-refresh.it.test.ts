@@ -11,7 +11,13 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vites
 import { GoogleTokenProvider, type TokenProviderOptions } from '../../src/google/token-provider.js';
 import type { CalendarConnection } from '../../src/store/calendar-connections.js';
 import { bookingAction } from '../helpers/actions.js';
-import { GOOGLE_CLIENT_ID, GOOGLE_CLIENT_SECRET, type Stack, startStack } from '../helpers/stack.js';
+import {
+  GOOGLE_CLIENT_ID,
+  GOOGLE_CLIENT_SECRET,
+  metricsSnapshot,
+  type Stack,
+  startStack,
+} from '../helpers/stack.js';
 
 let s: Stack;
 beforeAll(async () => {
@@ -194,10 +200,8 @@ describe('token refresh', () => {
 
   it('a background refresh that fails leaves the booking booked; bookings right after it do not retry it at once', async () => {
     const o = await newOwner(120);
-    const failedRefreshes = async () => {
-      const metrics = (await s.app.http.inject({ url: '/metrics', headers: s.admin })).body;
-      return Number(/^google_token_refreshes_total\{outcome="failed"\} (\d+)/m.exec(metrics)?.[1] ?? 0);
-    };
+    const failedRefreshes = async () =>
+      (await metricsSnapshot(s))('google_token_refreshes_total{outcome="failed"}');
     const failedBefore = await failedRefreshes();
     // Every try of the refresh fails (the library retries a 5xx by itself).
     s.google.fail('token', { kind: 'status', status: 500 }, 20);
@@ -557,13 +561,11 @@ describe('the cached read of a fresh token', () => {
 
   it('counts its lookups: an owner’s first booking reads the connection from the database, the next ones from memory', async () => {
     const lookups = async () => {
-      const text = (await s.app.http.inject({ url: '/metrics', headers: s.admin })).body;
-      const count = (result: string) =>
-        Number(
-          new RegExp(`^connection_cache_lookups_total\\{result="${result}"\\} (\\d+)`, 'm').exec(text)?.[1] ??
-            0,
-        );
-      return { hit: count('hit'), miss: count('miss') };
+      const value = await metricsSnapshot(s);
+      return {
+        hit: value('connection_cache_lookups_total{result="hit"}'),
+        miss: value('connection_cache_lookups_total{result="miss"}'),
+      };
     };
     const o = await newOwner(3600);
     const before = await lookups();

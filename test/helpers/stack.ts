@@ -164,12 +164,30 @@ export function useStack(env: Record<string, string> = {}, options: ApplicationO
 }
 
 /**
+ * One /metrics snapshot of the process: `value(series)` is a series' number, the series named as
+ * the exposition writes it, labels included (`queue_pickups_total{path="insert"}`,
+ * `worker_slot_seconds_sum`); 0 when the process has not reported it.
+ */
+export async function metricsSnapshot(s: Stack): Promise<(series: string) => number> {
+  const res = await s.app.http.inject({ method: 'GET', url: '/metrics', headers: s.admin });
+  if (res.statusCode !== 200) throw new Error(`GET /metrics: ${res.statusCode}`);
+  const values = new Map<string, number>();
+  for (const line of res.body.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue;
+    const space = line.lastIndexOf(' ');
+    values.set(line.slice(0, space), Number(line.slice(space + 1)));
+  }
+  return (series) => values.get(series) ?? 0;
+}
+
+/**
  * queue_pickups_total by path, as the process's /metrics reports it: messages its worker took by
  * their own insert (`insert`) and by a claim statement (`claim`).
  */
 export async function queuePickups(s: Stack): Promise<{ insert: number; claim: number }> {
-  const res = await s.app.http.inject({ method: 'GET', url: '/metrics', headers: s.admin });
-  const count = (path: string) =>
-    Number(res.body.match(new RegExp(`^queue_pickups_total\\{path="${path}"\\} (\\d+)`, 'm'))?.[1] ?? 0);
-  return { insert: count('insert'), claim: count('claim') };
+  const value = await metricsSnapshot(s);
+  return {
+    insert: value('queue_pickups_total{path="insert"}'),
+    claim: value('queue_pickups_total{path="claim"}'),
+  };
 }

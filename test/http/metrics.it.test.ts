@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { type Stack, startStack } from '../helpers/stack.js';
+import { metricsSnapshot, type Stack, startStack } from '../helpers/stack.js';
 
 let s: Stack;
 beforeAll(async () => {
@@ -42,11 +42,8 @@ describe('observability', () => {
 
   it('times how long each job holds its worker slot (worker_slot_seconds)', async () => {
     const slot = async () => {
-      const text = (await s.app.http.inject({ url: '/metrics', headers: s.admin })).body;
-      return {
-        count: Number(/^worker_slot_seconds_count (\d+)$/m.exec(text)?.[1]),
-        sum: Number(/^worker_slot_seconds_sum ([\d.e-]+)$/m.exec(text)?.[1]),
-      };
+      const value = await metricsSnapshot(s);
+      return { count: value('worker_slot_seconds_count'), sum: value('worker_slot_seconds_sum') };
     };
     const before = await slot();
     // The model answers after 150 ms: the job holds its slot at least that long.
