@@ -60,7 +60,8 @@ const PARTS: Intl.DateTimeFormatOptions = {
 };
 const partsFormatters = new Map<string, Intl.DateTimeFormat>();
 
-function zonedParts(at: Date, zone: string): ZonedParts {
+/** The zone's wall clock at `at` (whole seconds), read from Intl: the reference the cache below keeps. */
+function formattedParts(at: number, zone: string): ZonedParts {
   const f = formatterFor(partsFormatters, zone, PARTS);
   const parts = Object.fromEntries(f.formatToParts(at).map((p) => [p.type, p.value]));
   return {
@@ -74,15 +75,72 @@ function zonedParts(at: Date, zone: string): ZonedParts {
   };
 }
 
-/** The zone's offset from UTC at that instant, in minutes (Asia/Kolkata -> 330). */
-export function zoneOffsetMinutes(at: Date, zone: string): number {
-  return offsetOf(at, zonedParts(at, zone));
+/** The zone's offset at `at` (whole seconds), in ms: its wall clock read as UTC, minus the instant. */
+function formattedOffsetMs(at: number, zone: string): number {
+  const p = formattedParts(at, zone);
+  return Date.UTC(p.year, p.month - 1, p.day, p.hour, p.minute, p.second) - at;
 }
 
-/** The offset that `p`, the zone's wall clock at `at`, implies. */
-function offsetOf(at: Date, p: ZonedParts): number {
-  const asUtc = Date.UTC(p.year, p.month - 1, p.day, p.hour, p.minute, p.second);
-  return Math.round((asUtc - Math.floor(at.getTime() / 1000) * 1000) / 60_000);
+/**
+ * Offsets already read from Intl, per zone and quarter hour (`<quarter> <zone>` -> ms). Why: every
+ * message's prompt reads the zone's clock now, again and again within the same quarter hour, and
+ * `formatToParts` was ~1 % of the service's CPU at 50 bookings/s (bench/README.md).
+ *
+ * A quarter hour is kept the second time it is asked for (`null` marks the first: most meeting times
+ * are asked for once, and reading one offset is cheaper than checking a quarter hour), and only when
+ * the offset at its first and its last second agree: it then holds for the whole quarter hour, since
+ * no zone in the time zone database changes its offset twice within 15 minutes. One whose offset
+ * changes inside it is read from Intl each time. The map is emptied when it reaches OFFSETS_KEPT
+ * entries.
+ */
+const offsets = new Map<string, number | null>();
+const QUARTER_MS = 15 * 60_000;
+const OFFSETS_KEPT = 10_000;
+
+function offsetMs(at: number, zone: string): number {
+  const quarter = Math.floor(at / QUARTER_MS);
+  const key = `${quarter} ${zone}`;
+  const kept = offsets.get(key);
+  if (typeof kept === 'number') return kept;
+  if (offsets.size >= OFFSETS_KEPT) offsets.clear();
+  if (kept === undefined) {
+    offsets.set(key, null);
+    return formattedOffsetMs(at, zone);
+  }
+  const start = quarter * QUARTER_MS;
+  const first = formattedOffsetMs(start, zone);
+  if (formattedOffsetMs(start + QUARTER_MS - 1000, zone) !== first) return formattedOffsetMs(at, zone);
+  offsets.set(key, first);
+  return first;
+}
+
+const WEEKDAYS = ['Sunday', 'Monday', 'Tuesday', 'Wednesday', 'Thursday', 'Friday', 'Saturday'];
+
+/** `at` to the whole second, in epoch ms (Intl's clock has no finer field). */
+const wholeSecond = (at: Date) => Math.floor(at.getTime() / 1000) * 1000;
+
+/** The wall clock at `second` with offset `offset` (ms): the same parts Intl's `formatToParts` gives. */
+function wallParts(second: number, offset: number): ZonedParts {
+  const wall = new Date(second + offset);
+  return {
+    year: wall.getUTCFullYear(),
+    month: wall.getUTCMonth() + 1,
+    day: wall.getUTCDate(),
+    hour: wall.getUTCHours(),
+    minute: wall.getUTCMinutes(),
+    second: wall.getUTCSeconds(),
+    weekday: WEEKDAYS[wall.getUTCDay()]!,
+  };
+}
+
+function zonedParts(at: Date, zone: string): ZonedParts {
+  const second = wholeSecond(at);
+  return wallParts(second, offsetMs(second, zone));
+}
+
+/** The zone's offset from UTC at that instant, in minutes (Asia/Kolkata -> 330). */
+export function zoneOffsetMinutes(at: Date, zone: string): number {
+  return Math.round(offsetMs(wholeSecond(at), zone) / 60_000);
 }
 
 export function formatOffset(minutes: number): string {
@@ -95,8 +153,10 @@ const pad = (n: number) => String(n).padStart(2, '0');
 
 /** RFC 3339 local time with the zone's offset, e.g. 2025-10-06T19:00:00+05:30. */
 export function toZonedIso(at: Date, zone: string): string {
-  const p = zonedParts(at, zone);
-  return `${p.year}-${pad(p.month)}-${pad(p.day)}T${pad(p.hour)}:${pad(p.minute)}:${pad(p.second)}${formatOffset(offsetOf(at, p))}`;
+  const second = wholeSecond(at);
+  const offset = offsetMs(second, zone);
+  const p = wallParts(second, offset);
+  return `${p.year}-${pad(p.month)}-${pad(p.day)}T${pad(p.hour)}:${pad(p.minute)}:${pad(p.second)}${formatOffset(Math.round(offset / 60_000))}`;
 }
 
 export function weekdayIn(at: Date, zone: string): string {

@@ -15,14 +15,29 @@ export function bearerToken(req: FastifyRequest): string | undefined {
  * of the expected value leaks through timing.
  */
 export function secretEquals(given: string, expected: string): boolean {
-  const a = createHash('sha256').update(given).digest();
-  const b = createHash('sha256').update(expected).digest();
-  return timingSafeEqual(a, b);
+  return timingSafeEqual(sha256(given), sha256(expected));
 }
 
+const sha256 = (s: string) => createHash('sha256').update(s).digest();
+
+/** The admin key's digest, computed once per key rather than on every request. */
+let adminDigest: { adminKey: string; digest: Buffer } | undefined;
+
+/**
+ * Requests already checked: the rate limit's allow list and then the route ask the same question of
+ * every request, and each answer costs a SHA-256 digest.
+ */
+const adminChecked = new WeakMap<FastifyRequest, { adminKey: string; admin: boolean }>();
+
 export function isAdmin(req: FastifyRequest, adminKey: string): boolean {
+  const checked = adminChecked.get(req);
+  if (checked?.adminKey === adminKey) return checked.admin;
   const token = bearerToken(req);
-  return token !== undefined && secretEquals(token, adminKey);
+  if (adminDigest?.adminKey !== adminKey) adminDigest = { adminKey, digest: sha256(adminKey) };
+  // As secretEquals, with the expected side's digest kept.
+  const admin = token !== undefined && timingSafeEqual(sha256(token), adminDigest.digest);
+  adminChecked.set(req, { adminKey, admin });
+  return admin;
 }
 
 /** preHandler for owner/admin routes. */

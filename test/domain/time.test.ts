@@ -4,6 +4,7 @@ import {
   formatOffset,
   friendlyTime,
   isIanaTimeZone,
+  localDateTime,
   toZonedIso,
   weekdayIn,
   zoneOffsetMinutes,
@@ -167,5 +168,136 @@ describe('friendlyTime', () => {
     expect(friendlyTime(at, 'America/New_York')).toMatch(/July 15, 2025.*10:00.*AM.*(EDT|GMT-4)/);
     expect(friendlyTime(at, 'UTC')).toMatch(/July 15, 2025.*2:00.*PM.*UTC/);
     expect(friendlyTime(new Date('2025-10-06T20:00:00Z'), 'Asia/Kolkata')).toContain('October 7, 2025');
+  });
+});
+
+/**
+ * The wall clock as Intl reads it, with no cache: what toZonedIso, weekdayIn, localDateTime and
+ * zoneOffsetMinutes must agree with (src/domain/time.ts keeps offsets per zone and quarter hour).
+ */
+const intlFormatters = new Map<string, Intl.DateTimeFormat>();
+function intlClock(at: Date, zone: string) {
+  let f = intlFormatters.get(zone);
+  if (!f) {
+    f = new Intl.DateTimeFormat('en-US', {
+      timeZone: zone,
+      hourCycle: 'h23',
+      year: 'numeric',
+      month: '2-digit',
+      day: '2-digit',
+      hour: '2-digit',
+      minute: '2-digit',
+      second: '2-digit',
+      weekday: 'long',
+    });
+    intlFormatters.set(zone, f);
+  }
+  const parts = Object.fromEntries(f.formatToParts(at).map((p) => [p.type, p.value]));
+  const [y, mo, d, h, mi, s] = [
+    parts.year,
+    parts.month,
+    parts.day,
+    parts.hour,
+    parts.minute,
+    parts.second,
+  ].map(Number) as [number, number, number, number, number, number];
+  const offset = Math.round(
+    (Date.UTC(y, mo - 1, d, h, mi, s) - Math.floor(at.getTime() / 1000) * 1000) / 60_000,
+  );
+  const two = (n: number) => String(n).padStart(2, '0');
+  return {
+    iso: `${y}-${two(mo)}-${two(d)}T${two(h)}:${two(mi)}:${two(s)}${formatOffset(offset)}`,
+    offset,
+    weekday: String(parts.weekday),
+    local: {
+      year: y,
+      month: mo,
+      day: d,
+      hour: h,
+      minute: mi,
+      weekday: new Date(Date.UTC(y, mo - 1, d)).getUTCDay(),
+    },
+  };
+}
+
+function expectIntlClock(at: Date, zone: string) {
+  const want = intlClock(at, zone);
+  expect({
+    iso: toZonedIso(at, zone),
+    offset: zoneOffsetMinutes(at, zone),
+    weekday: weekdayIn(at, zone),
+    local: localDateTime(at, zone),
+  }).toEqual(want);
+}
+
+describe('the zone clock agrees with Intl, cached or not', () => {
+  const zones = Intl.supportedValuesOf('timeZone');
+
+  it('property: any zone of the database, any instant 1900-2200', () => {
+    fc.assert(
+      fc.property(
+        fc.date({
+          min: new Date('1900-01-01T00:00:00Z'),
+          max: new Date('2200-01-01T00:00:00Z'),
+          noInvalidDate: true,
+        }),
+        fc.constantFrom(...zones),
+        (at, zone) => {
+          expectIntlClock(at, zone);
+          // Again, now from the cache, and at the quarter hour's first and last second.
+          expectIntlClock(at, zone);
+          const quarter = Math.floor(at.getTime() / 900_000) * 900_000;
+          expectIntlClock(new Date(quarter), zone);
+          expectIntlClock(new Date(quarter + 899_999), zone);
+        },
+      ),
+      { numRuns: 2000 },
+    );
+  });
+
+  it('every minute around each offset change of 2026, in zones whose changes are odd', () => {
+    // Lord Howe moves by 30 minutes, Chatham at 02:45 local, Santiago and Sydney south of the
+    // equator, Casey and Troll rarely; New York and Berlin for the common cases.
+    const odd = [
+      'Australia/Lord_Howe',
+      'Pacific/Chatham',
+      'America/Santiago',
+      'Australia/Sydney',
+      'America/New_York',
+      'Europe/Berlin',
+      'Antarctica/Troll',
+    ];
+    let changes = 0;
+    for (const zone of odd) {
+      const start = Date.UTC(2026, 0, 1);
+      let before = intlClock(new Date(start), zone).offset;
+      for (let t = start; t < Date.UTC(2027, 0, 1); t += 3_600_000) {
+        const now = intlClock(new Date(t), zone).offset;
+        if (now !== before) {
+          changes++;
+          for (let m = t - 2 * 3_600_000; m <= t + 3_600_000; m += 60_000) {
+            expectIntlClock(new Date(m), zone);
+            expectIntlClock(new Date(m + 59_999), zone);
+          }
+        }
+        before = now;
+      }
+    }
+    expect(changes).toBeGreaterThanOrEqual(2 * odd.length);
+  });
+
+  it.each([
+    // Offset changes inside a quarter hour (found by scanning the database): St. John's and Goose Bay
+    // changed at 00:01 local until 2011, Gaza at 00:01, Casey at 00:01 (2020-2022); Abidjan left local
+    // mean time (-0:16:08) in 1912, an offset with seconds.
+    ['America/St_Johns', '2011-03-13T03:31:00Z'],
+    ['America/Goose_Bay', '2010-11-07T03:01:00Z'],
+    ['Asia/Gaza', '2011-03-31T22:01:00Z'],
+    ['Antarctica/Casey', '2022-10-01T16:01:00Z'],
+    ['Africa/Abidjan', '1912-01-01T00:16:08Z'],
+  ])('every second around the change in %s at %s', (zone, change) => {
+    const t = Date.parse(change);
+    expect(intlClock(new Date(t - 1000), zone).offset).not.toBe(intlClock(new Date(t), zone).offset);
+    for (let s = t - 16 * 60_000; s <= t + 16 * 60_000; s += 1000) expectIntlClock(new Date(s), zone);
   });
 });
