@@ -84,8 +84,8 @@ export function createLeanFetch(): Fetch {
         url,
         { method, headers, agent: https ? httpsAgent : httpAgent },
         (res) => {
-          read(res).then(
-            async (raw) => {
+          read(res)
+            .then(async (raw) => {
               if (settled) return;
               const status = res.statusCode ?? 0;
               const responseHeaders = toHeaders(res);
@@ -98,18 +98,19 @@ export function createLeanFetch(): Fetch {
                 responseHeaders.delete('content-length');
               }
               if (settled) return;
-              settled = true;
-              signal?.removeEventListener('abort', onAbort);
+              // Throws (as the decode above may: a damaged compressed body) into the catch below, which
+              // rejects this fetch; nothing here may escape as an unhandled rejection.
               const response = new Response(NULL_BODY.has(status) || method === 'HEAD' ? null : content, {
                 status,
                 statusText: res.statusMessage ?? '',
                 headers: responseHeaders,
               });
               Object.defineProperty(response, 'url', { value: url.href });
+              settled = true;
+              signal?.removeEventListener('abort', onAbort);
               resolve(response);
-            },
-            (err: unknown) => fail(networkError(err)),
-          );
+            })
+            .catch((err: unknown) => fail(networkError(err)));
         },
       );
       req.on('error', (err) => fail(networkError(err)));

@@ -31,6 +31,14 @@ beforeAll(async () => {
         res.writeHead(200, { 'content-type': 'application/json', 'content-encoding': 'gzip' });
         res.end(gzipSync(JSON.stringify({ compressed: true })));
         return;
+      case '/bad-gzip':
+        res.writeHead(200, { 'content-type': 'application/json', 'content-encoding': 'gzip' });
+        res.end('not gzip at all');
+        return;
+      case '/status-600':
+        res.writeHead(600, { 'content-type': 'application/json' });
+        res.end('{}');
+        return;
       case '/error':
         res.writeHead(429, { 'content-type': 'application/json', 'retry-after': '3' });
         res.end(JSON.stringify({ error: { message: 'slow down' } }));
@@ -115,6 +123,26 @@ describe('createLeanFetch', () => {
     const res = await leanFetch(`${base}/gzip`);
     expect(await res.json()).toEqual({ compressed: true });
     expect(res.headers.get('content-encoding')).toBeNull();
+  });
+
+  it('rejects (never hangs, never throws elsewhere) an answer it cannot turn into a response', async () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      // A damaged compressed body: the native fetch fails reading it, with a TypeError too.
+      const damaged = await leanFetch(`${base}/bad-gzip`).catch((e: unknown) => e);
+      expect(damaged).toBeInstanceOf(TypeError);
+      expect((damaged as TypeError).cause).toMatchObject({ code: 'Z_DATA_ERROR' });
+      // A status a Response cannot carry.
+      const odd = await leanFetch(`${base}/status-600`).catch((e: unknown) => e);
+      expect(odd).toBeInstanceOf(TypeError);
+      expect((odd as TypeError).cause).toBeInstanceOf(RangeError);
+      await new Promise((r) => setTimeout(r, 50));
+      expect(unhandled).toEqual([]);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
   });
 
   it('reuses its connection between requests (keep-alive)', async () => {
