@@ -13,7 +13,7 @@ import Fastify, {
 } from 'fastify';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
-import { DomainError } from '../domain/errors.js';
+import { DomainError, InvalidInput } from '../domain/errors.js';
 import type { Metrics } from '../metrics.js';
 import type { AgentStore } from '../store/agents.js';
 import type { CalendarConnectionStore } from '../store/calendar-connections.js';
@@ -66,6 +66,12 @@ function errorHandler(err: FastifyError, req: FastifyRequest, reply: FastifyRepl
       .code(400)
       .send({ success: false, error: `${where === 'body' ? '' : `${where} `}${field} ${detail}`.trim() });
   }
+  // Text the database cannot store (invalid_byte_sequence / untranslatable_character): the input's
+  // fault, and the failed statement changed nothing. The preValidation hook refuses NUL before this.
+  const sqlState = (err as { code?: unknown }).code;
+  if (sqlState === '22021' || sqlState === '22P05') {
+    return reply.code(400).send({ success: false, error: 'The request holds text that cannot be stored' });
+  }
   const status = err.statusCode && err.statusCode >= 400 ? err.statusCode : 500;
   if (status < 500) {
     // Fastify's own 4xx (bad JSON, wrong content type, body too large...) carry safe messages.
@@ -73,6 +79,22 @@ function errorHandler(err: FastifyError, req: FastifyRequest, reply: FastifyRepl
   }
   req.log.error({ err }, 'request failed');
   return reply.code(status).send({ success: false, error: 'Internal server error' });
+}
+
+/**
+ * The path of the first string in `value` (a parsed body, query or params) holding U+0000, in the
+ * validation errors' dotted form ('' for `value` itself); undefined when there is none.
+ */
+function nulField(value: unknown, path = ''): string | undefined {
+  if (typeof value === 'string') return value.includes('\u0000') ? path : undefined;
+  if (value === null || typeof value !== 'object') return undefined;
+  for (const [key, inner] of Object.entries(value)) {
+    const keyPath = path ? `${path}.${key}` : key;
+    if (key.includes('\u0000')) return keyPath;
+    const found = nulField(inner, keyPath);
+    if (found !== undefined) return found;
+  }
+  return undefined;
 }
 
 export async function buildHttpApp(deps: HttpDeps): Promise<FastifyInstance> {
@@ -104,6 +126,23 @@ export async function buildHttpApp(deps: HttpDeps): Promise<FastifyInstance> {
     (httpPart === 'body' ? strict : coercing).compile(schema),
   );
   app.setErrorHandler(errorHandler);
+  // PostgreSQL cannot store U+0000 in text, and a statement carrying one fails as a whole: refused
+  // here with a 400 naming the field, before any route runs, rather than as a 500 from the database.
+  app.addHook('preValidation', async (req) => {
+    for (const [where, value] of [
+      ['body', req.body],
+      ['query', req.query],
+      ['params', req.params],
+    ] as const) {
+      const field = nulField(value);
+      if (field !== undefined) {
+        const name = field || where;
+        throw new InvalidInput(
+          `${where === 'body' ? name : `${where} ${name}`} must not contain the NUL character (\\u0000)`,
+        );
+      }
+    }
+  });
   app.setNotFoundHandler((req, reply) => {
     reply.code(404).send({ success: false, error: `No route ${req.method} ${req.url.split('?')[0]}` });
   });

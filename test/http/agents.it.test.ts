@@ -72,6 +72,12 @@ describe('agents API', () => {
     ['missing name', { name: undefined }, /name is required/],
     ['bad user id', { user_id: 'a b' }, /user_id/],
     ['unknown field', { colour: 'blue' }, /colour|additional/],
+    ['a NUL in the name', { name: 'Front\u0000desk' }, /^name must not contain the NUL character/],
+    [
+      'a NUL in the system prompt',
+      { system_prompt: 'Be\u0000brief' },
+      /^system_prompt must not contain the NUL/,
+    ],
   ])('rejects %s with 400 and stores nothing', async (_n, over, message) => {
     const before = await t.app.database.db
       .selectFrom('agents')

@@ -69,6 +69,26 @@ describe('customer API', () => {
     });
     expect(bad.statusCode).toBe(400);
     expect(bad.json().error).toMatch(/customer_email/);
+    // PostgreSQL cannot store U+0000: a clear 400 naming the field, not a 500 from the insert.
+    const conversationsBefore = await s.app.database.db
+      .selectFrom('conversations')
+      .select((eb) => eb.fn.countAll<number>().as('n'))
+      .executeTakeFirstOrThrow();
+    const nul = await s.app.http.inject({
+      method: 'POST',
+      url: `/api/agents/${a.agent_id}/conversations`,
+      payload: { customer_name: 'Ann\u0000' },
+    });
+    expect(nul.statusCode).toBe(400);
+    expect(nul.json()).toEqual({
+      success: false,
+      error: 'customer_name must not contain the NUL character (\\u0000)',
+    });
+    const conversationsAfter = await s.app.database.db
+      .selectFrom('conversations')
+      .select((eb) => eb.fn.countAll<number>().as('n'))
+      .executeTakeFirstOrThrow();
+    expect(Number(conversationsAfter.n)).toBe(Number(conversationsBefore.n));
   });
 
   it('authorizes messages by the conversation’s token (or the admin key)', async () => {
@@ -108,6 +128,7 @@ describe('customer API', () => {
     ['not a string', { content: 42 }],
     ['missing', {}],
     ['extra field', { content: 'hi', role: 'assistant' }],
+    ['NUL-holding', { content: 'hi\u0000there' }],
   ])('400 for a %s message, nothing stored or queued', async (_n, payload) => {
     const c = await chat();
     const res = await post(c.conversation_id, { authorization: `Bearer ${c.customer_token}` }, payload);
