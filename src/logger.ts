@@ -30,9 +30,34 @@ export const REDACT_PATHS = [
   'error.request',
 ];
 
-/** Query-string credentials (EventSource cannot send headers, so SSE takes `?token=`). */
+const SECRET_PARAMS = new Set(['token', 'access_token', 'key']);
+
+/**
+ * Query-string credentials (EventSource cannot send headers, so SSE takes `?token=`). Each parameter's
+ * name is read as the query parser reads it (percent-decoded, `+` as a space: `?%74oken=` is `token`);
+ * a name that does not decode has its value redacted too.
+ */
 export function scrubUrl(url: string): string {
-  return url.replace(/([?&](?:token|access_token|key)=)[^&#]*/gi, '$1[redacted]');
+  const start = url.indexOf('?');
+  if (start < 0) return url;
+  const hash = url.indexOf('#', start);
+  const end = hash < 0 ? url.length : hash;
+  const pairs = url
+    .slice(start + 1, end)
+    .split('&')
+    .map((pair) => {
+      const eq = pair.indexOf('=');
+      if (eq < 0) return pair;
+      const raw = pair.slice(0, eq);
+      let name: string | undefined;
+      try {
+        name = decodeURIComponent(raw.replaceAll('+', ' ')).trim().toLowerCase();
+      } catch {
+        name = undefined;
+      }
+      return name === undefined || SECRET_PARAMS.has(name) ? `${raw}=[redacted]` : pair;
+    });
+  return `${url.slice(0, start + 1)}${pairs.join('&')}${url.slice(end)}`;
 }
 
 interface RequestLike {

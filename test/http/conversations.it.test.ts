@@ -288,6 +288,14 @@ describe('customer API', () => {
     );
     expect(res.status).toBe(200);
     ctrl.abort();
+    // A percent-encoded name is `token` to the query parser, so it authenticates: scrubbed as well.
+    const encodedCtrl = new AbortController();
+    const encoded = await fetch(
+      `${base}/api/conversations/${c.conversation_id}/events?%74oken=${c.customer_token}`,
+      { signal: encodedCtrl.signal },
+    );
+    expect(encoded.status).toBe(200);
+    encodedCtrl.abort();
     await s.send(c.conversation_id, c.customer_token, 'hello');
     await s.waitForReplies(c.conversation_id, c.customer_token, 1);
     expect(s.logs.text).not.toContain(c.customer_token);

@@ -195,6 +195,17 @@ describe('listing meetings', () => {
   it.each([
     ['a bad cursor', '?cursor=not-a-cursor', /cursor/],
     ['a forged cursor', `?cursor=${Buffer.from('2030-01-01T00:00:00Z|x').toString('base64url')}`, /cursor/],
+    // A valid JavaScript date PostgreSQL cannot hold (a 500 from the query before).
+    [
+      'a cursor with a year out of range',
+      `?cursor=${Buffer.from('-010000-01-01T00:00:00.000Z|mtg_a').toString('base64url')}`,
+      /cursor is not a cursor returned by this endpoint/,
+    ],
+    [
+      'a cursor in another date form',
+      `?cursor=${Buffer.from('2030-01-01T00:00:00Z|mtg_a').toString('base64url')}`,
+      /cursor is not a cursor returned by this endpoint/,
+    ],
     ['a from without a zone', '?from=2030-01-01T00:00:00', /from/],
     ['a from that is not a date', '?from=tomorrow', /from/],
     ['a bad to', '?to=2030-13-45T00:00:00Z', /to/],

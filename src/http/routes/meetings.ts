@@ -71,7 +71,15 @@ const encodeCursor = (m: Meeting) =>
 function decodeCursor(cursor: string): { time: Date; id: string } {
   const [time, id] = Buffer.from(cursor, 'base64url').toString('utf8').split('|');
   const date = new Date(time ?? '');
-  if (!id || !/^mtg_[a-z0-9]+$/.test(id) || Number.isNaN(date.getTime())) {
+  // Exactly the form encodeCursor writes: a forged time the database cannot hold (year -10000) is a
+  // 400 here rather than a 500 from the query.
+  if (
+    !id ||
+    !/^mtg_[a-z0-9]+$/.test(id) ||
+    !/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/.test(time ?? '') ||
+    Number.isNaN(date.getTime()) ||
+    date.toISOString() !== time
+  ) {
     throw new InvalidInput('cursor is not a cursor returned by this endpoint');
   }
   return { time: date, id };
