@@ -351,6 +351,12 @@ export class MessageStore {
       content: string;
       outcome: 'answered' | 'failed';
       error?: string;
+      /**
+       * The claim the answering run holds (`attempts` of its claim): the reply is stored only while
+       * that claim is still the message's. A run whose claim lapsed and was taken over (its process
+       * stalled) then stores nothing, even a fallback: the current claim answers. Undefined: unfenced.
+       */
+      claim?: number;
     },
     also?: ReplyRows,
   ): Promise<StoredReply> {
@@ -362,13 +368,26 @@ export class MessageStore {
     // NOTIFY count; data-modifying CTEs (`closed`, `also`'s) run once, whether read or not. The final
     // SELECT returns one row (the reply's columns are null when another attempt stored it first).
     const extra = also?.ctes.length ? sql`, ${sql.join(also.ctes)}` : sql``;
+    // FOR UPDATE: the row is read at its latest version (a claim that committed after this statement's
+    // snapshot is seen) and stays locked until this commits, so a new claim waits and then finds the
+    // message answered.
+    const fence =
+      input.claim === undefined
+        ? sql``
+        : sql`mine AS (
+        SELECT message_id FROM messages
+         WHERE message_id = ${input.replyTo} AND attempts = ${input.claim} AND status = 'pending'
+           FOR UPDATE
+      ), `;
+    const fenced = input.claim === undefined ? sql`` : sql`WHERE EXISTS (SELECT 1 FROM mine)`;
     const result = also?.result ?? sql`NULL::text`;
     const r = await sql<
       (StoredRow | { [K in keyof StoredRow]: null }) & { next: boolean; also: string | null }
     >`
-      WITH reply AS (
+      WITH ${fence}reply AS (
         INSERT INTO messages (message_id, conversation_id, role, content, reply_to)
-        VALUES (${newId('msg')}, ${input.conversationId}, 'assistant', ${input.content}, ${input.replyTo})
+        SELECT ${newId('msg')}, ${input.conversationId}, 'assistant', ${input.content}, ${input.replyTo}
+        ${fenced}
         ON CONFLICT (reply_to) WHERE reply_to IS NOT NULL DO NOTHING
         RETURNING message_id, conversation_id, role, content, created_at
       ), closed AS (

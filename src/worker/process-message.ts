@@ -148,8 +148,9 @@ function describe(err: unknown): string {
  * safe: the model's output is stored before anything acts on it outside the database (by the owner's
  * booking lease's statement, or its own before a cancel; see RespondOptions.unsavedOutput), so a
  * retry books from the same output, and only the message's current claim may store it (a run whose
- * claim was taken over stops, StaleAttempt); the reply insert is unique per customer message, and
- * its statement closes the message (the job's completion), so a second run of an answered message
+ * claim was taken over stops, StaleAttempt); the reply insert is unique per customer message and
+ * fenced by the claim too (a stale run's answer or fallback is not stored, whichever finishes first),
+ * and its statement closes the message (the job's completion), so a second run of an answered message
  * cannot happen through the queue and one racing a slow commit stores nothing.
  */
 /**
@@ -181,6 +182,9 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
       job_id: ctx.jobId,
     });
     const agentLog = log.child({ agent_id: work.agent.agentId });
+    // The claim this run holds (JobContext.attempt is the claim's `attempts` - 1): it fences the model
+    // output's store and every reply, so a run whose claim was taken over writes nothing.
+    const claim = ctx.attempt + 1;
     const fallback = async (phase: 'model' | 'booking', err: unknown) => {
       const stored = await deps.messages.storeReply(deps.db, {
         conversationId: work.message.conversationId,
@@ -188,6 +192,7 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
         content: phase === 'model' ? deps.llmErrorMessage : deps.meetingErrorMessage,
         outcome: 'failed',
         error: describe(err),
+        claim,
       });
       deps.onOutcome?.('failed');
       return { nextWaiting: stored.nextWaiting };
@@ -208,8 +213,6 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
       const output = earlier ?? (await askModel(work, ctx.signal, agentLog));
       // Stored by whatever first acts on it (see RespondOptions.unsavedOutput); a plain text answer
       // acts on nothing and is not stored apart from the reply.
-      // The claim number fences the store: JobContext.attempt is the claim's `attempts` - 1.
-      const claim = ctx.attempt + 1;
       const unsavedOutput: UnsavedOutput | undefined = earlier
         ? undefined
         : {
@@ -230,6 +233,7 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
         replyTo: work.message.messageId,
         content: reply.text,
         outcome: 'answered' as const,
+        claim,
       };
       let stored: StoredReply;
       let committed = false;

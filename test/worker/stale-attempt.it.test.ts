@@ -1,7 +1,8 @@
 /**
  * A stale attempt: a run of a message whose claim lapsed while it still ran (its process stalled), so
  * another claim took the message over. Only the current claim may store the model output and act on
- * it; the stale run acts on nothing and writes nothing, not even a fallback on its last attempt.
+ * it, and only it may store the reply: the stale run acts on nothing and writes nothing, not its
+ * answer, not even a fallback on its last attempt, whether it finishes before the current claim or after.
  * JOB_RETRY_LIMIT=0: every run is a last attempt.
  */
 import { randomBytes } from 'node:crypto';
@@ -77,6 +78,29 @@ describe('a stale attempt', () => {
     expect(texts[0]).toMatch(/^✅ Meeting confirmed!/);
     expect(inserts()).toHaveLength(1);
     expect(s.google.events(c.email)).toHaveLength(1);
+    expect(await meetings(c.userId)).toHaveLength(1);
+  });
+
+  it('answering in plain text while the current claim books: the stale answer is not stored, the booking is', async () => {
+    const c = await newChat();
+    // The current claim's insert is slow, so the stale run's answer is ready first.
+    s.google.fail('events.insert', { kind: 'stall', ms: 1500 });
+    const run = stallFirstRun(
+      s,
+      c.conversation_id,
+      () => ({ content: 'Which day suits you?' }),
+      () => {
+        setTimeout(() => run.release(), 300);
+        return { content: JSON.stringify([bookingAction(wallTime(2, 11, 0, 330).iso)]) };
+      },
+    );
+    await s.send(c.conversation_id, c.customer_token, 'book me in');
+    await s.waitForReplies(c.conversation_id, c.customer_token, 1, 20_000);
+    await new Promise((r) => setTimeout(r, 500));
+    const texts = (await replies(c)).map((m) => m.content);
+    expect(texts).toHaveLength(1);
+    expect(texts[0]).toMatch(/^✅ Meeting confirmed!/);
+    expect(inserts()).toHaveLength(1);
     expect(await meetings(c.userId)).toHaveLength(1);
   });
 });
