@@ -106,7 +106,15 @@ function timingProblem(
 }
 
 /** Checks an action against the rules; `problems` are phrased for the customer. */
-export function validateBookingAction(raw: unknown, limits: BookingLimits, now: Date): ValidationResult {
+/**
+ * `now`: the instant the timing rules (notice, horizon, not in the past) are checked against; null
+ * skips them (a retry looking for the event an earlier attempt may have made from this action).
+ */
+export function validateBookingAction(
+  raw: unknown,
+  limits: BookingLimits,
+  now: Date | null,
+): ValidationResult {
   const parsed = actionSchema.safeParse(raw);
   if (!parsed.success) {
     const problems = parsed.error.issues.map((i) => {
@@ -129,7 +137,7 @@ export function validateBookingAction(raw: unknown, limits: BookingLimits, now: 
     problems.push(
       'the meeting time must be a full date and time with its time zone, e.g. 2025-10-06T19:00:00+05:30',
     );
-  } else {
+  } else if (now) {
     const problem = timingProblem(when.start, limits, now);
     if (problem) problems.push(problem);
   }

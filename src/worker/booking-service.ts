@@ -89,6 +89,8 @@ interface ReplyContext {
   now: Date;
   /** No retry follows this attempt: a failure now is the customer's answer. */
   lastAttempt: boolean;
+  /** The output is an earlier attempt's (RespondOptions.earlierAttempt). */
+  earlierAttempt: boolean;
   booked: number;
   requested: Set<string>;
   lease?: OwnerLease;
@@ -132,6 +134,7 @@ export class BookingService implements ActionResponder {
       limits: this.#limits(settings),
       now: this.deps.now(),
       lastAttempt: options.lastAttempt ?? false,
+      earlierAttempt: options.earlierAttempt ?? false,
       booked: 0,
       requested: new Set(),
       unsavedOutput: options.unsavedOutput,
@@ -545,7 +548,20 @@ export class BookingService implements ActionResponder {
   async #bookOne(ctx: ReplyContext, action: unknown, index: number): Promise<Outcome> {
     const { work, log } = ctx;
     const { agent, conversation, message } = work;
-    const checked = validateBookingAction(action, ctx.limits, ctx.now);
+    let checked = validateBookingAction(action, ctx.limits, ctx.now);
+    if (!checked.ok && ctx.earlierAttempt) {
+      // The timing rules are checked against this attempt's clock, which moved on: the action may
+      // have passed them when an earlier attempt booked it (its reply never committed). That booking
+      // stands if its event is on the calendar; the refusal is only for an action nobody acted on.
+      const untimed = validateBookingAction(action, ctx.limits, null);
+      if (untimed.ok) {
+        const eventId = googleEventIdFor(bookingKey(message.messageId, index, untimed.request));
+        if (await this.deps.calendar.eventExists(agent.userId, eventId)) {
+          log.warn({ event_id: eventId }, 'an earlier attempt booked this action; recording its event');
+          checked = untimed;
+        }
+      }
+    }
     if (!checked.ok) {
       this.deps.onOutcome?.('invalid');
       log.info({ problems: checked.problems }, 'booking action rejected');

@@ -58,6 +58,11 @@ export interface RespondOptions {
    * (`cte`), or on its own (`store`) before a change that takes no lease.
    */
   unsavedOutput?: UnsavedOutput;
+  /**
+   * The output was stored by an earlier attempt of this message, which may have acted on it already
+   * (made a Google event whose reply never committed): a refusal checks for that event first.
+   */
+  earlierAttempt?: boolean;
 }
 
 /** A model output not yet stored (see RespondOptions.unsavedOutput). */
@@ -223,7 +228,7 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
         work,
         output,
         agentLog,
-        { lastAttempt: ctx.isLastAttempt, unsavedOutput },
+        { lastAttempt: ctx.isLastAttempt, unsavedOutput, earlierAttempt: earlier !== undefined },
         () => {
           phase = 'booking';
         },

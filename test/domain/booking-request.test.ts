@@ -211,6 +211,18 @@ describe('validateBookingAction', () => {
     expect(valid(SEED, LIMITS, new Date(SEED_START.getTime() - 5 * 60_000)).start).toEqual(SEED_START);
   });
 
+  it('with no clock (null) skips only the timing rules', () => {
+    const past = new Date('2025-10-06T14:00:00Z');
+    expect(validateBookingAction(SEED, LIMITS, past).ok).toBe(false);
+    const untimed = validateBookingAction(SEED, LIMITS, null);
+    expect(untimed.ok && untimed.request.start).toEqual(SEED_START);
+    expect(validateBookingAction({ ...SEED, email: 'nope' }, LIMITS, null).ok).toBe(false);
+    expect(
+      validateBookingAction({ ...SEED, participants: ['a@x.io', 'b@x.io', 'c@x.io', 'd@x.io'] }, LIMITS, null)
+        .ok,
+    ).toBe(false);
+  });
+
   it('refuses times beyond horizonDays', () => {
     const limit = new Date(SEED_START.getTime() - 90 * 86_400_000);
     expect(valid(SEED, LIMITS, limit).start).toEqual(SEED_START);
