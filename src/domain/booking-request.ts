@@ -75,7 +75,8 @@ function parseRfc3339(value: string): { start: Date; offsetMinutes: number } | u
 export function validateMeetingTime(
   raw: unknown,
   limits: Pick<BookingLimits, 'minNoticeMinutes' | 'horizonDays'>,
-  now: Date,
+  /** Null skips the timing rules (as validateBookingAction's). */
+  now: Date | null,
 ): { ok: true; start: Date; offsetMinutes: number } | { ok: false; problem: string } {
   const when = typeof raw === 'string' ? parseRfc3339(raw.trim()) : undefined;
   if (!when) {
@@ -84,7 +85,7 @@ export function validateMeetingTime(
       problem: 'the new time must be a full date and time with its time zone, e.g. 2025-10-06T19:00:00+05:30',
     };
   }
-  const problem = timingProblem(when.start, limits, now);
+  const problem = now ? timingProblem(when.start, limits, now) : undefined;
   return problem ? { ok: false, problem } : { ok: true, ...when };
 }
 

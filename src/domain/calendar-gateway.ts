@@ -48,6 +48,11 @@ export interface CalendarGateway {
    * event an insert whose answer was lost may have created.
    */
   findEvent(ownerId: string, eventId: string): Promise<CreatedCalendarEvent | null>;
+  /**
+   * When a live event starts (null when it does not exist, was cancelled, or is all-day). Read-only:
+   * a retried move uses it to find whether an earlier attempt already moved the event.
+   */
+  eventStart(ownerId: string, eventId: string): Promise<Date | null>;
   /** Moves an event; attendees are notified (sendUpdates=all). Same times again is harmless. */
   patchEvent(ownerId: string, eventId: string, times: EventTimes): Promise<CreatedCalendarEvent>;
   /** Resolves when the event is gone, including when it already was (404/410). */

@@ -401,6 +401,11 @@ export class GoogleCalendarGateway implements CalendarGateway {
     return event ? this.#created(ownerId, event, eventId, true) : null;
   }
 
+  async eventStart(ownerId: string, eventId: string): Promise<Date | null> {
+    const at = (await this.#liveEvent(ownerId, eventId))?.start?.dateTime;
+    return at ? new Date(at) : null;
+  }
+
   /** events.get; null for 404/410 and for a cancelled (deleted) event, which get still returns. */
   async #liveEvent(ownerId: string, eventId: string): Promise<calendar_v3.Schema$Event | null> {
     try {

@@ -690,7 +690,30 @@ export class BookingService implements ActionResponder {
     const target = await this.#target(ctx, action);
     if (!('meeting_id' in target)) return target;
     const meeting = target;
-    const when = validateMeetingTime(action.new_time, ctx.limits, ctx.now);
+    let when = validateMeetingTime(action.new_time, ctx.limits, ctx.now);
+    // A retry of a move an earlier attempt may have made (its reply never committed): the event is
+    // then at the new time already, so Google's busy time there is the event itself, and the timing
+    // rules were met on that attempt's clock. The move stands; it is recorded, not refused.
+    let movedBefore = false;
+    if (ctx.earlierAttempt) {
+      const untimed = when.ok ? when : validateMeetingTime(action.new_time, ctx.limits, null);
+      if (untimed.ok) {
+        let at: Date | null;
+        try {
+          at = await this.deps.calendar.eventStart(agent.userId, meeting.google_event_id);
+        } catch (err) {
+          return this.#calendarFailure(err, ctx, 'reschedule');
+        }
+        movedBefore = at?.getTime() === untimed.start.getTime();
+        if (movedBefore) {
+          log.warn(
+            { event_id: meeting.google_event_id },
+            'an earlier attempt moved this meeting; recording the move',
+          );
+          when = untimed;
+        }
+      }
+    }
     if (!when.ok) {
       this.deps.onOutcome?.('invalid');
       return { text: bookingTexts.invalid([when.problem]) };
@@ -705,11 +728,11 @@ export class BookingService implements ActionResponder {
     const zone = zoneOffsetMinutes(start, agent.timezone) === when.offsetMinutes ? agent.timezone : undefined;
     let patched: Awaited<ReturnType<CalendarGateway['patchEvent']>>;
     try {
-      if (!withinWorkingHours(start, end, agent.timezone, ctx.settings.workingHours)) {
+      if (!movedBefore && !withinWorkingHours(start, end, agent.timezone, ctx.settings.workingHours)) {
         return await this.#refuse(ctx, 'outside_hours', start, meeting.duration_minutes, except);
       }
       const busy = await this.#lockAndRead(ctx, start, end, except);
-      if (overlapsBusy(start, end, busy, ctx.settings.bufferMinutes)) {
+      if (!movedBefore && overlapsBusy(start, end, busy, ctx.settings.bufferMinutes)) {
         return await this.#refuse(ctx, 'busy', start, meeting.duration_minutes, except, busy);
       }
       await ctx.lease?.confirm();

@@ -228,7 +228,7 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
         work,
         output,
         agentLog,
-        { lastAttempt: ctx.isLastAttempt, unsavedOutput, earlierAttempt: earlier !== undefined },
+        { lastAttempt: ctx.isLastAttempt, unsavedOutput, earlierAttempt: earlier !== null },
         () => {
           phase = 'booking';
         },

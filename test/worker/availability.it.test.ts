@@ -493,6 +493,35 @@ describe('check_availability tool', () => {
 });
 
 describe('reschedule and cancel by chat', () => {
+  it('a retried move whose earlier attempt moved the event records the move (its own event is no clash)', async () => {
+    const o = await newOwner({ working_hours: ALL_WEEK_9_TO_17 });
+    const c = await chatWith(o);
+    const booked = await ask(c, 'book', { content: JSON.stringify([bookingAction(ist(2, 10).iso)]) });
+    expect(booked.startsWith('✅ Meeting confirmed!')).toBe(true);
+    const [mine] = await meetingsOf(o.userId);
+    // Every answer to the first run's patch is lost: the event moves, the run fails, the job runs
+    // again and finds Google busy at 11:00 with the very event it moves.
+    s.google.fail('events.patch', { kind: 'lost-response' }, 4);
+    s.openai.responder = () => ({
+      toolCalls: [
+        {
+          name: 'reschedule_meeting',
+          arguments: { meeting_id: null, new_time: ist(2, 11).iso, friendly_time: null },
+        },
+      ],
+    });
+    await s.send(c.conversation_id, c.customer_token, 'Can we do 11 instead?');
+    const list = await s.waitForReplies(c.conversation_id, c.customer_token, 2, 30_000);
+    expect(list.filter((m) => m.role === 'assistant').at(-1)!.content).toBe(
+      `✅ Meeting rescheduled!\n\n📅 Meeting now scheduled for ${friendly(ist(2, 11).at)}\n🔗 Join here: ${mine?.meet_link}\n\nYou'll receive an updated calendar invite via email.`,
+    );
+    expect(s.openai.requests.length).toBe(2); // the retry acted on the stored output
+    const event = s.google.events(o.email).find((e) => e.id === mine?.google_event_id)!;
+    expect(new Date(event.start!.dateTime!).toISOString()).toBe(ist(2, 11).at.toISOString());
+    const after = await s.app.http.inject({ url: `/api/meetings/${mine?.meeting_id}`, headers: s.admin });
+    expect(after.json().meeting.meeting_time).toBe(ist(2, 11).at.toISOString());
+  });
+
   it('moves and then cancels the conversation’s meeting; Google notifies attendees; rows record it', async () => {
     const o = await newOwner({ working_hours: ALL_WEEK_9_TO_17 });
     const c = await chatWith(o);
