@@ -31,6 +31,11 @@ export class LiveFeed {
     };
   }
 
+  /** Open streams of one conversation. */
+  streamsOf(conversationId: string): number {
+    return this.#listeners.get(conversationId)?.size ?? 0;
+  }
+
   get openStreams(): number {
     let n = 0;
     for (const s of this.#listeners.values()) n += s.size;

@@ -1,4 +1,5 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { SSE_STREAMS_PER_CONVERSATION } from '../../src/http/routes/conversations.js';
 import { type Stack, startStack } from '../helpers/stack.js';
 
 let s: Stack;
@@ -266,6 +267,43 @@ describe('customer API', () => {
     await r2.cancel();
     expect(text).toContain(`id: ${events[1]!.id}`);
     expect(text).not.toContain(`id: ${events[0]!.id}\n`);
+  });
+
+  it('caps the open SSE streams of one conversation with a 429 JSON; closing one makes room', async () => {
+    const c = await chat();
+    const other = await chat();
+    const url = (id: string, token: string) => `${base}/api/conversations/${id}/events?token=${token}`;
+    const open: AbortController[] = [];
+    try {
+      for (let i = 0; i < SSE_STREAMS_PER_CONVERSATION; i++) {
+        const ctrl = new AbortController();
+        open.push(ctrl);
+        expect((await fetch(url(c.conversation_id, c.customer_token), { signal: ctrl.signal })).status).toBe(
+          200,
+        );
+      }
+      const refused = await fetch(url(c.conversation_id, c.customer_token));
+      expect(refused.status).toBe(429);
+      expect(await refused.json()).toEqual({
+        success: false,
+        error: expect.stringMatching(/Too many open streams/),
+      });
+      // Another conversation is not affected.
+      const ctrl = new AbortController();
+      open.push(ctrl);
+      expect(
+        (await fetch(url(other.conversation_id, other.customer_token), { signal: ctrl.signal })).status,
+      ).toBe(200);
+      open.shift()!.abort();
+      await vi.waitFor(async () => {
+        const again = new AbortController();
+        const res = await fetch(url(c.conversation_id, c.customer_token), { signal: again.signal });
+        open.push(again);
+        expect(res.status).toBe(200);
+      });
+    } finally {
+      for (const ctrl of open) ctrl.abort();
+    }
   });
 
   it('refuses SSE without a valid token', async () => {

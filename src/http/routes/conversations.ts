@@ -42,6 +42,8 @@ const messageJson = (m: Message) => ({
 
 const ConversationParams = Type.Object({ conversation_id: IdString });
 const SSE_KEEPALIVE_MS = 15_000;
+/** Open SSE streams one conversation may have in this process (a customer's tabs and devices). */
+export const SSE_STREAMS_PER_CONVERSATION = 10;
 
 /** The customer API: what a chat widget calls. */
 export const conversationRoutes: FastifyPluginAsyncTypebox<ConversationRouteDeps> = async (app, deps) => {
@@ -220,6 +222,15 @@ export const conversationRoutes: FastifyPluginAsyncTypebox<ConversationRouteDeps
         // Without a cursor the stream starts now: only messages stored from here on.
         const latest = await deps.messages.latest(conversation.conversationId);
         cursor = latest?.messageId;
+      }
+      // Every message wakes every open stream of its conversation, and each reads what it has not
+      // sent: unbounded streams would multiply the database's reads per message. Checked with no
+      // await before streamMessages subscribes, so concurrent openings cannot pass it together.
+      if (deps.feed.streamsOf(conversation.conversationId) >= SSE_STREAMS_PER_CONVERSATION) {
+        return reply.code(429).send({
+          success: false,
+          error: `Too many open streams for this conversation (at most ${SSE_STREAMS_PER_CONVERSATION}); close one first`,
+        });
       }
       streamMessages(req, reply, conversation.conversationId, cursor);
     },
