@@ -22,19 +22,20 @@ export const CONNECTION_CHANNEL = 'agent_meetings_connections';
  * Concurrent misses for one owner share one database read; a read started before an eviction is
  * never shared with a caller that arrives after it (read-your-writes). While the LISTEN connection
  * is down (server restart) notifications can be lost, so the cache is emptied and bypassed until it
- * is back.
+ * is back. As a backstop, a row older than `maxAgeMs` is read again.
  *
  * The worker's token provider reads a fresh token through it too; every refresh decision re-reads the
  * row from the database.
  */
 export class ConnectionCache {
-  readonly #entries = new Map<string, CalendarConnection | null>();
+  readonly #entries = new Map<string, Entry>();
   /** Reads in flight, one per owner; an eviction marks its read stale and removes it from here. */
   readonly #loading = new Map<string, Load>();
   #live = false;
   #unlisten: (() => Promise<void>) | undefined;
 
   readonly #maxEntries: number;
+  readonly #maxAgeMs: number;
   readonly #onLookup: ((result: 'hit' | 'miss') => void) | undefined;
 
   constructor(
@@ -43,11 +44,19 @@ export class ConnectionCache {
     options: {
       /** Owners kept at most (the oldest is dropped first); default 10,000. */
       maxEntries?: number;
+      /**
+       * A row is read again once it is this old (default 60 s): the bound on staleness should
+       * notifications stop arriving while the LISTEN connection looks up (a pooler in transaction
+       * mode delivers none, a silently dropped socket neither), e.g. a disconnect made through
+       * another process.
+       */
+      maxAgeMs?: number;
       /** Each lookup: served from memory or a read already in flight (`hit`), or a database read (`miss`). */
       onLookup?: (result: 'hit' | 'miss') => void;
     } = {},
   ) {
     this.#maxEntries = options.maxEntries ?? 10_000;
+    this.#maxAgeMs = options.maxAgeMs ?? 60_000;
     this.#onLookup = options.onLookup;
   }
 
@@ -71,8 +80,11 @@ export class ConnectionCache {
   async get(userId: string): Promise<CalendarConnection | undefined> {
     const hit = this.#entries.get(userId);
     if (hit !== undefined) {
-      this.#onLookup?.('hit');
-      return hit ?? undefined;
+      if (performance.now() < hit.until) {
+        this.#onLookup?.('hit');
+        return hit.row ?? undefined;
+      }
+      this.#entries.delete(userId);
     }
     const shared = this.#loading.get(userId);
     if (shared) {
@@ -111,7 +123,7 @@ export class ConnectionCache {
       const oldest = this.#entries.keys().next();
       if (!oldest.done) this.#entries.delete(oldest.value);
     }
-    this.#entries.set(userId, row);
+    this.#entries.set(userId, { row, until: performance.now() + this.#maxAgeMs });
   }
 
   #forgetAll(): void {
@@ -119,6 +131,12 @@ export class ConnectionCache {
     for (const load of this.#loading.values()) load.stale = true;
     this.#loading.clear();
   }
+}
+
+interface Entry {
+  row: CalendarConnection | null;
+  /** performance.now() past which the row is read again. */
+  until: number;
 }
 
 interface Load {

@@ -55,6 +55,44 @@ async function connect(userId: string): Promise<CalendarConnection> {
 }
 
 describe('ConnectionCache', () => {
+  it('reads a row again once it is maxAgeMs old, even when no notification ever arrives', async () => {
+    const userId = uid();
+    const first = await connect(userId);
+    // LISTEN that looks up but delivers nothing (a pooler in transaction mode, a dropped socket).
+    const silent: Database = {
+      ...database,
+      listen: async (_channel, _onPayload, onState) => {
+        onState?.(true);
+        return async () => {};
+      },
+    };
+    const reads: string[] = [];
+    const aging = new ConnectionCache(
+      silent,
+      (u) => {
+        reads.push(u);
+        return store.get(u);
+      },
+      { maxAgeMs: 300 },
+    );
+    await aging.start();
+    try {
+      expect((await aging.get(userId))?.accessToken).toBe(first.accessToken);
+      // A reconnect through another process: its notification never reaches this cache.
+      const replaced = await connect(userId);
+      expect((await aging.get(userId))?.accessToken).toBe(first.accessToken);
+      await vi.waitFor(
+        async () => expect((await aging.get(userId))?.accessToken).toBe(replaced.accessToken),
+        {
+          timeout: 5000,
+        },
+      );
+      expect(reads.filter((u) => u === userId).length).toBe(2);
+    } finally {
+      await aging.stop();
+    }
+  });
+
   it('serves repeated reads from memory', async () => {
     const userId = uid();
     await connect(userId);
