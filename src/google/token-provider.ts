@@ -240,13 +240,23 @@ export class GoogleTokenProvider {
       );
       throw new CalendarNotConnected(`user ${userId} has no refresh token`, 'revoked');
     }
+    // The refresh runs under the owner's refresh lease (leaseMs): it must end before the lease
+    // lapses, or another process would lease and refresh beside it (and this one's release would end
+    // that process's lease). The library retries a timed-out request by itself, so per-request
+    // timeouts alone can outlast the lease; this deadline ends the whole refresh, retries included,
+    // with room left to store its result. Not a TimeoutError: the library must not retry it.
+    const deadline = new AbortController();
+    const deadlineTimer = setTimeout(
+      () => deadline.abort(new Error('Google token refresh outlasted its lease')),
+      Math.max(1, this.#leaseMs - Math.min(5000, this.#leaseMs / 5)),
+    );
     const client = new OAuth2Client({
       clientId: this.options.clientId,
       clientSecret: this.options.clientSecret,
       endpoints: { oauth2TokenUrl: this.options.tokenUrl },
       // Without a timeout a hung token endpoint would hold this owner's refresh (and every booking
-      // waiting on it) indefinitely; the library retries a timed-out refresh by itself.
-      transporterOptions: { timeout: this.options.timeoutMs },
+      // waiting on it) until the deadline; the library retries a timed-out refresh by itself.
+      transporterOptions: { timeout: this.options.timeoutMs, signal: deadline.signal },
     });
     client.setCredentials({ refresh_token: c.refreshToken });
     // A token response may carry a new (rotated) refresh token, but the library then overwrites it
@@ -261,6 +271,7 @@ export class GoogleTokenProvider {
     try {
       token = (await client.getAccessToken()).token;
     } catch (err) {
+      clearTimeout(deadlineTimer);
       const data = (err as { response?: { data?: { error?: string } }; status?: number }).response?.data;
       if (data?.error === 'invalid_grant') {
         // Google refused the refresh token we sent; a reconnect that landed meanwhile brought another.
@@ -284,6 +295,7 @@ export class GoogleTokenProvider {
       const retryable = status === undefined || status === 429 || status >= 500;
       throw new Upstream(`Google token refresh failed (${status ?? 'network'})`, retryable, { cause: err });
     }
+    clearTimeout(deadlineTimer);
     const creds = client.credentials;
     if (!token || !creds.expiry_date)
       throw new Upstream('Google token refresh returned no access token', true);

@@ -345,6 +345,20 @@ describe('token refresh', () => {
     expect(s.google.events(o.email)).toHaveLength(1);
   });
 
+  it('ends a refresh that would outlast its lease (so no other process refreshes beside it), then refreshes again', async () => {
+    const o = await newOwner(-60);
+    // Each request's own timeout (10 s) is far off; the lease (1.5 s) is not: the refresh is ended
+    // before the lease lapses instead of answering once another process may have leased.
+    s.google.fail('token', { kind: 'stall', ms: 2500 }, 1);
+    const p = otherProvider({ leaseMs: 1500, timeoutMs: 10_000 });
+    await expect(p.accessToken(o.userId)).rejects.toThrow(/token refresh failed/);
+    expect(tokenCalls().map((r) => [r.fault ?? null, r.status])).toEqual([['stall', 0]]);
+    // The lease was given back: the next caller refreshes at once.
+    const token = await p.accessToken(o.userId);
+    expect(token).not.toBe(o.grant.access_token);
+    expect(s.google.refreshCount(o.grant.refresh_token)).toBe(1);
+  });
+
   it('gives up on a stalled token endpoint after GOOGLE_TIMEOUT_MS and refreshes again', async () => {
     const o = await newOwner(-60);
     s.google.fail('token', { kind: 'stall', ms: 10_000 }, 1);
