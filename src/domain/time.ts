@@ -195,7 +195,13 @@ export function localDateTime(
   };
 }
 
-/** The instant a wall-clock time in `zone` denotes (two passes settle the offset around DST changes). */
+/**
+ * The instant a wall-clock time in `zone` denotes. A time that occurs twice (clocks set back) is its
+ * first occurrence; a time that does not occur (clocks set forward: in America/Santiago, 2025-09-07
+ * 00:00 never happens) is moved forward by the gap, to the instant it would have been on the old
+ * offset (00:00 there is 01:00 -03, the moment the day begins). Offsets a day before and after are
+ * the candidates: no zone changes its offset twice within a day.
+ */
 export function zonedInstant(
   year: number,
   month: number,
@@ -205,7 +211,15 @@ export function zonedInstant(
   zone: string,
 ): Date {
   const wall = Date.UTC(year, month - 1, day, hour, minute);
-  let t = wall - zoneOffsetMinutes(new Date(wall), zone) * 60_000;
-  t = wall - zoneOffsetMinutes(new Date(t), zone) * 60_000;
-  return new Date(t);
+  const before = zoneOffsetMinutes(new Date(wall - 86_400_000), zone) * 60_000;
+  const after = zoneOffsetMinutes(new Date(wall + 86_400_000), zone) * 60_000;
+  // The same wall clock on each offset; the earlier (the larger offset) first.
+  const candidates =
+    before === after ? [wall - before] : [wall - Math.max(before, after), wall - Math.min(before, after)];
+  for (const t of candidates) {
+    const at = new Date(t);
+    if (wholeSecond(at) + offsetMs(wholeSecond(at), zone) === wall) return at;
+  }
+  // In a gap: the old offset (the one before the change) carries it past the change.
+  return new Date(wall - before);
 }

@@ -7,6 +7,7 @@ import {
   localDateTime,
   toZonedIso,
   weekdayIn,
+  zonedInstant,
   zoneOffsetMinutes,
 } from '../../src/domain/time.js';
 
@@ -299,5 +300,76 @@ describe('the zone clock agrees with Intl, cached or not', () => {
     const t = Date.parse(change);
     expect(intlClock(new Date(t - 1000), zone).offset).not.toBe(intlClock(new Date(t), zone).offset);
     for (let s = t - 16 * 60_000; s <= t + 16 * 60_000; s += 1000) expectIntlClock(new Date(s), zone);
+  });
+});
+
+describe('zonedInstant', () => {
+  it.each([
+    ['an ordinary time', [2025, 10, 6, 19, 0], 'Asia/Kolkata', '2025-10-06T13:30:00.000Z'],
+    // Clocks set back: 01:30 happens twice in New York on 2025-11-02; the first (EDT) is meant.
+    ['the first of a repeated time', [2025, 11, 2, 1, 30], 'America/New_York', '2025-11-02T05:30:00.000Z'],
+    ['a time after the repeat', [2025, 11, 2, 2, 0], 'America/New_York', '2025-11-02T07:00:00.000Z'],
+    // Clocks set forward: 02:30 never happens in New York on 2025-03-09; forward by the gap (03:30 EDT).
+    ['a time in a gap', [2025, 3, 9, 2, 30], 'America/New_York', '2025-03-09T07:30:00.000Z'],
+    // Santiago sets its clocks forward at midnight: the day starts at 01:00 -03, the previous one
+    // ends there too (so "24:00" of Saturday and "00:00" of Sunday are the same instant).
+    ['midnight in a midnight gap', [2025, 9, 7, 0, 0], 'America/Santiago', '2025-09-07T04:00:00.000Z'],
+    ['24:00 before a midnight gap', [2025, 9, 6, 24, 0], 'America/Santiago', '2025-09-07T04:00:00.000Z'],
+    ['the hour before a midnight gap', [2025, 9, 6, 23, 0], 'America/Santiago', '2025-09-07T03:00:00.000Z'],
+    [
+      'a half-hour change (Lord Howe)',
+      [2026, 10, 4, 2, 15],
+      'Australia/Lord_Howe',
+      '2026-10-03T15:45:00.000Z',
+    ],
+  ])('%s', (_label, [y, mo, d, h, mi], zone, iso) => {
+    expect(zonedInstant(y!, mo!, d!, h!, mi!, zone).toISOString()).toBe(iso);
+  });
+
+  it('property: a wall time that occurs maps back to itself, and one in a gap moves forward by the gap', () => {
+    const zones = [
+      'America/Santiago',
+      'America/New_York',
+      'Europe/Berlin',
+      'Australia/Lord_Howe',
+      'Asia/Gaza',
+    ];
+    fc.assert(
+      fc.property(
+        fc.date({
+          min: new Date('2020-01-01T00:00:00Z'),
+          max: new Date('2030-01-01T00:00:00Z'),
+          noInvalidDate: true,
+        }),
+        fc.constantFrom(...zones),
+        (d, zone) => {
+          const wall = new Date(Math.floor(d.getTime() / 60_000) * 60_000);
+          const [y, mo, dd, h, mi] = [
+            wall.getUTCFullYear(),
+            wall.getUTCMonth() + 1,
+            wall.getUTCDate(),
+            wall.getUTCHours(),
+            wall.getUTCMinutes(),
+          ];
+          const at = zonedInstant(y, mo, dd, h, mi, zone);
+          const back = localDateTime(at, zone);
+          const shown = Date.UTC(back.year, back.month - 1, back.day, back.hour, back.minute);
+          // Either the same wall time, or (a gap) later by at most the gap, never earlier.
+          expect(shown).toBeGreaterThanOrEqual(wall.getTime());
+          expect(shown - wall.getTime()).toBeLessThanOrEqual(60 * 60_000);
+          // And nothing earlier shows that wall time: the first occurrence.
+          const earlier = localDateTime(new Date(at.getTime() - 60 * 60_000), zone);
+          const earlierShown = Date.UTC(
+            earlier.year,
+            earlier.month - 1,
+            earlier.day,
+            earlier.hour,
+            earlier.minute,
+          );
+          if (shown === wall.getTime()) expect(earlierShown).not.toBe(wall.getTime());
+        },
+      ),
+      { numRuns: 3000 },
+    );
   });
 });
