@@ -28,6 +28,33 @@ const replies = async (c: { conversation_id: string; customer_token: string }) =
 const meetings = async (userId: string) =>
   (await s.app.http.inject({ url: `/api/users/${userId}/meetings`, headers: s.admin })).json().meetings;
 
+/**
+ * A message's first run stalls, its claim is taken over, and the second run books (its insert slow);
+ * the first run then gets `staleAnswer`, 300 ms into the second. One reply only: the booking's.
+ */
+async function expectOnlyTheCurrentClaimsBooking(staleAnswer: { content: string }): Promise<void> {
+  const c = await newChat();
+  s.google.fail('events.insert', { kind: 'stall', ms: 1500 });
+  const run = stallFirstRun(
+    s,
+    c.conversation_id,
+    () => staleAnswer,
+    () => {
+      setTimeout(() => run.release(), 300);
+      return { content: JSON.stringify([bookingAction(wallTime(2, 11, 0, 330).iso)]) };
+    },
+  );
+  await s.send(c.conversation_id, c.customer_token, 'book me in');
+  await s.waitForReplies(c.conversation_id, c.customer_token, 1, 20_000);
+  await new Promise((r) => setTimeout(r, 500));
+  const texts = (await replies(c)).map((m) => m.content);
+  expect(texts).toHaveLength(1);
+  expect(texts[0]).toMatch(/^✅ Meeting confirmed!/);
+  expect(inserts()).toHaveLength(1);
+  expect(s.google.events(c.email)).toHaveLength(1);
+  expect(await meetings(c.userId)).toHaveLength(1);
+}
+
 describe('a stale attempt', () => {
   it('after the current claim answered in plain text: books nothing', async () => {
     const c = await newChat();
@@ -58,49 +85,14 @@ describe('a stale attempt', () => {
   });
 
   it('on its last attempt, while the current claim is booking: no fallback, the booking is confirmed', async () => {
-    const c = await newChat();
-    // The current claim's insert is slow, so the stale run reaches its lease statement meanwhile.
-    s.google.fail('events.insert', { kind: 'stall', ms: 1500 });
-    const run = stallFirstRun(
-      s,
-      c.conversation_id,
-      () => ({ content: JSON.stringify([bookingAction(wallTime(3, 15, 0, 330).iso)]) }),
-      () => {
-        setTimeout(() => run.release(), 300);
-        return { content: JSON.stringify([bookingAction(wallTime(2, 11, 0, 330).iso)]) };
-      },
-    );
-    await s.send(c.conversation_id, c.customer_token, 'book me in');
-    await s.waitForReplies(c.conversation_id, c.customer_token, 1, 20_000);
-    await new Promise((r) => setTimeout(r, 500));
-    const texts = (await replies(c)).map((m) => m.content);
-    expect(texts).toHaveLength(1);
-    expect(texts[0]).toMatch(/^✅ Meeting confirmed!/);
-    expect(inserts()).toHaveLength(1);
-    expect(s.google.events(c.email)).toHaveLength(1);
-    expect(await meetings(c.userId)).toHaveLength(1);
+    // It reaches its lease statement while the current claim's insert is slow.
+    await expectOnlyTheCurrentClaimsBooking({
+      content: JSON.stringify([bookingAction(wallTime(3, 15, 0, 330).iso)]),
+    });
   });
 
   it('answering in plain text while the current claim books: the stale answer is not stored, the booking is', async () => {
-    const c = await newChat();
-    // The current claim's insert is slow, so the stale run's answer is ready first.
-    s.google.fail('events.insert', { kind: 'stall', ms: 1500 });
-    const run = stallFirstRun(
-      s,
-      c.conversation_id,
-      () => ({ content: 'Which day suits you?' }),
-      () => {
-        setTimeout(() => run.release(), 300);
-        return { content: JSON.stringify([bookingAction(wallTime(2, 11, 0, 330).iso)]) };
-      },
-    );
-    await s.send(c.conversation_id, c.customer_token, 'book me in');
-    await s.waitForReplies(c.conversation_id, c.customer_token, 1, 20_000);
-    await new Promise((r) => setTimeout(r, 500));
-    const texts = (await replies(c)).map((m) => m.content);
-    expect(texts).toHaveLength(1);
-    expect(texts[0]).toMatch(/^✅ Meeting confirmed!/);
-    expect(inserts()).toHaveLength(1);
-    expect(await meetings(c.userId)).toHaveLength(1);
+    // Its answer is ready first, while the current claim's insert is slow.
+    await expectOnlyTheCurrentClaimsBooking({ content: 'Which day suits you?' });
   });
 });
