@@ -33,17 +33,16 @@ export const REDACT_PATHS = [
 const SECRET_PARAMS = new Set(['token', 'access_token', 'key']);
 
 /**
- * Query-string credentials (EventSource cannot send headers, so SSE takes `?token=`). Each parameter's
- * name is read as the query parser reads it (percent-decoded, `+` as a space: `?%74oken=` is `token`);
- * a name that does not decode has its value redacted too.
+ * Query-string credentials (EventSource cannot send headers, so SSE takes `?token=`). The query is
+ * read as the router reads it: everything after the first `?` or `#` (a `#` does not end it), split
+ * on `&`; each parameter's name as the query parser reads it (percent-decoded, `+` as a space:
+ * `?%74oken=` is `token`). A name that does not decode has its value redacted too.
  */
 export function scrubUrl(url: string): string {
-  const start = url.indexOf('?');
+  const start = url.search(/[?#]/);
   if (start < 0) return url;
-  const hash = url.indexOf('#', start);
-  const end = hash < 0 ? url.length : hash;
   const pairs = url
-    .slice(start + 1, end)
+    .slice(start + 1)
     .split('&')
     .map((pair) => {
       const eq = pair.indexOf('=');
@@ -57,7 +56,7 @@ export function scrubUrl(url: string): string {
       }
       return name === undefined || SECRET_PARAMS.has(name) ? `${raw}=[redacted]` : pair;
     });
-  return `${url.slice(0, start + 1)}${pairs.join('&')}${url.slice(end)}`;
+  return `${url.slice(0, start + 1)}${pairs.join('&')}`;
 }
 
 interface RequestLike {

@@ -11,6 +11,7 @@ import {
 } from '../domain/availability.js';
 import {
   type BookingLimits,
+  type BookingRequest,
   bookingKey,
   eventTimeZone,
   googleEventIdFor,
@@ -549,17 +550,29 @@ export class BookingService implements ActionResponder {
     const { work, log } = ctx;
     const { agent, conversation, message } = work;
     let checked = validateBookingAction(action, ctx.limits, ctx.now);
+    // A retry acting on an earlier attempt's output: that attempt may have booked it (its reply never
+    // committed). The rules that depend on the clock or the settings (notice, horizon, working hours)
+    // were met then, on that attempt's clock and settings; if its event is on the calendar, the
+    // booking stands and is recorded. Looked up only before such a refusal, once.
+    let earlier: boolean | undefined;
+    const madeBefore = async (request: BookingRequest): Promise<Outcome | undefined> => {
+      if (earlier !== undefined || !ctx.earlierAttempt) return undefined;
+      const eventId = googleEventIdFor(bookingKey(message.messageId, index, request));
+      try {
+        earlier = await this.deps.calendar.eventExists(agent.userId, eventId);
+      } catch (err) {
+        return this.#calendarFailure(err, ctx, 'book');
+      }
+      if (earlier)
+        log.warn({ event_id: eventId }, 'an earlier attempt booked this action; recording its event');
+      return undefined;
+    };
     if (!checked.ok && ctx.earlierAttempt) {
-      // The timing rules are checked against this attempt's clock, which moved on: the action may
-      // have passed them when an earlier attempt booked it (its reply never committed). That booking
-      // stands if its event is on the calendar; the refusal is only for an action nobody acted on.
       const untimed = validateBookingAction(action, ctx.limits, null);
       if (untimed.ok) {
-        const eventId = googleEventIdFor(bookingKey(message.messageId, index, untimed.request));
-        if (await this.deps.calendar.eventExists(agent.userId, eventId)) {
-          log.warn({ event_id: eventId }, 'an earlier attempt booked this action; recording its event');
-          checked = untimed;
-        }
+        const failed = await madeBefore(untimed.request);
+        if (failed) return failed;
+        if (earlier) checked = untimed;
       }
     }
     if (!checked.ok) {
@@ -595,7 +608,13 @@ export class BookingService implements ActionResponder {
     let recovered = false;
     try {
       if (!withinWorkingHours(request.start, end, agent.timezone, ctx.settings.workingHours)) {
-        return await this.#refuse(ctx, 'outside_hours', request.start, agent.meetingDurationMinutes, { key });
+        const failed = await madeBefore(request);
+        if (failed) return failed;
+        if (!earlier) {
+          return await this.#refuse(ctx, 'outside_hours', request.start, agent.meetingDurationMinutes, {
+            key,
+          });
+        }
       }
       const busy = await this.#lockAndRead(ctx, request.start, end, { key });
       if (

@@ -444,32 +444,45 @@ describe('booking: never twice', () => {
     expect(row.attempts).toBeGreaterThanOrEqual(1);
   });
 
-  it('a retry whose timing check now fails still records the event an earlier attempt made', async () => {
-    const c = await newChat();
-    // The first run makes the event but never learns it (every answer lost), so the job runs again.
-    s.google.fail('events.insert', { kind: 'lost-response' }, 4);
-    s.openai.responder = () => ({ content: JSON.stringify([seedAction()]) });
-    await s.send(c.conversation_id, c.customer_token, 'book');
-    // Meanwhile the owner asks for two days' notice: the retry's check of "tomorrow at 7 PM" fails,
-    // as one checked against a later clock fails a time that was just far enough ahead.
-    await vi.waitFor(() => expect(requestsFor('events.insert').length).toBeGreaterThan(0), {
-      timeout: 10_000,
-    });
-    const patched = await s.app.http.inject({
-      method: 'PATCH',
-      url: `/api/agents/${c.agentId}`,
-      headers: s.admin,
-      payload: { min_notice_minutes: 2 * 24 * 60 },
-    });
-    expect(patched.statusCode).toBe(200);
-    const list = await s.waitForReplies(c.conversation_id, c.customer_token, 1, 30_000);
-    const events = s.google.events(c.email);
-    expect(events).toHaveLength(1);
-    expect(list.filter((m) => m.role === 'assistant').map((m) => m.content)).toEqual([
-      confirmation('tomorrow at 7 PM IST', events[0]!.hangoutLink!),
-    ]);
-    expect(await meetingsOf(c.userId)).toHaveLength(1);
-  });
+  // 17:00-23:00 in the agent's zone (UTC): "tomorrow at 7 PM IST" (13:30Z) falls outside.
+  const evenings = Object.fromEntries(
+    ['monday', 'tuesday', 'wednesday', 'thursday', 'friday', 'saturday', 'sunday'].map((d) => [
+      d,
+      [{ start: '17:00', end: '23:00' }],
+    ]),
+  );
+  it.each([
+    // As a check against a later clock fails a time that was just far enough ahead.
+    ['the notice rule', { min_notice_minutes: 2 * 24 * 60 }],
+    ['the working hours', { working_hours: evenings }],
+  ])(
+    'a retry that fails %s now still records the event an earlier attempt made',
+    async (_label, settings) => {
+      const c = await newChat();
+      // The first run makes the event but never learns it (every answer lost), so the job runs again.
+      s.google.fail('events.insert', { kind: 'lost-response' }, 4);
+      s.openai.responder = () => ({ content: JSON.stringify([seedAction()]) });
+      await s.send(c.conversation_id, c.customer_token, 'book');
+      // Meanwhile the owner changes the agent's settings so that "tomorrow at 7 PM" fails them.
+      await vi.waitFor(() => expect(requestsFor('events.insert').length).toBeGreaterThan(0), {
+        timeout: 10_000,
+      });
+      const patched = await s.app.http.inject({
+        method: 'PATCH',
+        url: `/api/agents/${c.agentId}`,
+        headers: s.admin,
+        payload: settings,
+      });
+      expect(patched.statusCode).toBe(200);
+      const list = await s.waitForReplies(c.conversation_id, c.customer_token, 1, 30_000);
+      const events = s.google.events(c.email);
+      expect(events).toHaveLength(1);
+      expect(list.filter((m) => m.role === 'assistant').map((m) => m.content)).toEqual([
+        confirmation('tomorrow at 7 PM IST', events[0]!.hangoutLink!),
+      ]);
+      expect(await meetingsOf(c.userId)).toHaveLength(1);
+    },
+  );
 
   it('acts on the model output another attempt stored first, never on its own', async () => {
     const c = await newChat();
