@@ -619,8 +619,9 @@ export class BookingService implements ActionResponder {
       const busy = await this.#lockAndRead(ctx, request.start, end, { key });
       if (
         overlapsBusy(request.start, end, busy, ctx.settings.bufferMinutes) &&
-        // Our own event from an earlier attempt of this job shows as busy too: that one is ours.
-        !(await this.deps.calendar.eventExists(agent.userId, eventId))
+        // Our own event from an earlier attempt of this job shows as busy too: that one is ours (known
+        // already when a refusal above looked for it).
+        !(earlier ?? (await this.deps.calendar.eventExists(agent.userId, eventId)))
       ) {
         return await this.#refuse(ctx, 'busy', request.start, agent.meetingDurationMinutes, { key }, busy);
       }
