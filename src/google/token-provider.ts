@@ -271,7 +271,6 @@ export class GoogleTokenProvider {
     try {
       token = (await client.getAccessToken()).token;
     } catch (err) {
-      clearTimeout(deadlineTimer);
       const data = (err as { response?: { data?: { error?: string } }; status?: number }).response?.data;
       if (data?.error === 'invalid_grant') {
         // Google refused the refresh token we sent; a reconnect that landed meanwhile brought another.
@@ -294,8 +293,10 @@ export class GoogleTokenProvider {
       // invalid_client and other 4xx are configuration problems: retrying will not help.
       const retryable = status === undefined || status === 429 || status >= 500;
       throw new Upstream(`Google token refresh failed (${status ?? 'network'})`, retryable, { cause: err });
+    } finally {
+      // Once the token request has settled, the deadline has nothing left to end.
+      clearTimeout(deadlineTimer);
     }
-    clearTimeout(deadlineTimer);
     const creds = client.credentials;
     if (!token || !creds.expiry_date)
       throw new Upstream('Google token refresh returned no access token', true);

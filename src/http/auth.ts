@@ -15,10 +15,13 @@ export function bearerToken(req: FastifyRequest): string | undefined {
  * of the expected value leaks through timing.
  */
 export function secretEquals(given: string, expected: string): boolean {
-  return timingSafeEqual(sha256(given), sha256(expected));
+  return matchesDigest(given, sha256(expected));
 }
 
 const sha256 = (s: string) => createHash('sha256').update(s).digest();
+/** secretEquals against the expected value's digest (kept by a caller that compares often). */
+const matchesDigest = (given: string, expectedDigest: Buffer) =>
+  timingSafeEqual(sha256(given), expectedDigest);
 
 /** The admin key's digest, computed once per key rather than on every request. */
 let adminDigest: { adminKey: string; digest: Buffer } | undefined;
@@ -34,8 +37,7 @@ export function isAdmin(req: FastifyRequest, adminKey: string): boolean {
   if (checked?.adminKey === adminKey) return checked.admin;
   const token = bearerToken(req);
   if (adminDigest?.adminKey !== adminKey) adminDigest = { adminKey, digest: sha256(adminKey) };
-  // As secretEquals, with the expected side's digest kept.
-  const admin = token !== undefined && timingSafeEqual(sha256(token), adminDigest.digest);
+  const admin = token !== undefined && matchesDigest(token, adminDigest.digest);
   adminChecked.set(req, { adminKey, admin });
   return admin;
 }
