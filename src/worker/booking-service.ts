@@ -167,7 +167,80 @@ export class BookingService implements ActionResponder {
       await ctx.lease?.release();
       throw err;
     }
-    const lease = ctx.lease;
+    return this.#compose(prose, texts, rows, ctx.lease);
+  }
+
+  /**
+   * The answer to a message given up on (JobContext.giveUp) whose stored output acts: its attempts
+   * kept not finishing, and one of them may have created a booking's Google event (and sent its
+   * invitations) before it stopped, its reply never committed. Nothing is done at Google now: each
+   * booking's derived event id is looked up once, and a live event is recorded and confirmed as its
+   * booking would have been; the other actions are answered with MEETING_ERROR_MESSAGE (once).
+   * Undefined when no event was found: the caller answers with its fallback, as before. No owner
+   * lease: nothing is checked or created, only an existing event recorded.
+   */
+  async recover(
+    work: MessageWork,
+    actions: unknown[],
+    prose: string,
+    log: Logger,
+  ): Promise<Reply | undefined> {
+    const { agent, message } = work;
+    const limits = this.#limits(work.booking);
+    const texts: string[] = [];
+    const rows: Array<{ booked: NewMeeting }> = [];
+    const seen = new Set<string>();
+    let failed = false;
+    for (const [index, action] of actions.entries()) {
+      const kind = (action as { action?: unknown } | null)?.action;
+      // Rules on the clock and settings (notice, horizon) were met when its event was made, if it was.
+      const checked =
+        kind === RESCHEDULE_ACTION || kind === CANCEL_ACTION
+          ? undefined
+          : validateBookingAction(action, limits, null);
+      if (!checked?.ok) {
+        failed = true;
+        continue;
+      }
+      const sameRequest = bookingKey(message.messageId, -1, checked.request);
+      if (seen.has(sameRequest)) continue; // booked once per answer (see #bookOne)
+      seen.add(sameRequest);
+      const key = bookingKey(message.messageId, index, checked.request);
+      const eventId = googleEventIdFor(key);
+      let found: CreatedCalendarEvent | null = null;
+      try {
+        found = await this.deps.calendar.findEvent(agent.userId, eventId);
+      } catch (err) {
+        log.error(
+          { err, event_id: eventId },
+          'could not look up a given-up booking’s event; answering without it',
+        );
+      }
+      if (!found) {
+        failed = true;
+        continue;
+      }
+      log.warn(
+        { event_id: eventId },
+        'a given-up message’s booking was made by an earlier attempt; recording it',
+      );
+      this.deps.onOutcome?.('booked_recovered');
+      const booked = this.#booked(work, checked.request, key, found);
+      texts.push(booked.text);
+      rows.push({ booked: booked.booked });
+    }
+    if (rows.length === 0) return undefined;
+    if (failed) texts.push(this.deps.meetingErrorMessage);
+    return this.#compose(prose, texts, rows, undefined);
+  }
+
+  /** The reply of an answer's outcomes (texts and rows), giving the owner's lease back with it. */
+  #compose(
+    prose: string,
+    texts: string[],
+    rows: Array<{ booked: NewMeeting } | { persist: Persist }>,
+    lease: OwnerLease | undefined,
+  ): Reply {
     const text = withProse(prose, texts.join('\n\n'));
     const done = lease && ((committed: boolean) => lease.release(committed));
     // The owner's lease is given back with the reply, in the same commit as the meeting row: the
@@ -656,6 +729,18 @@ export class BookingService implements ActionResponder {
       },
       'meeting booked on Google Calendar',
     );
+    return this.#booked(work, request, key, created);
+  }
+
+  /** A booking's confirmation and meeting row, from Google's event (never the model's words). */
+  #booked(
+    work: MessageWork,
+    request: BookingRequest,
+    key: string,
+    created: CreatedCalendarEvent,
+  ): { text: string; booked: NewMeeting } {
+    const { agent, conversation, message } = work;
+    const zone = eventTimeZone(request, agent.timezone);
     const meeting: NewMeeting = {
       userId: agent.userId,
       agentId: agent.agentId,

@@ -96,6 +96,12 @@ export interface ActionResponder {
     log: Logger,
     options?: RespondOptions,
   ): Promise<Reply>;
+  /**
+   * The answer to a message given up on (JobContext.giveUp) from its stored output: what earlier
+   * attempts did at Google and never recorded (BookingService.recover). Undefined when nothing was
+   * found: the message gets the fallback. Absent = always the fallback.
+   */
+  recover?(work: MessageWork, actions: unknown[], prose: string, log: Logger): Promise<Reply | undefined>;
   /** The check_availability tool's result (JSON text for the model); absent = no such tool. */
   checkAvailability?(work: MessageWork, args: unknown, log: Logger): Promise<string>;
   /** Extra system-prompt lines (the conversation's meetings, for reschedule/cancel), from `work`. */
@@ -143,6 +149,21 @@ const CHECK_AVAILABILITY_TOOL = tool(
 );
 
 const isMeetingAction = (name: string) => (MEETING_ACTIONS as readonly string[]).includes(name);
+
+/** The actions a model output asks for (its tool calls', then its text's) and its prose. */
+function actionsOf(output: StoredModelOutput): { actions: unknown[]; prose: string } {
+  const { actions: textActions, prose } = extractBookingActions(output.text ?? '');
+  const toolActions: unknown[] = output.toolCalls
+    .filter((c) => isMeetingAction(c.name))
+    .map((c) => {
+      try {
+        return { ...JSON.parse(c.arguments), action: c.name };
+      } catch {
+        return { action: c.name, invalid_arguments: true };
+      }
+    });
+  return { actions: [...toolActions, ...textActions], prose };
+}
 
 function describe(err: unknown): string {
   return err instanceof Error ? `${err.name}: ${err.message}` : String(err);
@@ -202,37 +223,8 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
       deps.onOutcome?.('failed');
       return { nextWaiting: stored.nextWaiting };
     };
-    if (ctx.giveUp) {
-      // Its last attempt kept not finishing (a crash, a stop, a fallback that could not be written):
-      // answer now rather than run again what failed, so the conversation moves on.
-      const err = new Error(`gave up after ${ctx.attempt} attempts that did not finish`);
-      agentLog.error(
-        { attempt: ctx.attempt },
-        'message answered with the fallback: its attempts kept not finishing',
-      );
-      return fallback(work.message.modelOutput ? 'booking' : 'model', err);
-    }
-    let phase: 'model' | 'booking' = 'model';
-    try {
-      const earlier = work.message.modelOutput;
-      const output = earlier ?? (await askModel(work, ctx.signal, agentLog));
-      // Stored by whatever first acts on it (see RespondOptions.unsavedOutput); a plain text answer
-      // acts on nothing and is not stored apart from the reply.
-      const unsavedOutput: UnsavedOutput | undefined = earlier
-        ? undefined
-        : {
-            cte: modelOutputCte(work.message.messageId, claim, output),
-            store: () => deps.messages.storeModelOutput(work.message.messageId, claim, output),
-          };
-      const reply = await composeReply(
-        work,
-        output,
-        agentLog,
-        { lastAttempt: ctx.isLastAttempt, unsavedOutput, earlierAttempt: earlier !== null },
-        () => {
-          phase = 'booking';
-        },
-      );
+    /** Stores a composed reply with what it commits (the meeting row), fenced by the claim. */
+    const deliver = async (reply: Reply): Promise<JobOutcome> => {
       const input = {
         conversationId: work.message.conversationId,
         replyTo: work.message.messageId,
@@ -265,6 +257,58 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
       agentLog.info({ attempt: ctx.attempt, stored: Boolean(stored.message) }, 'message answered');
       deps.onOutcome?.('answered');
       return { nextWaiting: stored.nextWaiting };
+    };
+    if (ctx.giveUp) {
+      // Its last attempt kept not finishing (a crash, a stop, a fallback that could not be written):
+      // answer now rather than run again what failed, so the conversation moves on. An attempt may
+      // have booked before it stopped (its event exists, its reply never committed): that booking is
+      // recorded and confirmed rather than denied, with no new change at Google (recover).
+      const err = new Error(`gave up after ${ctx.attempt} attempts that did not finish`);
+      const output = work.message.modelOutput;
+      if (output && deps.actions.recover) {
+        let recovered: Reply | undefined;
+        try {
+          const { actions, prose } = actionsOf(output);
+          if (actions.length > 0) recovered = await deps.actions.recover(work, actions, prose, agentLog);
+        } catch (lookupErr) {
+          agentLog.error({ err: lookupErr }, 'could not look for what earlier attempts booked');
+        }
+        if (recovered) {
+          agentLog.error(
+            { attempt: ctx.attempt },
+            'message answered from what earlier attempts booked: its attempts kept not finishing',
+          );
+          return deliver(recovered);
+        }
+      }
+      agentLog.error(
+        { attempt: ctx.attempt },
+        'message answered with the fallback: its attempts kept not finishing',
+      );
+      return fallback(output ? 'booking' : 'model', err);
+    }
+    let phase: 'model' | 'booking' = 'model';
+    try {
+      const earlier = work.message.modelOutput;
+      const output = earlier ?? (await askModel(work, ctx.signal, agentLog));
+      // Stored by whatever first acts on it (see RespondOptions.unsavedOutput); a plain text answer
+      // acts on nothing and is not stored apart from the reply.
+      const unsavedOutput: UnsavedOutput | undefined = earlier
+        ? undefined
+        : {
+            cte: modelOutputCte(work.message.messageId, claim, output),
+            store: () => deps.messages.storeModelOutput(work.message.messageId, claim, output),
+          };
+      const reply = await composeReply(
+        work,
+        output,
+        agentLog,
+        { lastAttempt: ctx.isLastAttempt, unsavedOutput, earlierAttempt: earlier !== null },
+        () => {
+          phase = 'booking';
+        },
+      );
+      return await deliver(reply);
     } catch (err) {
       // Aborted by the queue (the process is stopping, or the run took too long): the claim goes back
       // and the message runs again, as a last attempt would after a crash; no fallback from here.
@@ -354,17 +398,7 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
     options: RespondOptions,
     enteringBooking: () => void,
   ): Promise<Reply> {
-    const { actions: textActions, prose } = extractBookingActions(output.text ?? '');
-    const toolActions: unknown[] = output.toolCalls
-      .filter((c) => isMeetingAction(c.name))
-      .map((c) => {
-        try {
-          return { ...JSON.parse(c.arguments), action: c.name };
-        } catch {
-          return { action: c.name, invalid_arguments: true };
-        }
-      });
-    const actions = [...toolActions, ...textActions];
+    const { actions, prose } = actionsOf(output);
     if (actions.length > 0) {
       enteringBooking();
       return deps.actions.respond(work, actions, prose, log, options);

@@ -224,3 +224,104 @@ describe('last attempt: no usable event', () => {
     expect(await meetings(b.userId)).toEqual([]);
   });
 });
+
+/**
+ * The run that gives up (JobContext.giveUp): `b`'s first run failed and is waiting for its retry;
+ * its message is made to look as if its last attempt had then run 4 times without finishing
+ * (JOB_RETRY_LIMIT 1: attempts 2 to 5), and is announced, so the next claim gives up.
+ */
+async function giveUpOnTheRetry(b: Booking): Promise<void> {
+  const db = s.app.database.db;
+  const moved = await sql`
+    UPDATE messages SET attempts = 5, run_after = NULL
+     WHERE message_id = ${b.messageId} AND attempts = 1 AND claimed_until IS NULL AND status = 'pending'`.execute(
+    db,
+  );
+  expect(Number(moved.numAffectedRows)).toBe(1);
+  await sql`SELECT pg_notify(agent_meetings_channel('agent_meetings_customer_messages'), ${b.conversationId})`.execute(
+    db,
+  );
+}
+
+describe('giving up on a message whose attempts kept not finishing', () => {
+  it('an event an earlier attempt made is recorded and confirmed, with no new change at Google', async () => {
+    s.google.fail('events.insert', { kind: 'lost-response' }, 4);
+    const b = await startBooking();
+    const eventId = await firstRunCreatesTheEventUnseen(b);
+    await giveUpOnTheRetry(b);
+    const texts = await replies(b);
+
+    const events = s.google.events(b.email);
+    expect(events).toHaveLength(1);
+    expect(texts).toEqual([confirmation(events[0]!.hangoutLink!)]);
+    // The run that gave up looked the derived id up once, and neither read availability nor inserted.
+    expect(requestsFor('events.get').map((r) => [r.status, r.path.includes(eventId)])).toEqual([[200, true]]);
+    expect(requestsFor('events.insert')).toHaveLength(4);
+    expect(requestsFor('freebusy.query')).toHaveLength(1);
+    const rows = await meetings(b.userId);
+    expect(rows).toHaveLength(1);
+    expect(rows[0]).toMatchObject({
+      google_event_id: eventId,
+      meet_link: events[0]!.hangoutLink,
+      customer_email: 'siddhant@gmail.com',
+      status: 'scheduled',
+    });
+    expect(await message(b.messageId)).toMatchObject({ status: 'answered', attempts: 6 });
+    expect(await deliveryTypes(b.userId)).toEqual(['meeting.booked']);
+  });
+
+  it('with no event made, the fallback after one lookup, and nothing booked', async () => {
+    // The first run's availability read fails (the SDK retries it 3 times): it never inserts.
+    s.google.fail('freebusy.query', { kind: 'status', status: 503 }, 4);
+    const b = await startBooking();
+    await until('the first run to fail', async () => (await message(b.messageId)).last_error !== null);
+    await giveUpOnTheRetry(b);
+    const texts = await replies(b);
+
+    expect(texts).toEqual([s.app.config.meetingErrorMessage]);
+    expect(requestsFor('events.get').map((r) => r.status)).toEqual([404]);
+    expect(requestsFor('events.insert')).toEqual([]);
+    expect(s.google.events(b.email)).toEqual([]);
+    expect(await meetings(b.userId)).toEqual([]);
+    expect(await message(b.messageId)).toMatchObject({
+      status: 'failed',
+      attempts: 6,
+      last_error: expect.stringMatching(/gave up after 5 attempts/),
+    });
+    expect(await deliveryTypes(b.userId)).toEqual([]);
+  });
+
+  it('of two bookings, the one whose event exists is confirmed and the other answered with the error', async () => {
+    const userId = uid('gu');
+    await s.connectOwner(userId);
+    const agent = await s.createAgent({ user_id: userId, name: 'Acme Assistant' });
+    const c = await s.openConversation(agent.agent_id);
+    const first = action();
+    const next = new Date(Date.parse(String(first.meeting_time)) + 86_400_000);
+    const second = bookingAction(next, { friendly_time: 'in four days at 10 AM UTC' });
+    s.openai.responder = () => ({ content: JSON.stringify([first, second]) });
+    // The first booking's event is made but every answer is lost: the run fails before the second.
+    s.google.fail('events.insert', { kind: 'lost-response' }, 4);
+    const messageId = await s.send(c.conversation_id, c.customer_token, 'book me twice');
+    const b: Booking = {
+      userId,
+      email: `${userId}@owner.test`,
+      conversationId: c.conversation_id,
+      token: c.customer_token,
+      messageId,
+    };
+    const eventId = await firstRunCreatesTheEventUnseen(b);
+    await giveUpOnTheRetry(b);
+    const texts = await replies(b);
+
+    const events = s.google.events(b.email);
+    expect(events).toHaveLength(1);
+    expect(texts).toEqual([
+      `${confirmation(events[0]!.hangoutLink!)}\n\n${s.app.config.meetingErrorMessage}`,
+    ]);
+    expect(requestsFor('events.get').map((r) => r.status)).toEqual([200, 404]);
+    expect(requestsFor('events.insert')).toHaveLength(4);
+    expect((await meetings(b.userId)).map((m) => m.google_event_id)).toEqual([eventId]);
+    expect(await message(b.messageId)).toMatchObject({ status: 'answered', attempts: 6 });
+  });
+});
