@@ -1,7 +1,11 @@
 import { OAuth2Client } from 'google-auth-library';
 import type { Logger } from 'pino';
 import { CalendarNotConnected, Upstream } from '../domain/errors.js';
-import type { CalendarConnection, CalendarConnectionStore } from '../store/calendar-connections.js';
+import type {
+  CalendarConnection,
+  CalendarConnectionStore,
+  RefreshLease,
+} from '../store/calendar-connections.js';
 
 export interface TokenProviderOptions {
   clientId: string;
@@ -202,7 +206,7 @@ export class GoogleTokenProvider {
         try {
           const current = usable(userId, leased);
           if (this.#fresh(current, rejected)) return current.accessToken;
-          const token = await this.#refresh(current);
+          const token = await this.#refresh(current, leased.lease);
           if (token !== undefined) {
             // Storing the new token gave the lease back in the same statement.
             stored = true;
@@ -210,7 +214,7 @@ export class GoogleTokenProvider {
           }
           // Replaced while we refreshed (a reconnect): go round again and use what is stored now.
         } finally {
-          if (!stored) await this.connections.releaseRefreshLease(userId).catch(() => {});
+          if (!stored) await this.connections.releaseRefreshLease(userId, leased.lease).catch(() => {});
         }
         continue;
       }
@@ -229,10 +233,10 @@ export class GoogleTokenProvider {
    * Refreshes `c` through Google's token endpoint and stores the result. Undefined when the stored
    * tokens were replaced meanwhile (the owner reconnected): nothing was stored or revoked then.
    */
-  async #refresh(c: CalendarConnection): Promise<string | undefined> {
+  async #refresh(c: CalendarConnection, lease: RefreshLease): Promise<string | undefined> {
     const userId = c.userId;
     if (!c.refreshToken) {
-      if (!(await this.connections.markRevoked(userId, c.revision))) return undefined;
+      if (!(await this.connections.markRevoked(userId, c.revision, lease))) return undefined;
       this.options.onRefresh?.('revoked');
       this.logger.warn(
         { user_id: userId },
@@ -241,8 +245,8 @@ export class GoogleTokenProvider {
       throw new CalendarNotConnected(`user ${userId} has no refresh token`, 'revoked');
     }
     // The refresh runs under the owner's refresh lease (leaseMs): it must end before the lease
-    // lapses, or another process would lease and refresh beside it (and this one's release would end
-    // that process's lease). The library retries a timed-out request by itself, so per-request
+    // lapses, or another process would lease and refresh beside it (a lease given back late ends
+    // only itself: see CalendarConnectionStore.leaseRefresh). The library retries a timed-out request by itself, so per-request
     // timeouts alone can outlast the lease; this deadline ends the whole refresh, retries included,
     // with room left to store its result. Not a TimeoutError: the library must not retry it.
     const deadline = new AbortController();
@@ -274,7 +278,7 @@ export class GoogleTokenProvider {
       const data = (err as { response?: { data?: { error?: string } }; status?: number }).response?.data;
       if (data?.error === 'invalid_grant') {
         // Google refused the refresh token we sent; a reconnect that landed meanwhile brought another.
-        if (!(await this.connections.markRevoked(userId, c.revision))) {
+        if (!(await this.connections.markRevoked(userId, c.revision, lease))) {
           this.logger.info(
             { user_id: userId },
             'old refresh token refused (invalid_grant) after a reconnect; using the new tokens',
@@ -300,12 +304,17 @@ export class GoogleTokenProvider {
     const creds = client.credentials;
     if (!token || !creds.expiry_date)
       throw new Upstream('Google token refresh returned no access token', true);
-    const saved = await this.connections.saveRefreshed(userId, c.revision, {
-      accessToken: token,
-      expiry: new Date(creds.expiry_date),
-      // Usually none: Google keeps the refresh token, and so does the stored row then.
-      refreshToken: rotated,
-    });
+    const saved = await this.connections.saveRefreshed(
+      userId,
+      c.revision,
+      {
+        accessToken: token,
+        expiry: new Date(creds.expiry_date),
+        // Usually none: Google keeps the refresh token, and so does the stored row then.
+        refreshToken: rotated,
+      },
+      lease,
+    );
     if (!saved) {
       this.logger.info(
         { user_id: userId, rotated: rotated !== undefined },

@@ -144,6 +144,7 @@ export class CalendarConnectionStore {
     userId: string,
     seen: TokenRevision,
     refreshed: { accessToken: string; expiry: Date; refreshToken?: string | null | undefined },
+    lease?: RefreshLease,
   ): Promise<boolean> {
     const r = await this.db
       .updateTable('google_calendar_tokens')
@@ -154,7 +155,7 @@ export class CalendarConnectionStore {
           : {}),
         token_expiry: refreshed.expiry,
         last_refreshed_at: sql<Date>`now()`,
-        refresh_lock_until: null,
+        refresh_lock_until: givenBack(lease),
         updated_at: sql<Date>`now()`,
       })
       .where('user_id', '=', userId)
@@ -165,29 +166,40 @@ export class CalendarConnectionStore {
 
   /**
    * Takes this owner's refresh lease if nobody holds a live one, and returns the connection as it
-   * stands under the lease (one round trip: the lease and the read). Undefined when someone else
-   * holds the lease, or there is no such connection. A lease, not a row lock held in a transaction:
-   * the refresh is a network call, and no transaction may stay open across one.
+   * stands under the lease (one round trip: the lease and the read), with the lease. Undefined when
+   * someone else holds the lease, or there is no such connection. A lease, not a row lock held in a
+   * transaction: the refresh is a network call, and no transaction may stay open across one.
+   *
+   * The lease is its own end (`refresh_lock_until`, to the millisecond so that it reads back exactly):
+   * a later lease of the row can only be taken once this one has ended, so it ends later, and giving
+   * a lease back (releaseRefreshLease, saveRefreshed, markRevoked) clears only that same value. A
+   * holder that stalled past its lease cannot end the lease of the process that took over.
    */
-  async leaseRefresh(userId: string, leaseMs: number): Promise<CalendarConnection | undefined> {
+  async leaseRefresh(
+    userId: string,
+    leaseMs: number,
+  ): Promise<(CalendarConnection & { lease: RefreshLease }) | undefined> {
     const row = await this.db
       .updateTable('google_calendar_tokens')
-      .set({ refresh_lock_until: sql<Date>`now() + make_interval(secs => ${leaseMs / 1000})` })
+      .set({
+        refresh_lock_until: sql<Date>`date_trunc('milliseconds', now() + make_interval(secs => ${leaseMs / 1000}))`,
+      })
       .where('user_id', '=', userId)
       .where((eb) =>
         eb.or([eb('refresh_lock_until', 'is', null), eb('refresh_lock_until', '<', sql<Date>`now()`)]),
       )
       .returningAll()
       .executeTakeFirst();
-    return row ? this.toConnection(row) : undefined;
+    return row ? { ...this.toConnection(row), lease: row.refresh_lock_until as RefreshLease } : undefined;
   }
 
-  /** Gives the refresh lease back (saveRefreshed and markRevoked do so themselves). */
-  async releaseRefreshLease(userId: string): Promise<void> {
+  /** Gives `lease` back, if it is still the row's (saveRefreshed and markRevoked do so themselves). */
+  async releaseRefreshLease(userId: string, lease: RefreshLease): Promise<void> {
     await this.db
       .updateTable('google_calendar_tokens')
       .set({ refresh_lock_until: null })
       .where('user_id', '=', userId)
+      .where('refresh_lock_until', '=', lease)
       .execute();
   }
 
@@ -197,13 +209,13 @@ export class CalendarConnectionStore {
    * tokens of a reconnect that landed meanwhile. Without it, unconditionally (an operator's call).
    * False when nothing changed.
    */
-  async markRevoked(userId: string, seen?: TokenRevision): Promise<boolean> {
+  async markRevoked(userId: string, seen?: TokenRevision, lease?: RefreshLease): Promise<boolean> {
     let q = this.db
       .updateTable('google_calendar_tokens')
       .set({
         status: 'revoked',
         revoked_at: sql<Date>`now()`,
-        refresh_lock_until: null,
+        refresh_lock_until: givenBack(lease),
         updated_at: sql<Date>`now()`,
       })
       .where('user_id', '=', userId);
@@ -229,6 +241,20 @@ export class CalendarConnectionStore {
       revision: { accessTokenEnc: row.access_token_enc, refreshTokenEnc: row.refresh_token_enc },
     };
   }
+}
+
+/** A refresh lease, as leaseRefresh handed it out (its end); compared exactly, never computed. */
+export type RefreshLease = Date & { readonly __refreshLease: unique symbol };
+
+/**
+ * `refresh_lock_until` after a write that gives `lease` back: cleared if it is still that lease,
+ * else kept (another process's lease, taken after this one lapsed). No lease: cleared (an operator's
+ * revocation).
+ */
+function givenBack(lease: RefreshLease | undefined) {
+  return lease === undefined
+    ? null
+    : sql<Date | null>`CASE WHEN refresh_lock_until = ${lease} THEN NULL ELSE refresh_lock_until END`;
 }
 
 /** The row still holds the tokens as they were read (compare-and-set on the sealed values). */

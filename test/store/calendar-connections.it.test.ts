@@ -121,9 +121,60 @@ describe('leaseRefresh', () => {
       await store.saveRefreshed(userId, leased!.revision, { accessToken: 'ya29.new', expiry: inAnHour() }),
     ).toBe(true);
     // The stored token comes with the next lease.
-    expect(await store.leaseRefresh(userId, 30_000)).toMatchObject({ accessToken: 'ya29.new' });
-    await store.releaseRefreshLease(userId);
+    const next = await store.leaseRefresh(userId, 30_000);
+    expect(next).toMatchObject({ accessToken: 'ya29.new' });
+    await store.releaseRefreshLease(userId, next!.lease);
     expect(await store.leaseRefresh(userId, 30_000)).toBeDefined();
+  });
+
+  /**
+   * A holder that stalled past its lease (a frozen process) gives it back late, after another took
+   * the lease over: that must not end the other's lease, or a third process would refresh beside it.
+   */
+  it('a lapsed lease given back late (release, store, revoke) leaves the lease that took over in place', async () => {
+    const userId = uid();
+    const c = await connected(userId);
+    const stale = await store.leaseRefresh(userId, 1);
+    await new Promise((r) => setTimeout(r, 20));
+    const current = await store.leaseRefresh(userId, 30_000);
+    expect(current).toBeDefined();
+    expect(current!.lease.getTime()).toBeGreaterThan(stale!.lease.getTime());
+
+    await store.releaseRefreshLease(userId, stale!.lease);
+    expect(await store.leaseRefresh(userId, 30_000)).toBeUndefined();
+    // The late holder's token is still stored (it is valid), but the lease stays the other's.
+    expect(
+      await store.saveRefreshed(
+        userId,
+        c.revision,
+        { accessToken: 'ya29.late', expiry: inAnHour() },
+        stale!.lease,
+      ),
+    ).toBe(true);
+    expect(await store.leaseRefresh(userId, 30_000)).toBeUndefined();
+    const stored = await store.get(userId);
+    expect(stored?.accessToken).toBe('ya29.late');
+    expect(await store.markRevoked(userId, stored!.revision, stale!.lease)).toBe(true);
+    expect(await store.leaseRefresh(userId, 30_000)).toBeUndefined();
+
+    // Its holder gives it back: free again.
+    await store.releaseRefreshLease(userId, current!.lease);
+    expect(await store.leaseRefresh(userId, 30_000)).toBeDefined();
+  });
+
+  it('storing with the lease it holds gives it back in the same statement', async () => {
+    const userId = uid();
+    await connected(userId);
+    const leased = await store.leaseRefresh(userId, 30_000);
+    expect(
+      await store.saveRefreshed(
+        userId,
+        leased!.revision,
+        { accessToken: 'ya29.mine', expiry: inAnHour() },
+        leased!.lease,
+      ),
+    ).toBe(true);
+    expect(await store.leaseRefresh(userId, 30_000)).toMatchObject({ accessToken: 'ya29.mine' });
   });
 
   it('takes over a lease whose holder died (expired), and gives nothing for an unknown owner', async () => {
