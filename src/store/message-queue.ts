@@ -247,18 +247,20 @@ export class MessageQueueStore {
   /**
    * Extends these claims (the worker's heartbeat); a claim since replaced, given back or closed is left
    * alone (a heartbeat that reaches the database after its claim's release must not hold the message).
+   * Returns the claims it extended: the others are no longer held (taken over, answered, given back).
    */
-  async extend(claims: Claim[], leaseSeconds: number): Promise<number> {
-    if (claims.length === 0) return 0;
-    const r = await sql`
+  async extend(claims: Claim[], leaseSeconds: number): Promise<Claim[]> {
+    if (claims.length === 0) return [];
+    const r = await sql<{ message_id: string; attempts: number }>`
       UPDATE messages m
          SET claimed_until = now() + make_interval(secs => ${leaseSeconds})
         FROM json_to_recordset(${JSON.stringify(claims)}::json) AS c("messageId" text, attempts int)
        WHERE m.message_id = c."messageId"
          AND m.attempts = c.attempts
          AND m.claimed_until IS NOT NULL
-         AND m.status = 'pending'`.execute(this.db);
-    return Number(r.numAffectedRows ?? 0);
+         AND m.status = 'pending'
+   RETURNING m.message_id, m.attempts`.execute(this.db);
+    return r.rows.map((row) => ({ messageId: row.message_id, attempts: row.attempts }));
   }
 
   /**

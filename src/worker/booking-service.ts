@@ -92,6 +92,8 @@ interface ReplyContext {
   lastAttempt: boolean;
   /** The output is an earlier attempt's (RespondOptions.earlierAttempt). */
   earlierAttempt: boolean;
+  /** Aborted: no further change at Google (RespondOptions.signal). */
+  signal: AbortSignal | undefined;
   booked: number;
   requested: Set<string>;
   lease?: OwnerLease;
@@ -136,6 +138,7 @@ export class BookingService implements ActionResponder {
       now: this.deps.now(),
       lastAttempt: options.lastAttempt ?? false,
       earlierAttempt: options.earlierAttempt ?? false,
+      signal: options.signal,
       booked: 0,
       requested: new Set(),
       unsavedOutput: options.unsavedOutput,
@@ -698,8 +701,11 @@ export class BookingService implements ActionResponder {
       ) {
         return await this.#refuse(ctx, 'busy', request.start, agent.meetingDurationMinutes, { key }, busy);
       }
-      // The hold must still be ours when the event is made (this process may have stalled since).
+      // The hold must still be ours when the event is made (this process may have stalled since), and
+      // so must the message's claim: a run whose claim was taken over meanwhile (its heartbeat found
+      // out and aborted it) makes nothing; the current claim, or the run that gave up, answers.
       await ctx.lease?.confirm();
+      ctx.signal?.throwIfAborted();
       created = await this.deps.calendar.createEvent(agent.userId, {
         eventId,
         conferenceRequestId: `am-${key.slice(0, 32)}`,
@@ -713,7 +719,7 @@ export class BookingService implements ActionResponder {
     } catch (err) {
       // A stale attempt acts on nothing, not even the last attempt's event lookup (its key is this
       // attempt's, from an output the message is not answered from).
-      if (err instanceof StaleAttempt) throw err;
+      if (err instanceof StaleAttempt || ctx.signal?.aborted) throw err;
       const found = await this.#eventCreatedBefore(ctx, eventId, err);
       if (!found) return this.#calendarFailure(err, ctx, 'book');
       created = found;
@@ -841,6 +847,7 @@ export class BookingService implements ActionResponder {
         return await this.#refuse(ctx, 'busy', start, meeting.duration_minutes, except, busy);
       }
       await ctx.lease?.confirm();
+      ctx.signal?.throwIfAborted(); // as before an insert
       // Patching to the same times again (a retried job) changes nothing.
       patched = await this.deps.calendar.patchEvent(agent.userId, meeting.google_event_id, {
         startDateTime: toOffsetIso(start, when.offsetMinutes),
@@ -882,6 +889,7 @@ export class BookingService implements ActionResponder {
     const meeting = target;
     await this.#storeOutput(ctx);
     try {
+      ctx.signal?.throwIfAborted(); // as before an insert
       // 404/410 count as done: an earlier attempt (or the owner) already deleted it.
       await this.deps.calendar.deleteEvent(work.agent.userId, meeting.google_event_id);
     } catch (err) {

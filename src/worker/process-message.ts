@@ -63,6 +63,11 @@ export interface RespondOptions {
    * (made a Google event whose reply never committed): a refusal checks for that event first.
    */
   earlierAttempt?: boolean;
+  /**
+   * The run's signal (JobContext.signal): once aborted (its claim is no longer its own, the process is
+   * stopping, the run took too long) the responder makes no further change at Google.
+   */
+  signal?: AbortSignal;
 }
 
 /** A model output not yet stored (see RespondOptions.unsavedOutput). */
@@ -303,7 +308,12 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
         work,
         output,
         agentLog,
-        { lastAttempt: ctx.isLastAttempt, unsavedOutput, earlierAttempt: earlier !== null },
+        {
+          lastAttempt: ctx.isLastAttempt,
+          unsavedOutput,
+          earlierAttempt: earlier !== null,
+          signal: ctx.signal,
+        },
         () => {
           phase = 'booking';
         },

@@ -10,6 +10,7 @@ import {
   MessageStore,
   type MessageWork,
 } from '../store/messages.js';
+import { StaleAttempt } from './process-message.js';
 
 /**
  * How many more times a message's last attempt runs after one that did not finish (its process died
@@ -226,13 +227,27 @@ export class JobQueue {
     const heartbeat = setInterval(
       () => {
         const now = Date.now();
-        const live: Claim[] = [];
+        const live: Running[] = [];
         for (const job of inFlight.values()) {
-          if (now - job.startedAt < MAX_RUN_MS) live.push(job.claim);
+          if (now - job.startedAt < MAX_RUN_MS) live.push(job);
           else job.controller.abort(new Error('the message took too long; its claim is left to lapse'));
         }
         this.#messages
-          .extend(live, LEASE_SECONDS)
+          .extend(
+            live.map((job) => job.claim),
+            LEASE_SECONDS,
+          )
+          .then((held) => {
+            // A claim not extended is no longer this run's: taken over after it lapsed (this process
+            // stalled), or closed. Its run is aborted, so it makes no further change at Google (the
+            // booking path checks the signal before each one; its writes are fenced by the claim
+            // anyway). Once answered, the abort reaches a run that has nothing left to do.
+            const kept = new Set(held.map((c) => `${c.messageId}#${c.attempts}`));
+            for (const job of live) {
+              if (!kept.has(`${job.claim.messageId}#${job.claim.attempts}`) && !job.controller.signal.aborted)
+                job.controller.abort(new StaleAttempt('the message’s claim is no longer this run’s'));
+            }
+          })
           .catch((err: unknown) => this.logger.warn({ err }, 'extending message claims failed'));
       },
       (LEASE_SECONDS * 1000) / 3,

@@ -99,25 +99,25 @@ describe('message queue', () => {
     const [first] = await claimAll();
     expect(first!.claim.messageId).toBe(a.ids[0]);
     // Extending a live claim pushes it forward.
-    expect(await queue.extend([first!.claim], 15)).toBe(1);
+    expect(await queue.extend([first!.claim], 15)).toEqual([first!.claim]);
     await sql`UPDATE messages SET claimed_until = now() - interval '1 second'
                WHERE message_id = ${a.ids[0]}`.execute(database.db);
     const [second] = await claimAll();
     expect(second!.claim).toEqual({ messageId: a.ids[0], attempts: 2 });
-    expect(await queue.extend([first!.claim], 15)).toBe(0);
+    expect(await queue.extend([first!.claim], 15)).toEqual([]);
     expect(await queue.release(first!.claim, 0, 'stale')).toBe(false);
     expect((await row(a.ids[0]!)).last_error).toBeNull();
     // The conversation is still held by the second claim.
     expect(await claimAll()).toEqual([]);
     // A released claim is not brought back by a heartbeat of that claim arriving late.
     expect(await queue.release(second!.claim, 0, 'given back')).toBe(true);
-    expect(await queue.extend([second!.claim], 15)).toBe(0);
+    expect(await queue.extend([second!.claim], 15)).toEqual([]);
     expect((await row(a.ids[0]!)).claimed_until).toBeNull();
     const [third] = await claimAll();
     expect(third!.claim).toEqual({ messageId: a.ids[0], attempts: 3 });
     await answer(a.conversationId, a.ids[0]!);
     // A closed message's claim is gone with it: extend and release do nothing.
-    expect(await queue.extend([third!.claim], 15)).toBe(0);
+    expect(await queue.extend([third!.claim], 15)).toEqual([]);
     expect(await queue.release(third!.claim, 0)).toBe(false);
     expect((await claimAll()).map((c) => c.claim.messageId)).toEqual([a.ids[1]]);
     await answer(a.conversationId, a.ids[1]!);

@@ -6,6 +6,7 @@
  * JOB_RETRY_LIMIT=0: every run is a last attempt.
  */
 import { randomBytes } from 'node:crypto';
+import { sql } from 'kysely';
 import { describe, expect, it, vi } from 'vitest';
 import { bookingAction } from '../helpers/actions.js';
 import { useStack } from '../helpers/stack.js';
@@ -94,5 +95,47 @@ describe('a stale attempt', () => {
   it('answering in plain text while the current claim books: the stale answer is not stored, the booking is', async () => {
     // Its answer is ready first, while the current claim's insert is slow.
     await expectOnlyTheCurrentClaimsBooking({ content: 'Which day suits you?' });
+  });
+
+  /**
+   * The run that takes the message over gives up (its attempts made to look spent) and, finding no
+   * event, answers with the error. The stale run, still waiting on its freeBusy read, must not book
+   * afterwards: its heartbeat finds its claim gone and aborts it, and it checks before inserting.
+   */
+  it('whose claim was taken over while it waited on Google makes no change there afterwards', async () => {
+    const c = await newChat();
+    const db = s.app.database.db;
+    // Longer than the heartbeat's 5 s: one beat falls inside it.
+    s.google.fail('freebusy.query', { kind: 'stall', ms: 6_500 });
+    s.openai.responder = () => ({ content: JSON.stringify([bookingAction(wallTime(2, 11, 0, 330).iso)]) });
+    const messageId = await s.send(c.conversation_id, c.customer_token, 'book me in');
+    const freeBusy = () => s.google.requests.filter((r) => r.op === 'freebusy.query');
+    await vi.waitFor(
+      async () => {
+        expect(freeBusy()).toHaveLength(1);
+        const row = await db
+          .selectFrom('messages')
+          .select('model_output')
+          .where('message_id', '=', messageId)
+          .executeTakeFirstOrThrow();
+        expect(row.model_output).not.toBeNull();
+      },
+      { timeout: 10_000 },
+    );
+    // JOB_RETRY_LIMIT 0: attempts 1 to 4 were last attempts; the next claim (the 5th) gives up.
+    await sql`UPDATE messages SET attempts = 4, claimed_until = now() - interval '1 second'
+               WHERE message_id = ${messageId}`.execute(db);
+    await sql`SELECT pg_notify(agent_meetings_channel('agent_meetings_customer_messages'), ${c.conversation_id})`.execute(
+      db,
+    );
+    await s.waitForReplies(c.conversation_id, c.customer_token, 1, 20_000);
+    expect((await replies(c)).map((m) => m.content)).toEqual([s.app.config.meetingErrorMessage]);
+    // The stale run's read answers; it would insert right after.
+    await vi.waitFor(() => expect(freeBusy()[0]!.doneAt).toBeDefined(), { timeout: 15_000 });
+    await new Promise((r) => setTimeout(r, 1_000));
+    expect(inserts()).toEqual([]);
+    expect(s.google.events(c.email)).toEqual([]);
+    expect(await meetings(c.userId)).toEqual([]);
+    expect((await replies(c)).map((m) => m.content)).toEqual([s.app.config.meetingErrorMessage]);
   });
 });
