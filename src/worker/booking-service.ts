@@ -129,24 +129,7 @@ export class BookingService implements ActionResponder {
     log: Logger,
     options: RespondOptions = {},
   ): Promise<Reply> {
-    const settings = work.booking;
-    const ctx: ReplyContext = {
-      work,
-      log,
-      settings,
-      limits: this.#limits(settings),
-      now: this.deps.now(),
-      lastAttempt: options.lastAttempt ?? false,
-      earlierAttempt: options.earlierAttempt ?? false,
-      signal: options.signal,
-      booked: 0,
-      requested: new Set(),
-      unsavedOutput: options.unsavedOutput,
-      // One lease serves the whole answer (taken once, given back with the reply): with two
-      // bookings or moves in it, it must cover both, so it covers all of the owner's time.
-      wholeOwner:
-        actions.filter((a) => (a as { action?: unknown } | null)?.action !== CANCEL_ACTION).length > 1,
-    };
+    const ctx = this.#context(work, log, options, actions);
     const texts: string[] = [];
     const rows: Array<{ booked: NewMeeting } | { persist: Persist }> = [];
     try {
@@ -175,12 +158,13 @@ export class BookingService implements ActionResponder {
 
   /**
    * The answer to a message given up on (JobContext.giveUp) whose stored output acts: its attempts
-   * kept not finishing, and one of them may have created a booking's Google event (and sent its
-   * invitations) before it stopped, its reply never committed. Nothing is done at Google now: each
-   * booking's derived event id is looked up once, and a live event is recorded and confirmed as its
-   * booking would have been; the other actions are answered with MEETING_ERROR_MESSAGE (once).
-   * Undefined when no event was found: the caller answers with its fallback, as before. No owner
-   * lease: nothing is checked or created, only an existing event recorded.
+   * kept not finishing, and one of them may have made a change at Google (a booking's event, with its
+   * invitations; a move; a cancel) before it stopped, its reply never committed. Nothing is changed at
+   * Google now; each action is looked up once (events.get): a booking's derived event that exists, a
+   * meeting's event already at the new time, a meeting's event gone, is recorded and confirmed as the
+   * action would have been. The actions not found made are answered with MEETING_ERROR_MESSAGE (once).
+   * Undefined when none was found: the caller answers with its fallback, as before. No owner lease:
+   * nothing is checked or made, only what Google already shows recorded.
    */
   async recover(
     work: MessageWork,
@@ -188,53 +172,104 @@ export class BookingService implements ActionResponder {
     prose: string,
     log: Logger,
   ): Promise<Reply | undefined> {
-    const { agent, message } = work;
-    const limits = this.#limits(work.booking);
+    const ctx = this.#context(work, log, { lastAttempt: true, earlierAttempt: true }, actions);
     const texts: string[] = [];
-    const rows: Array<{ booked: NewMeeting }> = [];
-    const seen = new Set<string>();
+    const rows: Array<{ booked: NewMeeting } | { persist: Persist }> = [];
     let failed = false;
     for (const [index, action] of actions.entries()) {
       const kind = (action as { action?: unknown } | null)?.action;
-      // Rules on the clock and settings (notice, horizon) were met when its event was made, if it was.
-      const checked =
-        kind === RESCHEDULE_ACTION || kind === CANCEL_ACTION
-          ? undefined
-          : validateBookingAction(action, limits, null);
-      if (!checked?.ok) {
-        failed = true;
-        continue;
-      }
-      const sameRequest = bookingKey(message.messageId, -1, checked.request);
-      if (seen.has(sameRequest)) continue; // booked once per answer (see #bookOne)
-      seen.add(sameRequest);
-      const key = bookingKey(message.messageId, index, checked.request);
-      const eventId = googleEventIdFor(key);
-      let found: CreatedCalendarEvent | null = null;
+      let result: Outcome | undefined;
       try {
-        found = await this.deps.calendar.findEvent(agent.userId, eventId);
+        result =
+          kind === RESCHEDULE_ACTION
+            ? await this.#recoverMove(ctx, action as Record<string, unknown>)
+            : kind === CANCEL_ACTION
+              ? await this.#recoverCancel(ctx, action as Record<string, unknown>)
+              : await this.#recoverBooking(ctx, action, index);
       } catch (err) {
-        log.error(
-          { err, event_id: eventId },
-          'could not look up a given-up booking’s event; answering without it',
-        );
+        log.error({ err, index }, 'could not look up what a given-up action did; answering without it');
       }
-      if (!found) {
+      if (!result) {
         failed = true;
         continue;
       }
-      log.warn(
-        { event_id: eventId },
-        'a given-up message’s booking was made by an earlier attempt; recording it',
-      );
-      this.deps.onOutcome?.('booked_recovered');
-      const booked = this.#booked(work, checked.request, key, found);
-      texts.push(booked.text);
-      rows.push({ booked: booked.booked });
+      if (result.duplicate) continue;
+      texts.push(result.text);
+      if (result.booked) rows.push({ booked: result.booked });
+      else if (result.persist) rows.push({ persist: result.persist });
     }
     if (rows.length === 0) return undefined;
     if (failed) texts.push(this.deps.meetingErrorMessage);
     return this.#compose(prose, texts, rows, undefined);
+  }
+
+  /** A given-up booking (recover): its derived event, if it exists. */
+  async #recoverBooking(ctx: ReplyContext, action: unknown, index: number): Promise<Outcome | undefined> {
+    const { work } = ctx;
+    // Rules on the clock and settings (notice, horizon) were met when its event was made, if it was.
+    const checked = validateBookingAction(action, ctx.limits, null);
+    if (!checked.ok) return undefined;
+    const sameRequest = bookingKey(work.message.messageId, -1, checked.request);
+    if (ctx.requested.has(sameRequest)) return { text: '', duplicate: true }; // once per answer (#bookOne)
+    ctx.requested.add(sameRequest);
+    const key = bookingKey(work.message.messageId, index, checked.request);
+    const eventId = googleEventIdFor(key);
+    const found = await this.deps.calendar.findEvent(work.agent.userId, eventId);
+    if (!found) return undefined;
+    ctx.log.warn(
+      { event_id: eventId },
+      'a given-up message’s booking was made by an earlier attempt; recording it',
+    );
+    this.deps.onOutcome?.('booked_recovered');
+    return this.#booked(work, checked.request, key, found);
+  }
+
+  /** A given-up move (recover): its meeting's event, if it is at the new time already. */
+  async #recoverMove(ctx: ReplyContext, action: Record<string, unknown>): Promise<Outcome | undefined> {
+    const target = await this.#target(ctx, action);
+    if (!('meeting_id' in target)) return undefined;
+    const when = validateMeetingTime(action.new_time, ctx.limits, null);
+    if (!when.ok) return undefined;
+    const at = await this.deps.calendar.eventStart(ctx.work.agent.userId, target.google_event_id);
+    if (at?.getTime() !== when.start.getTime()) return undefined;
+    ctx.log.warn(
+      { event_id: target.google_event_id },
+      'a given-up message’s move was made by an earlier attempt; recording it',
+    );
+    return this.#moved(ctx, action, target, when, undefined);
+  }
+
+  /** A given-up cancel (recover): its meeting, if its event is gone. */
+  async #recoverCancel(ctx: ReplyContext, action: Record<string, unknown>): Promise<Outcome | undefined> {
+    const target = await this.#target(ctx, action);
+    if (!('meeting_id' in target)) return undefined;
+    if (await this.deps.calendar.eventExists(ctx.work.agent.userId, target.google_event_id)) return undefined;
+    ctx.log.warn(
+      { event_id: target.google_event_id },
+      'a given-up message’s cancel was made by an earlier attempt; recording it',
+    );
+    return this.#cancelled(ctx, target);
+  }
+
+  #context(work: MessageWork, log: Logger, options: RespondOptions, actions: unknown[]): ReplyContext {
+    const settings = work.booking;
+    return {
+      work,
+      log,
+      settings,
+      limits: this.#limits(settings),
+      now: this.deps.now(),
+      lastAttempt: options.lastAttempt ?? false,
+      earlierAttempt: options.earlierAttempt ?? false,
+      signal: options.signal,
+      booked: 0,
+      requested: new Set(),
+      unsavedOutput: options.unsavedOutput,
+      // One lease serves the whole answer (taken once, given back with the reply): with two
+      // bookings or moves in it, it must cover both, so it covers all of the owner's time.
+      wholeOwner:
+        actions.filter((a) => (a as { action?: unknown } | null)?.action !== CANCEL_ACTION).length > 1,
+    };
   }
 
   /** The reply of an answer's outcomes (texts and rows), giving the owner's lease back with it. */
@@ -622,6 +657,42 @@ export class BookingService implements ActionResponder {
     }
   }
 
+  /**
+   * Before a move or a cancel gives up (Google refused, or anything failed on the job's last attempt):
+   * whether Google shows it made already, by an earlier attempt whose reply never committed or by this
+   * one whose answer was lost (`made`: read-only, events.get). Then it is recorded and confirmed like
+   * any other; otherwise, or when the lookup fails too, the original failure stands. As with bookings
+   * (#eventCreatedBefore), earlier attempts skip this: their retry repeats the change, which is
+   * harmless (the same times again; a delete of a deleted event answers 410).
+   */
+  async #changedBefore(
+    ctx: ReplyContext,
+    err: unknown,
+    what: 'reschedule' | 'cancel',
+    eventId: string,
+    made: () => Promise<boolean>,
+  ): Promise<boolean> {
+    if (err instanceof CalendarNotConnected) return false; // no token to look with
+    const givingUp = ctx.lastAttempt || (err instanceof Upstream && !err.retryable);
+    if (!givingUp) return false;
+    try {
+      const done = await made();
+      if (done) {
+        ctx.log.warn(
+          { err, event_id: eventId, last_attempt: ctx.lastAttempt },
+          `${what} failed after Google made it; recording it`,
+        );
+      }
+      return done;
+    } catch (lookupErr) {
+      ctx.log.error(
+        { err: lookupErr, event_id: eventId },
+        `could not look up the event before giving up the ${what}`,
+      );
+      return false;
+    }
+  }
+
   async #bookOne(ctx: ReplyContext, action: unknown, index: number): Promise<Outcome> {
     const { work, log } = ctx;
     const { agent, conversation, message } = work;
@@ -836,8 +907,9 @@ export class BookingService implements ActionResponder {
       end: new Date(meeting.meeting_time.getTime() + meeting.duration_minutes * 60_000),
     };
     const except = { meetingId: meeting.meeting_id, interval: own };
-    const zone = zoneOffsetMinutes(start, agent.timezone) === when.offsetMinutes ? agent.timezone : undefined;
-    let patched: Awaited<ReturnType<CalendarGateway['patchEvent']>>;
+    const zone = eventZone(start, when.offsetMinutes, agent.timezone);
+    // Google's answer to the move; none when an earlier attempt's move is recorded (#changedBefore).
+    let patched: Awaited<ReturnType<CalendarGateway['patchEvent']>> | undefined;
     try {
       if (!movedBefore && !withinWorkingHours(start, end, agent.timezone, ctx.settings.workingHours)) {
         return await this.#refuse(ctx, 'outside_hours', start, meeting.duration_minutes, except);
@@ -855,16 +927,41 @@ export class BookingService implements ActionResponder {
         timeZone: zone,
       });
     } catch (err) {
-      return this.#calendarFailure(err, ctx, 'reschedule');
+      if (err instanceof StaleAttempt || ctx.signal?.aborted) throw err;
+      const moved =
+        movedBefore ||
+        (await this.#changedBefore(ctx, err, 'reschedule', meeting.google_event_id, async () => {
+          const at = await this.deps.calendar.eventStart(agent.userId, meeting.google_event_id);
+          return at?.getTime() === start.getTime();
+        }));
+      if (!moved) return this.#calendarFailure(err, ctx, 'reschedule');
     }
+    return this.#moved(ctx, action, meeting, when, patched);
+  }
+
+  /** A move's confirmation and rows; `patched` is Google's answer (none when recorded from a lookup). */
+  #moved(
+    ctx: ReplyContext,
+    action: Record<string, unknown>,
+    meeting: MeetingRow,
+    when: { start: Date; offsetMinutes: number },
+    patched: CreatedCalendarEvent | undefined,
+  ): Outcome {
+    const { work } = ctx;
+    const { agent } = work;
+    const start = when.start;
+    const zone = eventZone(start, when.offsetMinutes, agent.timezone);
     this.deps.onOutcome?.('rescheduled');
-    log.info({ meeting_id: meeting.meeting_id, event_id: meeting.google_event_id }, 'meeting rescheduled');
+    ctx.log.info(
+      { meeting_id: meeting.meeting_id, event_id: meeting.google_event_id },
+      'meeting rescheduled',
+    );
     const friendly =
       typeof action.friendly_time === 'string' && action.friendly_time.trim()
         ? action.friendly_time.trim().slice(0, 200)
         : friendlyTime(start, agent.timezone);
     return {
-      text: rescheduleConfirmation(friendly, patched.meetLink ?? meeting.meet_link),
+      text: rescheduleConfirmation(friendly, patched?.meetLink ?? meeting.meet_link),
       persist: async (trx) => {
         const row = await this.deps.meetings.reschedule(trx, meeting.meeting_id, {
           meetingTime: start,
@@ -883,7 +980,7 @@ export class BookingService implements ActionResponder {
   }
 
   async #cancel(ctx: ReplyContext, action: Record<string, unknown>): Promise<Outcome> {
-    const { work, log } = ctx;
+    const { work } = ctx;
     const target = await this.#target(ctx, action);
     if (!('meeting_id' in target)) return target;
     const meeting = target;
@@ -893,10 +990,24 @@ export class BookingService implements ActionResponder {
       // 404/410 count as done: an earlier attempt (or the owner) already deleted it.
       await this.deps.calendar.deleteEvent(work.agent.userId, meeting.google_event_id);
     } catch (err) {
-      return this.#calendarFailure(err, ctx, 'cancel');
+      if (err instanceof StaleAttempt || ctx.signal?.aborted) throw err;
+      const gone = await this.#changedBefore(
+        ctx,
+        err,
+        'cancel',
+        meeting.google_event_id,
+        async () => !(await this.deps.calendar.eventExists(work.agent.userId, meeting.google_event_id)),
+      );
+      if (!gone) return this.#calendarFailure(err, ctx, 'cancel');
     }
+    return this.#cancelled(ctx, meeting);
+  }
+
+  /** A cancel's confirmation and rows. */
+  #cancelled(ctx: ReplyContext, meeting: MeetingRow): Outcome {
+    const { work } = ctx;
     this.deps.onOutcome?.('cancelled');
-    log.info({ meeting_id: meeting.meeting_id, event_id: meeting.google_event_id }, 'meeting cancelled');
+    ctx.log.info({ meeting_id: meeting.meeting_id, event_id: meeting.google_event_id }, 'meeting cancelled');
     return {
       text: cancellationConfirmation(
         friendlyTime(meeting.meeting_time, meeting.timezone ?? work.agent.timezone),
@@ -914,6 +1025,11 @@ export class BookingService implements ActionResponder {
       },
     };
   }
+}
+
+/** The zone a moved event is written in: the agent's when the requested offset is its own there. */
+function eventZone(start: Date, offsetMinutes: number, agentZone: string): string | undefined {
+  return zoneOffsetMinutes(start, agentZone) === offsetMinutes ? agentZone : undefined;
 }
 
 function describeBooking(name: string | null, email: string, agentName: string): string {

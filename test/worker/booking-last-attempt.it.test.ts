@@ -10,6 +10,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import type { Responder } from '../emulators/openai.js';
 import { bookingAction } from '../helpers/actions.js';
 import { type Stack, startStack } from '../helpers/stack.js';
 
@@ -107,11 +108,11 @@ async function message(messageId: string) {
     .executeTakeFirstOrThrow();
 }
 
-/** Owner webhook deliveries recorded for the user (committed with the reply). */
+/** Owner webhook deliveries recorded for the user (committed with the reply), by type name. */
 async function deliveryTypes(userId: string): Promise<string[]> {
   const r = await sql<{ event_type: string }>`
     SELECT event_type FROM webhook_deliveries WHERE user_id = ${userId}`.execute(s.app.database.db);
-  return r.rows.map((row) => row.event_type);
+  return r.rows.map((row) => row.event_type).sort();
 }
 
 /** The first run's 4 inserts all lose their answers (the first creates the event); returns its id. */
@@ -323,5 +324,165 @@ describe('giving up on a message whose attempts kept not finishing', () => {
     expect(requestsFor('events.insert')).toHaveLength(4);
     expect((await meetings(b.userId)).map((m) => m.google_event_id)).toEqual([eventId]);
     expect(await message(b.messageId)).toMatchObject({ status: 'answered', attempts: 6 });
+  });
+});
+
+describe('giving up on a move or a cancel an earlier attempt made', () => {
+  /** `b`'s meeting booked, then `next` asked for in a new message whose first run fails. */
+  async function changeThenGiveUp(next: Responder, failFirstRun: () => void) {
+    const b = await startBooking();
+    expect((await replies(b))[0]).toMatch(/^✅ Meeting confirmed!/);
+    const [meeting] = await meetings(b.userId);
+    s.google.reset();
+    s.openai.responder = next;
+    failFirstRun();
+    const messageId = await s.send(b.conversationId, b.token, 'change it');
+    const change = { ...b, messageId };
+    await until('the first run to fail', async () => (await message(messageId)).last_error !== null);
+    const gets = requestsFor('events.get').length;
+    await giveUpOnTheRetry(change);
+    const list = await s.waitForReplies(b.conversationId, b.token, 2, 30_000);
+    const last = list.filter((m) => m.role === 'assistant').at(-1)!.content;
+    return { b, meeting: meeting!, last, messageId, lookups: requestsFor('events.get').slice(gets) };
+  }
+
+  it('a cancel whose delete went through is recorded and confirmed', async () => {
+    const { b, meeting, last, messageId, lookups } = await changeThenGiveUp(
+      () => ({ toolCalls: [{ name: 'cancel_meeting', arguments: { meeting_id: null } }] }),
+      () => {
+        s.google.fail('events.delete', { kind: 'lost-response' }, 1);
+        s.google.fail('events.delete', { kind: 'status', status: 503 }, 3);
+      },
+    );
+    expect(last).toMatch(/^✅ Meeting cancelled\./);
+    expect(lookups).toHaveLength(1);
+    expect(requestsFor('events.delete')).toHaveLength(4);
+    expect((await meetings(b.userId)).map((m) => [m.meeting_id, m.status])).toEqual([
+      [meeting.meeting_id, 'cancelled'],
+    ]);
+    expect(await message(messageId)).toMatchObject({ status: 'answered', attempts: 6 });
+    expect(await deliveryTypes(b.userId)).toEqual(['meeting.booked', 'meeting.cancelled']);
+  });
+
+  it('a move whose patch went through is recorded and confirmed; one that did not is the error', async () => {
+    const later = new Date(Date.parse(String(action().meeting_time)) + 3_600_000);
+    const move = () => ({
+      toolCalls: [
+        {
+          name: 'reschedule_meeting',
+          arguments: { meeting_id: null, new_time: later.toISOString(), friendly_time: 'an hour later' },
+        },
+      ],
+    });
+    const made = await changeThenGiveUp(move, () => {
+      s.google.fail('events.patch', { kind: 'lost-response' }, 1);
+      s.google.fail('events.patch', { kind: 'status', status: 503 }, 3);
+    });
+    expect(made.last).toMatch(/^✅ Meeting rescheduled!\n\n📅 Meeting now scheduled for an hour later\n/);
+    expect(made.lookups).toHaveLength(1);
+    expect((await meetings(made.b.userId))[0]).toMatchObject({ meeting_time: later.toISOString() });
+    expect(await deliveryTypes(made.b.userId)).toEqual(['meeting.booked', 'meeting.rescheduled']);
+
+    const never = await changeThenGiveUp(move, () => {
+      s.google.fail('events.patch', { kind: 'status', status: 503 }, 4);
+    });
+    expect(never.last).toBe(s.app.config.meetingErrorMessage);
+    expect(never.lookups).toHaveLength(1);
+    expect((await meetings(never.b.userId))[0]).toMatchObject({
+      meeting_time: new Date(Date.parse(String(action().meeting_time))).toISOString(),
+    });
+    expect(await message(never.messageId)).toMatchObject({ status: 'failed', attempts: 6 });
+    expect(await deliveryTypes(never.b.userId)).toEqual(['meeting.booked']);
+  });
+});
+
+describe('last attempt: a move or cancel Google made although its answers were lost', () => {
+  /** An owner's booked meeting (as in startBooking), and the next answer set to `next`. */
+  async function booked(next: Responder) {
+    const b = await startBooking();
+    expect((await replies(b))[0]).toMatch(/^✅ Meeting confirmed!/);
+    const [meeting] = await meetings(b.userId);
+    s.google.reset();
+    s.openai.responder = next;
+    return { b, meeting: meeting! };
+  }
+  const lastReply = async (b: Booking) =>
+    (await s.waitForReplies(b.conversationId, b.token, 2, 30_000))
+      .filter((m) => m.role === 'assistant')
+      .map((m) => m.content)
+      .at(-1);
+  const cancel = () => ({ toolCalls: [{ name: 'cancel_meeting', arguments: { meeting_id: null } }] });
+  const moveTo = (at: Date) => () => ({
+    toolCalls: [
+      {
+        name: 'reschedule_meeting',
+        arguments: { meeting_id: null, new_time: at.toISOString(), friendly_time: 'an hour later' },
+      },
+    ],
+  });
+  const statuses = (op: string) => requestsFor(op).map((r) => r.fault ?? r.status);
+
+  it('a cancel whose delete went through is recorded and confirmed when every answer failed', async () => {
+    const { b, meeting } = await booked(cancel);
+    // The first run's delete removes the event and loses its answer, its retries and the last
+    // attempt's deletes answer 503: before giving up, the last attempt finds the event gone.
+    s.google.fail('events.delete', { kind: 'lost-response' }, 1);
+    s.google.fail('events.delete', { kind: 'status', status: 503 }, 7);
+    await s.send(b.conversationId, b.token, 'cancel it');
+    expect(await lastReply(b)).toMatch(/^✅ Meeting cancelled\./);
+    expect(statuses('events.delete')).toEqual(['lost-response', ...Array(7).fill('status')]);
+    expect(requestsFor('events.get')).toHaveLength(1);
+    expect(s.google.events(b.email).map((e) => e.status)).toEqual(['cancelled']);
+    expect((await meetings(b.userId)).map((m) => [m.meeting_id, m.status])).toEqual([
+      [meeting.meeting_id, 'cancelled'],
+    ]);
+    expect(await deliveryTypes(b.userId)).toEqual(['meeting.booked', 'meeting.cancelled']);
+  });
+
+  it('a cancel Google never made: the error, and the meeting stays booked', async () => {
+    const { b, meeting } = await booked(cancel);
+    s.google.fail('events.delete', { kind: 'status', status: 503 }, 8);
+    await s.send(b.conversationId, b.token, 'cancel it');
+    expect(await lastReply(b)).toBe(s.app.config.meetingErrorMessage);
+    expect(requestsFor('events.get').map((r) => r.status)).toEqual([200]);
+    expect(s.google.events(b.email).map((e) => e.status)).toEqual(['confirmed']);
+    expect((await meetings(b.userId)).map((m) => [m.meeting_id, m.status])).toEqual([
+      [meeting.meeting_id, 'scheduled'],
+    ]);
+    expect(await deliveryTypes(b.userId)).toEqual(['meeting.booked']);
+  });
+
+  it('a move an earlier attempt made is recorded when the last attempt’s own patch keeps failing', async () => {
+    const later = new Date(Date.parse(String(action().meeting_time)) + 3_600_000);
+    const { b, meeting } = await booked(moveTo(later));
+    s.google.fail('events.patch', { kind: 'lost-response' }, 1);
+    s.google.fail('events.patch', { kind: 'status', status: 503 }, 7);
+    await s.send(b.conversationId, b.token, 'an hour later?');
+    expect(await lastReply(b)).toMatch(
+      /^✅ Meeting rescheduled!\n\n📅 Meeting now scheduled for an hour later\n/,
+    );
+    expect(statuses('events.patch')).toEqual(['lost-response', ...Array(7).fill('status')]);
+    const [event] = s.google.events(b.email);
+    expect(new Date(event!.start!.dateTime!).getTime()).toBe(later.getTime());
+    const [row] = await meetings(b.userId);
+    expect(row).toMatchObject({ meeting_id: meeting.meeting_id, meeting_time: later.toISOString() });
+    expect(await deliveryTypes(b.userId)).toEqual(['meeting.booked', 'meeting.rescheduled']);
+  });
+
+  it('a move whose only patch answer was lost on the last attempt is found by one lookup and recorded', async () => {
+    const later = new Date(Date.parse(String(action().meeting_time)) + 3_600_000);
+    const { b, meeting } = await booked(moveTo(later));
+    // The first run never reaches its patch (its availability read fails); the last attempt's patch
+    // moves the event and every answer to it is lost.
+    s.google.fail('freebusy.query', { kind: 'status', status: 503 }, 4);
+    s.google.fail('events.patch', { kind: 'lost-response' }, 4);
+    await s.send(b.conversationId, b.token, 'an hour later?');
+    expect(await lastReply(b)).toMatch(/^✅ Meeting rescheduled!/);
+    expect(statuses('events.patch')).toEqual(Array(4).fill('lost-response'));
+    // One read where the earlier attempt might have moved it (not yet), one before giving up (moved).
+    expect(requestsFor('events.get').map((r) => r.status)).toEqual([200, 200]);
+    const [row] = await meetings(b.userId);
+    expect(row).toMatchObject({ meeting_id: meeting.meeting_id, meeting_time: later.toISOString() });
+    expect(await deliveryTypes(b.userId)).toEqual(['meeting.booked', 'meeting.rescheduled']);
   });
 });
