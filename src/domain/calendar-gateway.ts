@@ -36,8 +36,15 @@ export interface BusyInterval {
   end: Date;
 }
 
+/**
+ * Runs before a change is sent again (a retry after a failure, or after a forced token refresh), never
+ * before its first try; throws to stop: the caller may no longer make it (its run was aborted, its
+ * hold on the owner's time lost). A request already sent cannot be taken back; a retry can be held.
+ */
+export type RetryGuard = () => Promise<void>;
+
 export interface CalendarGateway {
-  createEvent(ownerId: string, event: NewCalendarEvent): Promise<CreatedCalendarEvent>;
+  createEvent(ownerId: string, event: NewCalendarEvent, guard?: RetryGuard): Promise<CreatedCalendarEvent>;
   /** Busy time on the owner's primary calendar within [from, to), merged, in order. */
   freeBusy(ownerId: string, from: Date, to: Date): Promise<BusyInterval[]>;
   /** True when the event exists and is not cancelled (a retried booking whose insert already happened). */
@@ -54,7 +61,12 @@ export interface CalendarGateway {
    */
   eventStart(ownerId: string, eventId: string): Promise<Date | null>;
   /** Moves an event; attendees are notified (sendUpdates=all). Same times again is harmless. */
-  patchEvent(ownerId: string, eventId: string, times: EventTimes): Promise<CreatedCalendarEvent>;
+  patchEvent(
+    ownerId: string,
+    eventId: string,
+    times: EventTimes,
+    guard?: RetryGuard,
+  ): Promise<CreatedCalendarEvent>;
   /** Resolves when the event is gone, including when it already was (404/410). */
-  deleteEvent(ownerId: string, eventId: string): Promise<void>;
+  deleteEvent(ownerId: string, eventId: string, guard?: RetryGuard): Promise<void>;
 }

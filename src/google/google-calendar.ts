@@ -7,6 +7,7 @@ import type {
   CreatedCalendarEvent,
   EventTimes,
   NewCalendarEvent,
+  RetryGuard,
 } from '../domain/calendar-gateway.js';
 import { Upstream } from '../domain/errors.js';
 import { isIanaTimeZone, zonedInstant } from '../domain/time.js';
@@ -160,6 +161,7 @@ export class GoogleCalendarGateway implements CalendarGateway {
     ownerId: string,
     op: string,
     fn: (api: calendar_v3.Calendar, auth: OAuth2Client, options: CallOptions) => Promise<T>,
+    guard?: RetryGuard,
   ): Promise<T> {
     let token = await this.tokens.accessToken(ownerId);
     let refreshed = false;
@@ -186,6 +188,7 @@ export class GoogleCalendarGateway implements CalendarGateway {
         if (failure.kind === 'unauthorized' && !refreshed) {
           refreshed = true;
           token = await this.tokens.accessToken(ownerId, token);
+          await guard?.();
           attempt--;
           continue;
         }
@@ -196,6 +199,8 @@ export class GoogleCalendarGateway implements CalendarGateway {
             'Google call failed; retrying',
           );
           await sleep(delay);
+          // A change is sent again only while its caller may still make it (RetryGuard).
+          await guard?.();
           continue;
         }
         if (failure.kind === 'retryable') {
@@ -210,7 +215,7 @@ export class GoogleCalendarGateway implements CalendarGateway {
     }
   }
 
-  async createEvent(ownerId: string, e: NewCalendarEvent): Promise<CreatedCalendarEvent> {
+  async createEvent(ownerId: string, e: NewCalendarEvent, guard?: RetryGuard): Promise<CreatedCalendarEvent> {
     const requestBody: calendar_v3.Schema$Event = {
       id: e.eventId,
       summary: e.summary,
@@ -232,13 +237,18 @@ export class GoogleCalendarGateway implements CalendarGateway {
     let event: calendar_v3.Schema$Event;
     let existed = false;
     try {
-      event = await this.#call(ownerId, 'events.insert', async (api, auth, options) => {
-        const res = await api.events.insert(
-          { auth, calendarId: 'primary', conferenceDataVersion: 1, sendUpdates: 'all', requestBody },
-          options,
-        );
-        return res.data;
-      });
+      event = await this.#call(
+        ownerId,
+        'events.insert',
+        async (api, auth, options) => {
+          const res = await api.events.insert(
+            { auth, calendarId: 'primary', conferenceDataVersion: 1, sendUpdates: 'all', requestBody },
+            options,
+          );
+          return res.data;
+        },
+        guard,
+      );
     } catch (err) {
       // 409 duplicate: this booking's event already exists (an earlier attempt whose answer was
       // lost, or a crashed worker): fetch it and carry on instead of booking again.
@@ -420,28 +430,38 @@ export class GoogleCalendarGateway implements CalendarGateway {
     }
   }
 
-  async patchEvent(ownerId: string, eventId: string, times: EventTimes): Promise<CreatedCalendarEvent> {
+  async patchEvent(
+    ownerId: string,
+    eventId: string,
+    times: EventTimes,
+    guard?: RetryGuard,
+  ): Promise<CreatedCalendarEvent> {
     let event: calendar_v3.Schema$Event;
     try {
-      event = await this.#call(ownerId, 'events.patch', async (api, auth, options) => {
-        const res = await api.events.patch(
-          {
-            auth,
-            calendarId: 'primary',
-            eventId,
-            sendUpdates: 'all',
-            requestBody: {
-              start: {
-                dateTime: times.startDateTime,
-                ...(times.timeZone ? { timeZone: times.timeZone } : {}),
+      event = await this.#call(
+        ownerId,
+        'events.patch',
+        async (api, auth, options) => {
+          const res = await api.events.patch(
+            {
+              auth,
+              calendarId: 'primary',
+              eventId,
+              sendUpdates: 'all',
+              requestBody: {
+                start: {
+                  dateTime: times.startDateTime,
+                  ...(times.timeZone ? { timeZone: times.timeZone } : {}),
+                },
+                end: { dateTime: times.endDateTime, ...(times.timeZone ? { timeZone: times.timeZone } : {}) },
               },
-              end: { dateTime: times.endDateTime, ...(times.timeZone ? { timeZone: times.timeZone } : {}) },
             },
-          },
-          options,
-        );
-        return res.data;
-      });
+            options,
+          );
+          return res.data;
+        },
+        guard,
+      );
     } catch (err) {
       throw this.#toDomain(err);
     }
@@ -454,10 +474,14 @@ export class GoogleCalendarGateway implements CalendarGateway {
     };
   }
 
-  async deleteEvent(ownerId: string, eventId: string): Promise<void> {
+  async deleteEvent(ownerId: string, eventId: string, guard?: RetryGuard): Promise<void> {
     try {
-      await this.#call(ownerId, 'events.delete', (api, auth, options) =>
-        api.events.delete({ auth, calendarId: 'primary', eventId, sendUpdates: 'all' }, options),
+      await this.#call(
+        ownerId,
+        'events.delete',
+        (api, auth, options) =>
+          api.events.delete({ auth, calendarId: 'primary', eventId, sendUpdates: 'all' }, options),
+        guard,
       );
     } catch (err) {
       // 404/410: already deleted (by the owner, or by an earlier attempt).

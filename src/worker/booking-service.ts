@@ -163,8 +163,8 @@ export class BookingService implements ActionResponder {
    * Google now; each action is looked up once (events.get): a booking's derived event that exists, a
    * meeting's event already at the new time, a meeting's event gone, is recorded and confirmed as the
    * action would have been. The actions not found made are answered with MEETING_ERROR_MESSAGE (once).
-   * Undefined when none was found: the caller answers with its fallback, as before. No owner lease:
-   * nothing is checked or made, only what Google already shows recorded.
+   * Undefined when none was found: the caller answers with its fallback, as before. Nothing is
+   * checked or made, only what Google already shows recorded.
    */
   async recover(
     work: MessageWork,
@@ -173,6 +173,24 @@ export class BookingService implements ActionResponder {
     log: Logger,
   ): Promise<Reply | undefined> {
     const ctx = this.#context(work, log, { lastAttempt: true, earlierAttempt: true }, actions);
+    // All of the owner's time: a run of this message still making a change (one whose claim was
+    // taken over but that has not noticed yet) holds part of it until that change is answered, and
+    // loses it if it stalled long enough to be taken over, so what is looked up below is final.
+    ctx.wholeOwner = true;
+    const epoch = new Date(0);
+    const lease = await this.#lock(ctx, epoch, epoch);
+    try {
+      const reply = await this.#recovered(ctx, actions, prose);
+      if (!reply) await lease.release();
+      return reply;
+    } catch (err) {
+      await lease.release();
+      throw err;
+    }
+  }
+
+  async #recovered(ctx: ReplyContext, actions: unknown[], prose: string): Promise<Reply | undefined> {
+    const { log } = ctx;
     const texts: string[] = [];
     const rows: Array<{ booked: NewMeeting } | { persist: Persist }> = [];
     let failed = false;
@@ -200,7 +218,20 @@ export class BookingService implements ActionResponder {
     }
     if (rows.length === 0) return undefined;
     if (failed) texts.push(this.deps.meetingErrorMessage);
-    return this.#compose(prose, texts, rows, undefined);
+    return this.#compose(prose, texts, rows, ctx.lease);
+  }
+
+  /**
+   * Whether this run may (still) make a change at Google, before it and before each retry of it: its
+   * signal not aborted (the heartbeat aborts a run whose claim was taken over, see JobQueue), and its
+   * hold on the owner's time still its own (OwnerLease.confirm, which asks the database only after a
+   * stall). Throws otherwise.
+   */
+  #mayChange(ctx: ReplyContext): () => Promise<void> {
+    return async () => {
+      ctx.signal?.throwIfAborted();
+      await ctx.lease?.confirm();
+    };
   }
 
   /** A given-up booking (recover): its derived event, if it exists. */
@@ -774,19 +805,24 @@ export class BookingService implements ActionResponder {
       }
       // The hold must still be ours when the event is made (this process may have stalled since), and
       // so must the message's claim: a run whose claim was taken over meanwhile (its heartbeat found
-      // out and aborted it) makes nothing; the current claim, or the run that gave up, answers.
-      await ctx.lease?.confirm();
-      ctx.signal?.throwIfAborted();
-      created = await this.deps.calendar.createEvent(agent.userId, {
-        eventId,
-        conferenceRequestId: `am-${key.slice(0, 32)}`,
-        summary: request.title,
-        description: describeBooking(request.name ?? conversation.customerName, request.email, agent.name),
-        startDateTime: toOffsetIso(request.start, request.offsetMinutes),
-        endDateTime: toOffsetIso(end, request.offsetMinutes),
-        timeZone: zone,
-        attendees: [request.email, ...request.participants],
-      });
+      // out and aborted it) makes nothing; the current claim, or the run that gave up, answers. Both
+      // are checked again before any retry of the insert (#mayChange).
+      const mayChange = this.#mayChange(ctx);
+      await mayChange();
+      created = await this.deps.calendar.createEvent(
+        agent.userId,
+        {
+          eventId,
+          conferenceRequestId: `am-${key.slice(0, 32)}`,
+          summary: request.title,
+          description: describeBooking(request.name ?? conversation.customerName, request.email, agent.name),
+          startDateTime: toOffsetIso(request.start, request.offsetMinutes),
+          endDateTime: toOffsetIso(end, request.offsetMinutes),
+          timeZone: zone,
+          attendees: [request.email, ...request.participants],
+        },
+        mayChange,
+      );
     } catch (err) {
       // A stale attempt acts on nothing, not even the last attempt's event lookup (its key is this
       // attempt's, from an output the message is not answered from).
@@ -842,11 +878,14 @@ export class BookingService implements ActionResponder {
   /**
    * The meeting an action refers to: one of this conversation's upcoming meetings, by id, or the
    * most recently booked one when no id is given. An id from anywhere else is never acted on.
+   * Upcoming as of when the customer spoke (as the prompt's "now"), not this attempt's clock: every
+   * attempt of the message picks the same meeting, and a retry or the run that gives up still finds
+   * the one an earlier attempt moved or cancelled after its old time has passed.
    */
   async #target(ctx: ReplyContext, action: Record<string, unknown>): Promise<MeetingRow | Outcome> {
     const upcoming = await this.deps.meetings.upcomingInConversation(
       ctx.work.conversation.conversationId,
-      ctx.now,
+      ctx.work.message.createdAt,
     );
     const wanted =
       typeof action.meeting_id === 'string' && action.meeting_id.trim() !== ''
@@ -918,14 +957,19 @@ export class BookingService implements ActionResponder {
       if (!movedBefore && overlapsBusy(start, end, busy, ctx.settings.bufferMinutes)) {
         return await this.#refuse(ctx, 'busy', start, meeting.duration_minutes, except, busy);
       }
-      await ctx.lease?.confirm();
-      ctx.signal?.throwIfAborted(); // as before an insert
+      const mayChange = this.#mayChange(ctx); // as before an insert
+      await mayChange();
       // Patching to the same times again (a retried job) changes nothing.
-      patched = await this.deps.calendar.patchEvent(agent.userId, meeting.google_event_id, {
-        startDateTime: toOffsetIso(start, when.offsetMinutes),
-        endDateTime: toOffsetIso(end, when.offsetMinutes),
-        timeZone: zone,
-      });
+      patched = await this.deps.calendar.patchEvent(
+        agent.userId,
+        meeting.google_event_id,
+        {
+          startDateTime: toOffsetIso(start, when.offsetMinutes),
+          endDateTime: toOffsetIso(end, when.offsetMinutes),
+          timeZone: zone,
+        },
+        mayChange,
+      );
     } catch (err) {
       if (err instanceof StaleAttempt || ctx.signal?.aborted) throw err;
       const moved =
@@ -986,9 +1030,10 @@ export class BookingService implements ActionResponder {
     const meeting = target;
     await this.#storeOutput(ctx);
     try {
-      ctx.signal?.throwIfAborted(); // as before an insert
+      const mayChange = this.#mayChange(ctx); // as before an insert (a cancel holds no lease)
+      await mayChange();
       // 404/410 count as done: an earlier attempt (or the owner) already deleted it.
-      await this.deps.calendar.deleteEvent(work.agent.userId, meeting.google_event_id);
+      await this.deps.calendar.deleteEvent(work.agent.userId, meeting.google_event_id, mayChange);
     } catch (err) {
       if (err instanceof StaleAttempt || ctx.signal?.aborted) throw err;
       const gone = await this.#changedBefore(

@@ -281,9 +281,15 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
         if (recovered) {
           agentLog.error(
             { attempt: ctx.attempt },
-            'message answered from what earlier attempts booked: its attempts kept not finishing',
+            'message answered from what earlier attempts did: its attempts kept not finishing',
           );
-          return deliver(recovered);
+          try {
+            return await deliver(recovered);
+          } catch (writeErr) {
+            // Its rows could not be written: the fallback still answers, so that no message holds
+            // its conversation for good (what Google shows stays unrecorded, and is logged here).
+            agentLog.error({ err: writeErr }, 'could not record what earlier attempts did');
+          }
         }
       }
       agentLog.error(

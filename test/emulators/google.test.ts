@@ -713,6 +713,18 @@ describe('fault injection', () => {
     ]);
   });
 
+  it('answers an injected status after its delay, without doing the work', async () => {
+    const { cal, email } = connect();
+    emu.fail('events.insert', { kind: 'status', status: 503, delayMs: 150 });
+    const sent = Date.now();
+    const err = await gaxiosError(() =>
+      cal.events.insert({ calendarId: 'primary', requestBody: slot(3) }, { retry: false }),
+    );
+    expect(err.status).toBe(503);
+    expect(Date.now() - sent).toBeGreaterThanOrEqual(140);
+    expect(emu.events(email)).toEqual([]);
+  });
+
   it('lets the client retry a 503 on GET by itself', async () => {
     const { cal } = connect();
     const id = (await cal.events.insert({ calendarId: 'primary', requestBody: slot(2) })).data.id ?? '';

@@ -44,7 +44,8 @@ export type GoogleOp =
   | '*';
 
 export type Fault =
-  | { kind: 'status'; status: number; reason?: string; message?: string }
+  /** Answer `status` with Google's error body, after `delayMs` (default none); the work is not done. */
+  | { kind: 'status'; status: number; reason?: string; message?: string; delayMs?: number }
   /** Perform the operation, then destroy the socket without answering. */
   | { kind: 'lost-response' }
   /** Wait `ms`, then handle the request normally (the work is done even if the client gave up). */
@@ -466,6 +467,7 @@ export class GoogleEmulator {
     const fault = this.takeFault(entry.op);
     if (fault) entry.fault = fault.kind;
     if (fault?.kind === 'stall') await this.sleep(fault.ms);
+    if (fault?.kind === 'status' && fault.delayMs) await this.sleep(fault.delayMs);
     if (this.closed) return;
 
     let reply: Reply;

@@ -271,6 +271,29 @@ describe('giving up on a message whose attempts kept not finishing', () => {
     expect(await deliveryTypes(b.userId)).toEqual(['meeting.booked']);
   });
 
+  it('when what it found cannot be recorded, the fallback still answers the message', async () => {
+    const db = s.app.database.db;
+    s.google.fail('events.insert', { kind: 'lost-response' }, 4);
+    const b = await startBooking();
+    await firstRunCreatesTheEventUnseen(b);
+    // The meeting row's insert fails for this owner (as a broken write would, every time).
+    await sql`
+      CREATE FUNCTION refuse_meeting() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN RAISE EXCEPTION 'meeting rows refused for this test'; END $$;
+      CREATE TRIGGER refuse_meeting BEFORE INSERT ON meetings
+        FOR EACH ROW WHEN (NEW.user_id = ${sql.lit(b.userId)}) EXECUTE FUNCTION refuse_meeting();`.execute(
+      db,
+    );
+    try {
+      await giveUpOnTheRetry(b);
+      expect(await replies(b)).toEqual([s.app.config.meetingErrorMessage]);
+      expect(await meetings(b.userId)).toEqual([]);
+      expect(await message(b.messageId)).toMatchObject({ status: 'failed', attempts: 6 });
+    } finally {
+      await sql`DROP TRIGGER refuse_meeting ON meetings; DROP FUNCTION refuse_meeting();`.execute(db);
+    }
+  });
+
   it('with no event made, the fallback after one lookup, and nothing booked', async () => {
     // The first run's availability read fails (the SDK retries it 3 times): it never inserts.
     s.google.fail('freebusy.query', { kind: 'status', status: 503 }, 4);
@@ -393,6 +416,28 @@ describe('giving up on a move or a cancel an earlier attempt made', () => {
     });
     expect(await message(never.messageId)).toMatchObject({ status: 'failed', attempts: 6 });
     expect(await deliveryTypes(never.b.userId)).toEqual(['meeting.booked']);
+  });
+});
+
+describe('the meeting a move or cancel refers to', () => {
+  it('is picked as of when the customer spoke: a retry after its start still cancels it', async () => {
+    const b = await startBooking();
+    expect((await replies(b))[0]).toMatch(/^✅ Meeting confirmed!/);
+    const [meeting] = await meetings(b.userId);
+    s.google.reset();
+    // The meeting (its row) starts a second after the cancel is sent; the first run's delete fails
+    // slowly, so its retry runs after that start.
+    await sql`UPDATE meetings SET meeting_time = now() + interval '1 second'
+               WHERE meeting_id = ${meeting!.meeting_id}`.execute(s.app.database.db);
+    s.google.fail('events.delete', { kind: 'status', status: 503, delayMs: 1_200 }, 1);
+    s.google.fail('events.delete', { kind: 'status', status: 503 }, 3);
+    s.openai.responder = () => ({ toolCalls: [{ name: 'cancel_meeting', arguments: { meeting_id: null } }] });
+    const messageId = await s.send(b.conversationId, b.token, 'cancel it');
+    const list = await s.waitForReplies(b.conversationId, b.token, 2, 30_000);
+    expect(list.filter((m) => m.role === 'assistant').at(-1)!.content).toMatch(/^✅ Meeting cancelled\./);
+    expect(await message(messageId)).toMatchObject({ status: 'answered', attempts: 2 });
+    expect(requestsFor('events.delete').map((r) => r.status)).toEqual([503, 503, 503, 503, 204]);
+    expect((await meetings(b.userId)).map((m) => m.status)).toEqual(['cancelled']);
   });
 });
 

@@ -8,6 +8,7 @@
 import { randomBytes } from 'node:crypto';
 import { sql } from 'kysely';
 import { describe, expect, it, vi } from 'vitest';
+import type { Fault } from '../emulators/google.js';
 import { bookingAction } from '../helpers/actions.js';
 import { useStack } from '../helpers/stack.js';
 import { stallFirstRun } from '../helpers/stall.js';
@@ -98,21 +99,20 @@ describe('a stale attempt', () => {
   });
 
   /**
-   * The run that takes the message over gives up (its attempts made to look spent) and, finding no
-   * event, answers with the error. The stale run, still waiting on its freeBusy read, must not book
-   * afterwards: its heartbeat finds its claim gone and aborts it, and it checks before inserting.
+   * A booking whose first run is held up at Google (`fault`), then taken over, while it waits, by a
+   * run that gives up (its attempts made to look spent: JOB_RETRY_LIMIT 0, so attempts 1 to 4 were
+   * last attempts and the 5th claim gives up). Returns the replies once the stale run is over.
    */
-  it('whose claim was taken over while it waited on Google makes no change there afterwards', async () => {
+  async function takenOverWhileAtGoogle(op: 'freebusy.query' | 'events.insert', fault: Fault) {
     const c = await newChat();
     const db = s.app.database.db;
-    // Longer than the heartbeat's 5 s: one beat falls inside it.
-    s.google.fail('freebusy.query', { kind: 'stall', ms: 6_500 });
+    s.google.fail(op, fault);
     s.openai.responder = () => ({ content: JSON.stringify([bookingAction(wallTime(2, 11, 0, 330).iso)]) });
     const messageId = await s.send(c.conversation_id, c.customer_token, 'book me in');
-    const freeBusy = () => s.google.requests.filter((r) => r.op === 'freebusy.query');
+    const held = () => s.google.requests.filter((r) => r.op === op);
     await vi.waitFor(
       async () => {
-        expect(freeBusy()).toHaveLength(1);
+        expect(held()).toHaveLength(1);
         const row = await db
           .selectFrom('messages')
           .select('model_output')
@@ -122,20 +122,52 @@ describe('a stale attempt', () => {
       },
       { timeout: 10_000 },
     );
-    // JOB_RETRY_LIMIT 0: attempts 1 to 4 were last attempts; the next claim (the 5th) gives up.
     await sql`UPDATE messages SET attempts = 4, claimed_until = now() - interval '1 second'
                WHERE message_id = ${messageId}`.execute(db);
     await sql`SELECT pg_notify(agent_meetings_channel('agent_meetings_customer_messages'), ${c.conversation_id})`.execute(
       db,
     );
-    await s.waitForReplies(c.conversation_id, c.customer_token, 1, 20_000);
-    expect((await replies(c)).map((m) => m.content)).toEqual([s.app.config.meetingErrorMessage]);
-    // The stale run's read answers; it would insert right after.
-    await vi.waitFor(() => expect(freeBusy()[0]!.doneAt).toBeDefined(), { timeout: 15_000 });
+    await s.waitForReplies(c.conversation_id, c.customer_token, 1, 30_000);
+    // The stale run's request has answered; anything it would do next follows at once.
+    await vi.waitFor(() => expect(held()[0]!.doneAt).toBeDefined(), { timeout: 20_000 });
     await new Promise((r) => setTimeout(r, 1_000));
+    return { c, texts: (await replies(c)).map((m) => m.content) };
+  }
+
+  it('whose claim was taken over while it waited on a read makes no change at Google afterwards', async () => {
+    // Longer than two heartbeats (every 5 s): the stale run learns it lost its claim while it waits.
+    const { c, texts } = await takenOverWhileAtGoogle('freebusy.query', { kind: 'stall', ms: 11_000 });
+    expect(texts).toEqual([s.app.config.meetingErrorMessage]);
     expect(inserts()).toEqual([]);
     expect(s.google.events(c.email)).toEqual([]);
     expect(await meetings(c.userId)).toEqual([]);
-    expect((await replies(c)).map((m) => m.content)).toEqual([s.app.config.meetingErrorMessage]);
+  });
+
+  it('whose insert failed after it was taken over sends no retry of it', async () => {
+    // The insert's failure comes after a heartbeat found the claim gone: its retry is not sent.
+    const { c, texts } = await takenOverWhileAtGoogle('events.insert', {
+      kind: 'status',
+      status: 503,
+      delayMs: 11_000,
+    });
+    expect(texts).toEqual([s.app.config.meetingErrorMessage]);
+    expect(inserts()).toHaveLength(1);
+    expect(s.google.events(c.email)).toEqual([]);
+    expect(await meetings(c.userId)).toEqual([]);
+  });
+
+  it('whose insert was answered after it was taken over: the run that gave up waited for it and records it', async () => {
+    // The run that gives up takes the owner's lease first, which the stale run holds around its
+    // insert: it looks only once that insert is over, so it finds the event and confirms it.
+    const { c, texts } = await takenOverWhileAtGoogle('events.insert', { kind: 'stall', ms: 3_000 });
+    const events = s.google.events(c.email);
+    expect(events).toHaveLength(1);
+    expect(texts).toHaveLength(1);
+    expect(texts[0]).toMatch(/^✅ Meeting confirmed!/);
+    expect(texts[0]).toContain(events[0]!.hangoutLink!);
+    expect(inserts()).toHaveLength(1);
+    expect((await meetings(c.userId)).map((m: { google_event_id: string }) => m.google_event_id)).toEqual([
+      events[0]!.id,
+    ]);
   });
 });
