@@ -174,11 +174,13 @@ export class BookingService implements ActionResponder {
   ): Promise<Reply | undefined> {
     const ctx = this.#context(work, log, { lastAttempt: true, earlierAttempt: true }, actions);
     // All of the owner's time: a run of this message still making a change (one whose claim was
-    // taken over but that has not noticed yet) holds part of it until that change is answered, and
-    // loses it if it stalled long enough to be taken over, so what is looked up below is final.
-    ctx.wholeOwner = true;
-    const epoch = new Date(0);
-    const lease = await this.#lock(ctx, epoch, epoch);
+    // taken over but that has not noticed yet) holds part of it until that change is answered. One
+    // whose process stalled renews its hold no more: waiting a lease's length longer than usual
+    // (`outlast`), this takes the owner's time once that hold lapsed, which drops it, and the
+    // stalled run, once it runs again, cannot renew it (OwnerLease.confirm before any change or
+    // retry). Either way what is looked up below is final.
+    const lease = await this.deps.lock.acquire(work.agent.userId, WHOLE_OWNER, undefined, undefined, true);
+    ctx.lease = lease;
     try {
       const reply = await this.#recovered(ctx, actions, prose);
       if (!reply) await lease.release();

@@ -109,14 +109,18 @@ export class OwnerBookingLock {
    * data-modifying CTE run once, in the first statement that tries for the lease, whether or not
    * that one gets it (the model output a booking acts on: stored by the commit that also takes the
    * lease, one round trip, see BookingService#lock). `read`: a scalar subquery for that first
-   * statement to evaluate too (see OwnerLease.read).
+   * statement to evaluate too (see OwnerLease.read). `outlast`: wait a lease's length longer than
+   * usual, so that a hold whose process stalled (and renews it no more) has lapsed before this gives
+   * up (see BookingService.recover).
    */
   async acquire(
     userId: string,
     range: LeaseRange,
     also?: RawBuilder<unknown>,
     read?: RawBuilder<unknown>,
+    outlast = false,
   ): Promise<OwnerLease> {
+    const waitMs = this.#waitMs + (outlast ? this.#leaseMs : 0);
     const holds = this.#local.get(userId) ?? [];
     const earlier = holds.filter((h) => overlaps(h.range, range)).map((h) => h.ended);
     let releaseLocal!: () => void;
@@ -136,7 +140,7 @@ export class OwnerBookingLock {
     };
     const previous = Promise.all(earlier);
 
-    const deadline = Date.now() + this.#waitMs;
+    const deadline = Date.now() + waitMs;
     // Set once a statement that may take the hold was sent: a failure after it gives the hold back
     // (its commit may have reached the database even if its answer did not).
     let sentFor: string | undefined;
@@ -148,7 +152,7 @@ export class OwnerBookingLock {
           new Promise<never>((_, reject) => {
             timer = setTimeout(
               () => reject(new Upstream(`timed out waiting for another booking of ${userId}`, true)),
-              this.#waitMs,
+              waitMs,
             );
           }),
         ]);

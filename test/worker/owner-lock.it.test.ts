@@ -6,7 +6,7 @@
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Upstream } from '../../src/domain/errors.js';
-import { BookingLeaseStore, type LeaseRange } from '../../src/store/booking-leases.js';
+import { BookingLeaseStore, type LeaseRange, WHOLE_OWNER } from '../../src/store/booking-leases.js';
 import type { Database } from '../../src/store/database.js';
 import { OwnerBookingLock } from '../../src/worker/owner-lock.js';
 import { openTestDatabase } from '../helpers/database.js';
@@ -104,5 +104,23 @@ describe('OwnerBookingLock', () => {
     await held.release();
     // Its release left the other holder's hold alone.
     expect((await leases.tryAcquire(u, 'third', range(at(10), at(11)), 30_000)).acquired).toBe(false);
+  });
+
+  it('outlast: waits past a stalled holder’s lease, then holds the time and the stalled hold cannot be renewed', async () => {
+    // Another process's hold that nobody renews (its process stalled), lasting 400 ms.
+    const stalled = new OwnerBookingLock(leases, logger, { leaseMs: 400, renewEveryMs: 60_000 });
+    const lock = new OwnerBookingLock(leases, logger, { leaseMs: 400, waitMs: 100 });
+    const u = newOwner();
+    const held = await stalled.acquire(u, range(at(10), at(11)));
+    // The usual wait gives up before the stalled hold lapses.
+    const usual = await lock.acquire(u, WHOLE_OWNER).catch((e: unknown) => e);
+    expect(usual).toBeInstanceOf(Upstream);
+    const whole = await lock.acquire(u, WHOLE_OWNER, undefined, undefined, true);
+    // The stalled run runs again: its hold is gone, so it may change nothing.
+    await sleep(150);
+    await expect(held.confirm()).rejects.toBeInstanceOf(Upstream);
+    await held.release();
+    expect((await leases.tryAcquire(u, 'other', range(at(10), at(11)), 30_000)).acquired).toBe(false);
+    await whole.release();
   });
 });
