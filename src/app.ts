@@ -25,7 +25,7 @@ import { isMigrated, migrate } from './store/migrate.js';
 import { SecretBox } from './store/secret-box.js';
 import { WebhookStore } from './store/webhooks.js';
 import { BookingService } from './worker/booking-service.js';
-import { OwnerBookingLock } from './worker/owner-lock.js';
+import { OwnerBookingLock, type OwnerLockOptions } from './worker/owner-lock.js';
 import {
   createMessageProcessor,
   createUnreadableAnswer,
@@ -51,6 +51,8 @@ export interface ApplicationOptions {
   pages?: Omit<PageRouteDeps, 'agents'>;
   /** Owner webhook delivery tuning (tests shorten the retry backoff). */
   webhooks?: WebhookOptions;
+  /** The owner's booking lock (tests shorten its lease and its wait). */
+  ownerLock?: OwnerLockOptions;
   /** Message queue tuning (tests turn the poll off to prove what notifications wake). */
   queue?: Pick<QueueSettings, 'pollIntervalMs'>;
 }
@@ -177,7 +179,7 @@ export async function createApplication(
       const booking = new BookingService({
         calendar,
         meetings,
-        lock: new OwnerBookingLock(new BookingLeaseStore(db), logger),
+        lock: new OwnerBookingLock(new BookingLeaseStore(db), logger, options.ownerLock),
         events: webhooks,
         limits: config.booking,
         meetingErrorMessage: config.meetingErrorMessage,

@@ -171,22 +171,35 @@ export class BookingService implements ActionResponder {
     actions: unknown[],
     prose: string,
     log: Logger,
+    signal?: AbortSignal,
   ): Promise<Reply | undefined> {
-    const ctx = this.#context(work, log, { lastAttempt: true, earlierAttempt: true }, actions);
+    const ctx = this.#context(work, log, { lastAttempt: true, earlierAttempt: true, signal }, actions);
     // All of the owner's time: a run of this message still making a change (one whose claim was
     // taken over but that has not noticed yet) holds part of it until that change is answered. One
     // whose process stalled renews its hold no more: waiting a lease's length longer than usual
     // (`outlast`), this takes the owner's time once that hold lapsed, which drops it, and the
     // stalled run, once it runs again, cannot renew it (OwnerLease.confirm before any change or
-    // retry). Either way what is looked up below is final.
-    const lease = await this.deps.lock.acquire(work.agent.userId, WHOLE_OWNER, undefined, undefined, true);
-    ctx.lease = lease;
+    // retry). Then what is looked up below is final. If the owner's time stays taken even so (a
+    // stale run still retrying a read, other bookings keeping it busy), it looks without the lease
+    // rather than answer without looking.
+    try {
+      ctx.lease = await this.deps.lock.acquire(work.agent.userId, WHOLE_OWNER, undefined, undefined, {
+        outlast: true,
+        signal,
+      });
+    } catch (err) {
+      if (signal?.aborted) throw err;
+      log.warn({ err }, 'could not take the owner’s time before looking up what earlier attempts did');
+    }
+    const lease = ctx.lease;
     try {
       const reply = await this.#recovered(ctx, actions, prose);
-      if (!reply) await lease.release();
+      // Stopping meanwhile: the claim goes back, and the next run answers.
+      signal?.throwIfAborted();
+      if (!reply) await lease?.release();
       return reply;
     } catch (err) {
-      await lease.release();
+      await lease?.release();
       throw err;
     }
   }
@@ -882,7 +895,8 @@ export class BookingService implements ActionResponder {
    * most recently booked one when no id is given. An id from anywhere else is never acted on.
    * Upcoming as of when the customer spoke (as the prompt's "now"), not this attempt's clock: every
    * attempt of the message picks the same meeting, and a retry or the run that gives up still finds
-   * the one an earlier attempt moved or cancelled after its old time has passed.
+   * the one an earlier attempt moved or cancelled after its old time has passed (a meeting that has
+   * started since is then only recorded as changed if Google shows it so, never changed now).
    */
   async #target(ctx: ReplyContext, action: Record<string, unknown>): Promise<MeetingRow | Outcome> {
     const upcoming = await this.deps.meetings.upcomingInConversation(
@@ -913,6 +927,22 @@ export class BookingService implements ActionResponder {
     const target = await this.#target(ctx, action);
     if (!('meeting_id' in target)) return target;
     const meeting = target;
+    if (meeting.meeting_time <= ctx.now) {
+      // Started since the customer spoke: too late to move, unless an earlier attempt moved it.
+      const untimed = validateMeetingTime(action.new_time, ctx.limits, null);
+      if (ctx.earlierAttempt && untimed.ok) {
+        let at: Date | null;
+        try {
+          at = await this.deps.calendar.eventStart(agent.userId, meeting.google_event_id);
+        } catch (err) {
+          return this.#calendarFailure(err, ctx, 'reschedule');
+        }
+        if (at?.getTime() === untimed.start.getTime())
+          return this.#moved(ctx, action, meeting, untimed, undefined);
+      }
+      this.deps.onOutcome?.('no_meeting');
+      return { text: availabilityTexts.noMeeting() };
+    }
     let when = validateMeetingTime(action.new_time, ctx.limits, ctx.now);
     // A retry of a move an earlier attempt may have made (its reply never committed): the event is
     // then at the new time already, so Google's busy time there is the event itself, and the timing
@@ -1030,6 +1060,20 @@ export class BookingService implements ActionResponder {
     const target = await this.#target(ctx, action);
     if (!('meeting_id' in target)) return target;
     const meeting = target;
+    if (meeting.meeting_time <= ctx.now) {
+      // Started since the customer spoke: too late to cancel, unless an earlier attempt cancelled it.
+      if (ctx.earlierAttempt) {
+        let exists: boolean;
+        try {
+          exists = await this.deps.calendar.eventExists(work.agent.userId, meeting.google_event_id);
+        } catch (err) {
+          return this.#calendarFailure(err, ctx, 'cancel');
+        }
+        if (!exists) return this.#cancelled(ctx, meeting);
+      }
+      this.deps.onOutcome?.('no_meeting');
+      return { text: availabilityTexts.noMeeting() };
+    }
     await this.#storeOutput(ctx);
     try {
       const mayChange = this.#mayChange(ctx); // as before an insert (a cancel holds no lease)

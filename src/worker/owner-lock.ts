@@ -111,18 +111,22 @@ export class OwnerBookingLock {
    * lease, one round trip, see BookingService#lock). `read`: a scalar subquery for that first
    * statement to evaluate too (see OwnerLease.read). `outlast`: wait a lease's length longer than
    * usual, so that a hold whose process stalled (and renews it no more) has lapsed before this gives
-   * up (see BookingService.recover).
+   * up (see BookingService.recover); such a waiter joins this process's queue of holds only once it
+   * holds the time, so this process's other bookings of the owner do not wait behind its long wait.
+   * `signal`: stop waiting once aborted (the run is stopping).
    */
   async acquire(
     userId: string,
     range: LeaseRange,
     also?: RawBuilder<unknown>,
     read?: RawBuilder<unknown>,
-    outlast = false,
+    options: { outlast?: boolean; signal?: AbortSignal | undefined } = {},
   ): Promise<OwnerLease> {
+    const { outlast = false, signal } = options;
     const waitMs = this.#waitMs + (outlast ? this.#leaseMs : 0);
-    const holds = this.#local.get(userId) ?? [];
-    const earlier = holds.filter((h) => overlaps(h.range, range)).map((h) => h.ended);
+    const earlier = (this.#local.get(userId) ?? [])
+      .filter((h) => overlaps(h.range, range))
+      .map((h) => h.ended);
     let releaseLocal!: () => void;
     const mine: LocalHold = {
       range,
@@ -130,8 +134,12 @@ export class OwnerBookingLock {
         releaseLocal = resolve;
       }),
     };
-    holds.push(mine);
-    this.#local.set(userId, holds);
+    const joinLocal = () => {
+      const holds = this.#local.get(userId) ?? [];
+      holds.push(mine);
+      this.#local.set(userId, holds);
+    };
+    if (!outlast) joinLocal();
     const dropLocal = () => {
       releaseLocal();
       const left = (this.#local.get(userId) ?? []).filter((h) => h !== mine);
@@ -146,7 +154,9 @@ export class OwnerBookingLock {
     let sentFor: string | undefined;
     try {
       let timer: NodeJS.Timeout | undefined;
+      let onAbort: (() => void) | undefined;
       try {
+        signal?.throwIfAborted();
         await Promise.race([
           previous,
           new Promise<never>((_, reject) => {
@@ -154,10 +164,15 @@ export class OwnerBookingLock {
               () => reject(new Upstream(`timed out waiting for another booking of ${userId}`, true)),
               waitMs,
             );
+            if (signal) {
+              onAbort = () => reject(signal.reason);
+              signal.addEventListener('abort', onAbort, { once: true });
+            }
           }),
         ]);
       } finally {
         clearTimeout(timer);
+        if (onAbort) signal?.removeEventListener('abort', onAbort);
       }
       const holder = randomUUID();
       sentFor = holder;
@@ -169,9 +184,11 @@ export class OwnerBookingLock {
           throw new Upstream(`timed out waiting for another process's booking of ${userId}`, true);
         }
         await sleep(delay);
+        signal?.throwIfAborted();
         delay = Math.min(delay * 2, 250);
         attempt = await this.leases.tryAcquire(userId, holder, range, this.#leaseMs);
       }
+      if (outlast) joinLocal();
       // The taking statement began no later than its answer came back, so a hold that ended
       // `quietMs` before it began (database clock) ended before `sentAt` if quietMs exceeds the time
       // from `sentAt` to that answer (this process's monotonic clock): durations only, so the two

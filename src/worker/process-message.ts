@@ -106,7 +106,13 @@ export interface ActionResponder {
    * attempts did at Google and never recorded (BookingService.recover). Undefined when nothing was
    * found: the message gets the fallback. Absent = always the fallback.
    */
-  recover?(work: MessageWork, actions: unknown[], prose: string, log: Logger): Promise<Reply | undefined>;
+  recover?(
+    work: MessageWork,
+    actions: unknown[],
+    prose: string,
+    log: Logger,
+    signal?: AbortSignal,
+  ): Promise<Reply | undefined>;
   /** The check_availability tool's result (JSON text for the model); absent = no such tool. */
   checkAvailability?(work: MessageWork, args: unknown, log: Logger): Promise<string>;
   /** Extra system-prompt lines (the conversation's meetings, for reschedule/cancel), from `work`. */
@@ -274,9 +280,12 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
         let recovered: Reply | undefined;
         try {
           const { actions, prose } = actionsOf(output);
-          if (actions.length > 0) recovered = await deps.actions.recover(work, actions, prose, agentLog);
+          if (actions.length > 0)
+            recovered = await deps.actions.recover(work, actions, prose, agentLog, ctx.signal);
         } catch (lookupErr) {
-          agentLog.error({ err: lookupErr }, 'could not look for what earlier attempts booked');
+          // Stopping: the claim goes back unanswered, as for any run (the next run gives up again).
+          if (ctx.signal.aborted) throw lookupErr;
+          agentLog.error({ err: lookupErr }, 'could not look for what earlier attempts did');
         }
         if (recovered) {
           agentLog.error(

@@ -10,6 +10,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { BookingLeaseStore, WHOLE_OWNER } from '../../src/store/booking-leases.js';
 import type { Responder } from '../emulators/openai.js';
 import { bookingAction } from '../helpers/actions.js';
 import { type Stack, startStack } from '../helpers/stack.js';
@@ -292,6 +293,12 @@ describe('giving up on a message whose attempts kept not finishing', () => {
     } finally {
       await sql`DROP TRIGGER refuse_meeting ON meetings; DROP FUNCTION refuse_meeting();`.execute(db);
     }
+    // The owner's time it held was given back: the next booking does not wait for it.
+    expect(
+      await sql`SELECT 1 FROM owner_booking_leases WHERE user_id = ${b.userId} AND holds <> '[]'::jsonb`.execute(
+        db,
+      ),
+    ).toMatchObject({ rows: [] });
   });
 
   it('with no event made, the fallback after one lookup, and nothing booked', async () => {
@@ -420,24 +427,47 @@ describe('giving up on a move or a cancel an earlier attempt made', () => {
 });
 
 describe('the meeting a move or cancel refers to', () => {
-  it('is picked as of when the customer spoke: a retry after its start still cancels it', async () => {
+  /**
+   * A booked meeting whose row is made to start 1.5 s from now, then a cancel whose first run ends
+   * after that start (its deletes fail, one of them slowly: `faults`), so its retry runs after it.
+   */
+  async function cancelRetriedAfterTheStart(faults: () => void) {
     const b = await startBooking();
     expect((await replies(b))[0]).toMatch(/^✅ Meeting confirmed!/);
     const [meeting] = await meetings(b.userId);
     s.google.reset();
-    // The meeting (its row) starts a second after the cancel is sent; the first run's delete fails
-    // slowly, so its retry runs after that start.
-    await sql`UPDATE meetings SET meeting_time = now() + interval '1 second'
+    await sql`UPDATE meetings SET meeting_time = now() + interval '1.5 seconds'
                WHERE meeting_id = ${meeting!.meeting_id}`.execute(s.app.database.db);
-    s.google.fail('events.delete', { kind: 'status', status: 503, delayMs: 1_200 }, 1);
-    s.google.fail('events.delete', { kind: 'status', status: 503 }, 3);
+    faults();
     s.openai.responder = () => ({ toolCalls: [{ name: 'cancel_meeting', arguments: { meeting_id: null } }] });
     const messageId = await s.send(b.conversationId, b.token, 'cancel it');
     const list = await s.waitForReplies(b.conversationId, b.token, 2, 30_000);
-    expect(list.filter((m) => m.role === 'assistant').at(-1)!.content).toMatch(/^✅ Meeting cancelled\./);
+    return { b, messageId, last: list.filter((m) => m.role === 'assistant').at(-1)!.content };
+  }
+
+  it('is picked as of when the customer spoke: a retry after its start records the cancel made before it', async () => {
+    const { b, messageId, last } = await cancelRetriedAfterTheStart(() => {
+      s.google.fail('events.delete', { kind: 'lost-response' }, 1);
+      s.google.fail('events.delete', { kind: 'status', status: 503, delayMs: 1_500 }, 1);
+      s.google.fail('events.delete', { kind: 'status', status: 503 }, 2);
+    });
+    expect(last).toMatch(/^✅ Meeting cancelled\./);
     expect(await message(messageId)).toMatchObject({ status: 'answered', attempts: 2 });
-    expect(requestsFor('events.delete').map((r) => r.status)).toEqual([503, 503, 503, 503, 204]);
+    // The retry only looked: a meeting that has started is not changed any more.
+    expect(requestsFor('events.delete')).toHaveLength(4);
+    expect(requestsFor('events.get')).toHaveLength(1);
     expect((await meetings(b.userId)).map((m) => m.status)).toEqual(['cancelled']);
+  });
+
+  it('a retry after its start does not cancel it when no earlier attempt did', async () => {
+    const { b, last } = await cancelRetriedAfterTheStart(() => {
+      s.google.fail('events.delete', { kind: 'status', status: 503, delayMs: 1_500 }, 1);
+      s.google.fail('events.delete', { kind: 'status', status: 503 }, 3);
+    });
+    expect(last).toContain("couldn't find an upcoming meeting");
+    expect(requestsFor('events.delete')).toHaveLength(4);
+    expect(s.google.events(b.email).map((e) => e.status)).toEqual(['confirmed']);
+    expect((await meetings(b.userId)).map((m) => m.status)).toEqual(['scheduled']);
   });
 });
 
@@ -529,5 +559,65 @@ describe('last attempt: a move or cancel Google made although its answers were l
     const [row] = await meetings(b.userId);
     expect(row).toMatchObject({ meeting_id: meeting.meeting_id, meeting_time: later.toISOString() });
     expect(await deliveryTypes(b.userId)).toEqual(['meeting.booked', 'meeting.rescheduled']);
+  });
+});
+
+describe('giving up while the owner’s time stays taken', () => {
+  // A short owner lease (1 s) and wait (0.3 s): the run that gives up waits 1.3 s for the owner's time.
+  let t: Stack;
+  beforeAll(async () => {
+    t = await startStack(
+      { JOB_RETRY_LIMIT: '1', GOOGLE_TIMEOUT_MS: '2000' },
+      { ownerLock: { leaseMs: 1_000, waitMs: 300 } },
+    );
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  it('still looks, without the lease, and records the event an earlier attempt made', async () => {
+    const db = t.app.database.db;
+    const userId = uid('gt');
+    await t.connectOwner(userId);
+    const agent = await t.createAgent({ user_id: userId, name: 'Acme Assistant' });
+    const c = await t.openConversation(agent.agent_id);
+    t.openai.responder = () => ({ content: JSON.stringify([action()]) });
+    t.google.fail('events.insert', { kind: 'lost-response' }, 4);
+    const messageId = await t.send(c.conversation_id, c.customer_token, 'book me');
+    const failed = async () =>
+      (
+        await db
+          .selectFrom('messages')
+          .select('last_error')
+          .where('message_id', '=', messageId)
+          .executeTakeFirstOrThrow()
+      ).last_error !== null;
+    await until('the first run to fail', failed);
+    // Another holder keeps the owner's time for a minute (renewed elsewhere, say).
+    const leases = new BookingLeaseStore(db);
+    expect((await leases.tryAcquire(userId, 'elsewhere', WHOLE_OWNER, 60_000)).acquired).toBe(true);
+    try {
+      const moved = await sql`
+        UPDATE messages SET attempts = 5, run_after = NULL
+         WHERE message_id = ${messageId} AND attempts = 1 AND claimed_until IS NULL AND status = 'pending'`.execute(
+        db,
+      );
+      expect(Number(moved.numAffectedRows)).toBe(1);
+      await sql`SELECT pg_notify(agent_meetings_channel('agent_meetings_customer_messages'), ${c.conversation_id})`.execute(
+        db,
+      );
+      const list = await t.waitForReplies(c.conversation_id, c.customer_token, 1, 30_000);
+      const events = t.google.events(`${userId}@owner.test`);
+      expect(events).toHaveLength(1);
+      expect(list.filter((m) => m.role === 'assistant').map((m) => m.content)).toEqual([
+        confirmation(events[0]!.hangoutLink!),
+      ]);
+      const rows = await t.app.http.inject({ url: `/api/users/${userId}/meetings`, headers: t.admin });
+      expect(rows.json().meetings.map((m: { google_event_id: string }) => m.google_event_id)).toEqual([
+        events[0]!.id,
+      ]);
+    } finally {
+      await leases.release(userId, 'elsewhere');
+    }
   });
 });

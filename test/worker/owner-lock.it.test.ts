@@ -107,20 +107,44 @@ describe('OwnerBookingLock', () => {
   });
 
   it('outlast: waits past a stalled holder’s lease, then holds the time and the stalled hold cannot be renewed', async () => {
-    // Another process's hold that nobody renews (its process stalled), lasting 400 ms.
-    const stalled = new OwnerBookingLock(leases, logger, { leaseMs: 400, renewEveryMs: 60_000 });
-    const lock = new OwnerBookingLock(leases, logger, { leaseMs: 400, waitMs: 100 });
+    // Another process's hold that nobody renews (its process stalled).
+    const stalled = new OwnerBookingLock(leases, logger, { leaseMs: 1_500, renewEveryMs: 60_000 });
+    const lock = new OwnerBookingLock(leases, logger, { leaseMs: 1_500, waitMs: 300 });
     const u = newOwner();
     const held = await stalled.acquire(u, range(at(10), at(11)));
-    // The usual wait gives up before the stalled hold lapses.
+    // The usual wait gives up well before the stalled hold lapses.
     const usual = await lock.acquire(u, WHOLE_OWNER).catch((e: unknown) => e);
     expect(usual).toBeInstanceOf(Upstream);
-    const whole = await lock.acquire(u, WHOLE_OWNER, undefined, undefined, true);
+    const whole = await lock.acquire(u, WHOLE_OWNER, undefined, undefined, { outlast: true });
     // The stalled run runs again: its hold is gone, so it may change nothing.
-    await sleep(150);
     await expect(held.confirm()).rejects.toBeInstanceOf(Upstream);
     await held.release();
     expect((await leases.tryAcquire(u, 'other', range(at(10), at(11)), 30_000)).acquired).toBe(false);
     await whole.release();
+  });
+
+  it('outlast: while it waits, this process’s other bookings of the owner do not wait behind it', async () => {
+    const lock = new OwnerBookingLock(leases, logger, { leaseMs: 1_500, waitMs: 300 });
+    const u = newOwner();
+    const ten = await lock.acquire(u, range(at(10), at(11)));
+    const whole = lock.acquire(u, WHOLE_OWNER, undefined, undefined, { outlast: true });
+    // A booking of another range, in the same process, gets its hold at once.
+    const two = await lock.acquire(u, range(at(14), at(15)));
+    await two.release();
+    await ten.release();
+    await (await whole).release();
+  });
+
+  it('outlast: an aborted wait stops', async () => {
+    const lock = new OwnerBookingLock(leases, logger, { leaseMs: 1_500, waitMs: 300 });
+    const u = newOwner();
+    const ten = await lock.acquire(u, range(at(10), at(11)));
+    const stop = new AbortController();
+    const whole = lock.acquire(u, WHOLE_OWNER, undefined, undefined, { outlast: true, signal: stop.signal });
+    stop.abort(new Error('stopping'));
+    await expect(whole).rejects.toThrow('stopping');
+    // It gave nothing back that it did not hold, and took nothing.
+    expect((await leases.tryAcquire(u, 'other', range(at(14), at(15)), 30_000)).acquired).toBe(true);
+    await ten.release();
   });
 });

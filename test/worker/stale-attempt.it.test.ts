@@ -131,7 +131,7 @@ describe('a stale attempt', () => {
     // The stale run's request has answered; anything it would do next follows at once.
     await vi.waitFor(() => expect(held()[0]!.doneAt).toBeDefined(), { timeout: 20_000 });
     await new Promise((r) => setTimeout(r, 1_000));
-    return { c, texts: (await replies(c)).map((m) => m.content) };
+    return { c, messageId, texts: (await replies(c)).map((m) => m.content) };
   }
 
   it('whose claim was taken over while it waited on a read makes no change at Google afterwards', async () => {
@@ -159,7 +159,17 @@ describe('a stale attempt', () => {
   it('whose insert was answered after it was taken over: the run that gave up waited for it and records it', async () => {
     // The run that gives up takes the owner's lease first, which the stale run holds around its
     // insert: it looks only once that insert is over, so it finds the event and confirms it.
-    const { c, texts } = await takenOverWhileAtGoogle('events.insert', { kind: 'stall', ms: 3_000 });
+    const { c, texts, messageId } = await takenOverWhileAtGoogle('events.insert', {
+      kind: 'stall',
+      ms: 3_000,
+    });
+    // Answered by the run that gave up (the 5th claim), not by the stale run.
+    const row = await s.app.database.db
+      .selectFrom('messages')
+      .select(['attempts', 'status'])
+      .where('message_id', '=', messageId)
+      .executeTakeFirstOrThrow();
+    expect(row).toEqual({ attempts: 5, status: 'answered' });
     const events = s.google.events(c.email);
     expect(events).toHaveLength(1);
     expect(texts).toHaveLength(1);
