@@ -144,3 +144,29 @@ function abortReason(signal: AbortSignal): unknown {
 function networkError(cause: unknown): TypeError {
   return new TypeError('fetch failed', { cause });
 }
+
+/**
+ * `inner`, also ended by `signal` (rejecting with its reason), without handing the SDK that signal.
+ * Why: gaxios joins a caller's signal and its own per-request timeout with `AbortSignal.any`, and on
+ * Node 20 a timeout signal inside such a composite can be garbage-collected before it fires
+ * (https://github.com/nodejs/node/issues/57736): the request's timeout then never comes (seen here:
+ * a stalled token request outlived GOOGLE_TIMEOUT_MS under GC). The timeout signal gaxios passes here
+ * keeps a listener of ours, so it stays alive and fires. `signal` is checked before each request: a
+ * retry after it ended is never sent.
+ */
+export function endedBy(signal: AbortSignal, inner: Fetch): Fetch {
+  return (input, init = {}) => {
+    if (signal.aborted) return Promise.reject(signal.reason);
+    const both = new AbortController();
+    const own = init.signal ?? undefined;
+    const endOnSignal = () => both.abort(signal.reason);
+    const endOnOwn = () => both.abort(own?.reason);
+    if (own?.aborted) both.abort(own.reason);
+    signal.addEventListener('abort', endOnSignal, { once: true });
+    own?.addEventListener('abort', endOnOwn, { once: true });
+    return inner(input, { ...init, signal: both.signal }).finally(() => {
+      signal.removeEventListener('abort', endOnSignal);
+      own?.removeEventListener('abort', endOnOwn);
+    });
+  };
+}

@@ -1,8 +1,11 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import v8 from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { gzipSync } from 'node:zlib';
+import { gaxios } from 'google-auth-library';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createLeanFetch } from '../src/lean-fetch.js';
+import { createLeanFetch, endedBy, type Fetch } from '../src/lean-fetch.js';
 
 /** A plain HTTP server with one route per behaviour the SDKs rely on. */
 let server: Server;
@@ -196,5 +199,41 @@ describe('createLeanFetch', () => {
     expect(((await res.json()) as { body: string }).body).toBe('streamed');
     const viaRequest = await leanFetch(new Request(`${base}/echo`, { method: 'POST', body: 'r' }));
     expect(((await viaRequest.json()) as { body: string }).body).toBe('r');
+  });
+});
+
+describe('endedBy', () => {
+  // Garbage collection on demand, to make the collection that loses a joined timeout happen.
+  v8.setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as () => void;
+  const native: Fetch = (input, init) => fetch(input, init);
+
+  it('keeps gaxios’s own request timeout alive through garbage collection (a joined signal lost it)', async () => {
+    const deadline = new AbortController();
+    const collecting = setInterval(gc, 25);
+    try {
+      const err = await new gaxios.Gaxios()
+        .request({
+          url: `${base}/slow`,
+          timeout: 300,
+          retry: false,
+          fetchImplementation: endedBy(deadline.signal, native),
+        })
+        .catch((e: unknown) => e);
+      // The answer would come at 2 s: the request timed out instead.
+      expect(err).toMatchObject({ code: 'TimeoutError' });
+    } finally {
+      clearInterval(collecting);
+    }
+  });
+
+  it('ends a request in flight with the signal’s reason, and sends none once it ended', async () => {
+    const deadline = new AbortController();
+    const ended = endedBy(deadline.signal, native);
+    setTimeout(() => deadline.abort(new Error('deadline passed')), 100);
+    await expect(ended(`${base}/slow`)).rejects.toThrow('deadline passed');
+    const before = connections.length;
+    await expect(ended(`${base}/echo`)).rejects.toThrow('deadline passed');
+    expect(connections).toHaveLength(before);
   });
 });

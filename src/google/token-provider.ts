@@ -1,6 +1,7 @@
 import { OAuth2Client } from 'google-auth-library';
 import type { Logger } from 'pino';
 import { CalendarNotConnected, Upstream } from '../domain/errors.js';
+import { endedBy } from '../lean-fetch.js';
 import type {
   CalendarConnection,
   CalendarConnectionStore,
@@ -260,7 +261,12 @@ export class GoogleTokenProvider {
       endpoints: { oauth2TokenUrl: this.options.tokenUrl },
       // Without a timeout a hung token endpoint would hold this owner's refresh (and every booking
       // waiting on it) until the deadline; the library retries a timed-out refresh by itself.
-      transporterOptions: { timeout: this.options.timeoutMs, signal: deadline.signal },
+      // The deadline ends the request through the transport, not as gaxios's `signal` (see endedBy:
+      // joined with the timeout, the timeout could be lost).
+      transporterOptions: {
+        timeout: this.options.timeoutMs,
+        fetchImplementation: endedBy(deadline.signal, (input, init) => fetch(input, init)),
+      },
     });
     client.setCredentials({ refresh_token: c.refreshToken });
     // A token response may carry a new (rotated) refresh token, but the library then overwrites it
