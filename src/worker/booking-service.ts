@@ -270,31 +270,68 @@ export class BookingService implements ActionResponder {
     return this.#booked(work, checked.request, key, found);
   }
 
-  /** A given-up move (recover): its meeting's event, if it is at the new time already. */
+  /** A given-up move (recover): its meeting's, if an earlier attempt made it. */
   async #recoverMove(ctx: ReplyContext, action: Record<string, unknown>): Promise<Outcome | undefined> {
     const target = await this.#target(ctx, action);
-    if (!('meeting_id' in target)) return undefined;
-    const when = validateMeetingTime(action.new_time, ctx.limits, null);
-    if (!when.ok) return undefined;
-    const at = await this.deps.calendar.eventStart(ctx.work.agent.userId, target.google_event_id);
-    if (at?.getTime() !== when.start.getTime()) return undefined;
-    ctx.log.warn(
-      { event_id: target.google_event_id },
-      'a given-up message’s move was made by an earlier attempt; recording it',
-    );
-    return this.#moved(ctx, action, target, when, undefined);
+    return 'meeting_id' in target ? this.#moveMadeBefore(ctx, action, target) : undefined;
   }
 
-  /** A given-up cancel (recover): its meeting, if its event is gone. */
+  /** A given-up cancel (recover): its meeting's, if an earlier attempt made it. */
   async #recoverCancel(ctx: ReplyContext, action: Record<string, unknown>): Promise<Outcome | undefined> {
     const target = await this.#target(ctx, action);
-    if (!('meeting_id' in target)) return undefined;
-    if (await this.deps.calendar.eventExists(ctx.work.agent.userId, target.google_event_id)) return undefined;
+    return 'meeting_id' in target ? this.#cancelMadeBefore(ctx, target) : undefined;
+  }
+
+  /**
+   * The move an earlier attempt made (its reply never committed), recorded, when `meeting`'s event is
+   * at the new time already (one events.get); undefined otherwise. Throws when the lookup fails.
+   */
+  async #moveMadeBefore(
+    ctx: ReplyContext,
+    action: Record<string, unknown>,
+    meeting: MeetingRow,
+  ): Promise<Outcome | undefined> {
+    const when = validateMeetingTime(action.new_time, ctx.limits, null);
+    if (!when.ok) return undefined;
+    const at = await this.deps.calendar.eventStart(ctx.work.agent.userId, meeting.google_event_id);
+    if (at?.getTime() !== when.start.getTime()) return undefined;
     ctx.log.warn(
-      { event_id: target.google_event_id },
-      'a given-up message’s cancel was made by an earlier attempt; recording it',
+      { event_id: meeting.google_event_id },
+      'an earlier attempt moved this meeting; recording the move',
     );
-    return this.#cancelled(ctx, target);
+    return this.#moved(ctx, action, meeting, when, undefined);
+  }
+
+  /** As #moveMadeBefore, for a cancel: recorded when `meeting`'s event is gone. */
+  async #cancelMadeBefore(ctx: ReplyContext, meeting: MeetingRow): Promise<Outcome | undefined> {
+    if (await this.deps.calendar.eventExists(ctx.work.agent.userId, meeting.google_event_id))
+      return undefined;
+    ctx.log.warn(
+      { event_id: meeting.google_event_id },
+      'an earlier attempt cancelled this meeting; recording the cancel',
+    );
+    return this.#cancelled(ctx, meeting);
+  }
+
+  /**
+   * A move or cancel of a meeting that has started since the customer spoke: too late to change it;
+   * on a retry, what an earlier attempt did (`madeBefore`) is recorded.
+   */
+  async #started(
+    ctx: ReplyContext,
+    what: 'reschedule' | 'cancel',
+    madeBefore: () => Promise<Outcome | undefined>,
+  ): Promise<Outcome> {
+    if (ctx.earlierAttempt) {
+      try {
+        const made = await madeBefore();
+        if (made) return made;
+      } catch (err) {
+        return this.#calendarFailure(err, ctx, what);
+      }
+    }
+    this.deps.onOutcome?.('no_meeting');
+    return { text: availabilityTexts.noMeeting() };
   }
 
   #context(work: MessageWork, log: Logger, options: RespondOptions, actions: unknown[]): ReplyContext {
@@ -928,20 +965,7 @@ export class BookingService implements ActionResponder {
     if (!('meeting_id' in target)) return target;
     const meeting = target;
     if (meeting.meeting_time <= ctx.now) {
-      // Started since the customer spoke: too late to move, unless an earlier attempt moved it.
-      const untimed = validateMeetingTime(action.new_time, ctx.limits, null);
-      if (ctx.earlierAttempt && untimed.ok) {
-        let at: Date | null;
-        try {
-          at = await this.deps.calendar.eventStart(agent.userId, meeting.google_event_id);
-        } catch (err) {
-          return this.#calendarFailure(err, ctx, 'reschedule');
-        }
-        if (at?.getTime() === untimed.start.getTime())
-          return this.#moved(ctx, action, meeting, untimed, undefined);
-      }
-      this.deps.onOutcome?.('no_meeting');
-      return { text: availabilityTexts.noMeeting() };
+      return this.#started(ctx, 'reschedule', () => this.#moveMadeBefore(ctx, action, meeting));
     }
     let when = validateMeetingTime(action.new_time, ctx.limits, ctx.now);
     // A retry of a move an earlier attempt may have made (its reply never committed): the event is
@@ -1061,18 +1085,7 @@ export class BookingService implements ActionResponder {
     if (!('meeting_id' in target)) return target;
     const meeting = target;
     if (meeting.meeting_time <= ctx.now) {
-      // Started since the customer spoke: too late to cancel, unless an earlier attempt cancelled it.
-      if (ctx.earlierAttempt) {
-        let exists: boolean;
-        try {
-          exists = await this.deps.calendar.eventExists(work.agent.userId, meeting.google_event_id);
-        } catch (err) {
-          return this.#calendarFailure(err, ctx, 'cancel');
-        }
-        if (!exists) return this.#cancelled(ctx, meeting);
-      }
-      this.deps.onOutcome?.('no_meeting');
-      return { text: availabilityTexts.noMeeting() };
+      return this.#started(ctx, 'cancel', () => this.#cancelMadeBefore(ctx, meeting));
     }
     await this.#storeOutput(ctx);
     try {

@@ -269,11 +269,14 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
       deps.onOutcome?.('answered');
       return { nextWaiting: stored.nextWaiting };
     };
-    if (ctx.giveUp) {
-      // Its last attempt kept not finishing (a crash, a stop, a fallback that could not be written):
-      // answer now rather than run again what failed, so the conversation moves on. An attempt may
-      // have booked before it stopped (its event exists, its reply never committed): that booking is
-      // recorded and confirmed rather than denied, with no new change at Google (recover).
+    /**
+     * Its last attempt kept not finishing (a crash, a stop, a fallback that could not be written):
+     * answer now rather than run again what failed, so the conversation moves on. An attempt may have
+     * made a change before it stopped (a booking's event, a move, a cancel; its reply never
+     * committed): that is recorded and confirmed rather than denied, with no new change at Google
+     * (ActionResponder.recover).
+     */
+    const giveUp = async (): Promise<JobOutcome> => {
       const err = new Error(`gave up after ${ctx.attempt} attempts that did not finish`);
       const output = work.message.modelOutput;
       if (output && deps.actions.recover) {
@@ -306,7 +309,8 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
         'message answered with the fallback: its attempts kept not finishing',
       );
       return fallback(output ? 'booking' : 'model', err);
-    }
+    };
+    if (ctx.giveUp) return giveUp();
     let phase: 'model' | 'booking' = 'model';
     try {
       const earlier = work.message.modelOutput;

@@ -116,6 +116,18 @@ async function deliveryTypes(userId: string): Promise<string[]> {
   return r.rows.map((row) => row.event_type).sort();
 }
 
+/** `b`'s owner has exactly one meeting: the booking's, recorded from Google's event. */
+async function expectOneMeetingFor(b: Booking, eventId: string, meetLink: string): Promise<void> {
+  const rows = await meetings(b.userId);
+  expect(rows).toHaveLength(1);
+  expect(rows[0]).toMatchObject({
+    google_event_id: eventId,
+    meet_link: meetLink,
+    customer_email: 'siddhant@gmail.com',
+    status: 'scheduled',
+  });
+}
+
 /** The first run's 4 inserts all lose their answers (the first creates the event); returns its id. */
 async function firstRunCreatesTheEventUnseen(b: Booking): Promise<string> {
   await until('the first run to give up', async () => (await message(b.messageId)).last_error !== null);
@@ -142,14 +154,7 @@ describe('last attempt: the booking’s event exists although every insert answe
     const events = s.google.events(b.email);
     expect(events).toHaveLength(1);
     expect(texts).toEqual([confirmation(events[0]!.hangoutLink!)]);
-    const rows = await meetings(b.userId);
-    expect(rows).toHaveLength(1);
-    expect(rows[0]).toMatchObject({
-      google_event_id: eventId,
-      meet_link: events[0]!.hangoutLink,
-      customer_email: 'siddhant@gmail.com',
-      status: 'scheduled',
-    });
+    await expectOneMeetingFor(b, eventId, events[0]!.hangoutLink!);
     expect((await message(b.messageId)).status).toBe('answered');
     expect(await deliveryTypes(b.userId)).toEqual(['meeting.booked']);
 
@@ -260,14 +265,7 @@ describe('giving up on a message whose attempts kept not finishing', () => {
     expect(requestsFor('events.get').map((r) => [r.status, r.path.includes(eventId)])).toEqual([[200, true]]);
     expect(requestsFor('events.insert')).toHaveLength(4);
     expect(requestsFor('freebusy.query')).toHaveLength(1);
-    const rows = await meetings(b.userId);
-    expect(rows).toHaveLength(1);
-    expect(rows[0]).toMatchObject({
-      google_event_id: eventId,
-      meet_link: events[0]!.hangoutLink,
-      customer_email: 'siddhant@gmail.com',
-      status: 'scheduled',
-    });
+    await expectOneMeetingFor(b, eventId, events[0]!.hangoutLink!);
     expect(await message(b.messageId)).toMatchObject({ status: 'answered', attempts: 6 });
     expect(await deliveryTypes(b.userId)).toEqual(['meeting.booked']);
   });
