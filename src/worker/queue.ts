@@ -68,6 +68,8 @@ export interface QueueSettings {
   historyLimit: number;
   /** The backstop poll for work no notification announced (retries after their backoff); 2 s. */
   pollIntervalMs?: number;
+  /** A claim's length (LEASE_SECONDS by default); the heartbeat extends claims every third of it. */
+  claimSeconds?: number;
   /**
    * Called for each message this process's worker takes: claimed by its own insert (`insert`,
    * JobQueue.accept) or by a claim statement (`claim`).
@@ -99,6 +101,9 @@ export class JobQueue {
   readonly #boss: PgBoss;
   readonly #messages: MessageQueueStore;
   readonly #store: MessageStore;
+  get #claimSeconds(): number {
+    return this.settings.claimSeconds ?? LEASE_SECONDS;
+  }
   #started = false;
   #stopping = false;
   #unlisten: (() => Promise<void>) | undefined;
@@ -168,7 +173,7 @@ export class JobQueue {
           conversationId,
           content,
           access === 'admin' ? null : access.customerTokenHash,
-          LEASE_SECONDS,
+          this.#claimSeconds,
           this.settings.historyLimit,
         );
       } catch (err) {
@@ -235,7 +240,7 @@ export class JobQueue {
         this.#messages
           .extend(
             live.map((job) => job.claim),
-            LEASE_SECONDS,
+            this.#claimSeconds,
           )
           .then((held) => {
             // A claim not extended is no longer this run's: taken over after it lapsed (this process
@@ -250,7 +255,7 @@ export class JobQueue {
           })
           .catch((err: unknown) => this.logger.warn({ err }, 'extending message claims failed'));
       },
-      (LEASE_SECONDS * 1000) / 3,
+      (this.#claimSeconds * 1000) / 3,
     );
     heartbeat.unref();
 
@@ -360,7 +365,7 @@ export class JobQueue {
           woken = false;
           claiming = free;
           try {
-            const claimed = await this.#messages.claim(free, LEASE_SECONDS, this.settings.historyLimit);
+            const claimed = await this.#messages.claim(free, this.#claimSeconds, this.settings.historyLimit);
             claiming = 0;
             fetched = claimed.length;
             saturated = fetched === free;

@@ -14,7 +14,8 @@ import { useStack } from '../helpers/stack.js';
 import { stallFirstRun } from '../helpers/stall.js';
 import { wallTime } from '../helpers/time.js';
 
-const s = useStack({ JOB_RETRY_LIMIT: '0' });
+// Claims of 3 s: the heartbeat beats every second (the tests below wait on Google across beats).
+const s = useStack({ JOB_RETRY_LIMIT: '0' }, { queue: { claimSeconds: 3 } });
 
 async function newChat() {
   const userId = `stale-${randomBytes(5).toString('hex')}`;
@@ -135,8 +136,9 @@ describe('a stale attempt', () => {
   }
 
   it('whose claim was taken over while it waited on a read makes no change at Google afterwards', async () => {
-    // Longer than two heartbeats (every 5 s): the stale run learns it lost its claim while it waits.
-    const { c, texts } = await takenOverWhileAtGoogle('freebusy.query', { kind: 'stall', ms: 11_000 });
+    // Longer than two heartbeats (every second here): the stale run learns it lost its claim while it
+    // waits.
+    const { c, texts } = await takenOverWhileAtGoogle('freebusy.query', { kind: 'stall', ms: 2_500 });
     expect(texts).toEqual([s.app.config.meetingErrorMessage]);
     expect(inserts()).toEqual([]);
     expect(s.google.events(c.email)).toEqual([]);
@@ -148,7 +150,7 @@ describe('a stale attempt', () => {
     const { c, texts } = await takenOverWhileAtGoogle('events.insert', {
       kind: 'status',
       status: 503,
-      delayMs: 11_000,
+      delayMs: 2_500,
     });
     expect(texts).toEqual([s.app.config.meetingErrorMessage]);
     expect(inserts()).toHaveLength(1);
