@@ -53,8 +53,8 @@ export interface ApplicationOptions {
   webhooks?: WebhookOptions;
   /** The owner's booking lock (tests shorten its lease and its wait). */
   ownerLock?: OwnerLockOptions;
-  /** Message queue tuning (tests turn the poll off to prove what notifications wake, or shorten claims). */
-  queue?: Pick<QueueSettings, 'pollIntervalMs' | 'claimSeconds'>;
+  /** Message queue tuning (tests turn the poll off to prove what notifications wake, shorten claims or retry backoffs). */
+  queue?: Pick<QueueSettings, 'pollIntervalMs' | 'claimSeconds' | 'retryBaseSeconds'>;
 }
 
 export interface Application {

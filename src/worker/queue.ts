@@ -70,6 +70,8 @@ export interface QueueSettings {
   pollIntervalMs?: number;
   /** A claim's length (LEASE_SECONDS by default); the heartbeat extends claims every third of it. */
   claimSeconds?: number;
+  /** The first retry's base delay (2 s); it doubles per attempt up to 60 s (tests shorten it). */
+  retryBaseSeconds?: number;
   /**
    * Called for each message this process's worker takes: claimed by its own insert (`insert`,
    * JobQueue.accept) or by a claim statement (`claim`).
@@ -79,11 +81,17 @@ export interface QueueSettings {
   onSlotFreed?: (heldMs: number) => void;
 }
 
-/** A retry's delay: 2 s doubling per attempt, capped at 60 s, with jitter (as pg-boss's backoff). */
-function retryDelaySeconds(attempt: number): number {
-  const base = Math.min(60, 2 * 2 ** attempt);
+/**
+ * A retry's delay: `baseSeconds` (2 s) doubling per attempt, capped at 60 s, with jitter (as
+ * pg-boss's backoff).
+ */
+function retryDelaySeconds(attempt: number, baseSeconds = 2): number {
+  const base = Math.min(60, baseSeconds * 2 ** attempt);
   return base / 2 + (Math.random() * base) / 2;
 }
+
+/** A running claim's key: a run that outlived its claim and the run that took it over are two. */
+const claimKey = (claim: Claim): string => `${claim.messageId}#${claim.attempts}`;
 
 /**
  * The queues, in our database. Customer messages: the messages table itself
@@ -101,9 +109,7 @@ export class JobQueue {
   readonly #boss: PgBoss;
   readonly #messages: MessageQueueStore;
   readonly #store: MessageStore;
-  get #claimSeconds(): number {
-    return this.settings.claimSeconds ?? LEASE_SECONDS;
-  }
+  readonly #claimSeconds: number;
   #started = false;
   #stopping = false;
   #unlisten: (() => Promise<void>) | undefined;
@@ -125,6 +131,7 @@ export class JobQueue {
     private readonly settings: QueueSettings,
     private readonly logger: Logger,
   ) {
+    this.#claimSeconds = settings.claimSeconds ?? LEASE_SECONDS;
     this.#boss = new PgBoss({
       ...database.bossOptions(),
       // Webhook deliveries: the monitor notices their lapsed heartbeats; a short interval keeps their
@@ -158,7 +165,7 @@ export class JobQueue {
    * (MessageQueueStore.insertClaimed): the message reaches the model without a wake-up hop or a claim
    * statement. Durability is the same as a claim's: the message is committed with its claim before
    * the POST is answered, and if this process dies before answering it, the claim lapses and any
-   * worker claims it again (LEASE_SECONDS); so does a statement whose answer is lost after its
+   * worker claims it again (its claim's length); so does a statement whose answer is lost after its
    * commit (the POST fails, the message waits for its claim to lapse). Otherwise (no slot, the
    * conversation busy, an API-only process) it is stored unclaimed and announced, and whichever
    * worker is free claims it; only when a concurrent insert of its conversation claimed first does
@@ -195,7 +202,7 @@ export class JobQueue {
    * One dispatcher loop: a wake-up causes one claim for all free slots (one statement that also
    * reads what answering each message needs); a freed slot fetches again when the last claim filled
    * every slot; polling every 2 s is the backstop for a missed notification and finds retries whose
-   * backoff ended. Claims of running handlers are extended every LEASE_SECONDS / 3 so a crash of
+   * backoff ended. Claims of running handlers are extended every third of a claim's length so a crash of
    * this process lets them run elsewhere once they lapse.
    */
   async workMessages(
@@ -247,9 +254,9 @@ export class JobQueue {
             // stalled), or closed. Its run is aborted, so it makes no further change at Google (the
             // booking path checks the signal before each one; its writes are fenced by the claim
             // anyway). Once answered, the abort reaches a run that has nothing left to do.
-            const kept = new Set(held.map((c) => `${c.messageId}#${c.attempts}`));
+            const kept = new Set(held.map(claimKey));
             for (const job of live) {
-              if (!kept.has(`${job.claim.messageId}#${job.claim.attempts}`) && !job.controller.signal.aborted)
+              if (!kept.has(claimKey(job.claim)) && !job.controller.signal.aborted)
                 job.controller.abort(new StaleAttempt('the message’s claim is no longer this run’s'));
             }
           })
@@ -277,7 +284,7 @@ export class JobQueue {
       };
       // Keyed by claim, not message: a run that outlived its claim and the run that took the message
       // over in this process are two jobs (slots, heartbeats, stop).
-      const key = `${claim.messageId}#${claim.attempts}`;
+      const key = claimKey(claim);
       inFlight.set(key, job);
       let nextWaiting = false;
       try {
@@ -294,7 +301,7 @@ export class JobQueue {
           outcome = await unreadable({ messageId: claim.messageId, conversationId }, error);
         } else {
           outcome = await handler(work, {
-            jobId: `${claim.messageId}#${claim.attempts}`,
+            jobId: key,
             attempt,
             isLastAttempt: attempt >= this.settings.retryLimit,
             giveUp: attempt > this.settings.retryLimit + LAST_ATTEMPT_RERUNS,
@@ -313,7 +320,11 @@ export class JobQueue {
         // meanwhile taken over elsewhere.
         if (job.releasedByStop) return;
         await this.#messages
-          .release(claim, retryDelaySeconds(attempt), String((err as Error)?.message ?? err))
+          .release(
+            claim,
+            retryDelaySeconds(attempt, this.settings.retryBaseSeconds),
+            String((err as Error)?.message ?? err),
+          )
           .catch((e: unknown) =>
             this.logger.error({ err: e, message_id: claim.messageId }, 'could not give a claim back'),
           );

@@ -63,7 +63,13 @@ export async function startStack(
       RATE_LIMIT_PER_CONVERSATION: '1000',
       ...env,
     },
-    { google: { backoffBaseMs: 5, conferenceWaitMs: 3000 }, ...options },
+    {
+      google: { backoffBaseMs: 5, conferenceWaitMs: 3000 },
+      ...options,
+      // A failed attempt is retried after ~0.1 s instead of 1-2 s, and found by a 250 ms poll: tests
+      // of retries wait for the outcome, not for the production backoff.
+      queue: { retryBaseSeconds: 0.1, pollIntervalMs: 250, ...options.queue },
+    },
   );
   const http = t.app.http;
 

@@ -29,6 +29,9 @@ const range = (from: number, to: number): LeaseRange => ({ from, to });
 let owners = 0;
 const newOwner = () => `lock-owner-${++owners}`;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** A lock whose holds are never renewed, as in a process that stalled: they lapse after `leaseMs`. */
+const stalledLock = (leaseMs: number) =>
+  new OwnerBookingLock(leases, logger, { leaseMs, renewEveryMs: 60_000 });
 
 describe('OwnerBookingLock', () => {
   it('in one process, waits only for overlapping holds', async () => {
@@ -80,8 +83,7 @@ describe('OwnerBookingLock', () => {
   });
 
   it('confirm(): nothing to do on a fresh hold; a lapsed hold still free is renewed', async () => {
-    // No renewal runs meanwhile, as in a process that stalled.
-    const lock = new OwnerBookingLock(leases, logger, { leaseMs: 90, renewEveryMs: 60_000 });
+    const lock = stalledLock(90);
     const u = newOwner();
     const held = await lock.acquire(u, range(at(10), at(11)));
     await held.confirm();
@@ -93,7 +95,7 @@ describe('OwnerBookingLock', () => {
   });
 
   it('confirm(): a hold that lapsed and was taken by an overlapping booking fails, retryable', async () => {
-    const lock = new OwnerBookingLock(leases, logger, { leaseMs: 90, renewEveryMs: 60_000 });
+    const lock = stalledLock(90);
     const u = newOwner();
     const held = await lock.acquire(u, range(at(10), at(11)));
     await sleep(150);
@@ -108,7 +110,7 @@ describe('OwnerBookingLock', () => {
 
   it('outlast: waits past a stalled holder’s lease, then holds the time and the stalled hold cannot be renewed', async () => {
     // Another process's hold that nobody renews (its process stalled).
-    const stalled = new OwnerBookingLock(leases, logger, { leaseMs: 1_500, renewEveryMs: 60_000 });
+    const stalled = stalledLock(1_500);
     const lock = new OwnerBookingLock(leases, logger, { leaseMs: 1_500, waitMs: 300 });
     const u = newOwner();
     const held = await stalled.acquire(u, range(at(10), at(11)));
