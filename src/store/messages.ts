@@ -116,7 +116,7 @@ interface JsonUpcoming {
  * still pending, `claimAttempts` is its claim number (`attempts`, a later claim of a lapsed one
  * raised it) and no output is stored yet. It joins the first statement that must come before
  * anything acts on the output outside the database: the owner's booking lease
- * (BookingLeaseStore.tryAcquire), or its own (MessageStore.storeModelOutput). No row in
+ * (BookingLeaseStore.tryAcquire), taken before any booking, move or cancel. No row in
  * `saved_output`: this attempt is stale (another claim took the message over, or answered it) and
  * must act on nothing.
  */
@@ -317,21 +317,6 @@ export class MessageStore {
       .limit(1)
       .executeTakeFirst();
     return r ? toMessage(r) : undefined;
-  }
-
-  /**
-   * Stores a message's model output on its own statement (see modelOutputCte); false when this
-   * attempt is stale and must act on nothing.
-   */
-  async storeModelOutput(
-    messageId: string,
-    claimAttempts: number,
-    output: StoredModelOutput,
-  ): Promise<boolean> {
-    const r = await sql<{ n: number }>`
-      WITH ${modelOutputCte(messageId, claimAttempts, output)}
-      SELECT count(*)::int AS n FROM saved_output`.execute(this.db);
-    return Number(r.rows[0]?.n ?? 0) > 0;
   }
 
   /**

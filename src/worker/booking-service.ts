@@ -97,7 +97,7 @@ interface ReplyContext {
   booked: number;
   requested: Set<string>;
   lease?: OwnerLease;
-  /** The model output, until stored (see #lock, #storeOutput). */
+  /** The model output, until stored (see #lock). */
   unsavedOutput?: UnsavedOutput | undefined;
   /** The answer books or moves more than one meeting: its lease covers all of the owner's time. */
   wholeOwner: boolean;
@@ -107,7 +107,7 @@ interface ReplyContext {
  * Turns the model's actions into real changes: book (the seed's steps 5–11), reschedule, cancel.
  *
  * Never twice: the model output the actions come from is stored before any Calendar change (with
- * the owner's lease, #lock; on its own before a cancel, #storeOutput), so every attempt acts on the
+ * the owner's lease, #lock, before a booking, move or cancel), so every attempt acts on the
  * same actions; each booking gets an idempotency key from the customer message and the action; the
  * Google event id is derived from it (a repeated insert answers 409 and we fetch the event; a
  * booking about to give up looks that id up first), and the meeting row (unique key and event id)
@@ -349,7 +349,8 @@ export class BookingService implements ActionResponder {
       requested: new Set(),
       unsavedOutput: options.unsavedOutput,
       // One lease serves the whole answer (taken once, given back with the reply): with two
-      // bookings or moves in it, it must cover both, so it covers all of the owner's time.
+      // bookings or moves in it, it must cover both, so it covers all of the owner's time. A cancel
+      // needs a hold, not a range (see #cancel): whichever the answer took serves it.
       wholeOwner:
         actions.filter((a) => (a as { action?: unknown } | null)?.action !== CANCEL_ACTION).length > 1,
     };
@@ -533,14 +534,6 @@ export class BookingService implements ActionResponder {
     }
     ctx.lease = lease;
     return lease;
-  }
-
-  /** Stores the model output, if not stored yet, before a change that takes no lock (cancel). */
-  async #storeOutput(ctx: ReplyContext): Promise<void> {
-    const unsaved = ctx.unsavedOutput;
-    if (!unsaved) return;
-    ctx.unsavedOutput = undefined;
-    if (!(await unsaved.store())) throw new StaleAttempt();
   }
 
   /**
@@ -1087,9 +1080,16 @@ export class BookingService implements ActionResponder {
     if (meeting.meeting_time <= ctx.now) {
       return this.#started(ctx, 'cancel', () => this.#cancelMadeBefore(ctx, meeting));
     }
-    await this.#storeOutput(ctx);
+    // A hold on the owner's time (the meeting's, unless the answer holds one already), as a booking's
+    // around its insert: its statement stores the model output (the first attempt's), and a run that
+    // gives up on this message takes all of the owner's time first, so it waits for a delete still in
+    // flight in a run whose claim was taken over before it looks (see recover), and a run that stalled
+    // past its hold sends no delete once it runs again (mayChange). A cancel needs no particular
+    // range: nothing is checked against the calendar.
+    const end = new Date(meeting.meeting_time.getTime() + meeting.duration_minutes * 60_000);
     try {
-      const mayChange = this.#mayChange(ctx); // as before an insert (a cancel holds no lease)
+      await this.#lock(ctx, meeting.meeting_time, end);
+      const mayChange = this.#mayChange(ctx); // as before an insert
       await mayChange();
       // 404/410 count as done: an earlier attempt (or the owner) already deleted it.
       await this.deps.calendar.deleteEvent(work.agent.userId, meeting.google_event_id, mayChange);

@@ -54,8 +54,8 @@ export interface RespondOptions {
   /**
    * The model output the actions come from, when this attempt asked the model (an earlier attempt's
    * is stored already). It must be stored before anything acts on it outside the database, so that a
-   * retry acts on the same output: the responder stores it with the owner's booking lease
-   * (`cte`), or on its own (`store`) before a change that takes no lease.
+   * retry acts on the same output: the responder stores it with the owner's booking lease (`cte`),
+   * which it takes before any change.
    */
   unsavedOutput?: UnsavedOutput;
   /**
@@ -74,8 +74,6 @@ export interface RespondOptions {
 export interface UnsavedOutput {
   /** modelOutputCte for this message and claim (src/store/messages.ts). */
   readonly cte: RawBuilder<unknown>;
-  /** Stores it on its own statement; false when this attempt is stale (see StaleAttempt). */
-  store(): Promise<boolean>;
 }
 
 /**
@@ -319,10 +317,7 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
       // acts on nothing and is not stored apart from the reply.
       const unsavedOutput: UnsavedOutput | undefined = earlier
         ? undefined
-        : {
-            cte: modelOutputCte(work.message.messageId, claim, output),
-            store: () => deps.messages.storeModelOutput(work.message.messageId, claim, output),
-          };
+        : { cte: modelOutputCte(work.message.messageId, claim, output) };
       const reply = await composeReply(
         work,
         output,

@@ -9,6 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { sql } from 'kysely';
 import { describe, expect, it, vi } from 'vitest';
 import type { Fault } from '../emulators/google.js';
+import type { ScriptedReply } from '../emulators/openai.js';
 import { bookingAction } from '../helpers/actions.js';
 import { useStack } from '../helpers/stack.js';
 import { stallFirstRun } from '../helpers/stall.js';
@@ -99,16 +100,27 @@ describe('a stale attempt', () => {
     await expectOnlyTheCurrentClaimsBooking({ content: 'Which day suits you?' });
   });
 
+  type Chat = Awaited<ReturnType<typeof newChat>>;
+  const bookIn = () => ({ content: JSON.stringify([bookingAction(wallTime(2, 11, 0, 330).iso)]) });
+
   /**
-   * A booking whose first run is held up at Google (`fault`), then taken over, while it waits, by a
-   * run that gives up (its attempts made to look spent: JOB_RETRY_LIMIT 0, so attempts 1 to 4 were
-   * last attempts and the 5th claim gives up). Returns the replies once the stale run is over.
+   * A message whose first run is held up at Google (`fault` on `op`), then taken over, while it
+   * waits, by a run that gives up (its attempts made to look spent: JOB_RETRY_LIMIT 0, so attempts 1
+   * to 4 were last attempts and the 5th claim gives up). The model answers `answer` (a booking by
+   * default), in `chat` (a new one by default). Returns the message's replies once the stale run is
+   * over.
    */
-  async function takenOverWhileAtGoogle(op: 'freebusy.query' | 'events.insert', fault: Fault) {
-    const c = await newChat();
+  async function takenOverWhileAtGoogle(
+    op: 'freebusy.query' | 'events.insert' | 'events.delete',
+    fault: Fault,
+    chat?: Chat,
+    answer: () => ScriptedReply = bookIn,
+  ) {
+    const c = chat ?? (await newChat());
     const db = s.app.database.db;
+    const before = (await replies(c)).length;
     s.google.fail(op, fault);
-    s.openai.responder = () => ({ content: JSON.stringify([bookingAction(wallTime(2, 11, 0, 330).iso)]) });
+    s.openai.responder = answer;
     const messageId = await s.send(c.conversation_id, c.customer_token, 'book me in');
     const held = () => s.google.requests.filter((r) => r.op === op);
     await vi.waitFor(
@@ -128,11 +140,11 @@ describe('a stale attempt', () => {
     await sql`SELECT pg_notify(agent_meetings_channel('agent_meetings_customer_messages'), ${c.conversation_id})`.execute(
       db,
     );
-    await s.waitForReplies(c.conversation_id, c.customer_token, 1, 30_000);
+    await s.waitForReplies(c.conversation_id, c.customer_token, before + 1, 30_000);
     // The stale run's request has answered; anything it would do next follows at once.
     await vi.waitFor(() => expect(held()[0]!.doneAt).toBeDefined(), { timeout: 20_000 });
     await new Promise((r) => setTimeout(r, 1_000));
-    return { c, messageId, texts: (await replies(c)).map((m) => m.content) };
+    return { c, messageId, texts: (await replies(c)).slice(before).map((m) => m.content) };
   }
 
   it('whose claim was taken over while it waited on a read makes no change at Google afterwards', async () => {
@@ -181,5 +193,38 @@ describe('a stale attempt', () => {
     expect((await meetings(c.userId)).map((m: { google_event_id: string }) => m.google_event_id)).toEqual([
       events[0]!.id,
     ]);
+  });
+
+  it('whose cancel was answered after it was taken over: the run that gave up waited for it and records it', async () => {
+    // A cancel holds the owner's lease on its meeting's time around its delete, as a booking around
+    // its insert: the run that gives up looks only once that delete is over, so it finds the event
+    // gone and records the cancel (without that hold it would look first, answer with the error and
+    // leave the meeting booked while the stale delete removes its event).
+    const c = await newChat();
+    s.openai.responder = bookIn;
+    await s.send(c.conversation_id, c.customer_token, 'book me in');
+    await s.waitForReplies(c.conversation_id, c.customer_token, 1);
+    const [booked] = s.google.events(c.email);
+    expect(booked).toBeDefined();
+    s.google.reset();
+    const { texts, messageId } = await takenOverWhileAtGoogle(
+      'events.delete',
+      { kind: 'stall', ms: 3_000 },
+      c,
+      () => ({ toolCalls: [{ name: 'cancel_meeting', arguments: { meeting_id: null } }] }),
+    );
+    const row = await s.app.database.db
+      .selectFrom('messages')
+      .select(['attempts', 'status'])
+      .where('message_id', '=', messageId)
+      .executeTakeFirstOrThrow();
+    expect(row).toEqual({ attempts: 5, status: 'answered' });
+    expect(texts).toHaveLength(1);
+    expect(texts[0]).toMatch(/cancel/i);
+    expect(texts[0]).not.toContain(s.app.config.meetingErrorMessage);
+    expect(s.google.events(c.email).map((e) => e.id)).toEqual([booked!.id]);
+    expect(s.google.events(c.email)[0]!.status).toBe('cancelled');
+    expect(s.google.requests.filter((r) => r.op === 'events.delete')).toHaveLength(1);
+    expect((await meetings(c.userId)).map((m: { status: string }) => m.status)).toEqual(['cancelled']);
   });
 });
