@@ -54,7 +54,7 @@ export interface ApplicationOptions {
   /** The owner's booking lock (tests shorten its lease and its wait). */
   ownerLock?: OwnerLockOptions;
   /** Message queue tuning (tests turn the poll off to prove what notifications wake, shorten claims or retry backoffs). */
-  queue?: Pick<QueueSettings, 'pollIntervalMs' | 'claimSeconds' | 'retryBaseSeconds'>;
+  queue?: Pick<QueueSettings, 'pollIntervalMs' | 'claimSeconds' | 'retryDelaySeconds'>;
 }
 
 export interface Application {

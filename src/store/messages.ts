@@ -114,7 +114,9 @@ interface JsonUpcoming {
  * The data-modifying CTE `saved_output` storing a message's model output (every attempt then acts on
  * the same actions). Only the message's current claim may store it, and only once: the message is
  * still pending, `claimAttempts` is its claim number (`attempts`, a later claim of a lapsed one
- * raised it) and no output is stored yet. It joins the first statement that must come before
+ * raised it) and no output is stored yet, or this very output (the same claim sending it again: a
+ * lease statement that stored it and then timed out waiting, followed by the answer's next action's
+ * lease statement). It joins the first statement that must come before
  * anything acts on the output outside the database: the owner's booking lease
  * (BookingLeaseStore.tryAcquire), taken before any booking, move or cancel. No row in
  * `saved_output`: this attempt is stale (another claim took the message over, or answered it) and
@@ -125,10 +127,11 @@ export function modelOutputCte(
   claimAttempts: number,
   output: StoredModelOutput,
 ): RawBuilder<unknown> {
+  const json = JSON.stringify(output);
   return sql`saved_output AS (
-        UPDATE messages SET model_output = ${JSON.stringify(output)}::jsonb
+        UPDATE messages SET model_output = ${json}::jsonb
          WHERE message_id = ${messageId} AND status = 'pending' AND attempts = ${claimAttempts}
-           AND model_output IS NULL
+           AND (model_output IS NULL OR model_output = ${json}::jsonb)
         RETURNING message_id)`;
 }
 

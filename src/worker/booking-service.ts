@@ -99,7 +99,7 @@ interface ReplyContext {
   lease?: OwnerLease;
   /** The model output, until stored (see #lock). */
   unsavedOutput?: UnsavedOutput | undefined;
-  /** The answer books or moves more than one meeting: its lease covers all of the owner's time. */
+  /** The answer acts more than once: its lease covers all of the owner's time. */
   wholeOwner: boolean;
 }
 
@@ -348,11 +348,12 @@ export class BookingService implements ActionResponder {
       booked: 0,
       requested: new Set(),
       unsavedOutput: options.unsavedOutput,
-      // One lease serves the whole answer (taken once, given back with the reply): with two
-      // bookings or moves in it, it must cover both, so it covers all of the owner's time. A cancel
-      // needs a hold, not a range (see #cancel): whichever the answer took serves it.
-      wholeOwner:
-        actions.filter((a) => (a as { action?: unknown } | null)?.action !== CANCEL_ACTION).length > 1,
+      // One lease serves the whole answer (taken once, given back with the reply, and reused by
+      // every action after the first: #lock): with two actions in it, it must cover the time of
+      // each, so it covers all of the owner's time. (A cancel's own hold is on the cancelled
+      // meeting's time: a booking or move after it in the same answer would otherwise check and
+      // insert under a hold that does not cover its own time.)
+      wholeOwner: actions.length > 1,
     };
   }
 
@@ -1080,12 +1081,11 @@ export class BookingService implements ActionResponder {
     if (meeting.meeting_time <= ctx.now) {
       return this.#started(ctx, 'cancel', () => this.#cancelMadeBefore(ctx, meeting));
     }
-    // A hold on the owner's time (the meeting's, unless the answer holds one already), as a booking's
-    // around its insert: its statement stores the model output (the first attempt's), and a run that
-    // gives up on this message takes all of the owner's time first, so it waits for a delete still in
-    // flight in a run whose claim was taken over before it looks (see recover), and a run that stalled
-    // past its hold sends no delete once it runs again (mayChange). A cancel needs no particular
-    // range: nothing is checked against the calendar.
+    // A hold on the owner's time (the meeting's; all of it when the answer acts more than once), as a
+    // booking's around its insert: its statement stores the model output (the first attempt's), and
+    // a run that gives up on this message takes all of the owner's time first, so it waits for a
+    // delete still in flight in a run whose claim was taken over before it looks (see recover), and a
+    // run that stalled past its hold sends no delete once it runs again (mayChange).
     const end = new Date(meeting.meeting_time.getTime() + meeting.duration_minutes * 60_000);
     try {
       await this.#lock(ctx, meeting.meeting_time, end);

@@ -181,7 +181,7 @@ function describe(err: unknown): string {
 /**
  * Answers one customer message, claimed by the queue with what answering it needs. At-least-once
  * safe: the model's output is stored before anything acts on it outside the database (by the owner's
- * booking lease's statement, or its own before a cancel; see RespondOptions.unsavedOutput), so a
+ * booking lease's statement, taken before any change; see RespondOptions.unsavedOutput), so a
  * retry books from the same output, and only the message's current claim may store it (a run whose
  * claim was taken over stops, StaleAttempt); the reply insert is unique per customer message and
  * fenced by the claim too (a stale run's answer or fallback is not stored, whichever finishes first),

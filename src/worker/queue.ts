@@ -70,8 +70,8 @@ export interface QueueSettings {
   pollIntervalMs?: number;
   /** A claim's length (LEASE_SECONDS by default); the heartbeat extends claims every third of it. */
   claimSeconds?: number;
-  /** The first retry's base delay (2 s); it doubles per attempt up to 60 s (tests shorten it). */
-  retryBaseSeconds?: number;
+  /** A failed attempt's backoff, in seconds (`attempt` from 0); retryDelaySeconds by default. */
+  retryDelaySeconds?: (attempt: number) => number;
   /**
    * Called for each message this process's worker takes: claimed by its own insert (`insert`,
    * JobQueue.accept) or by a claim statement (`claim`).
@@ -83,9 +83,9 @@ export interface QueueSettings {
 
 /**
  * A retry's delay: `baseSeconds` (2 s) doubling per attempt, capped at 60 s, with jitter (as
- * pg-boss's backoff).
+ * pg-boss's backoff). Tests use a shorter base.
  */
-function retryDelaySeconds(attempt: number, baseSeconds = 2): number {
+export function retryDelaySeconds(attempt: number, baseSeconds = 2): number {
   const base = Math.min(60, baseSeconds * 2 ** attempt);
   return base / 2 + (Math.random() * base) / 2;
 }
@@ -322,7 +322,7 @@ export class JobQueue {
         await this.#messages
           .release(
             claim,
-            retryDelaySeconds(attempt, this.settings.retryBaseSeconds),
+            (this.settings.retryDelaySeconds ?? retryDelaySeconds)(attempt),
             String((err as Error)?.message ?? err),
           )
           .catch((e: unknown) =>

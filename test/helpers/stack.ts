@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, beforeEach } from 'vitest';
 import type { ApplicationOptions } from '../../src/app.js';
+import { retryDelaySeconds } from '../../src/worker/queue.js';
 import { type GoogleEmulator, startGoogleEmulator } from '../emulators/google.js';
 import { type OpenAIEmulator, startOpenAIEmulator } from '../emulators/openai.js';
 import { startTestApp, type TestApp } from './app.js';
@@ -30,6 +31,12 @@ export interface Stack extends TestApp {
     timeoutMs?: number,
   ): Promise<ChatMessage[]>;
   messages(conversationId: string, token: string): Promise<ChatMessage[]>;
+  /**
+   * While held, a failed attempt's retry waits an hour instead of ~0.1 s: a test that acts between a
+   * message's attempts (on its row, say) does so without racing the retry, then moves it on itself
+   * (`run_after = NULL`; the 250 ms poll finds it).
+   */
+  holdRetries(held: boolean): void;
 }
 
 export interface ChatMessage {
@@ -49,6 +56,7 @@ export async function startStack(
     clientSecret: GOOGLE_CLIENT_SECRET,
   });
   const openai = await startOpenAIEmulator({ apiKey: OPENAI_KEY });
+  let retriesHeld = false;
   const t = await startTestApp(
     {
       GOOGLE_CLIENT_ID,
@@ -67,8 +75,12 @@ export async function startStack(
       google: { backoffBaseMs: 5, conferenceWaitMs: 3000 },
       ...options,
       // A failed attempt is retried after ~0.1 s instead of 1-2 s, and found by a 250 ms poll: tests
-      // of retries wait for the outcome, not for the production backoff.
-      queue: { retryBaseSeconds: 0.1, pollIntervalMs: 250, ...options.queue },
+      // of retries wait for the outcome, not for the production backoff (see holdRetries).
+      queue: {
+        retryDelaySeconds: (attempt) => (retriesHeld ? 3_600 : retryDelaySeconds(attempt, 0.1)),
+        pollIntervalMs: 250,
+        ...options.queue,
+      },
     },
   );
   const http = t.app.http;
@@ -124,6 +136,9 @@ export async function startStack(
       });
       return res.json().messages;
     },
+    holdRetries(held) {
+      retriesHeld = held;
+    },
     async waitForReplies(conversationId, token, count, timeoutMs = 20_000) {
       const deadline = Date.now() + timeoutMs;
       for (;;) {
@@ -146,7 +161,7 @@ export async function startStack(
 
 /**
  * The stack of a test file: started before its first test, closed after its last, both emulators
- * reset before each test. Use it from the file's top level; the returned object stands for the stack
+ * reset (and retries no longer held) before each test. Use it from the file's top level; the returned object stands for the stack
  * once it started (reading it earlier throws).
  */
 export function useStack(env: Record<string, string> = {}, options: ApplicationOptions = {}): Stack {
@@ -160,6 +175,7 @@ export function useStack(env: Record<string, string> = {}, options: ApplicationO
   beforeEach(() => {
     stack?.openai.reset();
     stack?.google.reset();
+    stack?.holdRetries(false);
   });
   return new Proxy({} as Stack, {
     get(_target, key) {

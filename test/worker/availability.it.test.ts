@@ -411,6 +411,7 @@ describe('availability before booking', () => {
     });
 
     it('is given back after a reply transaction that failed, and the retry books once', async () => {
+      s.holdRetries(true); // the retry waits until the trigger is gone (moved on below)
       const o = await newOwner();
       await sql`
         CREATE TRIGGER refuse_meeting BEFORE INSERT ON meetings
@@ -436,6 +437,9 @@ describe('availability before booking', () => {
       expect(await releases(o.userId)).toEqual([0]);
       expect(await leaseRows(o.userId)).toBe(0);
       await sql`DROP TRIGGER refuse_meeting ON meetings`.execute(s.app.database.db);
+      await sql`UPDATE messages SET run_after = NULL WHERE message_id = ${messageId}`.execute(
+        s.app.database.db,
+      );
       const list = await s.waitForReplies(c.conversation_id, c.customer_token, 1);
       expect(list.filter((m) => m.role === 'assistant')[0]!.content.startsWith('✅ Meeting confirmed!')).toBe(
         true,

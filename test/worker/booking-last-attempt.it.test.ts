@@ -35,6 +35,7 @@ afterAll(async () => {
 beforeEach(() => {
   s.openai.reset();
   s.google.reset();
+  s.holdRetries(false);
 });
 
 const uid = (prefix: string) => `${prefix}-${randomBytes(5).toString('hex')}`;
@@ -233,9 +234,10 @@ describe('last attempt: no usable event', () => {
 });
 
 /**
- * The run that gives up (JobContext.giveUp): `b`'s first run failed and is waiting for its retry;
- * its message is made to look as if its last attempt had then run 4 times without finishing
- * (JOB_RETRY_LIMIT 1: attempts 2 to 5), and is announced, so the next claim gives up.
+ * The run that gives up (JobContext.giveUp): `b`'s first run failed and is waiting for its retry
+ * (held: see the describes' holdRetries); its message is made to look as if its last attempt had
+ * then run 4 times without finishing (JOB_RETRY_LIMIT 1: attempts 2 to 5), and is announced, so the
+ * next claim gives up.
  */
 async function giveUpOnTheRetry(b: Booking): Promise<void> {
   const db = s.app.database.db;
@@ -251,6 +253,9 @@ async function giveUpOnTheRetry(b: Booking): Promise<void> {
 }
 
 describe('giving up on a message whose attempts kept not finishing', () => {
+  // The first run's retry waits until giveUpOnTheRetry moves the message on.
+  beforeEach(() => s.holdRetries(true));
+
   it('an event an earlier attempt made is recorded and confirmed, with no new change at Google', async () => {
     s.google.fail('events.insert', { kind: 'lost-response' }, 4);
     const b = await startBooking();
@@ -356,6 +361,9 @@ describe('giving up on a message whose attempts kept not finishing', () => {
 });
 
 describe('giving up on a move or a cancel an earlier attempt made', () => {
+  // The first run's retry waits until giveUpOnTheRetry moves the message on.
+  beforeEach(() => s.holdRetries(true));
+
   /** `b`'s meeting booked, then `next` asked for in a new message whose first run fails. */
   async function changeThenGiveUp(next: Responder, failFirstRun: () => void) {
     const b = await startBooking();
@@ -572,8 +580,14 @@ describe('giving up while the owner’s time stays taken', () => {
   afterAll(async () => {
     await t?.close();
   });
+  beforeEach(() => {
+    t.openai.reset();
+    t.google.reset();
+    t.holdRetries(false);
+  });
 
   it('still looks, without the lease, and records the event an earlier attempt made', async () => {
+    t.holdRetries(true); // the first run's retry waits until the message is moved on below
     const db = t.app.database.db;
     const userId = uid('gt');
     await t.connectOwner(userId);
@@ -617,5 +631,60 @@ describe('giving up while the owner’s time stays taken', () => {
     } finally {
       await leases.release(userId, 'elsewhere');
     }
+  });
+  it('a last attempt’s second cancel, after the first timed out waiting for the time, still acts and records both', async () => {
+    // The answer's first lease statement stores its model output, then times out waiting; its second
+    // action's statement sends the same output again (the same claim), which must not count as a
+    // stale attempt once the time is free.
+    const userId = uid('cc');
+    await t.connectOwner(userId);
+    const agent = await t.createAgent({ user_id: userId, name: 'Acme Assistant' });
+    const c = await t.openConversation(agent.agent_id);
+    const first = action();
+    const second = bookingAction(new Date(Date.parse(String(first.meeting_time)) + 86_400_000));
+    for (const [i, booking] of [first, second].entries()) {
+      t.openai.responder = () => ({ content: JSON.stringify([booking]) });
+      await t.send(c.conversation_id, c.customer_token, 'book me');
+      await t.waitForReplies(c.conversation_id, c.customer_token, i + 1);
+    }
+    const rows = await t.app.http.inject({ url: `/api/users/${userId}/meetings`, headers: t.admin });
+    const booked: Array<{ meeting_id: string; google_event_id: string }> = rows.json().meetings;
+    expect(booked).toHaveLength(2);
+    // The owner deleted both events at Google meanwhile.
+    for (const m of booked) await t.app.calendar.deleteEvent(userId, m.google_event_id);
+    t.google.reset();
+    const leases = new BookingLeaseStore(t.app.database.db);
+    expect((await leases.tryAcquire(userId, 'elsewhere', WHOLE_OWNER, 60_000)).acquired).toBe(true);
+    // The first run fails at the model (JOB_RETRY_LIMIT 1: the retry is the last attempt); the first
+    // cancel's lookup is held at Google while the other holder gives the time back.
+    t.openai.fail({ kind: 'status', status: 500 }, 3);
+    t.openai.responder = () => ({
+      toolCalls: booked.map((m) => ({ name: 'cancel_meeting', arguments: { meeting_id: m.meeting_id } })),
+    });
+    t.google.fail('events.get', { kind: 'stall', ms: 1_000 });
+    const messageId = await t.send(c.conversation_id, c.customer_token, 'cancel both');
+    try {
+      await until(
+        'the first cancel’s lookup',
+        () => t.google.requests.some((r) => r.op === 'events.get'),
+        30_000,
+      );
+    } finally {
+      await leases.release(userId, 'elsewhere');
+    }
+    const list = await t.waitForReplies(c.conversation_id, c.customer_token, 3, 30_000);
+    const reply = list.filter((m) => m.role === 'assistant').at(-1)!.content;
+    expect(reply.match(/✅ Meeting cancelled\./g)).toHaveLength(2);
+    const row = await t.app.database.db
+      .selectFrom('messages')
+      .select(['status', 'attempts'])
+      .where('message_id', '=', messageId)
+      .executeTakeFirstOrThrow();
+    expect(row).toEqual({ status: 'answered', attempts: 2 });
+    const after = await t.app.http.inject({ url: `/api/users/${userId}/meetings`, headers: t.admin });
+    expect(after.json().meetings.map((m: { status: string }) => m.status)).toEqual([
+      'cancelled',
+      'cancelled',
+    ]);
   });
 });

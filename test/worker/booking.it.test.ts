@@ -7,6 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import type { calendar_v3 } from '@googleapis/calendar';
 import { beforeEach, describe, expect, it, vi } from 'vitest';
+import { BookingLeaseStore } from '../../src/store/booking-leases.js';
 import type { ScriptedReply } from '../emulators/openai.js';
 import { messageText } from '../emulators/openai.js';
 import { useStack } from '../helpers/stack.js';
@@ -291,6 +292,41 @@ describe('booking: several actions in one answer', () => {
       `${confirmation('first', link('First'))}\n\n${confirmation('second', link('Second'))}`,
     );
     expect(await meetingsOf(c.userId)).toHaveLength(2);
+  });
+
+  it('a cancel, then a booking: the booking checks and inserts holding all of the owner’s time', async () => {
+    // The answer's one lease is taken by its first action and reused by the next: a cancel's own
+    // hold is on the cancelled meeting's time, so the answer's lease must cover all of it.
+    const c = await newChat();
+    expect(await ask(c, 'book', { content: JSON.stringify([seedAction()]) })).toMatch(
+      /^✅ Meeting confirmed!/,
+    );
+    s.google.reset();
+    const next = wallTime(3, 19, 0, 330);
+    const { action: _action, ...args } = seedAction({
+      meeting_time: next.iso,
+      friendly_time: 'in three days',
+    });
+    s.google.fail('events.insert', { kind: 'stall', ms: 1_500 });
+    s.openai.responder = () => ({
+      toolCalls: [
+        { name: 'cancel_meeting', arguments: { meeting_id: null } },
+        { name: 'Time_to_121meet', arguments: args },
+      ],
+    });
+    await s.send(c.conversation_id, c.customer_token, 'cancel that one and book in three days instead');
+    await vi.waitFor(() => expect(requestsFor('events.insert')).toHaveLength(1), { timeout: 10_000 });
+    // While that insert is held at Google, another booking of the new time cannot take its hold.
+    const leases = new BookingLeaseStore(s.app.database.db);
+    const from = next.at.getTime();
+    const other = await leases.tryAcquire(c.userId, 'other', { from, to: from + 3_600_000 }, 30_000);
+    if (other.acquired) await leases.release(c.userId, 'other');
+    expect(other.acquired).toBe(false);
+    const list = await s.waitForReplies(c.conversation_id, c.customer_token, 2);
+    const reply = list.filter((m) => m.role === 'assistant').at(-1)!.content;
+    expect(reply).toMatch(/^✅ Meeting cancelled\./);
+    expect(reply).toContain('✅ Meeting confirmed!');
+    expect((await meetingsOf(c.userId)).map((m) => m.status).sort()).toEqual(['cancelled', 'scheduled']);
   });
 
   it('answers a malformed tool call with a clear message and books nothing', async () => {
