@@ -112,11 +112,11 @@ interface JsonUpcoming {
 
 /**
  * The data-modifying CTE `saved_output` storing a message's model output (every attempt then acts on
- * the same actions). Only the message's current claim may store it, and only once: the message is
- * still pending, `claimAttempts` is its claim number (`attempts`, a later claim of a lapsed one
- * raised it) and no output is stored yet, or this very output (the same claim sending it again: a
- * lease statement that stored it and then timed out waiting, followed by the answer's next action's
- * lease statement). It joins the first statement that must come before
+ * the same actions). Only the message's current claim may store it: the message is still pending,
+ * `claimAttempts` is its claim number (`attempts`, a later claim of a lapsed one raised it) and no
+ * output is stored yet, or this very output (stored once, and sent again identically by the same
+ * claim: a lease statement that stored it and then timed out waiting, followed by the answer's next
+ * action's lease statement). It joins the first statement that must come before
  * anything acts on the output outside the database: the owner's booking lease
  * (BookingLeaseStore.tryAcquire), taken before any booking, move or cancel. No row in
  * `saved_output`: this attempt is stale (another claim took the message over, or answered it) and

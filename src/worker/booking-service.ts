@@ -510,10 +510,10 @@ export class BookingService implements ActionResponder {
   }
 
   /**
-   * Takes the owner's booking lock on the time this booking may conflict with (all of the owner's
-   * time when the answer has several bookings or moves). The model output, if not stored yet, is
-   * stored by the lease's own statement (one round trip, one commit before any Calendar change: a retry acts on the same
-   * output, so its bookings keep their keys and event ids).
+   * Takes the owner's booking lock on the time this booking, move or cancel may conflict with (all of
+   * the owner's time when the answer has more than one action). The model output, if not stored yet,
+   * is stored by the lease's own statement (one round trip, one commit before any Calendar change: a
+   * retry acts on the same output, so its bookings keep their keys and event ids).
    */
   async #lock(ctx: ReplyContext, start: Date, end: Date, read?: RawBuilder<unknown>): Promise<OwnerLease> {
     if (ctx.lease) return ctx.lease;

@@ -37,6 +37,10 @@ export interface Stack extends TestApp {
    * (`run_after = NULL`; the 250 ms poll finds it).
    */
   holdRetries(held: boolean): void;
+  /** Resolves once the message's first attempt failed and gave its claim back (its retry waiting). */
+  firstAttemptFailed(messageId: string, timeoutMs?: number): Promise<void>;
+  /** Moves a held retry on: the message is claimable at once (the 250 ms poll finds it). */
+  retryNow(messageId: string): Promise<void>;
 }
 
 export interface ChatMessage {
@@ -138,6 +142,31 @@ export async function startStack(
     },
     holdRetries(held) {
       retriesHeld = held;
+    },
+    async firstAttemptFailed(messageId, timeoutMs = 20_000) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const row = await t.app.database.db
+          .selectFrom('messages')
+          .select(['attempts', 'claimed_until', 'last_error'])
+          .where('message_id', '=', messageId)
+          .executeTakeFirst();
+        if (row && row.attempts === 1 && row.claimed_until === null && row.last_error !== null) return;
+        if (row && row.attempts > 1) throw new Error(`message ${messageId} was retried already`);
+        if (Date.now() > deadline)
+          throw new Error(`timed out waiting for ${messageId}'s first attempt to fail`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    },
+    async retryNow(messageId) {
+      const moved = await t.app.database.db
+        .updateTable('messages')
+        .set({ run_after: null })
+        .where('message_id', '=', messageId)
+        .where('status', '=', 'pending')
+        .where('claimed_until', 'is', null)
+        .executeTakeFirst();
+      if (Number(moved.numUpdatedRows) !== 1) throw new Error(`message ${messageId} has no retry waiting`);
     },
     async waitForReplies(conversationId, token, count, timeoutMs = 20_000) {
       const deadline = Date.now() + timeoutMs;

@@ -10,7 +10,7 @@ import { BookingLeaseStore, WHOLE_OWNER } from '../../src/store/booking-leases.j
 import { ConversationStore } from '../../src/store/conversations.js';
 import { type Database, notifyChannel } from '../../src/store/database.js';
 import { bookedRows } from '../../src/store/meetings.js';
-import { MESSAGE_CHANNEL, MessageStore } from '../../src/store/messages.js';
+import { MESSAGE_CHANNEL, MessageStore, modelOutputCte } from '../../src/store/messages.js';
 import { openTestDatabase, testDatabaseKind } from '../helpers/database.js';
 
 let database: Database;
@@ -169,6 +169,41 @@ describe('MessageStore.storeReply', () => {
     expect(second.leaseHeld).toBe(false);
     expect(await meetingKeys()).toEqual(['k1']);
     expect(await deliveries()).toHaveLength(1);
+  });
+});
+
+describe('modelOutputCte', () => {
+  it('stores the output for the current claim only; the same claim may send the same output again', async () => {
+    const { ids } = await conversationWith(1);
+    const id = ids[0]!;
+    await sql`UPDATE messages SET attempts = 2 WHERE message_id = ${id}`.execute(database.db);
+    const output = {
+      text: '[{"action":"Time_to_121meet"}]',
+      toolCalls: [{ id: 'c1', name: 'x', arguments: '{"a":1}' }],
+    };
+    const other = { ...output, text: 'something else' };
+    const store = async (claim: number, o: typeof output) =>
+      (
+        await sql<{
+          n: number;
+        }>`WITH ${modelOutputCte(id, claim, o)} SELECT count(*)::int AS n FROM saved_output`.execute(
+          database.db,
+        )
+      ).rows[0]!.n;
+    const stored = async () =>
+      (
+        await sql<{
+          model_output: unknown;
+        }>`SELECT model_output FROM messages WHERE message_id = ${id}`.execute(database.db)
+      ).rows[0]!.model_output;
+    expect(await store(1, output)).toBe(0); // an earlier claim: stale
+    expect(await stored()).toBeNull();
+    expect(await store(2, output)).toBe(1);
+    expect(await store(2, output)).toBe(1); // sent again by the same claim (a lease statement's retry)
+    expect(await store(2, other)).toBe(0); // never replaced
+    expect(await store(1, output)).toBe(0);
+    expect(await store(3, output)).toBe(0); // a later claim acts on what is stored instead
+    expect(await stored()).toEqual(output);
   });
 });
 

@@ -129,7 +129,10 @@ async function expectOneMeetingFor(b: Booking, eventId: string, meetLink: string
   });
 }
 
-/** The first run's 4 inserts all lose their answers (the first creates the event); returns its id. */
+/**
+ * The first run's 4 inserts all lose their answers (the first creates the event); returns its id.
+ * The test holds retries (holdRetries), so the retry waits for it (retryNow or giveUpOnTheRetry).
+ */
 async function firstRunCreatesTheEventUnseen(b: Booking): Promise<string> {
   await until('the first run to give up', async () => (await message(b.messageId)).last_error !== null);
   expect(requestsFor('events.insert').map((r) => r.fault)).toEqual(Array(4).fill('lost-response'));
@@ -140,9 +143,11 @@ async function firstRunCreatesTheEventUnseen(b: Booking): Promise<string> {
 
 describe('last attempt: the booking’s event exists although every insert answer was lost', () => {
   it('is looked up, recorded and confirmed like a normal booking (meeting row, webhook, once)', async () => {
+    s.holdRetries(true);
     s.google.fail('events.insert', { kind: 'lost-response' }, 8);
     const b = await startBooking();
     const eventId = await firstRunCreatesTheEventUnseen(b);
+    await s.retryNow(b.messageId);
     const texts = await replies(b);
 
     // Both runs lost every answer. The second saw the slot busy with its own event (one get), tried
@@ -171,11 +176,13 @@ describe('last attempt: the booking’s event exists although every insert answe
   });
 
   it('an event made by an earlier run is found when the last run fails before inserting (freeBusy outage)', async () => {
+    s.holdRetries(true);
     s.google.fail('events.insert', { kind: 'lost-response' }, 4);
     const b = await startBooking();
     const eventId = await firstRunCreatesTheEventUnseen(b);
     // The retry's availability read fails on every attempt: it never reaches the insert.
     s.google.fail('freebusy.query', { kind: 'status', status: 503 }, 4);
+    await s.retryNow(b.messageId);
     const texts = await replies(b);
 
     expect(requestsFor('events.insert')).toHaveLength(4);
@@ -207,11 +214,13 @@ describe('last attempt: no usable event', () => {
   });
 
   it('an event the owner deleted meanwhile is not confirmed (lookup finds it cancelled)', async () => {
+    s.holdRetries(true);
     s.google.fail('events.insert', { kind: 'lost-response' }, 4);
     const b = await startBooking();
     const eventId = await firstRunCreatesTheEventUnseen(b);
     await s.app.calendar.deleteEvent(b.userId, eventId);
     s.google.fail('events.insert', { kind: 'lost-response' }, 4);
+    await s.retryNow(b.messageId);
     const texts = await replies(b);
     expect(texts).toEqual([s.app.config.meetingErrorMessage]);
     expect(requestsFor('events.get').map((r) => r.status)).toEqual([200]);
@@ -221,10 +230,12 @@ describe('last attempt: no usable event', () => {
   });
 
   it('an insert answering 409 for an event the owner deleted meanwhile is not confirmed either', async () => {
+    s.holdRetries(true);
     s.google.fail('events.insert', { kind: 'lost-response' }, 4);
     const b = await startBooking();
     const eventId = await firstRunCreatesTheEventUnseen(b);
     await s.app.calendar.deleteEvent(b.userId, eventId);
+    await s.retryNow(b.messageId);
     const texts = await replies(b);
     expect(texts).toEqual([s.app.config.meetingErrorMessage]);
     expect(requestsFor('events.insert').at(-1)!.status).toBe(409);

@@ -498,11 +498,11 @@ describe('booking: never twice', () => {
       // The first run makes the event but never learns it (every answer lost), so the job runs again.
       s.google.fail('events.insert', { kind: 'lost-response' }, 4);
       s.openai.responder = () => ({ content: JSON.stringify([seedAction()]) });
-      await s.send(c.conversation_id, c.customer_token, 'book');
+      s.holdRetries(true);
+      const messageId = await s.send(c.conversation_id, c.customer_token, 'book');
       // Meanwhile the owner changes the agent's settings so that "tomorrow at 7 PM" fails them.
-      await vi.waitFor(() => expect(requestsFor('events.insert').length).toBeGreaterThan(0), {
-        timeout: 10_000,
-      });
+      await s.firstAttemptFailed(messageId);
+      expect(requestsFor('events.insert')).toHaveLength(4);
       const patched = await s.app.http.inject({
         method: 'PATCH',
         url: `/api/agents/${c.agentId}`,
@@ -510,6 +510,7 @@ describe('booking: never twice', () => {
         payload: settings,
       });
       expect(patched.statusCode).toBe(200);
+      await s.retryNow(messageId);
       const list = await s.waitForReplies(c.conversation_id, c.customer_token, 1, 30_000);
       const events = s.google.events(c.email);
       expect(events).toHaveLength(1);

@@ -5,7 +5,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { sql } from 'kysely';
-import { describe, expect, it, vi } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { useStack } from '../helpers/stack.js';
 
 const s = useStack({ JOB_RETRY_LIMIT: '1' });
@@ -55,13 +55,13 @@ describe('a claimed message that cannot be read', () => {
   it('runs normally once repaired before its last attempt', async () => {
     const c = await corruptChat();
     s.openai.responder = () => ({ content: 'Hello! How can I help?' });
-    await s.send(c.conversation_id, c.customer_token, 'hello');
-    await vi.waitFor(async () => expect((await attemptsOf(c.conversation_id))?.attempts).toBe(1), {
-      timeout: 10_000,
-    });
+    s.holdRetries(true); // repaired between the two attempts
+    const messageId = await s.send(c.conversation_id, c.customer_token, 'hello');
+    await s.firstAttemptFailed(messageId);
     await sql`UPDATE agents SET working_hours = NULL WHERE agent_id = ${c.agentId}`.execute(
       s.app.database.db,
     );
+    await s.retryNow(messageId);
     const list = await s.waitForReplies(c.conversation_id, c.customer_token, 1, 20_000);
     expect(list.filter((m) => m.role === 'assistant').map((m) => m.content)).toEqual([
       'Hello! How can I help?',
