@@ -6,6 +6,13 @@ import type { DB, MeetingTable } from './schema.js';
 import { type BookingDB, widen } from './schema-booking.js';
 import { deliveryInsert } from './webhooks.js';
 
+/** Meetings `overlapping` leaves out (see there). */
+export interface OverlapExcept {
+  key?: string;
+  meetingId?: string;
+  cancelled?: readonly string[];
+}
+
 export type Meeting = Selectable<MeetingTable>;
 /** A meeting with the reschedule columns of migration 005. */
 export type MeetingRow = Selectable<BookingDB['meetings']>;
@@ -132,13 +139,14 @@ export class MeetingStore {
 
   /**
    * The owner's scheduled meetings that overlap [from, to) (callers widen it by the buffer), except
-   * one booking (its own retry) or one meeting (the one being moved).
+   * one booking (its own retry), one meeting (the one being moved) and the meetings an answer
+   * cancelled before this action (their rows are closed with its reply).
    */
   async overlapping(
     userId: string,
     from: Date,
     to: Date,
-    except: { key?: string; meetingId?: string } = {},
+    except: OverlapExcept = {},
   ): Promise<Array<{ start: Date; end: Date }>> {
     const { rows } = await this.#overlappingQuery(userId, from, to, except).execute(this.db);
     return rows.map((r) => ({
@@ -156,7 +164,7 @@ export class MeetingStore {
     userId: string,
     from: Date,
     to: Date,
-    except: { key?: string; meetingId?: string } = {},
+    except: OverlapExcept = {},
   ): { sql: RawBuilder<unknown>; parse: (value: unknown) => Array<{ start: Date; end: Date }> } {
     const q = this.#overlappingQuery(userId, from, to, except);
     return {
@@ -175,7 +183,7 @@ export class MeetingStore {
 
   // Plain SQL rather than a query builder: it is on every booking's path (inside the lease statement),
   // and Kysely builds and compiles a raw fragment ~5x faster than the equivalent builder chain.
-  #overlappingQuery(userId: string, from: Date, to: Date, except: { key?: string; meetingId?: string }) {
+  #overlappingQuery(userId: string, from: Date, to: Date, except: OverlapExcept) {
     return sql<{ meeting_time: Date; duration_minutes: number }>`
       SELECT meeting_time, duration_minutes
         FROM meetings
@@ -184,7 +192,12 @@ export class MeetingStore {
          AND meeting_time < ${to}
          AND meeting_time + make_interval(mins => duration_minutes) > ${from}
          ${except.key ? sql`AND idempotency_key <> ${except.key}` : sql``}
-         ${except.meetingId ? sql`AND meeting_id <> ${except.meetingId}` : sql``}`;
+         ${except.meetingId ? sql`AND meeting_id <> ${except.meetingId}` : sql``}
+         ${
+           except.cancelled?.length
+             ? sql`AND meeting_id NOT IN (${sql.join(except.cancelled.map((id) => sql`${id}`))})`
+             : sql``
+         }`;
   }
 
   /** Upcoming scheduled meetings of one conversation, most recently booked first. */

@@ -33,7 +33,13 @@ import { meetingEventData } from '../domain/owner-events.js';
 import { CANCEL_ACTION, RESCHEDULE_ACTION } from '../domain/prompt.js';
 import { friendlyTime, toZonedIso, zonedInstant, zoneOffsetMinutes } from '../domain/time.js';
 import { type LeaseKey, type LeaseRange, leaseReleaseCte, WHOLE_OWNER } from '../store/booking-leases.js';
-import { bookedRows, type MeetingRow, type MeetingStore, type NewMeeting } from '../store/meetings.js';
+import {
+  bookedRows,
+  type MeetingRow,
+  type MeetingStore,
+  type NewMeeting,
+  type OverlapExcept,
+} from '../store/meetings.js';
 import type { MessageWork, ReplyRows, StoredReply } from '../store/messages.js';
 import type { DB } from '../store/schema.js';
 import type { OwnerEventSink } from './owner-events.js';
@@ -101,7 +107,19 @@ interface ReplyContext {
   unsavedOutput?: UnsavedOutput | undefined;
   /** The answer acts more than once: its lease covers all of the owner's time. */
   wholeOwner: boolean;
+  /**
+   * Upcoming meetings this answer cancelled so far: their rows are closed by the reply's commit, so
+   * until then the answer's later actions leave them out (busy time, the per-conversation limit).
+   */
+  cancelled: string[];
 }
+
+/**
+ * What an availability check leaves out of the owner's busy time: the booking's own earlier event
+ * (its key), the meeting being moved (its row, and its block in Google's answer), and the meetings
+ * this answer cancelled before (their rows commit with the reply; their events are gone already).
+ */
+type BusyExcept = OverlapExcept & { interval?: Interval };
 
 /**
  * Turns the model's actions into real changes: book (the seed's steps 5–11), reschedule, cancel.
@@ -354,6 +372,7 @@ export class BookingService implements ActionResponder {
       // meeting's time: a booking or move after it in the same answer would otherwise check and
       // insert under a hold that does not cover its own time.)
       wholeOwner: actions.length > 1,
+      cancelled: [],
     };
   }
 
@@ -501,6 +520,11 @@ export class BookingService implements ActionResponder {
     ].join('\n');
   }
 
+  /** `own` plus the meetings this answer cancelled so far (ReplyContext.cancelled). */
+  #except(ctx: ReplyContext, own: BusyExcept): BusyExcept {
+    return ctx.cancelled.length > 0 ? { ...own, cancelled: ctx.cancelled } : own;
+  }
+
   #limits(settings: BookingSettings): BookingLimits {
     return {
       maxParticipants: this.deps.limits.maxParticipants,
@@ -547,12 +571,7 @@ export class BookingService implements ActionResponder {
    * earlier holder's meeting row (OwnerLease.read), else after the grant: either way they include
    * the previous holder's.
    */
-  async #lockAndRead(
-    ctx: ReplyContext,
-    start: Date,
-    end: Date,
-    except: { key?: string; meetingId?: string; interval?: Interval },
-  ): Promise<Interval[]> {
+  async #lockAndRead(ctx: ReplyContext, start: Date, end: Date, except: BusyExcept): Promise<Interval[]> {
     const w = this.#window(ctx, start);
     if (ctx.lease) return this.#busy(ctx.work, w.readFrom, w.readTo, except);
     const userId = ctx.work.agent.userId;
@@ -578,7 +597,7 @@ export class BookingService implements ActionResponder {
     work: MessageWork,
     from: Date,
     to: Date,
-    except: { key?: string; meetingId?: string; interval?: Interval },
+    except: BusyExcept,
     known: { google?: Promise<Interval[]>; ours?: Interval[] } = {},
   ): Promise<Interval[]> {
     const userId = work.agent.userId;
@@ -600,7 +619,7 @@ export class BookingService implements ActionResponder {
     now: Date,
     from: Date,
     to: Date,
-    except: { key?: string; meetingId?: string; interval?: Interval },
+    except: BusyExcept,
     busy?: Interval[],
   ): Promise<Date[]> {
     const durationMs = work.agent.meetingDurationMinutes * 60_000;
@@ -646,7 +665,7 @@ export class BookingService implements ActionResponder {
     reason: 'busy' | 'outside_hours',
     start: Date,
     durationMinutes: number,
-    except: { key?: string; meetingId?: string; interval?: Interval },
+    except: BusyExcept,
     busy?: Interval[],
   ): Promise<Outcome> {
     const w = this.#window(ctx, start);
@@ -818,8 +837,9 @@ export class BookingService implements ActionResponder {
     // An earlier attempt of this job may already have created the Google event (its reply did not
     // commit, so no meeting row counts it yet): the same key makes the insert below find it again.
     // The count was read with the message (this conversation's meetings are added only through its
-    // own messages, answered one at a time); bookings earlier in this answer are added.
-    const upcoming = work.upcomingMeetingCount + ctx.booked;
+    // own messages, answered one at a time); bookings earlier in this answer are added, its cancels
+    // taken off.
+    const upcoming = work.upcomingMeetingCount + ctx.booked - ctx.cancelled.length;
     if (upcoming >= this.deps.limits.maxBookingsPerConversation) {
       this.deps.onOutcome?.('limit');
       return { text: bookingTexts.tooManyBookings(this.deps.limits.maxBookingsPerConversation), stop: true };
@@ -835,19 +855,30 @@ export class BookingService implements ActionResponder {
         const failed = await madeBefore(request);
         if (failed) return failed;
         if (!earlier) {
-          return await this.#refuse(ctx, 'outside_hours', request.start, agent.meetingDurationMinutes, {
-            key,
-          });
+          return await this.#refuse(
+            ctx,
+            'outside_hours',
+            request.start,
+            agent.meetingDurationMinutes,
+            this.#except(ctx, { key }),
+          );
         }
       }
-      const busy = await this.#lockAndRead(ctx, request.start, end, { key });
+      const busy = await this.#lockAndRead(ctx, request.start, end, this.#except(ctx, { key }));
       if (
         overlapsBusy(request.start, end, busy, ctx.settings.bufferMinutes) &&
         // Our own event from an earlier attempt of this job shows as busy too: that one is ours (known
         // already when a refusal above looked for it).
         !(earlier ?? (await this.deps.calendar.eventExists(agent.userId, eventId)))
       ) {
-        return await this.#refuse(ctx, 'busy', request.start, agent.meetingDurationMinutes, { key }, busy);
+        return await this.#refuse(
+          ctx,
+          'busy',
+          request.start,
+          agent.meetingDurationMinutes,
+          this.#except(ctx, { key }),
+          busy,
+        );
       }
       // The hold must still be ours when the event is made (this process may have stalled since), and
       // so must the message's claim: a run whose claim was taken over meanwhile (its heartbeat found
@@ -995,7 +1026,7 @@ export class BookingService implements ActionResponder {
       start: meeting.meeting_time,
       end: new Date(meeting.meeting_time.getTime() + meeting.duration_minutes * 60_000),
     };
-    const except = { meetingId: meeting.meeting_id, interval: own };
+    const except = this.#except(ctx, { meetingId: meeting.meeting_id, interval: own });
     const zone = eventZone(start, when.offsetMinutes, agent.timezone);
     // Google's answer to the move; none when an earlier attempt's move is recorded (#changedBefore).
     let patched: Awaited<ReturnType<CalendarGateway['patchEvent']>> | undefined;
@@ -1110,6 +1141,7 @@ export class BookingService implements ActionResponder {
   /** A cancel's confirmation and rows. */
   #cancelled(ctx: ReplyContext, meeting: MeetingRow): Outcome {
     const { work } = ctx;
+    if (meeting.meeting_time > ctx.now) ctx.cancelled.push(meeting.meeting_id);
     this.deps.onOutcome?.('cancelled');
     ctx.log.info({ meeting_id: meeting.meeting_id, event_id: meeting.google_event_id }, 'meeting cancelled');
     return {

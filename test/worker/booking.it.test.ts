@@ -329,6 +329,43 @@ describe('booking: several actions in one answer', () => {
     expect((await meetingsOf(c.userId)).map((m) => m.status).sort()).toEqual(['cancelled', 'scheduled']);
   });
 
+  it('a cancel, then a booking at its time, at the conversation’s limit: the cancelled meeting frees both', async () => {
+    // Until the reply commits, the cancelled meeting's row is still scheduled: the booking after it
+    // in the same answer must neither count it against MAX_BOOKINGS_PER_CONVERSATION (3) nor see its
+    // time as busy (its event is gone from Google already).
+    const c = await newChat();
+    const act = (n: number, title: string) =>
+      seedAction({ title, meeting_time: wallTime(n, 10, 0, 330).iso, friendly_time: `day ${n}` });
+    const three = await ask(c, 'three please', {
+      content: JSON.stringify([act(1, 'T1'), act(2, 'T2'), act(3, 'T3')]),
+    });
+    expect(three.match(/✅ Meeting confirmed!/g)).toHaveLength(3);
+    const first = (await meetingsOf(c.userId)).find((m) => m.title === 'T1')!;
+    const { action: _action, ...args } = act(1, 'T4');
+    const reply = await ask(
+      c,
+      'cancel the first and book the same time for my colleague',
+      {
+        toolCalls: [
+          { name: 'cancel_meeting', arguments: { meeting_id: first.meeting_id } },
+          { name: 'Time_to_121meet', arguments: args },
+        ],
+      },
+      2,
+    );
+    const t4 = s.google.events(c.email).find((e) => e.summary === 'T4');
+    expect(reply).toMatch(/^✅ Meeting cancelled\./);
+    expect(reply).toContain(confirmation('day 1', t4?.hangoutLink ?? 'missing'));
+    const rows = await meetingsOf(c.userId);
+    expect(rows.map((m) => [m.title, m.status]).sort()).toEqual([
+      ['T1', 'cancelled'],
+      ['T2', 'scheduled'],
+      ['T3', 'scheduled'],
+      ['T4', 'scheduled'],
+    ]);
+    expect(rows.find((m) => m.title === 'T4')!.meeting_time).toBe(first.meeting_time);
+  });
+
   it('answers a malformed tool call with a clear message and books nothing', async () => {
     const c = await newChat();
     const reply = await ask(c, 'book', {
