@@ -297,7 +297,9 @@ export class BookingService implements ActionResponder {
   /** A given-up cancel (recover): its meeting's, if an earlier attempt made it. */
   async #recoverCancel(ctx: ReplyContext, action: Record<string, unknown>): Promise<Outcome | undefined> {
     const target = await this.#target(ctx, action);
-    return 'meeting_id' in target ? this.#cancelMadeBefore(ctx, target) : undefined;
+    if (!('meeting_id' in target)) return undefined;
+    if (ctx.cancelled.includes(target.meeting_id)) return { text: '', duplicate: true }; // as #cancel
+    return this.#cancelMadeBefore(ctx, target);
   }
 
   /**
@@ -850,6 +852,7 @@ export class BookingService implements ActionResponder {
     const eventId = googleEventIdFor(key);
     let created: CreatedCalendarEvent;
     let recovered = false;
+    const except = this.#except(ctx, { key });
     try {
       if (!withinWorkingHours(request.start, end, agent.timezone, ctx.settings.workingHours)) {
         const failed = await madeBefore(request);
@@ -860,25 +863,18 @@ export class BookingService implements ActionResponder {
             'outside_hours',
             request.start,
             agent.meetingDurationMinutes,
-            this.#except(ctx, { key }),
+            except,
           );
         }
       }
-      const busy = await this.#lockAndRead(ctx, request.start, end, this.#except(ctx, { key }));
+      const busy = await this.#lockAndRead(ctx, request.start, end, except);
       if (
         overlapsBusy(request.start, end, busy, ctx.settings.bufferMinutes) &&
         // Our own event from an earlier attempt of this job shows as busy too: that one is ours (known
         // already when a refusal above looked for it).
         !(earlier ?? (await this.deps.calendar.eventExists(agent.userId, eventId)))
       ) {
-        return await this.#refuse(
-          ctx,
-          'busy',
-          request.start,
-          agent.meetingDurationMinutes,
-          this.#except(ctx, { key }),
-          busy,
-        );
+        return await this.#refuse(ctx, 'busy', request.start, agent.meetingDurationMinutes, except, busy);
       }
       // The hold must still be ours when the event is made (this process may have stalled since), and
       // so must the message's claim: a run whose claim was taken over meanwhile (its heartbeat found
@@ -1109,6 +1105,10 @@ export class BookingService implements ActionResponder {
     const target = await this.#target(ctx, action);
     if (!('meeting_id' in target)) return target;
     const meeting = target;
+    // The same meeting named twice in one answer (a tool call and the same JSON in the text, or two
+    // cancels of "the latest" one, whose row stays scheduled until the reply): cancelled once, and
+    // counted once by the answer's later bookings (ReplyContext.cancelled).
+    if (ctx.cancelled.includes(meeting.meeting_id)) return { text: '', duplicate: true };
     if (meeting.meeting_time <= ctx.now) {
       return this.#started(ctx, 'cancel', () => this.#cancelMadeBefore(ctx, meeting));
     }

@@ -57,6 +57,14 @@ interface Booking {
   messageId: string;
 }
 
+/** A new owner with a connected calendar, an agent and one conversation, on stack `st`. */
+async function ownerChat(st: Stack, prefix: string) {
+  const userId = uid(prefix);
+  await st.connectOwner(userId);
+  const agent = await st.createAgent({ user_id: userId, name: 'Acme Assistant' });
+  return { userId, c: await st.openConversation(agent.agent_id) };
+}
+
 /** An owner with a webhook, and one customer message whose answer is a booking (not awaited). */
 async function startBooking(): Promise<Booking> {
   const userId = uid('la');
@@ -337,10 +345,7 @@ describe('giving up on a message whose attempts kept not finishing', () => {
   });
 
   it('of two bookings, the one whose event exists is confirmed and the other answered with the error', async () => {
-    const userId = uid('gu');
-    await s.connectOwner(userId);
-    const agent = await s.createAgent({ user_id: userId, name: 'Acme Assistant' });
-    const c = await s.openConversation(agent.agent_id);
+    const { userId, c } = await ownerChat(s, 'gu');
     const first = action();
     const next = new Date(Date.parse(String(first.meeting_time)) + 86_400_000);
     const second = bookingAction(next, { friendly_time: 'in four days at 10 AM UTC' });
@@ -409,6 +414,20 @@ describe('giving up on a move or a cancel an earlier attempt made', () => {
     ]);
     expect(await message(messageId)).toMatchObject({ status: 'answered', attempts: 6 });
     expect(await deliveryTypes(b.userId)).toEqual(['meeting.booked', 'meeting.cancelled']);
+  });
+
+  it('a cancel named twice in the answer is recorded and confirmed once', async () => {
+    const cancel = { name: 'cancel_meeting', arguments: { meeting_id: null } };
+    const { b, last, lookups } = await changeThenGiveUp(
+      () => ({ toolCalls: [cancel, cancel] }),
+      () => {
+        s.google.fail('events.delete', { kind: 'lost-response' }, 1);
+        s.google.fail('events.delete', { kind: 'status', status: 503 }, 3);
+      },
+    );
+    expect(last.match(/✅ Meeting cancelled\./g)).toHaveLength(1);
+    expect(lookups).toHaveLength(1);
+    expect((await meetings(b.userId)).map((m) => m.status)).toEqual(['cancelled']);
   });
 
   it('a move whose patch went through is recorded and confirmed; one that did not is the error', async () => {
@@ -600,10 +619,7 @@ describe('giving up while the owner’s time stays taken', () => {
   it('still looks, without the lease, and records the event an earlier attempt made', async () => {
     t.holdRetries(true); // the first run's retry waits until the message is moved on below
     const db = t.app.database.db;
-    const userId = uid('gt');
-    await t.connectOwner(userId);
-    const agent = await t.createAgent({ user_id: userId, name: 'Acme Assistant' });
-    const c = await t.openConversation(agent.agent_id);
+    const { userId, c } = await ownerChat(t, 'gt');
     t.openai.responder = () => ({ content: JSON.stringify([action()]) });
     t.google.fail('events.insert', { kind: 'lost-response' }, 4);
     const messageId = await t.send(c.conversation_id, c.customer_token, 'book me');
@@ -643,14 +659,12 @@ describe('giving up while the owner’s time stays taken', () => {
       await leases.release(userId, 'elsewhere');
     }
   });
+
   it('a last attempt’s second cancel, after the first timed out waiting for the time, still acts and records both', async () => {
     // The answer's first lease statement stores its model output, then times out waiting; its second
     // action's statement sends the same output again (the same claim), which must not count as a
     // stale attempt once the time is free.
-    const userId = uid('cc');
-    await t.connectOwner(userId);
-    const agent = await t.createAgent({ user_id: userId, name: 'Acme Assistant' });
-    const c = await t.openConversation(agent.agent_id);
+    const { userId, c } = await ownerChat(t, 'cc');
     const first = action();
     const second = bookingAction(new Date(Date.parse(String(first.meeting_time)) + 86_400_000));
     for (const [i, booking] of [first, second].entries()) {

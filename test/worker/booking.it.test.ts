@@ -366,6 +366,32 @@ describe('booking: several actions in one answer', () => {
     expect(rows.find((m) => m.title === 'T4')!.meeting_time).toBe(first.meeting_time);
   });
 
+  it('a meeting cancelled twice in one answer is cancelled once and frees one place under the limit', async () => {
+    const c = await newChat();
+    const act = (n: number, title: string) =>
+      seedAction({ title, meeting_time: wallTime(n, 10, 0, 330).iso, friendly_time: `day ${n}` });
+    await ask(c, 'three please', { content: JSON.stringify([act(1, 'T1'), act(2, 'T2'), act(3, 'T3')]) });
+    const first = (await meetingsOf(c.userId)).find((m) => m.title === 'T1')!;
+    const book = (n: number, title: string) => {
+      const { action: _action, ...args } = act(n, title);
+      return { name: 'Time_to_121meet', arguments: args };
+    };
+    const cancel = { name: 'cancel_meeting', arguments: { meeting_id: first.meeting_id } };
+    const reply = await ask(
+      c,
+      'cancel the first, and book two more',
+      { toolCalls: [cancel, cancel, book(4, 'T4'), book(5, 'T5')] },
+      2,
+    );
+    const t4 = s.google.events(c.email).find((e) => e.summary === 'T4');
+    expect(reply.match(/✅ Meeting cancelled\./g)).toHaveLength(1);
+    expect(reply).toContain(confirmation('day 4', t4?.hangoutLink ?? 'missing'));
+    expect(reply.endsWith(tooMany(3))).toBe(true);
+    const scheduled = (await meetingsOf(c.userId)).filter((m) => m.status === 'scheduled');
+    expect(scheduled.map((m) => m.title).sort()).toEqual(['T2', 'T3', 'T4']);
+    expect(requestsFor('events.delete')).toHaveLength(1);
+  });
+
   it('answers a malformed tool call with a clear message and books nothing', async () => {
     const c = await newChat();
     const reply = await ask(c, 'book', {

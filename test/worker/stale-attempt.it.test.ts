@@ -147,6 +147,16 @@ describe('a stale attempt', () => {
     return { c, messageId, texts: (await replies(c)).slice(before).map((m) => m.content) };
   }
 
+  /** The message was answered by the run that gave up (the 5th claim), not by the stale run. */
+  async function expectAnsweredByTheRunThatGaveUp(messageId: string): Promise<void> {
+    const row = await s.app.database.db
+      .selectFrom('messages')
+      .select(['attempts', 'status'])
+      .where('message_id', '=', messageId)
+      .executeTakeFirstOrThrow();
+    expect(row).toEqual({ attempts: 5, status: 'answered' });
+  }
+
   it('whose claim was taken over while it waited on a read makes no change at Google afterwards', async () => {
     // Longer than two heartbeats (every second here): the stale run learns it lost its claim while it
     // waits.
@@ -177,13 +187,7 @@ describe('a stale attempt', () => {
       kind: 'stall',
       ms: 3_000,
     });
-    // Answered by the run that gave up (the 5th claim), not by the stale run.
-    const row = await s.app.database.db
-      .selectFrom('messages')
-      .select(['attempts', 'status'])
-      .where('message_id', '=', messageId)
-      .executeTakeFirstOrThrow();
-    expect(row).toEqual({ attempts: 5, status: 'answered' });
+    await expectAnsweredByTheRunThatGaveUp(messageId);
     const events = s.google.events(c.email);
     expect(events).toHaveLength(1);
     expect(texts).toHaveLength(1);
@@ -213,12 +217,7 @@ describe('a stale attempt', () => {
       c,
       () => ({ toolCalls: [{ name: 'cancel_meeting', arguments: { meeting_id: null } }] }),
     );
-    const row = await s.app.database.db
-      .selectFrom('messages')
-      .select(['attempts', 'status'])
-      .where('message_id', '=', messageId)
-      .executeTakeFirstOrThrow();
-    expect(row).toEqual({ attempts: 5, status: 'answered' });
+    await expectAnsweredByTheRunThatGaveUp(messageId);
     expect(texts).toHaveLength(1);
     expect(texts[0]).toMatch(/cancel/i);
     expect(texts[0]).not.toContain(s.app.config.meetingErrorMessage);
