@@ -37,29 +37,30 @@ export interface BusyInterval {
 }
 
 /**
- * Runs before a change is sent again (a retry after a failure, or after a forced token refresh), never
- * before its first try; throws to stop: the caller may no longer make it (its run was aborted, its
- * hold on the owner's time lost). A request already sent cannot be taken back; a retry can be held.
+ * Runs before a call is sent again (a retry after a failure, or after a forced token refresh), never
+ * before its first try; throws to stop: the caller may no longer make it (a change: its run was
+ * aborted, its hold on the owner's time lost; a read: its run was aborted, so it would only keep the
+ * owner's time taken). A request already sent cannot be taken back; a retry can be held.
  */
 export type RetryGuard = () => Promise<void>;
 
 export interface CalendarGateway {
   createEvent(ownerId: string, event: NewCalendarEvent, guard?: RetryGuard): Promise<CreatedCalendarEvent>;
   /** Busy time on the owner's primary calendar within [from, to), merged, in order. */
-  freeBusy(ownerId: string, from: Date, to: Date): Promise<BusyInterval[]>;
+  freeBusy(ownerId: string, from: Date, to: Date, guard?: RetryGuard): Promise<BusyInterval[]>;
   /** True when the event exists and is not cancelled (a retried booking whose insert already happened). */
-  eventExists(ownerId: string, eventId: string): Promise<boolean>;
+  eventExists(ownerId: string, eventId: string, guard?: RetryGuard): Promise<boolean>;
   /**
    * The event as createEvent would have answered it (a pending conference awaited the same way), or
    * null when it does not exist or was cancelled. Read-only: a booking giving up uses it to find the
    * event an insert whose answer was lost may have created.
    */
-  findEvent(ownerId: string, eventId: string): Promise<CreatedCalendarEvent | null>;
+  findEvent(ownerId: string, eventId: string, guard?: RetryGuard): Promise<CreatedCalendarEvent | null>;
   /**
    * When a live event starts (null when it does not exist, was cancelled, or is all-day). Read-only:
    * a retried move uses it to find whether an earlier attempt already moved the event.
    */
-  eventStart(ownerId: string, eventId: string): Promise<Date | null>;
+  eventStart(ownerId: string, eventId: string, guard?: RetryGuard): Promise<Date | null>;
   /** Moves an event; attendees are notified (sendUpdates=all). Same times again is harmless. */
   patchEvent(
     ownerId: string,

@@ -199,7 +199,7 @@ export class GoogleCalendarGateway implements CalendarGateway {
             'Google call failed; retrying',
           );
           await sleep(delay);
-          // A change is sent again only while its caller may still make it (RetryGuard).
+          // Sent again only while its caller may still make it (RetryGuard).
           await guard?.();
           continue;
         }
@@ -321,28 +321,33 @@ export class GoogleCalendarGateway implements CalendarGateway {
    * and then the busy time is read with events.list, which that scope allows.
    * https://developers.google.com/workspace/calendar/api/v3/reference/freebusy/query
    */
-  async freeBusy(ownerId: string, from: Date, to: Date): Promise<BusyInterval[]> {
+  async freeBusy(ownerId: string, from: Date, to: Date, guard?: RetryGuard): Promise<BusyInterval[]> {
     let data: calendar_v3.Schema$FreeBusyResponse;
     try {
-      data = await this.#call(ownerId, 'freebusy.query', async (api, auth, options) => {
-        const res = await api.freebusy.query(
-          {
-            auth,
-            requestBody: {
-              timeMin: from.toISOString(),
-              timeMax: to.toISOString(),
-              items: [{ id: 'primary' }],
+      data = await this.#call(
+        ownerId,
+        'freebusy.query',
+        async (api, auth, options) => {
+          const res = await api.freebusy.query(
+            {
+              auth,
+              requestBody: {
+                timeMin: from.toISOString(),
+                timeMax: to.toISOString(),
+                items: [{ id: 'primary' }],
+              },
             },
-          },
-          options,
-        );
-        return res.data;
-      });
+            options,
+          );
+          return res.data;
+        },
+        guard,
+      );
     } catch (err) {
       // A grant of calendar.events alone may create events but not query freeBusy (403
       // insufficientPermissions); it may list them, so the busy time is read from the events.
       if (err instanceof GoogleFatal && err.status === 403 && err.reason === 'insufficientPermissions') {
-        return this.#busyFromEvents(ownerId, from, to);
+        return this.#busyFromEvents(ownerId, from, to, guard);
       }
       throw this.#toDomain(err);
     }
@@ -366,27 +371,32 @@ export class GoogleCalendarGateway implements CalendarGateway {
    * ones and invitations the owner declined. All-day events span their dates in the calendar's
    * time zone. https://developers.google.com/workspace/calendar/api/v3/reference/events/list
    */
-  async #busyFromEvents(ownerId: string, from: Date, to: Date): Promise<BusyInterval[]> {
+  async #busyFromEvents(ownerId: string, from: Date, to: Date, guard?: RetryGuard): Promise<BusyInterval[]> {
     const busy: BusyInterval[] = [];
     let pageToken: string | undefined;
     for (let page = 0; page < MAX_EVENT_PAGES; page++) {
       let data: calendar_v3.Schema$Events;
       try {
-        data = await this.#call(ownerId, 'events.list', async (api, auth, options) => {
-          const res = await api.events.list(
-            {
-              auth,
-              calendarId: 'primary',
-              timeMin: from.toISOString(),
-              timeMax: to.toISOString(),
-              singleEvents: true,
-              maxResults: 2500,
-              ...(pageToken ? { pageToken } : {}),
-            },
-            options,
-          );
-          return res.data;
-        });
+        data = await this.#call(
+          ownerId,
+          'events.list',
+          async (api, auth, options) => {
+            const res = await api.events.list(
+              {
+                auth,
+                calendarId: 'primary',
+                timeMin: from.toISOString(),
+                timeMax: to.toISOString(),
+                singleEvents: true,
+                maxResults: 2500,
+                ...(pageToken ? { pageToken } : {}),
+              },
+              options,
+            );
+            return res.data;
+          },
+          guard,
+        );
       } catch (err) {
         throw this.#toDomain(err);
       }
@@ -402,27 +412,40 @@ export class GoogleCalendarGateway implements CalendarGateway {
     throw new Upstream(`Google events.list: more than ${MAX_EVENT_PAGES} pages of events to check`, false);
   }
 
-  async eventExists(ownerId: string, eventId: string): Promise<boolean> {
-    return (await this.#liveEvent(ownerId, eventId)) !== null;
+  async eventExists(ownerId: string, eventId: string, guard?: RetryGuard): Promise<boolean> {
+    return (await this.#liveEvent(ownerId, eventId, guard)) !== null;
   }
 
-  async findEvent(ownerId: string, eventId: string): Promise<CreatedCalendarEvent | null> {
-    const event = await this.#liveEvent(ownerId, eventId);
+  async findEvent(
+    ownerId: string,
+    eventId: string,
+    guard?: RetryGuard,
+  ): Promise<CreatedCalendarEvent | null> {
+    const event = await this.#liveEvent(ownerId, eventId, guard);
     return event ? this.#created(ownerId, event, eventId, true) : null;
   }
 
-  async eventStart(ownerId: string, eventId: string): Promise<Date | null> {
-    const at = (await this.#liveEvent(ownerId, eventId))?.start?.dateTime;
+  async eventStart(ownerId: string, eventId: string, guard?: RetryGuard): Promise<Date | null> {
+    const at = (await this.#liveEvent(ownerId, eventId, guard))?.start?.dateTime;
     return at ? new Date(at) : null;
   }
 
   /** events.get; null for 404/410 and for a cancelled (deleted) event, which get still returns. */
-  async #liveEvent(ownerId: string, eventId: string): Promise<calendar_v3.Schema$Event | null> {
+  async #liveEvent(
+    ownerId: string,
+    eventId: string,
+    guard?: RetryGuard,
+  ): Promise<calendar_v3.Schema$Event | null> {
     try {
-      const event = await this.#call(ownerId, 'events.get', async (api, auth, options) => {
-        const res = await api.events.get({ auth, calendarId: 'primary', eventId }, options);
-        return res.data;
-      });
+      const event = await this.#call(
+        ownerId,
+        'events.get',
+        async (api, auth, options) => {
+          const res = await api.events.get({ auth, calendarId: 'primary', eventId }, options);
+          return res.data;
+        },
+        guard,
+      );
       return event.status === 'cancelled' ? null : event;
     } catch (err) {
       if (err instanceof GoogleFatal && (err.status === 404 || err.status === 410)) return null;

@@ -19,7 +19,7 @@ import {
   validateBookingAction,
   validateMeetingTime,
 } from '../domain/booking-request.js';
-import type { CalendarGateway, CreatedCalendarEvent } from '../domain/calendar-gateway.js';
+import type { CalendarGateway, CreatedCalendarEvent, RetryGuard } from '../domain/calendar-gateway.js';
 import { CalendarNotConnected, Upstream } from '../domain/errors.js';
 import {
   availabilityTexts,
@@ -100,6 +100,12 @@ interface ReplyContext {
   earlierAttempt: boolean;
   /** Aborted: no further change at Google (RespondOptions.signal). */
   signal: AbortSignal | undefined;
+  /**
+   * Before a read of Google is sent again: throws once the run was aborted (its claim taken over, the
+   * process stopping), so a stale run stops retrying reads that would only keep the owner's time
+   * taken, while the run that gives up waits for it (recover).
+   */
+  stopped: RetryGuard;
   booked: number;
   requested: Set<string>;
   lease?: OwnerLease;
@@ -278,7 +284,7 @@ export class BookingService implements ActionResponder {
     ctx.requested.add(sameRequest);
     const key = bookingKey(work.message.messageId, index, checked.request);
     const eventId = googleEventIdFor(key);
-    const found = await this.deps.calendar.findEvent(work.agent.userId, eventId);
+    const found = await this.deps.calendar.findEvent(work.agent.userId, eventId, ctx.stopped);
     if (!found) return undefined;
     ctx.log.warn(
       { event_id: eventId },
@@ -313,7 +319,11 @@ export class BookingService implements ActionResponder {
   ): Promise<Outcome | undefined> {
     const when = validateMeetingTime(action.new_time, ctx.limits, null);
     if (!when.ok) return undefined;
-    const at = await this.deps.calendar.eventStart(ctx.work.agent.userId, meeting.google_event_id);
+    const at = await this.deps.calendar.eventStart(
+      ctx.work.agent.userId,
+      meeting.google_event_id,
+      ctx.stopped,
+    );
     if (at?.getTime() !== when.start.getTime()) return undefined;
     ctx.log.warn(
       { event_id: meeting.google_event_id },
@@ -324,7 +334,7 @@ export class BookingService implements ActionResponder {
 
   /** As #moveMadeBefore, for a cancel: recorded when `meeting`'s event is gone. */
   async #cancelMadeBefore(ctx: ReplyContext, meeting: MeetingRow): Promise<Outcome | undefined> {
-    if (await this.deps.calendar.eventExists(ctx.work.agent.userId, meeting.google_event_id))
+    if (await this.deps.calendar.eventExists(ctx.work.agent.userId, meeting.google_event_id, ctx.stopped))
       return undefined;
     ctx.log.warn(
       { event_id: meeting.google_event_id },
@@ -365,6 +375,7 @@ export class BookingService implements ActionResponder {
       lastAttempt: options.lastAttempt ?? false,
       earlierAttempt: options.earlierAttempt ?? false,
       signal: options.signal,
+      stopped: async () => options.signal?.throwIfAborted(),
       booked: 0,
       requested: new Set(),
       unsavedOutput: options.unsavedOutput,
@@ -575,10 +586,10 @@ export class BookingService implements ActionResponder {
    */
   async #lockAndRead(ctx: ReplyContext, start: Date, end: Date, except: BusyExcept): Promise<Interval[]> {
     const w = this.#window(ctx, start);
-    if (ctx.lease) return this.#busy(ctx.work, w.readFrom, w.readTo, except);
+    if (ctx.lease) return this.#busy(ctx.work, w.readFrom, w.readTo, except, { guard: ctx.stopped });
     const userId = ctx.work.agent.userId;
     const sentAt = performance.now();
-    const early = this.deps.calendar.freeBusy(userId, w.readFrom, w.readTo);
+    const early = this.deps.calendar.freeBusy(userId, w.readFrom, w.readTo, ctx.stopped);
     // Awaited below, or dropped when the lock fails or the read is stale.
     early.catch(() => undefined);
     const ours = this.deps.meetings.overlappingRead(userId, w.readFrom, w.readTo, except);
@@ -586,6 +597,7 @@ export class BookingService implements ActionResponder {
     const fresh = lease.quietSince(sentAt);
     this.deps.onBusyRead?.(fresh);
     return this.#busy(ctx.work, w.readFrom, w.readTo, except, {
+      guard: ctx.stopped,
       ...(fresh ? { google: early } : {}),
       ...(lease.read !== undefined ? { ours: ours.parse(lease.read) } : {}),
     });
@@ -600,11 +612,11 @@ export class BookingService implements ActionResponder {
     from: Date,
     to: Date,
     except: BusyExcept,
-    known: { google?: Promise<Interval[]>; ours?: Interval[] } = {},
+    known: { google?: Promise<Interval[]>; ours?: Interval[]; guard?: RetryGuard } = {},
   ): Promise<Interval[]> {
     const userId = work.agent.userId;
     const [google, ours] = await Promise.all([
-      known.google ?? this.deps.calendar.freeBusy(userId, from, to),
+      known.google ?? this.deps.calendar.freeBusy(userId, from, to, known.guard),
       known.ours ?? this.deps.meetings.overlapping(userId, from, to, except),
     ]);
     // A reschedule must not collide with the meeting it moves: its own block is taken out of Google's
@@ -738,7 +750,7 @@ export class BookingService implements ActionResponder {
     const givingUp = ctx.lastAttempt || (err instanceof Upstream && !err.retryable);
     if (!givingUp) return null;
     try {
-      const found = await this.deps.calendar.findEvent(ctx.work.agent.userId, eventId);
+      const found = await this.deps.calendar.findEvent(ctx.work.agent.userId, eventId, ctx.stopped);
       if (found) {
         ctx.log.warn(
           { err, event_id: eventId, last_attempt: ctx.lastAttempt },
@@ -804,7 +816,7 @@ export class BookingService implements ActionResponder {
       if (earlier !== undefined || !ctx.earlierAttempt) return undefined;
       const eventId = googleEventIdFor(bookingKey(message.messageId, index, request));
       try {
-        earlier = await this.deps.calendar.eventExists(agent.userId, eventId);
+        earlier = await this.deps.calendar.eventExists(agent.userId, eventId, ctx.stopped);
       } catch (err) {
         return this.#calendarFailure(err, ctx, 'book');
       }
@@ -872,7 +884,7 @@ export class BookingService implements ActionResponder {
         overlapsBusy(request.start, end, busy, ctx.settings.bufferMinutes) &&
         // Our own event from an earlier attempt of this job shows as busy too: that one is ours (known
         // already when a refusal above looked for it).
-        !(earlier ?? (await this.deps.calendar.eventExists(agent.userId, eventId)))
+        !(earlier ?? (await this.deps.calendar.eventExists(agent.userId, eventId, ctx.stopped)))
       ) {
         return await this.#refuse(ctx, 'busy', request.start, agent.meetingDurationMinutes, except, busy);
       }
@@ -998,7 +1010,7 @@ export class BookingService implements ActionResponder {
       if (untimed.ok) {
         let at: Date | null;
         try {
-          at = await this.deps.calendar.eventStart(agent.userId, meeting.google_event_id);
+          at = await this.deps.calendar.eventStart(agent.userId, meeting.google_event_id, ctx.stopped);
         } catch (err) {
           return this.#calendarFailure(err, ctx, 'reschedule');
         }
@@ -1052,7 +1064,7 @@ export class BookingService implements ActionResponder {
       const moved =
         movedBefore ||
         (await this.#changedBefore(ctx, err, 'reschedule', meeting.google_event_id, async () => {
-          const at = await this.deps.calendar.eventStart(agent.userId, meeting.google_event_id);
+          const at = await this.deps.calendar.eventStart(agent.userId, meeting.google_event_id, ctx.stopped);
           return at?.getTime() === start.getTime();
         }));
       if (!moved) return this.#calendarFailure(err, ctx, 'reschedule');
@@ -1131,7 +1143,8 @@ export class BookingService implements ActionResponder {
         err,
         'cancel',
         meeting.google_event_id,
-        async () => !(await this.deps.calendar.eventExists(work.agent.userId, meeting.google_event_id)),
+        async () =>
+          !(await this.deps.calendar.eventExists(work.agent.userId, meeting.google_event_id, ctx.stopped)),
       );
       if (!gone) return this.#calendarFailure(err, ctx, 'cancel');
     }

@@ -167,6 +167,20 @@ describe('a stale attempt', () => {
     expect(await meetings(c.userId)).toEqual([]);
   });
 
+  it('whose read failed after it was taken over sends no retry of it', async () => {
+    // The freeBusy read's failure comes after a heartbeat found the claim gone: the stale run stops
+    // there instead of reading again under the owner's lease (the run that gives up waits for that).
+    const { c, texts } = await takenOverWhileAtGoogle('freebusy.query', {
+      kind: 'status',
+      status: 503,
+      delayMs: 2_500,
+    });
+    expect(texts).toEqual([s.app.config.meetingErrorMessage]);
+    expect(s.google.requests.filter((r) => r.op === 'freebusy.query')).toHaveLength(1);
+    expect(inserts()).toEqual([]);
+    expect(s.google.events(c.email)).toEqual([]);
+  });
+
   it('whose insert failed after it was taken over sends no retry of it', async () => {
     // The insert's failure comes after a heartbeat found the claim gone: its retry is not sent.
     const { c, texts } = await takenOverWhileAtGoogle('events.insert', {
