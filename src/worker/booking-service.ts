@@ -244,6 +244,7 @@ export class BookingService implements ActionResponder {
               ? await this.#recoverCancel(ctx, action as Record<string, unknown>)
               : await this.#recoverBooking(ctx, action, index);
       } catch (err) {
+        if (ctx.signal?.aborted) throw err; // stopping: the claim goes back, the next run looks
         log.error({ err, index }, 'could not look up what a given-up action did; answering without it');
       }
       if (!result) {
@@ -683,7 +684,7 @@ export class BookingService implements ActionResponder {
     busy?: Interval[],
   ): Promise<Outcome> {
     const w = this.#window(ctx, start);
-    const known = busy ?? (await this.#busy(ctx.work, w.readFrom, w.readTo, except));
+    const known = busy ?? (await this.#busy(ctx.work, w.readFrom, w.readTo, except, { guard: ctx.stopped }));
     const work = { ...ctx.work, agent: { ...ctx.work.agent, meetingDurationMinutes: durationMinutes } };
     const slots = await this.#freeSlotsBetween(
       work,
@@ -759,6 +760,8 @@ export class BookingService implements ActionResponder {
       }
       return found;
     } catch (lookupErr) {
+      // Aborted meanwhile (its retry not sent): not an answer; the run ends without one.
+      if (ctx.signal?.aborted) throw lookupErr;
       ctx.log.error(
         { err: lookupErr, event_id: eventId },
         'could not look up the booking’s event before giving up; it may exist without a meeting row',
@@ -795,6 +798,8 @@ export class BookingService implements ActionResponder {
       }
       return done;
     } catch (lookupErr) {
+      // Aborted meanwhile (its retry not sent): not an answer; the run ends without one.
+      if (ctx.signal?.aborted) throw lookupErr;
       ctx.log.error(
         { err: lookupErr, event_id: eventId },
         `could not look up the event before giving up the ${what}`,
