@@ -167,29 +167,17 @@ describe('a stale attempt', () => {
     expect(await meetings(c.userId)).toEqual([]);
   });
 
-  it('whose read failed after it was taken over sends no retry of it', async () => {
-    // The freeBusy read's failure comes after a heartbeat found the claim gone: the stale run stops
-    // there instead of reading again under the owner's lease (the run that gives up waits for that).
-    const { c, texts } = await takenOverWhileAtGoogle('freebusy.query', {
-      kind: 'status',
-      status: 503,
-      delayMs: 2_500,
-    });
+  // Its read's or insert's failure comes after a heartbeat found the claim gone: the stale run stops
+  // there instead of sending it again (a read under the owner's lease, which the run that gives up
+  // waits for; an insert).
+  it.each([
+    ['read', 'freebusy.query'],
+    ['insert', 'events.insert'],
+  ] as const)('whose %s failed after it was taken over sends no retry of it', async (_what, op) => {
+    const { c, texts } = await takenOverWhileAtGoogle(op, { kind: 'status', status: 503, delayMs: 2_500 });
     expect(texts).toEqual([s.app.config.meetingErrorMessage]);
-    expect(s.google.requests.filter((r) => r.op === 'freebusy.query')).toHaveLength(1);
-    expect(inserts()).toEqual([]);
-    expect(s.google.events(c.email)).toEqual([]);
-  });
-
-  it('whose insert failed after it was taken over sends no retry of it', async () => {
-    // The insert's failure comes after a heartbeat found the claim gone: its retry is not sent.
-    const { c, texts } = await takenOverWhileAtGoogle('events.insert', {
-      kind: 'status',
-      status: 503,
-      delayMs: 2_500,
-    });
-    expect(texts).toEqual([s.app.config.meetingErrorMessage]);
-    expect(inserts()).toHaveLength(1);
+    expect(s.google.requests.filter((r) => r.op === op)).toHaveLength(1);
+    expect(inserts()).toHaveLength(op === 'events.insert' ? 1 : 0);
     expect(s.google.events(c.email)).toEqual([]);
     expect(await meetings(c.userId)).toEqual([]);
   });
