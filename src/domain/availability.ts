@@ -66,6 +66,8 @@ export function parseWorkingHours(raw: unknown): WorkingHours {
     const day = key.toLowerCase() as Weekday;
     if (!WEEKDAYS.includes(day))
       throw new InvalidInput(`working_hours.${key} is not a weekday (monday … sunday)`);
+    // "monday" and "Monday" are one day: one would silently replace the other.
+    if (out[day]) throw new InvalidInput(`working_hours names ${day} twice (keys are not case-sensitive)`);
     if (!Array.isArray(value) || value.length > 6) {
       throw new InvalidInput(`working_hours.${key} must be a list of at most 6 {"start","end"} ranges`);
     }

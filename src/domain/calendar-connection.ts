@@ -29,7 +29,15 @@ export function parseZonedDateTime(value: string, field: string): Date {
       `${field} must be an ISO 8601 date-time with a time zone, e.g. 2025-10-06T15:30:00Z`,
     );
   }
+  // Its offset can move it out of the 4 digits the form allows; PostgreSQL has no year 0 either.
+  if (!isStorableInstant(date)) throw new InvalidInput(`${field} must be between the years 1 and 9999`);
   return date;
+}
+
+/** An instant PostgreSQL stores as written: in UTC, in the years 1 to 9999 (it has no year 0). */
+export function isStorableInstant(date: Date): boolean {
+  const year = date.getUTCFullYear();
+  return year >= 1 && year <= 9999;
 }
 
 export interface ConnectInput {

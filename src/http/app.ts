@@ -81,18 +81,37 @@ function errorHandler(err: FastifyError, req: FastifyRequest, reply: FastifyRepl
   return reply.code(status).send({ success: false, error: 'Internal server error' });
 }
 
+/** Nesting a request's JSON may have: our bodies are at most a few levels deep. */
+export const MAX_JSON_DEPTH = 32;
+
 /**
  * The path of the first string in `value` (a parsed body, query or params) holding U+0000, in the
- * validation errors' dotted form ('' for `value` itself); undefined when there is none.
+ * validation errors' dotted form ('' for `value` itself); undefined when there is none. Throws
+ * InvalidInput for a value nested deeper than MAX_JSON_DEPTH (iterative, so no nesting, however
+ * deep, can exhaust the stack: a 9 KB body of brackets did, as an unauthenticated 500).
  */
-function nulField(value: unknown, path = ''): string | undefined {
-  if (typeof value === 'string') return value.includes('\u0000') ? path : undefined;
-  if (value === null || typeof value !== 'object') return undefined;
-  for (const [key, inner] of Object.entries(value)) {
-    const keyPath = path ? `${path}.${key}` : key;
-    if (key.includes('\u0000')) return keyPath;
-    const found = nulField(inner, keyPath);
-    if (found !== undefined) return found;
+function nulField(value: unknown, where: string): string | undefined {
+  const stack: Array<{ value: unknown; path: string; depth: number; nulKey?: boolean }> = [
+    { value, path: '', depth: 0 },
+  ];
+  while (stack.length > 0) {
+    const item = stack.pop()!;
+    if (item.nulKey) return item.path;
+    if (typeof item.value === 'string') {
+      if (item.value.includes('\u0000')) return item.path;
+      continue;
+    }
+    if (item.value === null || typeof item.value !== 'object') continue;
+    if (item.depth >= MAX_JSON_DEPTH) {
+      throw new InvalidInput(`The ${where} is nested too deeply (at most ${MAX_JSON_DEPTH} levels)`);
+    }
+    // Reversed onto the stack: fields are looked at in order, depth first (the error names the first).
+    const entries = Object.entries(item.value);
+    for (let i = entries.length - 1; i >= 0; i--) {
+      const [key, inner] = entries[i]!;
+      const path = item.path ? `${item.path}.${key}` : key;
+      stack.push({ value: inner, path, depth: item.depth + 1, nulKey: key.includes('\u0000') });
+    }
   }
   return undefined;
 }
@@ -134,7 +153,7 @@ export async function buildHttpApp(deps: HttpDeps): Promise<FastifyInstance> {
       ['query', req.query],
       ['params', req.params],
     ] as const) {
-      const field = nulField(value);
+      const field = nulField(value, where);
       if (field !== undefined) {
         const name = field || where;
         throw new InvalidInput(

@@ -137,6 +137,11 @@ describe('calendar connection API', () => {
     ],
     ['token_expiry not a date', { token_expiry: 'tomorrow' }, /token_expiry must be an ISO 8601/],
     ['token_expiry impossible date', { token_expiry: '2030-13-45T15:30:00Z' }, /token_expiry/],
+    [
+      'token_expiry in year 0',
+      { token_expiry: '0000-06-01T00:00:00Z' },
+      /token_expiry must be between the years 1 and 9999/,
+    ],
     ['missing scope', { scope: undefined }, /scope is required/],
     [
       'scope without calendar',

@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { MAX_JSON_DEPTH } from '../../src/http/app.js';
 import { SSE_STREAMS_PER_CONVERSATION } from '../../src/http/routes/conversations.js';
 import { type Stack, startStack } from '../helpers/stack.js';
 
@@ -90,6 +91,37 @@ describe('customer API', () => {
       .select((eb) => eb.fn.countAll<number>().as('n'))
       .executeTakeFirstOrThrow();
     expect(Number(conversationsAfter.n)).toBe(Number(conversationsBefore.n));
+  });
+
+  it('a body nested thousands of levels deep: a 400 before any auth, not a 500 (nothing stored)', async () => {
+    const c = await chat();
+    // ~40 KB, far under the body limit; a recursive scan of it overflowed the stack.
+    const deep = `{"content":${'['.repeat(20_000)}${']'.repeat(20_000)}}`;
+    for (const url of [
+      `/api/agents/${c.agentId}/conversations`,
+      `/api/conversations/${c.conversation_id}/messages`,
+    ]) {
+      const res = await s.app.http.inject({
+        method: 'POST',
+        url,
+        headers: { 'content-type': 'application/json' },
+        payload: deep,
+      });
+      expect(res.statusCode).toBe(400);
+      expect(res.json()).toEqual({
+        success: false,
+        error: `The body is nested too deeply (at most ${MAX_JSON_DEPTH} levels)`,
+      });
+    }
+    // Exactly at the limit, it is the schema's to judge (content must be a string).
+    const atLimit = await post(
+      c.conversation_id,
+      { authorization: `Bearer ${c.customer_token}` },
+      { content: JSON.parse(`${'['.repeat(MAX_JSON_DEPTH - 1)}${']'.repeat(MAX_JSON_DEPTH - 1)}`) },
+    );
+    expect(atLimit.statusCode).toBe(400);
+    expect(atLimit.json().error).toMatch(/^content /);
+    expect(await customerMessages(c.conversation_id)).toBe(0);
   });
 
   it('authorizes messages by the conversation’s token (or the admin key)', async () => {
@@ -315,6 +347,26 @@ describe('customer API', () => {
     );
     expect(wrong.status).toBe(403);
     expect(await wrong.json()).toEqual({ success: false, error: expect.any(String) });
+    // The admin key never in a URL (proxies and browser history keep URLs); in the header it works.
+    const adminKey = s.admin.authorization.replace(/^Bearer /, '');
+    const inUrl = await fetch(
+      `${base}/api/conversations/${c.conversation_id}/events?token=${encodeURIComponent(adminKey)}`,
+    );
+    expect(inUrl.status).toBe(401);
+    expect(await inUrl.json()).toEqual({
+      success: false,
+      error: 'The admin key is accepted only in the Authorization header, never in a URL',
+    });
+    const ctrl = new AbortController();
+    try {
+      const inHeader = await fetch(`${base}/api/conversations/${c.conversation_id}/events`, {
+        headers: s.admin,
+        signal: ctrl.signal,
+      });
+      expect(inHeader.status).toBe(200);
+    } finally {
+      ctrl.abort();
+    }
   });
 
   it('keeps customer tokens out of the logs, even when sent in the query string', async () => {

@@ -201,6 +201,23 @@ describe('listing meetings', () => {
       `?cursor=${Buffer.from('-010000-01-01T00:00:00.000Z|mtg_a').toString('base64url')}`,
       /cursor is not a cursor returned by this endpoint/,
     ],
+    // Year 0 is a JavaScript date too; PostgreSQL has no year 0 (PGlite is sent it as 0000).
+    [
+      'a cursor in year 0',
+      `?cursor=${Buffer.from('0000-06-01T00:00:00.000Z|mtg_a').toString('base64url')}`,
+      /cursor is not a cursor returned by this endpoint/,
+    ],
+    ['a from in year 0', '?from=0000-06-01T00:00:00Z', /from must be between the years 1 and 9999/],
+    [
+      'a from its offset moves into year 0',
+      `?from=${encodeURIComponent('0001-01-01T00:00:00+14:00')}`,
+      /from must be between the years 1 and 9999/,
+    ],
+    [
+      'a to its offset moves past year 9999',
+      `?to=${encodeURIComponent('9999-12-31T23:00:00-14:00')}`,
+      /to must be between the years 1 and 9999/,
+    ],
     [
       'a cursor in another date form',
       `?cursor=${Buffer.from('2030-01-01T00:00:00Z|mtg_a').toString('base64url')}`,

@@ -94,6 +94,13 @@ describe('agent booking settings', () => {
       { working_hours: { funday: [] } },
       { working_hours: { monday: [{ start: '18:00', end: '09:00' }] } },
       { working_hours: { monday: [{ start: '9am', end: '17:00' }] } },
+      // One day named twice: neither may silently replace the other.
+      {
+        working_hours: {
+          monday: [{ start: '09:00', end: '12:00' }],
+          Monday: [{ start: '13:00', end: '17:00' }],
+        },
+      },
       { buffer_minutes: -5 },
       { horizon_days: 0 },
     ]) {
@@ -106,6 +113,9 @@ describe('agent booking settings', () => {
       expect(r.statusCode, JSON.stringify(bad)).toBe(400);
       expect(r.json().success).toBe(false);
     }
+    // Nothing changed by the refused ones.
+    const after = await s.app.http.inject({ url: `/api/agents/${o.agentId}`, headers: s.admin });
+    expect(after.json()).toMatchObject({ working_hours: ALL_WEEK_9_TO_17, buffer_minutes: 15 });
     const cleared = await s.app.http.inject({
       method: 'PATCH',
       url: `/api/agents/${o.agentId}`,

@@ -48,17 +48,22 @@ export const SSE_STREAMS_PER_CONVERSATION = 10;
 /** The customer API: what a chat widget calls. */
 export const conversationRoutes: FastifyPluginAsyncTypebox<ConversationRouteDeps> = async (app, deps) => {
   /**
-   * The caller must hold this conversation's customer token (or the admin key). The token may also
-   * come as `?token=` because browsers' EventSource cannot send headers.
+   * The caller must hold this conversation's customer token (or the admin key). A customer token may
+   * also come as `?token=` because browsers' EventSource cannot send headers; the admin key never
+   * does: URLs end up in proxies' logs and browser history, which our log scrubbing does not reach.
    */
   async function authorize(
     req: FastifyRequest,
     conversationId: string,
     allowQueryToken = false,
   ): Promise<Conversation> {
-    const token = bearerToken(req) ?? (allowQueryToken ? (req.query as { token?: string }).token : undefined);
+    const header = bearerToken(req);
+    const token = header ?? (allowQueryToken ? (req.query as { token?: string }).token : undefined);
     if (!token) throw new Unauthorized('Send Authorization: Bearer <customer_token>');
-    const admin = isAdmin(req, deps.adminKey) || (allowQueryToken && secretEquals(token, deps.adminKey));
+    if (header === undefined && secretEquals(token, deps.adminKey)) {
+      throw new Unauthorized('The admin key is accepted only in the Authorization header, never in a URL');
+    }
+    const admin = isAdmin(req, deps.adminKey);
     const conversation = await deps.conversations.get(conversationId);
     if (admin) {
       if (!conversation) throw new NotFound(`No conversation ${conversationId}`);

@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { Kysely } from 'kysely';
 import { Type } from 'typebox';
-import { parseZonedDateTime } from '../../domain/calendar-connection.js';
+import { isStorableInstant, parseZonedDateTime } from '../../domain/calendar-connection.js';
 import type { CalendarGateway } from '../../domain/calendar-gateway.js';
 import { CalendarNotConnected, Conflict, InvalidInput, NotFound, Upstream } from '../../domain/errors.js';
 import { meetingEventData } from '../../domain/owner-events.js';
@@ -71,13 +71,14 @@ const encodeCursor = (m: Meeting) =>
 function decodeCursor(cursor: string): { time: Date; id: string } {
   const [time, id] = Buffer.from(cursor, 'base64url').toString('utf8').split('|');
   const date = new Date(time ?? '');
-  // Exactly the form encodeCursor writes: a forged time the database cannot hold (year -10000) is a
-  // 400 here rather than a 500 from the query.
+  // Exactly the form encodeCursor writes: a forged time the database cannot hold (year -10000, year
+  // 0) is a 400 here rather than a 500 from the query.
   if (
     !id ||
     !/^mtg_[a-z0-9]+$/.test(id) ||
     !/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/.test(time ?? '') ||
     Number.isNaN(date.getTime()) ||
+    !isStorableInstant(date) ||
     date.toISOString() !== time
   ) {
     throw new InvalidInput('cursor is not a cursor returned by this endpoint');
