@@ -146,9 +146,33 @@ describe('the service as a process', () => {
     expect(still.status).toBe(200);
   });
 
-  it('SIGTERM: exits 0 within a few seconds and removes its lock', async () => {
+  it('SIGTERM with a chat stream open: ends the stream, exits 0 within a few seconds, removes its lock', async () => {
+    // An open SSE stream (any chat tab) is an active connection: the server's close waits for it,
+    // so the service must end it itself (the browser's EventSource reconnects elsewhere).
+    const agent = await second.fetch('/api/agents', {
+      method: 'POST',
+      headers: { ...auth(adminKey), 'content-type': 'application/json' },
+      body: JSON.stringify({ user_id: USER, name: 'Front desk' }),
+    });
+    expect(agent.status, await agent.clone().text()).toBe(201);
+    const { agent_id } = (await agent.json()) as { agent_id: string };
+    const opened = await second.fetch(`/api/agents/${agent_id}/conversations`, { method: 'POST' });
+    expect(opened.status, await opened.clone().text()).toBe(201);
+    const c = (await opened.json()) as { conversation_id: string; customer_token: string };
+    const stream = await second.fetch(
+      `/api/conversations/${c.conversation_id}/events?token=${c.customer_token}`,
+    );
+    expect(stream.status).toBe(200);
+    const reader = stream.body!.getReader();
+    expect(new TextDecoder().decode((await reader.read()).value)).toContain('retry:');
+    const ended = (async () => {
+      while (!(await reader.read()).done);
+      return true;
+    })().catch(() => true);
+
     const signalledAt = Date.now();
     const exit = await second.stop('SIGTERM', 15_000);
+    expect(await ended).toBe(true);
     expect(exit).toMatchObject({ code: 0, signal: null });
     expect(Date.now() - signalledAt).toBeLessThan(10_000);
     expect(existsSync(join(dir, LOCK))).toBe(false);

@@ -93,6 +93,15 @@ describe('customer API', () => {
     expect(Number(conversationsAfter.n)).toBe(Number(conversationsBefore.n));
   });
 
+  it('opens a conversation from a POST without a body (both fields are optional)', async () => {
+    const a = await s.createAgent({ user_id: 'owner-conv', name: 'Helper' });
+    const res = await fetch(`${base}/api/agents/${a.agent_id}/conversations`, { method: 'POST' });
+    expect(res.status).toBe(201);
+    const c = (await res.json()) as { conversation_id: string; customer_token: string };
+    expect(c.customer_token).toMatch(/^ct_/);
+    expect(await s.messages(c.conversation_id, c.customer_token)).toEqual([]);
+  });
+
   it('a body nested thousands of levels deep: a 400 before any auth, not a 500 (nothing stored)', async () => {
     const c = await chat();
     // ~40 KB, far under the body limit; a recursive scan of it overflowed the stack.

@@ -79,6 +79,12 @@ export const conversationRoutes: FastifyPluginAsyncTypebox<ConversationRouteDeps
   app.post(
     '/api/agents/:agent_id/conversations',
     {
+      // Both fields are optional, so is the body: a POST without one (no content type, as a bare
+      // `curl -X POST` or `fetch(url, {method: 'POST'})` sends) opens a conversation too. The
+      // validator would otherwise judge the missing body as a non-object (a 400).
+      preValidation: async (req) => {
+        req.body ??= {};
+      },
       schema: {
         tags: ['conversations'],
         summary: 'Open a conversation with an agent; returns the customer token once',
@@ -241,6 +247,15 @@ export const conversationRoutes: FastifyPluginAsyncTypebox<ConversationRouteDeps
     },
   );
 
+  // Open streams, ended when the server closes: each is an active connection, which the server's
+  // close waits for, so a process stopping (SIGTERM, a deploy) would hang with any chat tab open.
+  // Ended, each browser's EventSource reconnects (after `retry`), to another process or this one
+  // restarted, and catches up from its Last-Event-ID.
+  const streams = new Set<() => void>();
+  app.addHook('preClose', async () => {
+    for (const end of [...streams]) end();
+  });
+
   function streamMessages(
     req: FastifyRequest,
     reply: FastifyReply,
@@ -289,9 +304,15 @@ export const conversationRoutes: FastifyPluginAsyncTypebox<ConversationRouteDeps
     const close = () => {
       if (closed) return;
       closed = true;
+      streams.delete(end);
       clearInterval(keepalive);
       unsubscribe();
     };
+    const end = () => {
+      close();
+      res.end();
+    };
+    streams.add(end);
     req.raw.on('close', close);
     res.on('error', close);
     void flush();
