@@ -1,6 +1,6 @@
 import type { BookingSettings } from './availability.js';
 import { InvalidInput } from './errors.js';
-import { isIanaTimeZone } from './time.js';
+import { ianaZoneName } from './time.js';
 
 export interface Agent {
   agentId: string;
@@ -18,10 +18,13 @@ export interface Agent {
 
 export const MEETING_DURATION = { min: 5, max: 480, default: 30 } as const;
 
-export function assertTimeZone(zone: string, field = 'timezone'): void {
-  if (!isIanaTimeZone(zone)) {
+/** An owner's zone name, spelled as IANA spells it (ianaZoneName); a 400 when it is not one. */
+export function zoneNameInput(zone: string, field = 'timezone'): string {
+  const name = ianaZoneName(zone);
+  if (name === undefined) {
     throw new InvalidInput(
       `${field} must be an IANA time zone name such as "Europe/Berlin" or "UTC" (got "${zone}")`,
     );
   }
+  return name;
 }

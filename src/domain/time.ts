@@ -1,11 +1,33 @@
 /** Time-zone helpers on top of Intl (the runtime's IANA database); no I/O. */
 
+import { IANA_ZONE_NAMES } from './tz-names.js';
+
 /**
  * Zone names already found valid, lower-cased (Intl accepts any casing). Only valid names are kept,
  * so the set is bounded by the zone database however many distinct strings callers (model output
  * included) throw at it.
  */
 const knownZones = new Set<string>();
+
+/** Lower-cased name -> IANA's spelling, built on first use. */
+let spellings: Map<string, string> | undefined;
+
+/**
+ * The zone's name as IANA spells it ("asia/kolkata" -> "Asia/Kolkata"), or undefined when `zone` is
+ * not a zone name. Intl accepts any casing and so do we, but Google Calendar refuses a `timeZone`
+ * that is not spelled exactly (every booking of an agent saved as "america/new_york" would fail), and
+ * Intl's own canonical name may be another of the zone's names (Asia/Calcutta for Asia/Kolkata): the
+ * name the owner typed is kept, only its spelling fixed (src/domain/tz-names.ts). A zone the runtime
+ * knows and the list does not (newer than it) gets the runtime's name for it.
+ */
+export function ianaZoneName(zone: string): string | undefined {
+  if (!isIanaTimeZone(zone)) return undefined;
+  spellings ??= new Map(IANA_ZONE_NAMES.map((name) => [name.toLowerCase(), name]));
+  return (
+    spellings.get(zone.toLowerCase()) ??
+    new Intl.DateTimeFormat('en-US', { timeZone: zone }).resolvedOptions().timeZone
+  );
+}
 
 /** True for names in the IANA time zone database ("Asia/Kolkata", "UTC"); false for "UTC+05:30". */
 export function isIanaTimeZone(zone: string): boolean {

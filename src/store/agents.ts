@@ -1,6 +1,7 @@
 import { type Kysely, type Selectable, sql } from 'kysely';
 import type { Agent } from '../domain/agent.js';
 import { type BookingSettings, parseWorkingHours } from '../domain/availability.js';
+import { ianaZoneName } from '../domain/time.js';
 import { newId } from './ids.js';
 import type { DB } from './schema.js';
 import { type BookingDB, widen } from './schema-booking.js';
@@ -62,7 +63,8 @@ export const toAgent = (r: Selectable<BookingDB['agents']>): Agent => ({
   userId: r.user_id,
   name: r.name,
   systemPrompt: r.system_prompt,
-  timezone: r.timezone,
+  // Spelled as Google wants it, also for rows saved before names were (any casing was accepted).
+  timezone: ianaZoneName(r.timezone) ?? r.timezone,
   model: r.model,
   meetingDurationMinutes: r.meeting_duration_minutes,
   booking: bookingOf(r),

@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import {
   formatOffset,
   friendlyTime,
+  ianaZoneName,
   isIanaTimeZone,
   localDateTime,
   toZonedIso,
@@ -10,6 +11,7 @@ import {
   zonedInstant,
   zoneOffsetMinutes,
 } from '../../src/domain/time.js';
+import { IANA_ZONE_NAMES } from '../../src/domain/tz-names.js';
 
 describe('isIanaTimeZone', () => {
   it.each([
@@ -59,6 +61,37 @@ describe('isIanaTimeZone', () => {
         expect(typeof isIanaTimeZone(s)).toBe('boolean');
       }),
     );
+  });
+});
+
+describe('ianaZoneName', () => {
+  it.each([
+    ['asia/kolkata', 'Asia/Kolkata'],
+    ['ASIA/KOLKATA', 'Asia/Kolkata'],
+    // The owner's name is kept, not swapped for Intl's canonical one (Asia/Calcutta, America/New_York).
+    ['Asia/Kolkata', 'Asia/Kolkata'],
+    ['us/eastern', 'US/Eastern'],
+    ['america/argentina/buenos_aires', 'America/Argentina/Buenos_Aires'],
+    ['europe/kyiv', 'Europe/Kyiv'],
+    ['utc', 'UTC'],
+    ['etc/gmt+5', 'Etc/GMT+5'],
+    ['est5edt', 'EST5EDT'],
+    ['america/port-au-prince', 'America/Port-au-Prince'],
+  ])('%s -> %s', (typed, spelled) => {
+    expect(ianaZoneName(typed)).toBe(spelled);
+  });
+
+  it.each(['UTC+05:30', 'Mars/Olympus', '', 'Europe/Berlin '])('not a zone: %j', (zone) => {
+    expect(ianaZoneName(zone)).toBeUndefined();
+  });
+
+  it('every zone the runtime knows is in the list, and every listed name the runtime knows maps to itself', () => {
+    const listed = new Set(IANA_ZONE_NAMES);
+    expect(Intl.supportedValuesOf('timeZone').filter((z) => !listed.has(z))).toEqual([]);
+    for (const name of IANA_ZONE_NAMES) {
+      if (isIanaTimeZone(name)) expect(ianaZoneName(name)).toBe(name);
+      expect(ianaZoneName(name.toLowerCase()) ?? name).toBe(name);
+    }
   });
 });
 

@@ -381,6 +381,14 @@ describe('events.insert', () => {
         },
         'Invalid time zone definition for start time.',
       ],
+      // An IANA name in the wrong case: Intl takes it, Google does not.
+      [
+        {
+          start: { dateTime: '2030-01-07T10:00:00', timeZone: 'asia/kolkata' },
+          end: { dateTime: '2030-01-07T11:00:00', timeZone: 'asia/kolkata' },
+        },
+        'Invalid time zone definition for start time.',
+      ],
       [
         { start: { dateTime: '2030-01-07T10:00:00' }, end: { dateTime: '2030-01-07T11:00:00Z' } },
         'Missing time zone definition for start time.',

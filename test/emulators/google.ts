@@ -18,6 +18,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { calendar_v3 } from '@googleapis/calendar';
+import { IANA_ZONE_NAMES } from '../../src/domain/tz-names.js';
 
 export type CalendarEventResource = calendar_v3.Schema$Event;
 
@@ -1284,9 +1285,14 @@ function mergePatch(base: Json, patch: Json): Json {
 
 const formatters = new Map<string, Intl.DateTimeFormat>();
 
+/** The IANA database's names, exactly as spelled there. */
+const ZONE_NAMES = new Set(IANA_ZONE_NAMES);
+
 function isTimeZone(name: string): boolean {
-  // Google wants an IANA name; "UTC+05:30" or "+05:30" are not.
+  // Google wants an IANA name ("UTC+05:30" or "+05:30" are not), spelled exactly: unlike Intl, it
+  // refuses "america/new_york" (Cal.com's bug of storing names as typed, cal.com PR #15273).
   if (!/^[A-Za-z]/.test(name)) return false;
+  if (!ZONE_NAMES.has(name)) return false;
   try {
     zoneFormatter(name);
     return true;

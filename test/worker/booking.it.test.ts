@@ -201,6 +201,30 @@ describe('booking: the seed flow', () => {
     expect(m).toMatchObject({ meeting_time: start.at.toISOString(), duration_minutes: 30 });
   });
 
+  it('sends the zone spelled as IANA spells it, whatever case the owner typed or an older row holds', async () => {
+    // Intl takes "asia/kolkata"; Google refuses it (400 "Invalid time zone definition"), which made
+    // every booking of such an agent fail.
+    const c = await newChat({ agent: { timezone: 'asia/KOLKATA' } });
+    const shown = await s.app.http.inject({ url: `/api/agents/${c.agentId}`, headers: s.admin });
+    expect(shown.json().timezone).toBe('Asia/Kolkata');
+    // A row saved before names were spelled out (any case was stored as typed).
+    await s.app.database.db
+      .updateTable('agents')
+      .set({ timezone: 'asia/kolkata' })
+      .where('agent_id', '=', c.agentId)
+      .execute();
+    const start = wallTime(1, 19, 0, 330);
+    const reply = await ask(c, 'book', {
+      content: JSON.stringify([seedAction({ meeting_time: start.iso })]),
+    });
+    const body = requestsFor('events.insert')[0]!.body as Event;
+    expect(body.start).toEqual({ dateTime: start.iso, timeZone: 'Asia/Kolkata' });
+    const ev = s.google.events(c.email)[0]!;
+    expect(reply).toBe(confirmation('tomorrow at 7 PM IST', ev.hangoutLink!));
+    const [m] = await meetingsOf(c.userId);
+    expect(m).toMatchObject({ timezone: 'Asia/Kolkata', meeting_time: start.at.toISOString() });
+  });
+
   it('puts the IANA zone on the event for a Z time when the agent’s zone is UTC', async () => {
     const c = await newChat({ agent: { timezone: 'UTC' } });
     const start = wallTime(3, 9, 0, 0);

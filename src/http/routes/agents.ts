@@ -1,6 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Type } from 'typebox';
-import { type Agent, assertTimeZone, MEETING_DURATION } from '../../domain/agent.js';
+import { type Agent, MEETING_DURATION, zoneNameInput } from '../../domain/agent.js';
 import {
   BOOKING_SETTING_LIMITS,
   type BookingSettings,
@@ -163,7 +163,7 @@ export const agentRoutes: FastifyPluginAsyncTypebox<AgentRouteDeps> = async (app
     async (req, reply) => {
       const b = req.body;
       assertUserId(b.user_id);
-      if (b.timezone !== undefined) assertTimeZone(b.timezone);
+      const timezone = b.timezone === undefined ? undefined : zoneNameInput(b.timezone);
       if (b.name.trim() === '') throw new InvalidInput('name must not be blank');
       const booking = settingsFrom(b);
       const agent = await agents.create({
@@ -171,7 +171,7 @@ export const agentRoutes: FastifyPluginAsyncTypebox<AgentRouteDeps> = async (app
         userId: b.user_id,
         name: b.name.trim(),
         systemPrompt: b.system_prompt,
-        timezone: b.timezone,
+        timezone,
         model: b.model,
         meetingDurationMinutes: b.meeting_duration_minutes,
       });
@@ -217,14 +217,14 @@ export const agentRoutes: FastifyPluginAsyncTypebox<AgentRouteDeps> = async (app
     },
     async (req) => {
       const b = req.body;
-      if (b.timezone !== undefined) assertTimeZone(b.timezone);
+      const timezone = b.timezone === undefined ? undefined : zoneNameInput(b.timezone);
       if (b.name !== undefined && b.name.trim() === '') throw new InvalidInput('name must not be blank');
       const booking = settingsFrom(b);
       const agent = await agents.update(req.params.agent_id, {
         booking,
         name: b.name?.trim(),
         systemPrompt: b.system_prompt,
-        timezone: b.timezone,
+        timezone,
         model: b.model,
         meetingDurationMinutes: b.meeting_duration_minutes,
       });
