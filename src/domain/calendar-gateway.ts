@@ -14,12 +14,18 @@ export interface NewCalendarEvent {
   attendees: string[];
 }
 
+/** The event's Meet conference: made, still being made, refused by Google, or none asked for. */
+export type ConferenceStatus = 'success' | 'pending' | 'failure' | 'none';
+
 export interface CreatedCalendarEvent {
   eventId: string;
   htmlLink: string | null;
-  /** Null when the conference could not be created (yet): the link is then in the invite. */
+  /**
+   * Null when there is no conference link: still `pending` (the invite gets it once made), or none
+   * (`failure`, `none`).
+   */
   meetLink: string | null;
-  conferenceStatus: 'success' | 'pending' | 'failure' | 'none';
+  conferenceStatus: ConferenceStatus;
   /** True when the event already existed (a retried booking). */
   existed: boolean;
 }

@@ -3,8 +3,27 @@
  * The confirmation is the seed's text, word for word.
  */
 
-export function meetingConfirmation(friendlyTime: string, meetLink: string | null): string {
-  const link = meetLink ? `🔗 Join here: ${meetLink}` : '🔗 The meeting link is in your calendar invite.';
+import type { ConferenceStatus } from './calendar-gateway.js';
+
+/**
+ * The confirmation's link line: the Meet link; or, without one, whether the invite will carry one: a
+ * conference still being created (`pending`) gets its link into the invite once Google made it, but
+ * one Google could not create (`failure`: Meet turned off for the owner's domain, say), or an event
+ * without any, has none, and the text must not promise it.
+ */
+function linkLine(meetLink: string | null, conference: ConferenceStatus | undefined): string {
+  if (meetLink) return `🔗 Join here: ${meetLink}`;
+  return conference === 'failure' || conference === 'none'
+    ? '🔗 No video call link could be created for this meeting.'
+    : '🔗 The meeting link is in your calendar invite.';
+}
+
+export function meetingConfirmation(
+  friendlyTime: string,
+  meetLink: string | null,
+  conference?: ConferenceStatus,
+): string {
+  const link = linkLine(meetLink, conference);
   return `✅ Meeting confirmed!\n\n📅 Meeting scheduled for ${friendlyTime}\n${link}\n\nYou'll receive a calendar invite via email.`;
 }
 
@@ -21,8 +40,12 @@ export const bookingTexts = {
 } as const;
 
 /** A reschedule's confirmation, in the seed's style. */
-export function rescheduleConfirmation(friendlyTime: string, meetLink: string | null): string {
-  const link = meetLink ? `🔗 Join here: ${meetLink}` : '🔗 The meeting link is in your calendar invite.';
+export function rescheduleConfirmation(
+  friendlyTime: string,
+  meetLink: string | null,
+  conference?: ConferenceStatus,
+): string {
+  const link = linkLine(meetLink, conference);
   return `✅ Meeting rescheduled!\n\n📅 Meeting now scheduled for ${friendlyTime}\n${link}\n\nYou'll receive an updated calendar invite via email.`;
 }
 

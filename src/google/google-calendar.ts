@@ -352,14 +352,18 @@ export class GoogleCalendarGateway implements CalendarGateway {
       throw this.#toDomain(err);
     }
     const cal = data.calendars?.primary;
-    // Per-calendar errors come back with a 200: treat them as "could not check", never as free.
-    if (cal?.errors?.length) {
+    // Per-calendar errors come back with a 200: "could not check", never free. Google's passing
+    // ones (internalError, backendError) are retried as the job's retry; the others are final. An
+    // answer without the calendar asked about is no answer either.
+    if (!cal) throw new Upstream('Google freeBusy answered without the calendar asked about', true);
+    if (cal.errors?.length) {
+      const reason = cal.errors[0]?.reason ?? 'error';
       throw new Upstream(
-        `Google freeBusy could not read the calendar (${cal.errors[0]?.reason ?? 'error'})`,
-        false,
+        `Google freeBusy could not read the calendar (${reason})`,
+        reason === 'internalError' || reason === 'backendError',
       );
     }
-    return (cal?.busy ?? [])
+    return (cal.busy ?? [])
       .map((b) => ({ start: new Date(b.start ?? ''), end: new Date(b.end ?? '') }))
       .filter((b) => !Number.isNaN(b.start.getTime()) && !Number.isNaN(b.end.getTime()))
       .sort((a, b) => a.start.getTime() - b.start.getTime());
@@ -487,6 +491,13 @@ export class GoogleCalendarGateway implements CalendarGateway {
       );
     } catch (err) {
       throw this.#toDomain(err);
+    }
+    // Deleted at Google (by the owner, say): Google keeps it as cancelled and a patch answers 200
+    // with it still cancelled, on nobody's calendar. Not a move, and no retry makes it one: refused
+    // as a deleted event's 404/410 would be.
+    if (event.status === 'cancelled') {
+      this.logger.error({ op: 'events.patch', event_id: eventId }, 'the event to move was deleted at Google');
+      throw new Upstream('Google events.patch: the event was deleted', false);
     }
     return {
       eventId: event.id ?? eventId,

@@ -962,7 +962,7 @@ export class BookingService implements ActionResponder {
       htmlLink: created.htmlLink,
     };
     const when = request.friendlyTime ?? friendlyTime(request.start, agent.timezone);
-    return { text: meetingConfirmation(when, created.meetLink), booked: meeting };
+    return { text: meetingConfirmation(when, created.meetLink, created.conferenceStatus), booked: meeting };
   }
 
   /**
@@ -1099,7 +1099,11 @@ export class BookingService implements ActionResponder {
         ? action.friendly_time.trim().slice(0, 200)
         : friendlyTime(start, agent.timezone);
     return {
-      text: rescheduleConfirmation(friendly, patched?.meetLink ?? meeting.meet_link),
+      text: rescheduleConfirmation(
+        friendly,
+        patched?.meetLink ?? meeting.meet_link,
+        patched?.conferenceStatus,
+      ),
       persist: async (trx) => {
         const row = await this.deps.meetings.reschedule(trx, meeting.meeting_id, {
           meetingTime: start,

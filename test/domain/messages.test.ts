@@ -1,5 +1,10 @@
 import { describe, expect, it } from 'vitest';
-import { bookingTexts, meetingConfirmation, withProse } from '../../src/domain/messages.js';
+import {
+  bookingTexts,
+  meetingConfirmation,
+  rescheduleConfirmation,
+  withProse,
+} from '../../src/domain/messages.js';
 
 describe('meetingConfirmation', () => {
   it("is the seed's text word for word", () => {
@@ -12,6 +17,22 @@ describe('meetingConfirmation', () => {
     expect(meetingConfirmation('Monday, October 6, 2025 at 7:00 PM GMT+5:30', link)).toBe(
       "✅ Meeting confirmed!\n\n📅 Meeting scheduled for Monday, October 6, 2025 at 7:00 PM GMT+5:30\n🔗 The meeting link is in your calendar invite.\n\nYou'll receive a calendar invite via email.",
     );
+  });
+});
+
+describe('the link line of a confirmation without a link', () => {
+  it.each([
+    [undefined, '🔗 The meeting link is in your calendar invite.'],
+    ['pending', '🔗 The meeting link is in your calendar invite.'],
+    ['failure', '🔗 No video call link could be created for this meeting.'],
+    ['none', '🔗 No video call link could be created for this meeting.'],
+  ] as const)('conference %s: %s', (conference, line) => {
+    expect(meetingConfirmation('Monday at 10 AM', null, conference).split('\n')[3]).toBe(line);
+    expect(rescheduleConfirmation('Monday at 10 AM', null, conference).split('\n')[3]).toBe(line);
+    // A link is shown whatever the status says.
+    expect(
+      meetingConfirmation('Monday at 10 AM', 'https://meet.google.com/abc-defg-hij', conference),
+    ).toContain('🔗 Join here: https://meet.google.com/abc-defg-hij');
   });
 });
 

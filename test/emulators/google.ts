@@ -50,7 +50,13 @@ export type Fault =
   /** Perform the operation, then destroy the socket without answering. */
   | { kind: 'lost-response' }
   /** Wait `ms`, then handle the request normally (the work is done even if the client gave up). */
-  | { kind: 'stall'; ms: number };
+  | { kind: 'stall'; ms: number }
+  /**
+   * freebusy.query only: a 200 whose calendars each carry this error instead of busy time (Google's
+   * per-calendar errors: `internalError`, `notFound`, `groupTooBig`, ...); `missing` answers with no
+   * entry for the calendars asked about at all.
+   */
+  | { kind: 'calendar-error'; reason: string | 'missing' };
 
 export interface RequestLogEntry {
   method: string;
@@ -485,6 +491,13 @@ export class GoogleEmulator {
       reply = this.dispatch(route, req, entry, parsed.value);
       if (route.op === 'token' && reply.status === 200)
         entry.accessToken = (reply.body as { access_token?: string }).access_token;
+      if (fault?.kind === 'calendar-error' && route.op === 'freebusy.query' && reply.status === 200) {
+        const body = reply.body as { calendars: Record<string, unknown> };
+        for (const id of Object.keys(body.calendars)) {
+          if (fault.reason === 'missing') delete body.calendars[id];
+          else body.calendars[id] = { errors: [{ domain: 'global', reason: fault.reason }], busy: [] };
+        }
+      }
     }
 
     if (fault?.kind === 'lost-response') {

@@ -142,3 +142,39 @@ describe('non-retryable Google errors', () => {
     },
   );
 });
+
+describe('freeBusy’s per-calendar errors (a 200 whose calendar could not be read)', () => {
+  const freeBusyFaults = () =>
+    s.google.requests.filter((r) => r.op === 'freebusy.query' && r.fault === 'calendar-error');
+
+  it.each(['internalError', 'backendError', 'missing'])(
+    '%s is passing: retried, and the booking is made once',
+    async (reason) => {
+      const b = await book(() => s.google.fail('freebusy.query', { kind: 'calendar-error', reason }, 1));
+      expect(b.replies).toHaveLength(1);
+      expect(b.reply.startsWith('✅ Meeting confirmed!')).toBe(true);
+      expect(freeBusyFaults()).toHaveLength(1);
+      // It acted on a read that answered (the faulted one was never taken as free).
+      const read = s.google.requests.filter((r) => r.op === 'freebusy.query' && r.fault === undefined);
+      expect(read.length).toBeGreaterThanOrEqual(1);
+      expect(s.google.events(b.email)).toHaveLength(1);
+      expect(await meetingCount(b.userId)).toBe(1);
+    },
+  );
+
+  it.each(['notFound', 'groupTooBig'])(
+    '%s is final: MEETING_ERROR_MESSAGE in the first run, nothing inserted (never read as free)',
+    async (reason) => {
+      const b = await book(() => s.google.fail('freebusy.query', { kind: 'calendar-error', reason }, 1000));
+      expect(b.replies).toEqual([s.app.config.meetingErrorMessage]);
+      expect(inserts()).toHaveLength(0);
+      expect(await meetingCount(b.userId)).toBe(0);
+      const row = await s.app.database.db
+        .selectFrom('messages')
+        .select(['status', 'attempts'])
+        .where('message_id', '=', b.messageId)
+        .executeTakeFirstOrThrow();
+      expect(row).toEqual({ status: 'answered', attempts: 1 });
+    },
+  );
+});

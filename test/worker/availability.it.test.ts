@@ -536,6 +536,29 @@ describe('reschedule and cancel by chat', () => {
     expect(after.json().meeting.meeting_time).toBe(ist(2, 11).at.toISOString());
   });
 
+  it('a move of a meeting whose event the owner deleted is not confirmed, and the row does not move', async () => {
+    const o = await newOwner({ working_hours: ALL_WEEK_9_TO_17 });
+    const c = await chatWith(o);
+    const booked = await ask(c, 'book', { content: JSON.stringify([bookingAction(ist(2, 10).iso)]) });
+    expect(booked.startsWith('✅ Meeting confirmed!')).toBe(true);
+    const [mine] = await meetingsOf(o.userId);
+    // Deleted in Google Calendar: Google keeps it as cancelled, and a patch answers 200 with the
+    // event still cancelled (nothing on anyone's calendar).
+    await s.app.calendar.deleteEvent(o.userId, String(mine?.google_event_id));
+    const moved = await ask(c, 'Can we do 11 instead?', {
+      toolCalls: [
+        {
+          name: 'reschedule_meeting',
+          arguments: { meeting_id: null, new_time: ist(2, 11).iso, friendly_time: null },
+        },
+      ],
+    });
+    expect(moved).toBe(s.app.config.meetingErrorMessage);
+    expect(s.google.requests.filter((r) => r.op === 'events.patch').map((r) => r.status)).toEqual([200]);
+    const after = await s.app.http.inject({ url: `/api/meetings/${mine?.meeting_id}`, headers: s.admin });
+    expect(after.json().meeting.meeting_time).toBe(ist(2, 10).at.toISOString());
+  });
+
   it('moves and then cancels the conversation’s meeting; Google notifies attendees; rows record it', async () => {
     const o = await newOwner({ working_hours: ALL_WEEK_9_TO_17 });
     const c = await chatWith(o);

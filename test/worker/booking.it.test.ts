@@ -44,6 +44,8 @@ const confirmation = (friendly: string, link: string) =>
   `✅ Meeting confirmed!\n\n📅 Meeting scheduled for ${friendly}\n🔗 Join here: ${link}\n\nYou'll receive a calendar invite via email.`;
 const confirmationWithoutLink = (friendly: string) =>
   `✅ Meeting confirmed!\n\n📅 Meeting scheduled for ${friendly}\n🔗 The meeting link is in your calendar invite.\n\nYou'll receive a calendar invite via email.`;
+const confirmationWithNoLink = (friendly: string) =>
+  `✅ Meeting confirmed!\n\n📅 Meeting scheduled for ${friendly}\n🔗 No video call link could be created for this meeting.\n\nYou'll receive a calendar invite via email.`;
 const tooMany = (max: number) =>
   `This conversation already has ${max} upcoming meetings booked, which is the most I can book here. ` +
   'If you need a change, please contact the business directly.';
@@ -693,11 +695,11 @@ describe('booking: the Meet link', () => {
     expect(m!.meet_link).toBe(ev.hangoutLink);
   });
 
-  it('a failed conference still books; the confirmation says the link is in the invite', async () => {
+  it('a failed conference still books; the confirmation does not promise a link the invite will not have', async () => {
     const c = await newChat();
     s.google.conferenceMode = 'failure';
     const reply = await ask(c, 'book', { content: JSON.stringify([seedAction()]) });
-    expect(reply).toBe(confirmationWithoutLink('tomorrow at 7 PM IST'));
+    expect(reply).toBe(confirmationWithNoLink('tomorrow at 7 PM IST'));
     expect(s.google.events(c.email)).toHaveLength(1);
     const [m] = await meetingsOf(c.userId);
     expect(m).toMatchObject({ status: 'scheduled', meet_link: null });
