@@ -22,6 +22,7 @@ import { type Database, type DatabaseOptions, openDatabase } from './store/datab
 import { MeetingStore } from './store/meetings.js';
 import { MessageStore } from './store/messages.js';
 import { isMigrated, migrate } from './store/migrate.js';
+import { resealSecrets } from './store/reseal.js';
 import { SecretBox } from './store/secret-box.js';
 import { WebhookStore } from './store/webhooks.js';
 import { BookingService } from './worker/booking-service.js';
@@ -103,7 +104,11 @@ export async function createApplication(
     if (applied.length > 0) logger.info({ applied }, 'database migrated');
 
     const db = database.db;
-    const connections = new CalendarConnectionStore(db, new SecretBox(config.tokenEncryptionKeys));
+    const box = new SecretBox(config.tokenEncryptionKeys);
+    // A rotation (several keys, the new one first): what older keys sealed is sealed again under the
+    // new one before this process serves, so the older keys can then be removed.
+    if (config.tokenEncryptionKeys.length > 1) await resealSecrets(db, box, logger);
+    const connections = new CalendarConnectionStore(db, box);
     const agents = new AgentStore(db);
     const conversations = new ConversationStore(db);
     const messages = new MessageStore(db);
@@ -161,11 +166,18 @@ export async function createApplication(
     cleanup.push(() => queue.stop());
 
     // Owner webhooks: a pg-boss queue (src/worker/webhooks.ts).
-    const webhookStore = new WebhookStore(db, new SecretBox(config.tokenEncryptionKeys));
-    const webhooks = new WebhookDispatcher(queue.boss, webhookStore, db, logger, options.webhooks);
+    const webhookStore = new WebhookStore(db, box);
+    const webhooks = new WebhookDispatcher(queue.boss, webhookStore, db, logger, {
+      urls: config.webhookUrls,
+      ...options.webhooks,
+    });
     await webhooks.start();
     cleanup.push(() => webhooks.stop());
     if (role !== 'api') await webhooks.work();
+
+    // One per process: its holds of an owner queue in this process before they meet in the database.
+    // Chat bookings, moves and cancels take it, and so do the owner API's cancels.
+    const ownerLock = new OwnerBookingLock(new BookingLeaseStore(db), logger, options.ownerLock);
 
     if (role !== 'api') {
       const model =
@@ -179,7 +191,7 @@ export async function createApplication(
       const booking = new BookingService({
         calendar,
         meetings,
-        lock: new OwnerBookingLock(new BookingLeaseStore(db), logger, options.ownerLock),
+        lock: ownerLock,
         events: webhooks,
         limits: config.booking,
         meetingErrorMessage: config.meetingErrorMessage,
@@ -233,6 +245,7 @@ export async function createApplication(
       accept: (conversationId, content, access) => queue.accept(conversationId, content, access),
       feed,
       rateLimit: config.rateLimit,
+      trustProxy: config.trustProxy,
       metrics,
       extraRoutes: [
         async (app) => {
@@ -240,10 +253,15 @@ export async function createApplication(
             adminKey: config.adminApiKey,
             meetings,
             calendar,
+            lock: ownerLock,
             db,
             events: webhooks,
           });
-          await app.register(webhookRoutes, { adminKey: config.adminApiKey, webhooks: webhookStore });
+          await app.register(webhookRoutes, {
+            adminKey: config.adminApiKey,
+            webhooks: webhookStore,
+            webhookUrls: config.webhookUrls,
+          });
           await app.register(pageRoutes, { agents, ...options.pages });
         },
       ],

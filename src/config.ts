@@ -1,7 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
+import { WEBHOOK_URL_POLICIES, type WebhookUrlPolicy } from './webhook-target.js';
 
 /** The seed's fallback text when a meeting cannot be booked. */
 export const DEFAULT_MEETING_ERROR_MESSAGE =
@@ -61,7 +63,24 @@ const envSchema = z.object({
   RATE_LIMIT_PER_IP: int(1, 1_000_000).default(300),
   RATE_LIMIT_PER_CONVERSATION: int(1, 1_000_000).default(30),
   RATE_LIMIT_WINDOW_SECONDS: int(1, 86_400).default(60),
+  WEBHOOK_URLS: z.enum(WEBHOOK_URL_POLICIES).default('public-https'),
+  TRUST_PROXY: z
+    .string()
+    .refine(
+      (v) => v === 'off' || /^\d{1,2}$/.test(v) || v.split(',').every((a) => isAddressOrRange(a.trim())),
+      'must be off, a number of proxy hops, or comma-separated proxy addresses/CIDR ranges',
+    )
+    .default('off'),
 });
+
+/** An IP address, or a CIDR range of them (`10.0.0.0/8`, `fd00::/8`). */
+function isAddressOrRange(value: string): boolean {
+  const [address = '', prefix, ...rest] = value.split('/');
+  const family = isIP(address);
+  if (family === 0 || rest.length > 0) return false;
+  if (prefix === undefined) return true;
+  return /^\d{1,3}$/.test(prefix) && Number(prefix) <= (family === 4 ? 32 : 128);
+}
 
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
@@ -108,6 +127,14 @@ export interface Config {
     readonly perConversation: number;
     readonly windowSeconds: number;
   };
+  /**
+   * Which peers' `X-Forwarded-For` names the client (Fastify's trustProxy): none (false, the default:
+   * exposed directly, the header is anyone's to forge), the nearest N hops, or these addresses/ranges.
+   * Behind a load balancer, every customer would otherwise share its address and one per-IP bucket.
+   */
+  readonly trustProxy: false | number | string;
+  /** Where owner webhooks may be sent (src/webhook-target.ts): https to public addresses, or anywhere. */
+  readonly webhookUrls: WebhookUrlPolicy;
   /** Notes for the operator printed once at start-up (e.g. where a generated key was written). */
   readonly startupNotes: readonly string[];
 }
@@ -184,6 +211,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   } else {
     if (!adminApiKey) {
       const s = generatedSecret(dataDir, 'admin-api-key', () => randomBytes(24).toString('base64url'));
+      // The file may have been edited: held to the variable's own rule (an empty key matches nothing,
+      // but "admin" would be guessable).
+      if (s.value.length < 16) {
+        throw new ConfigError(`${s.path}: the admin key must be at least 16 characters`);
+      }
       adminApiKey = s.value;
       notes.push(
         `ADMIN_API_KEY not set: using the key stored in ${s.path}${s.created ? ' (just generated)' : ''}`,
@@ -237,6 +269,15 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       perConversation: e.RATE_LIMIT_PER_CONVERSATION,
       windowSeconds: e.RATE_LIMIT_WINDOW_SECONDS,
     }),
+    trustProxy:
+      e.TRUST_PROXY === 'off'
+        ? false
+        : /^\d+$/.test(e.TRUST_PROXY)
+          ? Number(e.TRUST_PROXY)
+          : e.TRUST_PROXY.split(',')
+              .map((a) => a.trim())
+              .join(','),
+    webhookUrls: e.WEBHOOK_URLS,
     startupNotes: Object.freeze(notes),
   });
 }

@@ -171,6 +171,10 @@ describe('loadConfig rejects bad values, naming the variable', () => {
     ['WORKER_CONCURRENCY', '0'],
     ['DATABASE_PREPARED_STATEMENTS', 'yes'],
     ['DATABASE_SCHEMA', 'Robert"; DROP TABLE x'],
+    ['TRUST_PROXY', 'true'],
+    ['TRUST_PROXY', '10.0.0.0/33'],
+    ['TRUST_PROXY', '10.0.0.1,proxy.internal'],
+    ['TRUST_PROXY', '-1'],
   ])('%s=%s', (name, value) => {
     const err = configError(() => loadConfig(serverEnv({ [name]: value })));
     expect(err.message).toContain(name);
@@ -185,6 +189,15 @@ describe('loadConfig rejects bad values, naming the variable', () => {
     expect(loadConfig(serverEnv({ PORT: '65535' })).port).toBe(65535);
     expect(loadConfig(serverEnv({ ADMIN_API_KEY: '1234567890123456' })).adminApiKey).toBe('1234567890123456');
     expect(loadConfig(serverEnv({ DATABASE_URL: 'postgresql://x/y' })).databaseUrl).toBe('postgresql://x/y');
+  });
+
+  it('TRUST_PROXY: off by default, a number of hops, or addresses and ranges', () => {
+    expect(loadConfig(serverEnv()).trustProxy).toBe(false);
+    expect(loadConfig(serverEnv({ TRUST_PROXY: 'off' })).trustProxy).toBe(false);
+    expect(loadConfig(serverEnv({ TRUST_PROXY: '2' })).trustProxy).toBe(2);
+    expect(loadConfig(serverEnv({ TRUST_PROXY: '10.0.0.0/8, 127.0.0.1,fd00::/8' })).trustProxy).toBe(
+      '10.0.0.0/8,127.0.0.1,fd00::/8',
+    );
   });
 
   it('reports every bad variable at once', () => {
@@ -327,4 +340,17 @@ describe('embedded mode (no DATABASE_URL) without keys', () => {
     expect(c.adminApiKey).toBe('operator-chosen-admin-key-0001');
     expect(c.tokenEncryptionKeys[0]!.toString('base64')).toBe(KEY_B);
   });
+
+  it.each([
+    ['too short', 'admin\n'],
+    ['empty', '\n'],
+  ])(
+    'refuses a hand-written admin key file that is %s (the variable’s own 16-character rule)',
+    (_n, text) => {
+      writeFileSync(join(dir, 'admin-api-key'), text, { mode: 0o600 });
+      expect(() => loadConfig({ DATA_DIR: dir })).toThrow(
+        /admin-api-key: the admin key must be at least 16 characters/,
+      );
+    },
+  );
 });

@@ -1,4 +1,4 @@
-import { toZonedIso, weekdayIn } from './time.js';
+import { formatOffset, offsetChanges, toZonedIso, weekdayIn } from './time.js';
 
 /** The action name the seed's contract uses, as JSON in the text and as an OpenAI tool. */
 export const BOOKING_ACTION = 'Time_to_121meet';
@@ -26,9 +26,41 @@ export function bookingInstructions(zone: string): string {
   ].join('\n');
 }
 
+/** How far ahead the prompt announces the zone's offset changes (past the default booking horizon). */
+export const OFFSET_CHANGE_DAYS = 120;
+
+/** Per zone: the offset-change sentence, for the UTC day it was worked out on. */
+const changeSentences = new Map<string, { day: number; sentence: string }>();
+
+/**
+ * The zone's offset changes ahead, said so the model gives a meeting after one the offset in effect
+ * on the meeting's own date: told only today's offset, a model booking "Monday at 10" across the end
+ * of daylight saving reuses it, which books 9:00 (the event in another zone's offset, as if the
+ * customer were elsewhere) while its friendly_time says 10. Worked out once per zone and UTC day.
+ */
+export function offsetChangeSentence(receivedAt: Date, zone: string): string {
+  const day = Math.floor(receivedAt.getTime() / 86_400_000);
+  const known = changeSentences.get(zone);
+  if (known?.day === day) return known.sentence;
+  const changes = offsetChanges(zone, new Date(day * 86_400_000), OFFSET_CHANGE_DAYS + 1).slice(0, 3);
+  const sentence =
+    changes.length === 0
+      ? ''
+      : `Its UTC offset changes ${changes
+          .map(
+            (c) =>
+              `on ${toZonedIso(c.at, zone).slice(0, 10)} (${weekdayIn(c.at, zone)}) from ${formatOffset(c.fromMinutes)} to ${formatOffset(c.toMinutes)}`,
+          )
+          .join(', then ')}: give each meeting_time the offset in effect on its own date.`;
+  changeSentences.set(zone, { day, sentence });
+  return sentence;
+}
+
 /** "Now" for the model: the moment the customer's message was received, in the agent's zone. */
 export function currentTimeLine(receivedAt: Date, zone: string): string {
-  return `Current date and time: ${toZonedIso(receivedAt, zone)} (${weekdayIn(receivedAt, zone)}), time zone ${zone}.`;
+  const now = `Current date and time: ${toZonedIso(receivedAt, zone)} (${weekdayIn(receivedAt, zone)}), time zone ${zone}.`;
+  const changes = offsetChangeSentence(receivedAt, zone);
+  return changes ? `${now} ${changes}` : now;
 }
 
 export function buildSystemPrompt(agentPrompt: string, zone: string, receivedAt: Date): string {

@@ -245,3 +245,41 @@ export function zonedInstant(
   // In a gap: the old offset (the one before the change) carries it past the change.
   return new Date(wall - before);
 }
+
+/** A change of a zone's UTC offset: the first instant of the new offset. */
+export interface OffsetChange {
+  at: Date;
+  fromMinutes: number;
+  toMinutes: number;
+}
+
+/**
+ * The zone's offset changes in the `days` after `from` (daylight saving, or a change of the zone's
+ * rules), found by comparing its offset a day apart and narrowing each difference to the minute.
+ * Reads Intl directly (a few hundred reads: callers keep the answer, see prompt.ts).
+ */
+export function offsetChanges(zone: string, from: Date, days: number): OffsetChange[] {
+  const minute = 60_000;
+  const offsetAt = (ms: number) => Math.round(formattedOffsetMs(Math.floor(ms / 1000) * 1000, zone) / minute);
+  const changes: OffsetChange[] = [];
+  let t = Math.floor(from.getTime() / minute) * minute;
+  let offset = offsetAt(t);
+  for (let d = 0; d < days; d++) {
+    const next = t + 86_400_000;
+    const nextOffset = offsetAt(next);
+    if (nextOffset !== offset) {
+      // The first minute on the new offset, within (t, next].
+      let lo = t;
+      let hi = next;
+      while (hi - lo > minute) {
+        const mid = lo + Math.floor((hi - lo) / 2 / minute) * minute;
+        if (offsetAt(mid) === offset) lo = mid;
+        else hi = mid;
+      }
+      changes.push({ at: new Date(hi), fromMinutes: offset, toMinutes: nextOffset });
+    }
+    t = next;
+    offset = nextOffset;
+  }
+  return changes;
+}

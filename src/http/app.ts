@@ -45,6 +45,8 @@ export interface HttpDeps {
   accept?: ConversationRouteDeps['accept'];
   feed: LiveFeed;
   rateLimit: Config['rateLimit'];
+  /** Config.trustProxy; default false. */
+  trustProxy?: Config['trustProxy'];
   metrics: Metrics;
   /** Extra route plugins registered after the built-in ones (meetings, chat page...). */
   extraRoutes?: Array<(app: FastifyInstance) => Promise<void>>;
@@ -117,13 +119,15 @@ function nulField(value: unknown, where: string): string | undefined {
 }
 
 export async function buildHttpApp(deps: HttpDeps): Promise<FastifyInstance> {
+  const trust = deps.trustProxy ?? false;
   // The app is typed as a plain FastifyInstance outside; routes get the TypeBox provider.
   const app = Fastify({
     loggerInstance: deps.logger as FastifyBaseLogger,
     bodyLimit: 256 * 1024,
     requestTimeout: 30_000,
-    // Behind a proxy, set trustProxy in the proxy setup; direct exposure must not trust X-Forwarded-For.
-    trustProxy: false,
+    // TRUST_PROXY (Config.trustProxy): off unless set, since direct exposure must not trust
+    // X-Forwarded-For; behind a load balancer it names the client, for the per-IP limit and the logs.
+    trustProxy: typeof trust === 'number' ? (_address: string, hop: number) => hop < trust : trust,
     // Router-level rejections (path parameter over 100 chars, malformed URL) in our error shape too.
     frameworkErrors: (err, _req, reply) => {
       const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 400;

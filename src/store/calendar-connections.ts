@@ -57,11 +57,18 @@ export class CalendarConnectionStore {
     return this.db.transaction().execute(async (trx) => {
       const existing = await trx
         .selectFrom('google_calendar_tokens')
-        .select(['refresh_token_enc'])
+        .select(['refresh_token_enc', 'status'])
         .where('user_id', '=', userId)
         .forUpdate()
         .executeTakeFirst();
-      // Google returns a refresh token only on first consent, so a reconnect may omit it.
+      // Google returns a refresh token only on first consent, so a reconnect may omit it; not after
+      // a revocation, though: the stored one is the token Google refused (invalid_grant), and the
+      // connection would show "connected" until the access token expires, then be revoked again.
+      if (!c.refreshToken && existing?.status === 'revoked') {
+        throw new InvalidInput(
+          'refresh_token is required: the stored one was revoked by Google (reconnect with prompt=consent to get a new one)',
+        );
+      }
       const refreshEnc = c.refreshToken
         ? this.seal(userId, 'refresh_token', c.refreshToken)
         : (existing?.refresh_token_enc ?? null);

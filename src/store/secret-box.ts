@@ -52,7 +52,12 @@ export class SecretBox {
     );
   }
 
-  /** True when the value was sealed with an older key (a rotation can re-seal it). */
+  /** The id of the key new values are sealed with (the first one): the second part of a sealed value. */
+  get primaryKeyId(): string {
+    return this.#primaryId;
+  }
+
+  /** True when the value was sealed with an older key (resealSecrets re-seals it). */
   isStale(sealed: string): boolean {
     return sealed.split('.')[1] !== this.#primaryId;
   }

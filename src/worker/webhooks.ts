@@ -3,8 +3,10 @@ import type { Transaction } from 'kysely';
 import { fromKysely, type JobWithMetadata, type PgBoss } from 'pg-boss';
 import type { Logger } from 'pino';
 import type { OwnerEvent } from '../domain/owner-events.js';
+import { createLeanFetch, type Fetch } from '../lean-fetch.js';
 import type { DB } from '../store/schema.js';
 import type { WebhookStore } from '../store/webhooks.js';
+import { publicOnlyLookup, type WebhookUrlPolicy, webhookUrlProblem } from '../webhook-target.js';
 import type { OwnerEventSink } from './owner-events.js';
 
 /** pg-boss queue of webhook deliveries (beside the customer-message queue, same database). */
@@ -22,6 +24,8 @@ export interface WebhookOptions {
   timeoutMs?: number;
   /** How often rows written by SQL (calendar.revoked) are picked up. */
   relayIntervalMs?: number;
+  /** Where deliveries may go (WEBHOOK_URLS); default `public-https`. */
+  urls?: WebhookUrlPolicy;
 }
 
 /** `sha256=<hex>` of HMAC-SHA256(secret, "<timestamp>.<body>"): what receivers recompute. */
@@ -42,6 +46,13 @@ export class WebhookDispatcher implements OwnerEventSink {
   readonly #retryDelayMax: number;
   readonly #timeoutMs: number;
   readonly #relayIntervalMs: number;
+  readonly #urls: WebhookUrlPolicy;
+  /**
+   * The POST's transport: under `public-https`, its sockets connect only to public addresses
+   * (publicOnlyLookup checks the very addresses used, so a name rebound to a private address after
+   * it was saved is refused too); redirects are never followed.
+   */
+  readonly #fetch: Fetch;
   #relay: NodeJS.Timeout | undefined;
   #working = false;
 
@@ -57,6 +68,8 @@ export class WebhookDispatcher implements OwnerEventSink {
     this.#retryDelayMax = options.retryDelayMaxSeconds ?? 3600;
     this.#timeoutMs = options.timeoutMs ?? 10_000;
     this.#relayIntervalMs = options.relayIntervalMs ?? 5_000;
+    this.#urls = options.urls ?? 'public-https';
+    this.#fetch = createLeanFetch(this.#urls === 'any' ? {} : { lookup: publicOnlyLookup });
   }
 
   /** Creates the queue (every role: API processes enqueue too). */
@@ -163,8 +176,15 @@ export class WebhookDispatcher implements OwnerEventSink {
     const timestamp = String(Math.floor(Date.now() / 1000));
     let statusCode: number | null = null;
     let error: string | null = null;
+    // A URL saved under a looser WEBHOOK_URLS is refused for good (no retry changes it).
+    const refused = webhookUrlProblem(new URL(hook.url), this.#urls);
+    if (refused) {
+      await this.store.recordAttempt(d.delivery_id, { ok: false, statusCode, error: refused, final: true });
+      this.logger.error({ delivery_id: d.delivery_id, error: refused }, 'webhook URL refused; not delivered');
+      return;
+    }
     try {
-      const res = await fetch(hook.url, {
+      const res = await this.#fetch(hook.url, {
         method: 'POST',
         headers: {
           'content-type': 'application/json',
@@ -182,7 +202,10 @@ export class WebhookDispatcher implements OwnerEventSink {
       await res.body?.cancel().catch(() => {});
       if (res.status < 200 || res.status >= 300) error = `receiver answered ${res.status}`;
     } catch (err) {
+      // A network failure's reason is its cause ("fetch failed" alone says nothing).
+      const cause = (err as { cause?: unknown })?.cause;
       error = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+      if (cause instanceof Error) error += ` (${cause.message})`;
     }
     await this.store.recordAttempt(d.delivery_id, { ok: error === null, statusCode, error, final });
     const log = this.logger.child({

@@ -57,9 +57,28 @@ describe('buildSystemPrompt', () => {
     ).toBe(true);
   });
 
-  it('uses the zone it is given for the time line', () => {
+  it('uses the zone it is given for the time line, and says when its offset changes ahead', () => {
     expect(currentTimeLine(new Date('2025-10-06T02:00:00Z'), 'America/New_York')).toBe(
-      'Current date and time: 2025-10-05T22:00:00-04:00 (Sunday), time zone America/New_York.',
+      'Current date and time: 2025-10-05T22:00:00-04:00 (Sunday), time zone America/New_York. ' +
+        'Its UTC offset changes on 2025-11-02 (Sunday) from -04:00 to -05:00: give each meeting_time the offset in effect on its own date.',
+    );
+  });
+
+  it('names every change in the next 120 days, in order (Casablanca around Ramadan)', () => {
+    expect(currentTimeLine(new Date('2026-01-10T12:00:00Z'), 'Africa/Casablanca')).toBe(
+      'Current date and time: 2026-01-10T13:00:00+01:00 (Saturday), time zone Africa/Casablanca. ' +
+        'Its UTC offset changes on 2026-02-15 (Sunday) from +01:00 to +00:00, then on 2026-03-22 (Sunday) from +00:00 to +01:00: ' +
+        'give each meeting_time the offset in effect on its own date.',
+    );
+  });
+
+  it('says nothing of changes where there are none ahead (or they are past the 120 days)', () => {
+    expect(currentTimeLine(new Date('2025-10-06T02:00:00Z'), 'UTC')).toBe(
+      'Current date and time: 2025-10-06T02:00:00+00:00 (Monday), time zone UTC.',
+    );
+    // Europe/Berlin in early June: the next change (late October) is more than 120 days away.
+    expect(currentTimeLine(new Date('2025-06-01T10:00:00Z'), 'Europe/Berlin')).toBe(
+      'Current date and time: 2025-06-01T12:00:00+02:00 (Sunday), time zone Europe/Berlin.',
     );
   });
 

@@ -6,6 +6,7 @@ import {
   ianaZoneName,
   isIanaTimeZone,
   localDateTime,
+  offsetChanges,
   toZonedIso,
   weekdayIn,
   zonedInstant,
@@ -91,6 +92,29 @@ describe('ianaZoneName', () => {
     for (const name of IANA_ZONE_NAMES) {
       if (isIanaTimeZone(name)) expect(ianaZoneName(name)).toBe(name);
       expect(ianaZoneName(name.toLowerCase()) ?? name).toBe(name);
+    }
+  });
+});
+
+describe('offsetChanges', () => {
+  it('finds each change to the minute, with the offsets on both sides', () => {
+    expect(offsetChanges('America/New_York', new Date('2025-10-30T15:00:00Z'), 200)).toEqual([
+      { at: new Date('2025-11-02T06:00:00Z'), fromMinutes: -240, toMinutes: -300 },
+      { at: new Date('2026-03-08T07:00:00Z'), fromMinutes: -300, toMinutes: -240 },
+    ]);
+    // A half-hour change (Lord Howe Island) and none at all.
+    expect(offsetChanges('Australia/Lord_Howe', new Date('2025-09-01T00:00:00Z'), 60)).toEqual([
+      { at: new Date('2025-10-04T15:30:00Z'), fromMinutes: 630, toMinutes: 660 },
+    ]);
+    expect(offsetChanges('Asia/Kolkata', new Date('2025-09-01T00:00:00Z'), 400)).toEqual([]);
+  });
+
+  it('agrees with the zone clock on both sides of every change it finds', () => {
+    for (const zone of ['Europe/Berlin', 'America/Santiago', 'Pacific/Chatham', 'Africa/Casablanca']) {
+      for (const c of offsetChanges(zone, new Date('2025-01-01T00:00:00Z'), 366)) {
+        expect(zoneOffsetMinutes(new Date(c.at.getTime() - 60_000), zone)).toBe(c.fromMinutes);
+        expect(zoneOffsetMinutes(c.at, zone)).toBe(c.toMinutes);
+      }
     }
   });
 });

@@ -40,6 +40,8 @@ export async function startTestApp(
     PORT: '0',
     HOST: '127.0.0.1',
     DATA_DIR: '/nonexistent-test-data-dir',
+    // Test receivers listen on 127.0.0.1 over http; the default policy has tests of its own.
+    WEBHOOK_URLS: 'any',
     ...env,
   });
   const logs = new LogCapture();

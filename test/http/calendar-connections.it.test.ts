@@ -183,6 +183,14 @@ describe('calendar connection API', () => {
     ).json();
     expect(revoked.token_info.status).toBe('revoked');
     expect(revoked.token_info.revoked_at).toEqual(expect.any(String));
+    // Not without a new refresh token: the stored one is the one Google refused.
+    const withoutRefresh = await connect('revoked-user', validBody({ refresh_token: undefined }));
+    expect(withoutRefresh.statusCode).toBe(400);
+    expect(withoutRefresh.json().error).toMatch(/^refresh_token is required: the stored one was revoked/);
+    const still = (
+      await t.app.http.inject({ url: '/api/google-tokens/revoked-user', headers: t.admin })
+    ).json();
+    expect(still.token_info).toMatchObject({ status: 'revoked', revoked_at: revoked.token_info.revoked_at });
     await connect('revoked-user', validBody());
     const back = (
       await t.app.http.inject({ url: '/api/google-tokens/revoked-user', headers: t.admin })

@@ -427,4 +427,35 @@ describe('per-IP rate limit', () => {
       await t.close();
     }
   });
+
+  it.each([
+    // Off (the default): X-Forwarded-For is anyone's to forge, so every caller is the peer's address.
+    ['off', [404, 404, 429]],
+    // Behind a proxy: each client its own bucket, by the address the trusted proxy reports.
+    ['127.0.0.1', [404, 404, 404]],
+    ['1', [404, 404, 404]],
+  ])('TRUST_PROXY=%s: the per-IP limit counts the clients a proxy reports', async (trust, expected) => {
+    const { startTestApp } = await import('../helpers/app.js');
+    const t = await startTestApp({
+      RATE_LIMIT_PER_IP: '2',
+      RATE_LIMIT_WINDOW_SECONDS: '60',
+      TRUST_PROXY: trust,
+    });
+    try {
+      const codes: number[] = [];
+      for (const client of ['203.0.113.7', '203.0.113.7', '198.51.100.9']) {
+        const res = await t.app.http.inject({
+          method: 'POST',
+          url: '/api/agents/agt_x/conversations',
+          headers: { 'x-forwarded-for': client },
+          remoteAddress: '127.0.0.1',
+          payload: {},
+        });
+        codes.push(res.statusCode);
+      }
+      expect(codes).toEqual(expected);
+    } finally {
+      await t.close();
+    }
+  });
 });

@@ -559,6 +559,51 @@ describe('reschedule and cancel by chat', () => {
     expect(after.json().meeting.meeting_time).toBe(ist(2, 10).at.toISOString());
   });
 
+  it('an owner-API cancel during a chat move waits for the move to commit, then cancels it', async () => {
+    const o = await newOwner({ working_hours: ALL_WEEK_9_TO_17 });
+    const c = await chatWith(o);
+    const booked = await ask(c, 'book', { content: JSON.stringify([bookingAction(ist(2, 10).iso)]) });
+    expect(booked.startsWith('✅ Meeting confirmed!')).toBe(true);
+    const [mine] = await meetingsOf(o.userId);
+    // The move's patch is held at Google for a while; the owner cancels meanwhile.
+    s.google.fail('events.patch', { kind: 'stall', ms: 1500 }, 1);
+    s.openai.responder = () => ({
+      toolCalls: [
+        {
+          name: 'reschedule_meeting',
+          arguments: { meeting_id: null, new_time: ist(2, 15).iso, friendly_time: null },
+        },
+      ],
+    });
+    await s.send(c.conversation_id, c.customer_token, 'Can we do 3pm instead?');
+    const patch = () => s.google.requests.find((r) => r.op === 'events.patch');
+    const deadline = Date.now() + 20_000;
+    while (!patch() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    const cancel = await s.app.http.inject({
+      method: 'POST',
+      url: `/api/meetings/${mine?.meeting_id}/cancel`,
+      headers: s.admin,
+    });
+    expect(cancel.statusCode).toBe(200);
+    expect(cancel.json().meeting.status).toBe('cancelled');
+    // The delete reached Google only once the move was answered and committed: the customer's
+    // confirmation was true when given, and the cancel (with its email) came after it.
+    const del = s.google.requests.find((r) => r.op === 'events.delete')!;
+    expect(del.at).toBeGreaterThanOrEqual(patch()!.doneAt!);
+    const list = await s.waitForReplies(c.conversation_id, c.customer_token, 2);
+    expect(
+      list
+        .filter((m) => m.role === 'assistant')
+        .at(-1)!
+        .content.startsWith('✅ Meeting rescheduled!'),
+    ).toBe(true);
+    const after = await s.app.http.inject({ url: `/api/meetings/${mine?.meeting_id}`, headers: s.admin });
+    expect(after.json().meeting).toMatchObject({
+      status: 'cancelled',
+      meeting_time: ist(2, 15).at.toISOString(),
+    });
+  });
+
   it('moves and then cancels the conversation’s meeting; Google notifies attendees; rows record it', async () => {
     const o = await newOwner({ working_hours: ALL_WEEK_9_TO_17 });
     const c = await chatWith(o);

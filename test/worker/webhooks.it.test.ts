@@ -373,3 +373,83 @@ describe('without the periodic relay', () => {
     expect(verify(got, o.secret)).toBe(true);
   });
 });
+
+describe('WEBHOOK_URLS=public-https (the default): https to public addresses only', () => {
+  // A stack with the production default (the others allow the test receiver on 127.0.0.1 over
+  // http). A bare TCP listener stands where an internal service would: no delivery may reach it.
+  let main: Stack;
+  let internal: Server;
+  let internalPort: number;
+  let connections = 0;
+  beforeAll(async () => {
+    main = s;
+    s = await startStack(
+      { WEBHOOK_URLS: 'public-https' },
+      { webhooks: { retryLimit: 1, retryDelaySeconds: 1, relayIntervalMs: 200 } },
+    );
+    internal = createServer((_req, res) => res.writeHead(204).end());
+    internal.on('connection', () => {
+      connections += 1;
+    });
+    await new Promise<void>((r) => internal.listen(0, '127.0.0.1', r));
+    internalPort = (internal.address() as AddressInfo).port;
+  });
+  afterAll(async () => {
+    await s.close();
+    s = main;
+    await new Promise((r) => internal?.close(r));
+  });
+
+  it.each([
+    ['plain http', 'http://hooks.example.com/x', /^url must be https:\/\//],
+    ['loopback', 'https://127.0.0.1/x', /not 127\.0\.0\.1/],
+    ['IPv6 loopback', 'https://[::1]/x', /not ::1/],
+    ['cloud metadata (link-local)', 'https://169.254.169.254/latest/meta-data', /not 169\.254\.169\.254/],
+    ['a private network', 'https://10.1.2.3:8443/x', /not 10\.1\.2\.3/],
+    ['an IPv4-mapped loopback', 'https://[::ffff:127.0.0.1]/x', /not ::ffff:7f00:1/],
+    ['a name resolving to loopback', 'https://localhost/x', /host localhost resolves to (127\.0\.0\.1|::1)/],
+  ])('refuses %s with 400, storing nothing', async (_label, url, message) => {
+    const userId = uid('wp');
+    const res = await putWebhook(userId, { url });
+    expect(res.statusCode).toBe(400);
+    expect(res.json()).toEqual({ success: false, error: expect.stringMatching(message) });
+    expect(
+      (await s.app.http.inject({ url: `/api/users/${userId}/webhook`, headers: s.admin })).statusCode,
+    ).toBe(404);
+  });
+
+  it('accepts https to a public address', async () => {
+    const res = await putWebhook(uid('wp'), { url: 'https://8.8.8.8/hooks/meetings' });
+    expect(res.statusCode).toBe(200);
+  });
+
+  it.each([
+    // A name that resolved to a public address when saved and to an internal one now (rebinding):
+    // refused at connect time, on the very address the socket would use.
+    [
+      'a name now resolving to loopback',
+      () => `https://localhost:${internalPort}/hook`,
+      /not a public address/,
+      2,
+    ],
+    // Saved under WEBHOOK_URLS=any: refused for good, with no attempt.
+    ['an http URL saved before', () => `http://127.0.0.1:${internalPort}/hook`, /^url must be https:\/\//, 1],
+  ])('a delivery to %s is refused and never connects', async (_label, url, error, attempts) => {
+    const userId = uid('wp');
+    await s.connectOwner(userId);
+    expect((await putWebhook(userId, { url: 'https://8.8.8.8/hook' })).statusCode).toBe(200);
+    await sql`UPDATE owner_webhooks SET url = ${url()} WHERE user_id = ${userId}`.execute(s.app.database.db);
+    await s.app.connections.markRevoked(userId); // its trigger records calendar.revoked
+    const [d] = await waitFor(
+      'the delivery to end failed',
+      async () => {
+        const list = await deliveries(userId);
+        return list[0]?.status === 'failed' ? list : undefined;
+      },
+      30_000,
+    );
+    expect(d).toMatchObject({ event_type: 'calendar.revoked', attempts, last_status_code: null });
+    expect(String(d?.last_error)).toMatch(error);
+    expect(connections).toBe(0);
+  });
+});

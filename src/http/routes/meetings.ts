@@ -1,13 +1,16 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import type { FastifyBaseLogger, FastifyReply } from 'fastify';
 import type { Kysely } from 'kysely';
 import { Type } from 'typebox';
 import { isStorableInstant, parseZonedDateTime } from '../../domain/calendar-connection.js';
 import type { CalendarGateway } from '../../domain/calendar-gateway.js';
 import { CalendarNotConnected, Conflict, InvalidInput, NotFound, Upstream } from '../../domain/errors.js';
 import { meetingEventData } from '../../domain/owner-events.js';
+import { WHOLE_OWNER } from '../../store/booking-leases.js';
 import type { Meeting, MeetingStore } from '../../store/meetings.js';
 import type { DB } from '../../store/schema.js';
 import type { OwnerEventSink } from '../../worker/owner-events.js';
+import type { OwnerBookingLock, OwnerLease } from '../../worker/owner-lock.js';
 import { requireAdmin } from '../auth.js';
 import { errorResponses, IdString, UserIdParams } from '../schemas.js';
 
@@ -18,6 +21,12 @@ export interface MeetingRouteDeps {
   /** With both: the cancellation and its meeting.cancelled webhook commit together. */
   db?: Kysely<DB>;
   events?: OwnerEventSink;
+  /**
+   * The owner's booking lock: a cancel holds all of the owner's time around its delete, so it never
+   * lands between a chat move's change at Google and its reply's commit (a chat move holds only its
+   * new time, hence all of it here), which would confirm a move of a meeting just cancelled.
+   */
+  lock?: OwnerBookingLock;
 }
 
 const MeetingJson = Type.Object({
@@ -173,47 +182,81 @@ export const meetingRoutes: FastifyPluginAsyncTypebox<MeetingRouteDeps> = async 
         response: {
           200: Type.Object({ success: Type.Literal(true), meeting: MeetingJson }),
           502: { $ref: 'ErrorBody#' },
+          503: { $ref: 'ErrorBody#' },
           ...errorResponses,
         },
       },
     },
     async (req, reply) => {
-      const m = await deps.meetings.get(req.params.meeting_id);
-      if (!m) throw new NotFound(`No meeting ${req.params.meeting_id}`);
-      if (m.status === 'cancelled') return { success: true as const, meeting: meetingJson(m) };
+      const found = await deps.meetings.get(req.params.meeting_id);
+      if (!found) throw new NotFound(`No meeting ${req.params.meeting_id}`);
+      if (found.status === 'cancelled') return { success: true as const, meeting: meetingJson(found) };
+      let lease: OwnerLease | undefined;
       try {
-        await deps.calendar.deleteEvent(m.user_id, m.google_event_id);
+        lease = await deps.lock?.acquire(found.user_id, WHOLE_OWNER);
       } catch (err) {
-        if (err instanceof CalendarNotConnected) {
-          throw new Conflict(
-            `Cannot cancel: the owner's Google Calendar is ${err.reason === 'revoked' ? 'revoked' : 'not connected'}; reconnect it first`,
-          );
-        }
-        if (err instanceof Upstream) {
-          req.log.error({ err, meeting_id: m.meeting_id }, 'Google delete failed');
-          return reply
-            .code(502)
-            .send({ success: false, error: 'Google Calendar did not accept the cancellation; try again' });
-        }
-        throw err;
+        if (!(err instanceof Upstream)) throw err;
+        req.log.warn({ err, meeting_id: found.meeting_id }, 'the owner’s time stayed taken');
+        return busy(reply);
       }
-      const { db, events } = deps;
-      const cancelled =
-        db && events
-          ? await db.transaction().execute(async (trx) => {
-              const row = await deps.meetings.cancelIn(trx, m.meeting_id);
-              if (row) {
-                await events.emit(trx, {
-                  userId: row.user_id,
-                  type: 'meeting.cancelled',
-                  key: `meeting.cancelled:${row.meeting_id}`,
-                  data: meetingEventData(row),
-                });
-              }
-              return row;
-            })
-          : await deps.meetings.markCancelled(m.meeting_id);
-      return { success: true as const, meeting: meetingJson(cancelled ?? m) };
+      try {
+        return await cancel(req.params.meeting_id, req.log, reply, lease);
+      } finally {
+        await lease?.release();
+      }
     },
   );
+
+  const busy = (reply: FastifyReply) =>
+    reply.code(503).send({
+      success: false,
+      error: 'A booking of this owner is in progress and did not finish in time; try again',
+    });
+
+  /** The cancel itself, holding the owner's time when there is a lock. */
+  async function cancel(meetingId: string, log: FastifyBaseLogger, reply: FastifyReply, lease?: OwnerLease) {
+    // Read again under the hold: a chat cancel or move may have committed while this waited.
+    const m = await deps.meetings.get(meetingId);
+    if (!m) throw new NotFound(`No meeting ${meetingId}`);
+    if (m.status === 'cancelled') return { success: true as const, meeting: meetingJson(m) };
+    try {
+      // This process may have stalled since it took the hold: still ours, or no change is made.
+      await lease?.confirm();
+    } catch {
+      return busy(reply);
+    }
+    try {
+      await deps.calendar.deleteEvent(m.user_id, m.google_event_id);
+    } catch (err) {
+      if (err instanceof CalendarNotConnected) {
+        throw new Conflict(
+          `Cannot cancel: the owner's Google Calendar is ${err.reason === 'revoked' ? 'revoked' : 'not connected'}; reconnect it first`,
+        );
+      }
+      if (err instanceof Upstream) {
+        log.error({ err, meeting_id: m.meeting_id }, 'Google delete failed');
+        return reply
+          .code(502)
+          .send({ success: false, error: 'Google Calendar did not accept the cancellation; try again' });
+      }
+      throw err;
+    }
+    const { db, events } = deps;
+    const cancelled =
+      db && events
+        ? await db.transaction().execute(async (trx) => {
+            const row = await deps.meetings.cancelIn(trx, m.meeting_id);
+            if (row) {
+              await events.emit(trx, {
+                userId: row.user_id,
+                type: 'meeting.cancelled',
+                key: `meeting.cancelled:${row.meeting_id}`,
+                data: meetingEventData(row),
+              });
+            }
+            return row;
+          })
+        : await deps.meetings.markCancelled(m.meeting_id);
+    return { success: true as const, meeting: meetingJson(cancelled ?? m) };
+  }
 };

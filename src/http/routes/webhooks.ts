@@ -3,12 +3,15 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Type } from 'typebox';
 import { InvalidInput, NotFound } from '../../domain/errors.js';
 import type { WebhookDelivery, WebhookStore } from '../../store/webhooks.js';
+import { type WebhookUrlPolicy, webhookHostProblem } from '../../webhook-target.js';
 import { requireAdmin } from '../auth.js';
 import { errorResponses, UserIdParams } from '../schemas.js';
 
 export interface WebhookRouteDeps {
   adminKey: string;
   webhooks: WebhookStore;
+  /** Config.webhookUrls. */
+  webhookUrls: WebhookUrlPolicy;
 }
 
 const DeliveryJson = Type.Object({
@@ -37,25 +40,26 @@ function deliveryJson(d: WebhookDelivery) {
   };
 }
 
-/** The webhook URL must be absolute http(s), without credentials in it. */
-function checkUrl(raw: string): string {
+/**
+ * The webhook URL: absolute http(s) without credentials, and allowed by WEBHOOK_URLS (https to a
+ * public address by default; its host's name resolved now, and again at every delivery).
+ */
+async function checkUrl(raw: string, policy: WebhookUrlPolicy): Promise<string> {
   let url: URL;
   try {
     url = new URL(raw);
   } catch {
     throw new InvalidInput('url must be an absolute http:// or https:// URL');
   }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
-    throw new InvalidInput('url must be an absolute http:// or https:// URL');
-  }
-  if (url.username || url.password) throw new InvalidInput('url must not contain credentials');
+  const problem = await webhookHostProblem(url, policy);
+  if (problem) throw new InvalidInput(problem);
   return url.toString();
 }
 
 /** Owner webhooks (admin key): where meeting and calendar events are POSTed, and their deliveries. */
 export const webhookRoutes: FastifyPluginAsyncTypebox<WebhookRouteDeps> = async (
   app,
-  { adminKey, webhooks },
+  { adminKey, webhooks, webhookUrls },
 ) => {
   app.addHook('onRequest', requireAdmin(adminKey));
 
@@ -86,7 +90,7 @@ export const webhookRoutes: FastifyPluginAsyncTypebox<WebhookRouteDeps> = async 
       },
     },
     async (req) => {
-      const url = checkUrl(req.body.url);
+      const url = await checkUrl(req.body.url, webhookUrls);
       const generated = req.body.secret === undefined;
       const secret = req.body.secret ?? `whsec_${randomBytes(32).toString('base64url')}`;
       await webhooks.put(req.params.user_id, url, secret);
