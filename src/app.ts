@@ -22,7 +22,7 @@ import { type Database, type DatabaseOptions, openDatabase } from './store/datab
 import { MeetingStore } from './store/meetings.js';
 import { MessageStore } from './store/messages.js';
 import { isMigrated, migrate } from './store/migrate.js';
-import { resealSecrets } from './store/reseal.js';
+import { RESEAL_EVERY_MS, resealSecrets } from './store/reseal.js';
 import { SecretBox } from './store/secret-box.js';
 import { WebhookStore } from './store/webhooks.js';
 import { BookingService } from './worker/booking-service.js';
@@ -107,7 +107,18 @@ export async function createApplication(
     const box = new SecretBox(config.tokenEncryptionKeys);
     // A rotation (several keys, the new one first): what older keys sealed is sealed again under the
     // new one before this process serves, so the older keys can then be removed.
-    if (config.tokenEncryptionKeys.length > 1) await resealSecrets(db, box, logger);
+    if (config.tokenEncryptionKeys.length > 1) {
+      await resealSecrets(db, box, logger);
+      // Again later: processes still on the old configuration (a rolling deploy) keep sealing
+      // under the old key, and tokens mid-refresh were left for the next pass.
+      const again = setInterval(() => {
+        resealSecrets(db, box, logger).catch((err: unknown) =>
+          logger.error({ err }, 're-sealing secrets failed'),
+        );
+      }, RESEAL_EVERY_MS);
+      again.unref();
+      cleanup.push(async () => clearInterval(again));
+    }
     const connections = new CalendarConnectionStore(db, box);
     const agents = new AgentStore(db);
     const conversations = new ConversationStore(db);
@@ -206,6 +217,7 @@ export async function createApplication(
         messages,
         model,
         defaultModel: config.openai.model,
+        horizonDays: config.booking.horizonDays,
         llmErrorMessage: config.llmErrorMessage,
         meetingErrorMessage: config.meetingErrorMessage,
         actions: booking,

@@ -1,6 +1,5 @@
 import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
-import type { LookupFunction } from 'node:net';
 import { promisify } from 'node:util';
 import { brotliDecompress, gunzip, inflate } from 'node:zlib';
 
@@ -34,18 +33,9 @@ const decoders: Record<string, (b: Buffer) => Promise<Buffer>> = {
 /** Statuses whose response has no body (a Response with one cannot be constructed). */
 const NULL_BODY = new Set([101, 103, 204, 205, 304]);
 
-export function createLeanFetch(
-  options: {
-    /**
-     * Resolves host names for its sockets (net.connect's `lookup`), e.g. publicOnlyLookup for
-     * webhooks. Addresses written in the URL are not looked up.
-     */
-    lookup?: LookupFunction;
-  } = {},
-): Fetch {
-  const connect = { keepAlive: true, ...(options.lookup ? { lookup: options.lookup } : {}) };
-  const httpAgent = new HttpAgent(connect);
-  const httpsAgent = new HttpsAgent(connect);
+export function createLeanFetch(): Fetch {
+  const httpAgent = new HttpAgent({ keepAlive: true });
+  const httpsAgent = new HttpsAgent({ keepAlive: true });
   return function leanFetch(input, init = {}) {
     const body = init.body;
     const simpleBody =

@@ -1,5 +1,7 @@
 import { lookup as dnsLookup, type LookupAddress, type LookupOptions } from 'node:dns';
 import { lookup as dnsLookupAsync } from 'node:dns/promises';
+import { request as httpRequest } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import { BlockList, isIP } from 'node:net';
 
 /**
@@ -43,7 +45,8 @@ for (const [network, prefix] of [
   NON_PUBLIC.addSubnet(network, prefix, 'ipv4');
 }
 for (const [network, prefix] of [
-  ['::', 127], // unspecified and loopback
+  ['::', 96], // unspecified, loopback and the deprecated IPv4-compatible form (::7f00:1)
+  ['2002::', 16], // 6to4: embeds an IPv4 address
   ['64:ff9b::', 96],
   ['64:ff9b:1::', 48],
   ['100::', 64],
@@ -55,6 +58,9 @@ for (const [network, prefix] of [
 ] as const) {
   NON_PUBLIC.addSubnet(network, prefix, 'ipv6');
 }
+
+/** How long saving a webhook waits for its host's name to resolve (then it is not refused for it). */
+const HOST_LOOKUP_TIMEOUT_MS = 5_000;
 
 /** True for an IP address on the public internet; false for any other address or non-address. */
 export function isPublicAddress(address: string): boolean {
@@ -96,14 +102,23 @@ export async function webhookHostProblem(url: URL, policy: WebhookUrlPolicy): Pr
   const problem = webhookUrlProblem(url, policy);
   if (problem || policy === 'any' || literalAddress(url) !== undefined) return problem;
   let addresses: LookupAddress[];
+  let timer: NodeJS.Timeout | undefined;
   try {
-    addresses = await dnsLookupAsync(url.hostname, { all: true });
+    addresses = await Promise.race([
+      dnsLookupAsync(url.hostname, { all: true }),
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error('DNS timed out')), HOST_LOOKUP_TIMEOUT_MS);
+      }),
+    ]);
   } catch {
     return undefined;
+  } finally {
+    clearTimeout(timer);
   }
-  const refused = addresses.find((a) => !isPublicAddress(a.address));
-  return refused
-    ? `url's host ${url.hostname} resolves to ${refused.address}, not a public address (WEBHOOK_URLS=public-https)`
+  // The address itself is not said: the message may reach an owner's dashboard, and the service's
+  // internal DNS is not theirs to map.
+  return addresses.some((a) => !isPublicAddress(a.address))
+    ? `url's host ${url.hostname} resolves to a non-public address (WEBHOOK_URLS=public-https)`
     : undefined;
 }
 
@@ -120,10 +135,9 @@ export function publicOnlyLookup(
 ): void {
   dnsLookup(hostname, { ...options, all: true }, (err, addresses) => {
     if (err) return callback(err, '');
-    const refused = addresses.find((a) => !isPublicAddress(a.address));
-    if (refused) {
+    if (addresses.some((a) => !isPublicAddress(a.address))) {
       const error: NodeJS.ErrnoException = new Error(
-        `${hostname} resolves to ${refused.address}, not a public address (WEBHOOK_URLS=public-https)`,
+        `${hostname} resolves to a non-public address (WEBHOOK_URLS=public-https)`,
       );
       error.code = 'ENOTPUBLIC';
       return callback(error, '');
@@ -133,5 +147,37 @@ export function publicOnlyLookup(
     if (!first)
       return callback(Object.assign(new Error(`${hostname} has no address`), { code: 'ENOTFOUND' }), '');
     callback(null, first.address, first.family);
+  });
+}
+
+/**
+ * POSTs a webhook delivery and resolves with the receiver's status. Only the status is used: the
+ * answer's body is never read (no receiver can make the worker buffer or decompress anything), and
+ * its socket is closed once the status arrived. Redirects are not followed. `lookup` resolves the
+ * host (publicOnlyLookup under `public-https`). Rejects on a network failure or at `timeoutMs`,
+ * with the cause in the message.
+ */
+export function postWebhook(
+  url: URL,
+  headers: Record<string, string>,
+  body: string,
+  options: { timeoutMs: number; lookup?: typeof publicOnlyLookup },
+): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = (url.protocol === 'https:' ? httpsRequest : httpRequest)(url, {
+      method: 'POST',
+      headers: { ...headers, 'content-length': String(Buffer.byteLength(body)) },
+      agent: false,
+      signal: AbortSignal.timeout(options.timeoutMs),
+      ...(options.lookup ? { lookup: options.lookup } : {}),
+    });
+    req.on('response', (res) => {
+      resolve(res.statusCode ?? 0);
+      res.destroy();
+    });
+    req.on('error', (err: Error) =>
+      reject(err.name === 'AbortError' ? new Error(`no answer within ${options.timeoutMs} ms`) : err),
+    );
+    req.end(body);
   });
 }

@@ -1,4 +1,5 @@
-import { formatOffset, offsetChanges, toZonedIso, weekdayIn } from './time.js';
+import { toOffsetIso } from './booking-request.js';
+import { formatOffset, type OffsetChange, offsetChanges, toZonedIso, weekdayIn } from './time.js';
 
 /** The action name the seed's contract uses, as JSON in the text and as an OpenAI tool. */
 export const BOOKING_ACTION = 'Time_to_121meet';
@@ -26,45 +27,59 @@ export function bookingInstructions(zone: string): string {
   ].join('\n');
 }
 
-/** How far ahead the prompt announces the zone's offset changes (past the default booking horizon). */
-export const OFFSET_CHANGE_DAYS = 120;
+/** How far ahead the prompt announces the zone's offset changes, at most (a year and a day). */
+export const MAX_OFFSET_CHANGE_DAYS = 366;
 
-/** Per zone: the offset-change sentence, for the UTC day it was worked out on. */
-const changeSentences = new Map<string, { day: number; sentence: string }>();
+/** The window when the caller names none: the default booking horizon (BOOKING_HORIZON_DAYS). */
+const DEFAULT_AHEAD_DAYS = 90;
+
+/** Per zone and window: the zone's offset changes found, for the UTC day they were worked out on. */
+const knownChanges = new Map<string, { day: number; changes: OffsetChange[] }>();
 
 /**
- * The zone's offset changes ahead, said so the model gives a meeting after one the offset in effect
- * on the meeting's own date: told only today's offset, a model booking "Monday at 10" across the end
- * of daylight saving reuses it, which books 9:00 (the event in another zone's offset, as if the
- * customer were elsewhere) while its friendly_time says 10. Worked out once per zone and UTC day.
+ * The zone's offset changes between `receivedAt` and `aheadDays` later (the booking horizon, at most
+ * MAX_OFFSET_CHANGE_DAYS), said so the model gives a meeting after one the offset in effect at the
+ * meeting: told only today's offset, a model booking "Monday at 10" across the end of daylight
+ * saving reuses it, which books 9:00 (the event in another zone's offset, as if the customer were
+ * elsewhere) while its friendly_time says 10. Each change is given as the instant it happens, in the
+ * old offset ("at 2025-11-02T02:00:00-04:00"), not as a date: where clocks fall back at midnight
+ * (Cairo, Beirut, Santiago), the first instant on the new offset is the evening before. Worked out
+ * once per zone, window and UTC day.
  */
-export function offsetChangeSentence(receivedAt: Date, zone: string): string {
+export function offsetChangeSentence(receivedAt: Date, zone: string, aheadDays: number): string {
+  const days = Math.max(1, Math.min(Math.ceil(aheadDays), MAX_OFFSET_CHANGE_DAYS));
   const day = Math.floor(receivedAt.getTime() / 86_400_000);
-  const known = changeSentences.get(zone);
-  if (known?.day === day) return known.sentence;
-  const changes = offsetChanges(zone, new Date(day * 86_400_000), OFFSET_CHANGE_DAYS + 1).slice(0, 3);
-  const sentence =
-    changes.length === 0
-      ? ''
-      : `Its UTC offset changes ${changes
-          .map(
-            (c) =>
-              `on ${toZonedIso(c.at, zone).slice(0, 10)} (${weekdayIn(c.at, zone)}) from ${formatOffset(c.fromMinutes)} to ${formatOffset(c.toMinutes)}`,
-          )
-          .join(', then ')}: give each meeting_time the offset in effect on its own date.`;
-  changeSentences.set(zone, { day, sentence });
-  return sentence;
+  const key = `${days} ${zone}`;
+  let known = knownChanges.get(key);
+  if (known?.day !== day) {
+    known = { day, changes: offsetChanges(zone, new Date(day * 86_400_000), days + 1) };
+    knownChanges.set(key, known);
+  }
+  const until = receivedAt.getTime() + days * 86_400_000;
+  const ahead = known.changes.filter((c) => c.at > receivedAt && c.at.getTime() <= until).slice(0, 3);
+  if (ahead.length === 0) return '';
+  const said = ahead.map(
+    (c) =>
+      `at ${toOffsetIso(c.at, c.fromMinutes)} from ${formatOffset(c.fromMinutes)} to ${formatOffset(c.toMinutes)}`,
+  );
+  return `Its UTC offset changes ${said.join(', then ')}: give each meeting_time the offset in effect at that meeting.`;
 }
 
 /** "Now" for the model: the moment the customer's message was received, in the agent's zone. */
-export function currentTimeLine(receivedAt: Date, zone: string): string {
+export function currentTimeLine(receivedAt: Date, zone: string, aheadDays = DEFAULT_AHEAD_DAYS): string {
   const now = `Current date and time: ${toZonedIso(receivedAt, zone)} (${weekdayIn(receivedAt, zone)}), time zone ${zone}.`;
-  const changes = offsetChangeSentence(receivedAt, zone);
+  const changes = offsetChangeSentence(receivedAt, zone, aheadDays);
   return changes ? `${now} ${changes}` : now;
 }
 
-export function buildSystemPrompt(agentPrompt: string, zone: string, receivedAt: Date): string {
-  return [agentPrompt.trim(), bookingInstructions(zone), currentTimeLine(receivedAt, zone)]
+/** `aheadDays`: how far ahead meetings may be booked (the agent's horizon), for currentTimeLine. */
+export function buildSystemPrompt(
+  agentPrompt: string,
+  zone: string,
+  receivedAt: Date,
+  aheadDays = DEFAULT_AHEAD_DAYS,
+): string {
+  return [agentPrompt.trim(), bookingInstructions(zone), currentTimeLine(receivedAt, zone, aheadDays)]
     .filter(Boolean)
     .join('\n\n');
 }

@@ -18,16 +18,23 @@ let spellings: Map<string, string> | undefined;
  * that is not spelled exactly (every booking of an agent saved as "america/new_york" would fail), and
  * Intl's own canonical name may be another of the zone's names (Asia/Calcutta for Asia/Kolkata): the
  * name the owner typed is kept, only its spelling fixed (src/domain/tz-names.ts). A zone the runtime
- * knows and the list does not (newer than it) gets the runtime's name for it.
+ * knows and the list does not (newer than it) gets the runtime's name for it; names only ICU knows
+ * ("SystemV/EST5") are not zone names here.
  */
 export function ianaZoneName(zone: string): string | undefined {
   if (!isIanaTimeZone(zone)) return undefined;
   spellings ??= new Map(IANA_ZONE_NAMES.map((name) => [name.toLowerCase(), name]));
-  return (
-    spellings.get(zone.toLowerCase()) ??
-    new Intl.DateTimeFormat('en-US', { timeZone: zone }).resolvedOptions().timeZone
-  );
+  const spelled = spellings.get(zone.toLowerCase());
+  if (spelled) return spelled;
+  // Not in the list: the runtime's name for it, if that is an IANA name (newer than the list); not
+  // a name only ICU knows ("SystemV/EST5"), which Google would refuse.
+  const resolved = new Intl.DateTimeFormat('en-US', { timeZone: zone }).resolvedOptions().timeZone;
+  runtimeZones ??= new Set(Intl.supportedValuesOf('timeZone'));
+  return spellings.get(resolved.toLowerCase()) ?? (runtimeZones.has(resolved) ? resolved : undefined);
 }
+
+/** The runtime's canonical zone names (Intl.supportedValuesOf), built on first use. */
+let runtimeZones: Set<string> | undefined;
 
 /** True for names in the IANA time zone database ("Asia/Kolkata", "UTC"); false for "UTC+05:30". */
 export function isIanaTimeZone(zone: string): boolean {

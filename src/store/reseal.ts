@@ -3,23 +3,39 @@ import type { Logger } from 'pino';
 import type { DB } from './schema.js';
 import type { SecretBox } from './secret-box.js';
 
-/** Rows read per statement while re-sealing. */
-const BATCH = 200;
-
-/** Every sealed column: its table, key column, secret column and the SecretBox context's name. */
+/** Every sealed column: its table, secret column, the SecretBox context's name, and rows to leave. */
 const SEALED = [
-  { table: 'google_calendar_tokens', column: 'access_token_enc', context: 'access_token' },
-  { table: 'google_calendar_tokens', column: 'refresh_token_enc', context: 'refresh_token' },
-  { table: 'owner_webhooks', column: 'secret_enc', context: 'secret' },
+  // A token whose refresh is in flight (its lease live) is left for the next pass: that refresh's
+  // save only writes if the sealed values are still the ones it read, so re-sealing under it would
+  // drop its answer (and a refresh token Google rotated in it).
+  {
+    table: 'google_calendar_tokens',
+    column: 'access_token_enc',
+    context: 'access_token',
+    busy: sql`refresh_lock_until IS NOT NULL AND refresh_lock_until >= now()`,
+  },
+  {
+    table: 'google_calendar_tokens',
+    column: 'refresh_token_enc',
+    context: 'refresh_token',
+    busy: sql`refresh_lock_until IS NOT NULL AND refresh_lock_until >= now()`,
+  },
+  { table: 'owner_webhooks', column: 'secret_enc', context: 'secret', busy: sql`false` },
 ] as const;
+
+/** How often a process with several keys runs the pass again (see resealSecrets). */
+export const RESEAL_EVERY_MS = 60 * 60_000;
 
 /**
  * Key rotation's second half: re-seals, under the first key of TOKEN_ENCRYPTION_KEY, every secret
  * sealed under another one. Listing a new key first makes new writes use it at once, but a refresh
  * token is written only at connect (Google rarely rotates it) and a webhook secret only when set,
  * so without this they would stay under the old key for good: a leaked old key would still open
- * them, and removing it would break every such owner. Each process runs this at start when several
- * keys are configured; once it logged that nothing is left, the old keys can be removed.
+ * them, and removing it would break every such owner. Each process with several keys runs this at
+ * start and then every RESEAL_EVERY_MS: during a rolling deploy, processes still on the old
+ * configuration keep sealing under the old key, and a token mid-refresh is skipped; a later pass
+ * takes those. The old key can go once every process runs with the new key first and a pass after
+ * that logged `remaining: 0`.
  *
  * Each value is replaced only if it is still the one read (a token refresh or a reconnect meanwhile
  * wrote a newer one, sealed under the first key already), so running it in several processes at
@@ -30,24 +46,30 @@ export async function resealSecrets(
   db: Kysely<DB>,
   box: SecretBox,
   logger: Logger,
-): Promise<{ resealed: number; unreadable: number }> {
+  batch = 200,
+): Promise<{ resealed: number; unreadable: number; remaining: number }> {
   let resealed = 0;
   let unreadable = 0;
+  let remaining = 0;
   const primary = box.primaryKeyId;
-  for (const { table, column, context } of SEALED) {
+  for (const { table, column, context, busy } of SEALED) {
     // Rows already looked at in this pass (unreadable ones are not rewritten, so not skipped by the
     // key filter): the scan resumes after the last user id.
     let after = '';
     for (;;) {
-      const rows = await sql<{ user_id: string; value: string }>`
-        SELECT user_id, ${sql.ref(column)} AS value
+      const rows = await sql<{ user_id: string; value: string; busy: boolean }>`
+        SELECT user_id, ${sql.ref(column)} AS value, (${busy}) AS busy
           FROM ${sql.table(table)}
          WHERE ${sql.ref(column)} IS NOT NULL
            AND split_part(${sql.ref(column)}, '.', 2) <> ${primary}
            AND user_id > ${after}
          ORDER BY user_id
-         LIMIT ${BATCH}`.execute(db);
-      for (const { user_id: userId, value } of rows.rows) {
+         LIMIT ${batch}`.execute(db);
+      for (const { user_id: userId, value, busy: inFlight } of rows.rows) {
+        if (inFlight) {
+          remaining += 1;
+          continue;
+        }
         const ctx = `${table}:${userId}:${context}`;
         let plain: string;
         try {
@@ -57,20 +79,22 @@ export async function resealSecrets(
           logger.error({ err, table, user_id: userId }, 'a sealed secret no configured key opens');
           continue;
         }
+        // Only if it is still the value read: a newer one (a refresh, a reconnect) is kept.
         const r = await sql`
           UPDATE ${sql.table(table)} SET ${sql.ref(column)} = ${box.encrypt(plain, ctx)}
            WHERE user_id = ${userId} AND ${sql.ref(column)} = ${value}`.execute(db);
-        resealed += Number(r.numAffectedRows ?? 0);
+        if (Number(r.numAffectedRows ?? 0) > 0) resealed += 1;
+        else remaining += 1;
       }
-      if (rows.rows.length < BATCH) break;
+      if (rows.rows.length < batch) break;
       after = rows.rows.at(-1)!.user_id;
     }
   }
   logger.info(
-    { resealed, unreadable, key_id: primary },
-    unreadable === 0
-      ? 'secrets sealed under older keys re-sealed under the first key; the older keys are no longer needed'
-      : 'secrets re-sealed under the first key; some could not be opened and still need their key',
+    { resealed, unreadable, remaining, key_id: primary },
+    remaining + unreadable === 0
+      ? 'no secret is left under an older key (processes still on an older configuration may seal more)'
+      : 'secrets re-sealed under the first key; some are left (mid-refresh: the next pass; unreadable: need their key)',
   );
-  return { resealed, unreadable };
+  return { resealed, unreadable, remaining };
 }

@@ -122,6 +122,11 @@ export interface MessageProcessorDeps {
   messages: MessageStore;
   model: ChatModel;
   defaultModel: string;
+  /**
+   * How far ahead meetings may be booked when the agent sets no horizon (BOOKING_HORIZON_DAYS): the
+   * prompt names the zone's offset changes within the agent's horizon. Default 90.
+   */
+  horizonDays?: number;
   llmErrorMessage: string;
   meetingErrorMessage: string;
   actions: ActionResponder;
@@ -365,7 +370,12 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
         role: 'system',
         // "Now" is when the customer spoke, not when a worker got to it: "tomorrow" must not shift.
         content: [
-          buildSystemPrompt(work.agent.systemPrompt, work.agent.timezone, work.message.createdAt),
+          buildSystemPrompt(
+            work.agent.systemPrompt,
+            work.agent.timezone,
+            work.message.createdAt,
+            work.agent.booking?.horizonDays ?? deps.horizonDays,
+          ),
           meetingToolInstructions(),
           context,
         ]

@@ -3,10 +3,14 @@ import type { Transaction } from 'kysely';
 import { fromKysely, type JobWithMetadata, type PgBoss } from 'pg-boss';
 import type { Logger } from 'pino';
 import type { OwnerEvent } from '../domain/owner-events.js';
-import { createLeanFetch, type Fetch } from '../lean-fetch.js';
 import type { DB } from '../store/schema.js';
 import type { WebhookStore } from '../store/webhooks.js';
-import { publicOnlyLookup, type WebhookUrlPolicy, webhookUrlProblem } from '../webhook-target.js';
+import {
+  postWebhook,
+  publicOnlyLookup,
+  type WebhookUrlPolicy,
+  webhookUrlProblem,
+} from '../webhook-target.js';
 import type { OwnerEventSink } from './owner-events.js';
 
 /** pg-boss queue of webhook deliveries (beside the customer-message queue, same database). */
@@ -46,13 +50,12 @@ export class WebhookDispatcher implements OwnerEventSink {
   readonly #retryDelayMax: number;
   readonly #timeoutMs: number;
   readonly #relayIntervalMs: number;
-  readonly #urls: WebhookUrlPolicy;
   /**
-   * The POST's transport: under `public-https`, its sockets connect only to public addresses
-   * (publicOnlyLookup checks the very addresses used, so a name rebound to a private address after
-   * it was saved is refused too); redirects are never followed.
+   * Where deliveries may go. Under `public-https` the POST's socket connects only to public addresses
+   * (publicOnlyLookup checks the very addresses used, so a name rebound to a private address after it
+   * was saved is refused too); redirects are never followed.
    */
-  readonly #fetch: Fetch;
+  readonly #urls: WebhookUrlPolicy;
   #relay: NodeJS.Timeout | undefined;
   #working = false;
 
@@ -69,7 +72,6 @@ export class WebhookDispatcher implements OwnerEventSink {
     this.#timeoutMs = options.timeoutMs ?? 10_000;
     this.#relayIntervalMs = options.relayIntervalMs ?? 5_000;
     this.#urls = options.urls ?? 'public-https';
-    this.#fetch = createLeanFetch(this.#urls === 'any' ? {} : { lookup: publicOnlyLookup });
   }
 
   /** Creates the queue (every role: API processes enqueue too). */
@@ -184,9 +186,9 @@ export class WebhookDispatcher implements OwnerEventSink {
       return;
     }
     try {
-      const res = await this.#fetch(hook.url, {
-        method: 'POST',
-        headers: {
+      statusCode = await postWebhook(
+        new URL(hook.url),
+        {
           'content-type': 'application/json',
           'user-agent': 'agent-meetings-webhooks/1',
           'x-webhook-id': d.delivery_id,
@@ -195,17 +197,11 @@ export class WebhookDispatcher implements OwnerEventSink {
           'x-signature': webhookSignature(hook.secret, timestamp, body),
         },
         body,
-        redirect: 'manual',
-        signal: AbortSignal.timeout(this.#timeoutMs),
-      });
-      statusCode = res.status;
-      await res.body?.cancel().catch(() => {});
-      if (res.status < 200 || res.status >= 300) error = `receiver answered ${res.status}`;
+        { timeoutMs: this.#timeoutMs, ...(this.#urls === 'any' ? {} : { lookup: publicOnlyLookup }) },
+      );
+      if (statusCode < 200 || statusCode >= 300) error = `receiver answered ${statusCode}`;
     } catch (err) {
-      // A network failure's reason is its cause ("fetch failed" alone says nothing).
-      const cause = (err as { cause?: unknown })?.cause;
       error = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
-      if (cause instanceof Error) error += ` (${cause.message})`;
     }
     await this.store.recordAttempt(d.delivery_id, { ok: error === null, statusCode, error, final });
     const log = this.logger.child({

@@ -60,25 +60,40 @@ describe('buildSystemPrompt', () => {
   it('uses the zone it is given for the time line, and says when its offset changes ahead', () => {
     expect(currentTimeLine(new Date('2025-10-06T02:00:00Z'), 'America/New_York')).toBe(
       'Current date and time: 2025-10-05T22:00:00-04:00 (Sunday), time zone America/New_York. ' +
-        'Its UTC offset changes on 2025-11-02 (Sunday) from -04:00 to -05:00: give each meeting_time the offset in effect on its own date.',
+        'Its UTC offset changes at 2025-11-02T02:00:00-04:00 from -04:00 to -05:00: give each meeting_time the offset in effect at that meeting.',
     );
   });
 
-  it('names every change in the next 120 days, in order (Casablanca around Ramadan)', () => {
+  it('names every change in the window, in order (Casablanca around Ramadan)', () => {
     expect(currentTimeLine(new Date('2026-01-10T12:00:00Z'), 'Africa/Casablanca')).toBe(
       'Current date and time: 2026-01-10T13:00:00+01:00 (Saturday), time zone Africa/Casablanca. ' +
-        'Its UTC offset changes on 2026-02-15 (Sunday) from +01:00 to +00:00, then on 2026-03-22 (Sunday) from +00:00 to +01:00: ' +
-        'give each meeting_time the offset in effect on its own date.',
+        'Its UTC offset changes at 2026-02-15T03:00:00+01:00 from +01:00 to +00:00, then at 2026-03-22T02:00:00+00:00 from +00:00 to +01:00: ' +
+        'give each meeting_time the offset in effect at that meeting.',
     );
   });
 
-  it('says nothing of changes where there are none ahead (or they are past the 120 days)', () => {
+  it('gives the instant of a change at local midnight, not the date it falls back into (Cairo)', () => {
+    // Cairo falls back at 24:00 on Thursday 2025-10-30: all of Thursday is still +03:00.
+    expect(currentTimeLine(new Date('2025-10-01T00:00:00Z'), 'Africa/Cairo')).toContain(
+      'Its UTC offset changes at 2025-10-31T00:00:00+03:00 from +03:00 to +02:00:',
+    );
+  });
+
+  it('looks as far ahead as the horizon it is given, and never behind now', () => {
     expect(currentTimeLine(new Date('2025-10-06T02:00:00Z'), 'UTC')).toBe(
       'Current date and time: 2025-10-06T02:00:00+00:00 (Monday), time zone UTC.',
     );
-    // Europe/Berlin in early June: the next change (late October) is more than 120 days away.
+    // Europe/Berlin in early June: the next change (late October) is past a 90-day horizon...
     expect(currentTimeLine(new Date('2025-06-01T10:00:00Z'), 'Europe/Berlin')).toBe(
       'Current date and time: 2025-06-01T12:00:00+02:00 (Sunday), time zone Europe/Berlin.',
+    );
+    // ...and inside a year's.
+    expect(currentTimeLine(new Date('2025-06-01T10:00:00Z'), 'Europe/Berlin', 365)).toContain(
+      'Its UTC offset changes at 2025-10-26T03:00:00+02:00 from +02:00 to +01:00, then at 2026-03-29T02:00:00+01:00 from +01:00 to +02:00:',
+    );
+    // A change earlier the same day is past: not announced.
+    expect(currentTimeLine(new Date('2025-11-02T12:00:00Z'), 'America/New_York')).toBe(
+      'Current date and time: 2025-11-02T07:00:00-05:00 (Sunday), time zone America/New_York.',
     );
   });
 

@@ -22,15 +22,34 @@ export function stallFirstRun(
   s.openai.responder = async () => {
     calls++;
     if (calls > 1) return second();
-    await s.app.database.db
-      .updateTable('messages')
-      .set({ claimed_until: new Date(Date.now() - 1000) })
+    const db = s.app.database.db;
+    const { attempts } = await db
+      .selectFrom('messages')
+      .select('attempts')
       .where('conversation_id', '=', conversationId)
       .where('status', '=', 'pending')
-      .execute();
-    await sql`SELECT pg_notify(agent_meetings_channel('agent_meetings_customer_messages'), ${conversationId})`.execute(
-      s.app.database.db,
-    );
+      .executeTakeFirstOrThrow();
+    // This run's claim only (its attempt number): never a later run's.
+    const lapse = async () => {
+      await db
+        .updateTable('messages')
+        .set({ claimed_until: new Date(Date.now() - 1000) })
+        .where('conversation_id', '=', conversationId)
+        .where('status', '=', 'pending')
+        .where('attempts', '=', attempts)
+        .execute();
+      await sql`SELECT pg_notify(agent_meetings_channel('agent_meetings_customer_messages'), ${conversationId})`.execute(
+        db,
+      );
+    };
+    await lapse();
+    // This run's heartbeat may extend the claim again before another run claims it (a slow machine
+    // widens that window): lapsed again until the second run has begun.
+    const deadline = Date.now() + 30_000;
+    while (calls === 1 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 250));
+      if (calls === 1) await lapse();
+    }
     await held;
     return first();
   };

@@ -458,4 +458,30 @@ describe('per-IP rate limit', () => {
       await t.close();
     }
   });
+
+  it('TRUST_PROXY=1: the client is the address the proxy appended, not what the client forged before it', async () => {
+    const { startTestApp } = await import('../helpers/app.js');
+    const t = await startTestApp({
+      RATE_LIMIT_PER_IP: '2',
+      RATE_LIMIT_WINDOW_SECONDS: '60',
+      TRUST_PROXY: '1',
+    });
+    try {
+      const codes: number[] = [];
+      // One client, a different forged first entry each time: still one bucket.
+      for (const forged of ['10.9.9.1', '10.9.9.2', '10.9.9.3']) {
+        const res = await t.app.http.inject({
+          method: 'POST',
+          url: '/api/agents/agt_x/conversations',
+          headers: { 'x-forwarded-for': `${forged}, 203.0.113.7` },
+          remoteAddress: '127.0.0.1',
+          payload: {},
+        });
+        codes.push(res.statusCode);
+      }
+      expect(codes).toEqual([404, 404, 429]);
+    } finally {
+      await t.close();
+    }
+  });
 });

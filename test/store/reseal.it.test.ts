@@ -11,7 +11,9 @@ import { join } from 'node:path';
 import { sql } from 'kysely';
 import pg from 'pg';
 import { afterAll, expect, it } from 'vitest';
+import { CalendarConnectionStore } from '../../src/store/calendar-connections.js';
 import type { DatabaseOptions } from '../../src/store/database.js';
+import { resealSecrets } from '../../src/store/reseal.js';
 import { SecretBox } from '../../src/store/secret-box.js';
 import { WebhookStore } from '../../src/store/webhooks.js';
 import { startTestApp, type TestApp } from '../helpers/app.js';
@@ -110,7 +112,7 @@ it('re-seals what the old key sealed when a new key is listed first; then the ol
       secret: [keyId(NEW), keyId(NEW), keyId(OTHER)],
     });
     const done = second.logs.lines.map((l) => JSON.parse(l)).find((l) => l.resealed !== undefined);
-    expect(done).toMatchObject({ resealed: 6, unreadable: 1, key_id: keyId(NEW) });
+    expect(done).toMatchObject({ resealed: 6, unreadable: 1, remaining: 0, key_id: keyId(NEW) });
     expect(second.logs.text).not.toContain(refresh);
   } finally {
     await second.close();
@@ -130,5 +132,57 @@ it('re-seals what the old key sealed when a new key is listed first; then the ol
     expect(hook?.secret).toBe(hookSecret);
   } finally {
     await third.close();
+  }
+});
+
+it('pages past values it cannot open, and leaves a token mid-refresh for the next pass', async () => {
+  const t = await startTestApp({ TOKEN_ENCRYPTION_KEY: OLD });
+  try {
+    for (const user of ['pg-1', 'pg-2', 'pg-3']) {
+      const res = await t.app.http.inject({
+        method: 'POST',
+        url: `/api/users/${user}/google-calendar/connect`,
+        headers: t.admin,
+        payload: {
+          access_token: `ya29.${user}`,
+          refresh_token: `1//0g${user}`,
+          token_expiry: new Date(Date.now() + 3_600_000).toISOString(),
+          scope: 'https://www.googleapis.com/auth/calendar',
+        },
+      });
+      expect(res.statusCode).toBe(200);
+      // Webhook secrets under a key never configured: each is looked at and stepped over.
+      await new WebhookStore(t.app.database.db, new SecretBox([Buffer.from(OTHER, 'base64')])).put(
+        user,
+        'http://127.0.0.1:9/x',
+        `whsec_${user}-0123456789abcdef`,
+      );
+    }
+    // pg-2's token is being refreshed (its lease live): its save compares the sealed values.
+    await sql`UPDATE google_calendar_tokens SET refresh_lock_until = now() + interval '1 minute'
+               WHERE user_id = 'pg-2'`.execute(t.app.database.db);
+    const rotated = new SecretBox([Buffer.from(NEW, 'base64'), Buffer.from(OLD, 'base64')]);
+    // One row per statement: every page boundary is crossed, unreadable rows included.
+    expect(await resealSecrets(t.app.database.db, rotated, t.app.logger, 1)).toEqual({
+      resealed: 4,
+      remaining: 2,
+      unreadable: 3,
+    });
+    const ids = await keyIds(t);
+    expect(ids.access).toEqual([keyId(NEW), keyId(OLD), keyId(NEW)]);
+    expect(ids.refresh).toEqual([keyId(NEW), keyId(OLD), keyId(NEW)]);
+    // The refresh over, the next pass takes it.
+    await sql`UPDATE google_calendar_tokens SET refresh_lock_until = NULL`.execute(t.app.database.db);
+    expect(await resealSecrets(t.app.database.db, rotated, t.app.logger, 1)).toEqual({
+      resealed: 2,
+      remaining: 0,
+      unreadable: 3,
+    });
+    expect(await new CalendarConnectionStore(t.app.database.db, rotated).get('pg-2')).toMatchObject({
+      accessToken: 'ya29.pg-2',
+      refreshToken: '1//0gpg-2',
+    });
+  } finally {
+    await t.close();
   }
 });

@@ -72,6 +72,22 @@ describe('chat pipeline', () => {
     );
   });
 
+  it('names the zone’s offset changes within the agent’s booking horizon', async () => {
+    // New York changes its offset twice a year: a year's horizon always holds both.
+    const c = await newChat({ timezone: 'America/New_York', horizon_days: 365 });
+    await s.send(c.conversation_id, c.customer_token, 'book me next autumn');
+    await s.waitForReplies(c.conversation_id, c.customer_token, 1);
+    const system = messageText(s.openai.requests.at(-1)!.messages[0]!.content);
+    expect(system).toMatch(
+      /time zone America\/New_York\. Its UTC offset changes at \S+ from -0[45]:00 to -0[45]:00, then at \S+ from -0[45]:00 to -0[45]:00: give each meeting_time the offset in effect at that meeting\./,
+    );
+    // Asia/Kolkata has none.
+    const k = await newChat({ timezone: 'Asia/Kolkata', horizon_days: 365 });
+    await s.send(k.conversation_id, k.customer_token, 'hello');
+    await s.waitForReplies(k.conversation_id, k.customer_token, 1);
+    expect(messageText(s.openai.requests.at(-1)!.messages[0]!.content)).not.toContain('UTC offset changes');
+  });
+
   it('sends the conversation history, capped by HISTORY_LIMIT', async () => {
     let n = 0;
     s.openai.responder = () => ({ content: `reply ${++n}` });

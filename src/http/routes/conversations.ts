@@ -243,7 +243,7 @@ export const conversationRoutes: FastifyPluginAsyncTypebox<ConversationRouteDeps
           error: `Too many open streams for this conversation (at most ${SSE_STREAMS_PER_CONVERSATION}); close one first`,
         });
       }
-      streamMessages(req, reply, conversation.conversationId, cursor);
+      return streamMessages(req, reply, conversation.conversationId, cursor);
     },
   );
 
@@ -252,7 +252,11 @@ export const conversationRoutes: FastifyPluginAsyncTypebox<ConversationRouteDeps
   // Ended, each browser's EventSource reconnects (after `retry`), to another process or this one
   // restarted, and catches up from its Last-Event-ID.
   const streams = new Set<() => void>();
+  // A stream whose request was still being authorized when the close began would register after it
+  // and hold the close as well: refused instead (503; EventSource retries).
+  let closing = false;
   app.addHook('preClose', async () => {
+    closing = true;
     for (const end of [...streams]) end();
   });
 
@@ -262,6 +266,9 @@ export const conversationRoutes: FastifyPluginAsyncTypebox<ConversationRouteDeps
     conversationId: string,
     startAfter: string | undefined,
   ) {
+    if (closing) {
+      return reply.code(503).send({ success: false, error: 'The server is shutting down; reconnect' });
+    }
     reply.hijack();
     const res = reply.raw;
     res.writeHead(200, {
