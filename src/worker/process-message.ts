@@ -340,8 +340,13 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
       return await deliver(reply);
     } catch (err) {
       // Aborted by the queue (the process is stopping, or the run took too long): the claim goes back
-      // and the message runs again, as a last attempt would after a crash; no fallback from here.
-      if (ctx.signal.aborted) throw err;
+      // and the message runs again, as a last attempt would after a crash; no fallback from here. Its
+      // heartbeat found the claim taken over: a stale attempt stopped, counted as one whichever way
+      // it was noticed (here, or by its lease or reply statement below).
+      if (ctx.signal.aborted) {
+        if (ctx.signal.reason instanceof StaleAttempt) deps.onOutcome?.('skipped');
+        throw err;
+      }
       if (err instanceof StaleAttempt) {
         agentLog.warn({ attempt: ctx.attempt }, 'stale attempt stopped: another claim answers this message');
         deps.onOutcome?.('skipped');

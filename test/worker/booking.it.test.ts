@@ -643,13 +643,15 @@ describe('booking: never twice', () => {
     const c = await newChat();
     const booking = () => ({ content: JSON.stringify([seedAction()]) });
     const run = stallFirstRun(s, c.conversation_id, booking, booking);
+    const stopsBefore = await staleStopsCounted();
     const messageId = await s.send(c.conversation_id, c.customer_token, 'book');
     await s.waitForReplies(c.conversation_id, c.customer_token, 1);
     expect(run.calls()).toBe(2);
-    const stopsBefore = await staleStopsCounted();
     run.release();
-    // The first run goes on to the owner's lease, whose statement finds that the message is no longer
-    // its claim's: it stops there (a stale attempt), and its claim's release is a no-op.
+    // The first run stops as a stale attempt, once: either its heartbeat found the claim taken over
+    // while it waited for the model (the abort ends that request), or, released first, it went on to
+    // the owner's lease, whose statement finds the message no longer its claim's. Its claim's
+    // release is a no-op.
     await vi.waitFor(
       async () => {
         const row = await s.app.database.db
