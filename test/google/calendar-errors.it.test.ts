@@ -52,6 +52,15 @@ async function book(prepare: () => void): Promise<Booking> {
 
 const inserts = () => s.google.requests.filter((r) => r.op === 'events.insert');
 
+/** How the message's job ended (its row). */
+function messageRow(messageId: string) {
+  return s.app.database.db
+    .selectFrom('messages')
+    .select(['status', 'attempts', 'last_error'])
+    .where('message_id', '=', messageId)
+    .executeTakeFirstOrThrow();
+}
+
 async function meetingCount(userId: string): Promise<number> {
   const res = await s.app.http.inject({ url: `/api/users/${userId}/meetings`, headers: s.admin });
   return res.json().meetings.length;
@@ -107,11 +116,7 @@ describe('retryable Google errors', () => {
     expect(inserts()).toHaveLength(8);
     expect(s.google.events(b.email)).toHaveLength(0);
     expect(await meetingCount(b.userId)).toBe(0);
-    const row = await s.app.database.db
-      .selectFrom('messages')
-      .select(['status', 'last_error'])
-      .where('message_id', '=', b.messageId)
-      .executeTakeFirstOrThrow();
+    const row = await messageRow(b.messageId);
     expect(row.status).toBe('failed');
     expect(row.last_error).toMatch(/503/);
   });
@@ -133,12 +138,7 @@ describe('non-retryable Google errors', () => {
         .filter((l) => l.msg === 'Google refused the request');
       expect(logged).toContainEqual(expect.objectContaining({ op: 'events.insert', status, reason }));
       // The job finished in its first run (one claim): no failed attempt, so no second run.
-      const row = await s.app.database.db
-        .selectFrom('messages')
-        .select(['status', 'attempts'])
-        .where('message_id', '=', b.messageId)
-        .executeTakeFirstOrThrow();
-      expect(row).toEqual({ status: 'answered', attempts: 1 });
+      expect(await messageRow(b.messageId)).toMatchObject({ status: 'answered', attempts: 1 });
     },
   );
 });
@@ -169,12 +169,7 @@ describe('freeBusy’s per-calendar errors (a 200 whose calendar could not be re
       expect(b.replies).toEqual([s.app.config.meetingErrorMessage]);
       expect(inserts()).toHaveLength(0);
       expect(await meetingCount(b.userId)).toBe(0);
-      const row = await s.app.database.db
-        .selectFrom('messages')
-        .select(['status', 'attempts'])
-        .where('message_id', '=', b.messageId)
-        .executeTakeFirstOrThrow();
-      expect(row).toEqual({ status: 'answered', attempts: 1 });
+      expect(await messageRow(b.messageId)).toMatchObject({ status: 'answered', attempts: 1 });
     },
   );
 });

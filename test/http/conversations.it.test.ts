@@ -428,13 +428,8 @@ describe('per-IP rate limit', () => {
     }
   });
 
-  it.each([
-    // Off (the default): X-Forwarded-For is anyone's to forge, so every caller is the peer's address.
-    ['off', [404, 404, 429]],
-    // Behind a proxy: each client its own bucket, by the address the trusted proxy reports.
-    ['127.0.0.1', [404, 404, 404]],
-    ['1', [404, 404, 404]],
-  ])('TRUST_PROXY=%s: the per-IP limit counts the clients a proxy reports', async (trust, expected) => {
+  /** The statuses of POSTs from 127.0.0.1 carrying these X-Forwarded-For values, under TRUST_PROXY. */
+  async function statusesBehind(trust: string, forwardedFor: string[]): Promise<number[]> {
     const { startTestApp } = await import('../helpers/app.js');
     const t = await startTestApp({
       RATE_LIMIT_PER_IP: '2',
@@ -443,45 +438,35 @@ describe('per-IP rate limit', () => {
     });
     try {
       const codes: number[] = [];
-      for (const client of ['203.0.113.7', '203.0.113.7', '198.51.100.9']) {
+      for (const value of forwardedFor) {
         const res = await t.app.http.inject({
           method: 'POST',
           url: '/api/agents/agt_x/conversations',
-          headers: { 'x-forwarded-for': client },
+          headers: { 'x-forwarded-for': value },
           remoteAddress: '127.0.0.1',
           payload: {},
         });
         codes.push(res.statusCode);
       }
-      expect(codes).toEqual(expected);
+      return codes;
     } finally {
       await t.close();
     }
+  }
+
+  it.each([
+    // Off (the default): X-Forwarded-For is anyone's to forge, so every caller is the peer's address.
+    ['off', [404, 404, 429]],
+    // Behind a proxy: each client its own bucket, by the address the trusted proxy reports.
+    ['127.0.0.1', [404, 404, 404]],
+    ['1', [404, 404, 404]],
+  ])('TRUST_PROXY=%s: the per-IP limit counts the clients a proxy reports', async (trust, expected) => {
+    expect(await statusesBehind(trust, ['203.0.113.7', '203.0.113.7', '198.51.100.9'])).toEqual(expected);
   });
 
   it('TRUST_PROXY=1: the client is the address the proxy appended, not what the client forged before it', async () => {
-    const { startTestApp } = await import('../helpers/app.js');
-    const t = await startTestApp({
-      RATE_LIMIT_PER_IP: '2',
-      RATE_LIMIT_WINDOW_SECONDS: '60',
-      TRUST_PROXY: '1',
-    });
-    try {
-      const codes: number[] = [];
-      // One client, a different forged first entry each time: still one bucket.
-      for (const forged of ['10.9.9.1', '10.9.9.2', '10.9.9.3']) {
-        const res = await t.app.http.inject({
-          method: 'POST',
-          url: '/api/agents/agt_x/conversations',
-          headers: { 'x-forwarded-for': `${forged}, 203.0.113.7` },
-          remoteAddress: '127.0.0.1',
-          payload: {},
-        });
-        codes.push(res.statusCode);
-      }
-      expect(codes).toEqual([404, 404, 429]);
-    } finally {
-      await t.close();
-    }
+    // One client, a different forged first entry each time: still one bucket.
+    const forged = ['10.9.9.1', '10.9.9.2', '10.9.9.3'].map((f) => `${f}, 203.0.113.7`);
+    expect(await statusesBehind('1', forged)).toEqual([404, 404, 429]);
   });
 });

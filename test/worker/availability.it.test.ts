@@ -506,24 +506,33 @@ describe('check_availability tool', () => {
   });
 });
 
+/** An owner (open 9–17 every day), a chat with it, and the meeting that chat booked in two days at 10:00. */
+async function chatWithMeeting() {
+  const o = await newOwner({ working_hours: ALL_WEEK_9_TO_17 });
+  const c = await chatWith(o);
+  const booked = await ask(c, 'book', { content: JSON.stringify([bookingAction(ist(2, 10).iso)]) });
+  expect(booked.startsWith('✅ Meeting confirmed!')).toBe(true);
+  const [mine] = await meetingsOf(o.userId);
+  return { o, c, mine: mine! };
+}
+
+/** The model's answer: move the conversation's meeting to `hour` in two days. */
+const moveTo = (hour: number): ScriptedReply => ({
+  toolCalls: [
+    {
+      name: 'reschedule_meeting',
+      arguments: { meeting_id: null, new_time: ist(2, hour).iso, friendly_time: null },
+    },
+  ],
+});
+
 describe('reschedule and cancel by chat', () => {
   it('a retried move whose earlier attempt moved the event records the move (its own event is no clash)', async () => {
-    const o = await newOwner({ working_hours: ALL_WEEK_9_TO_17 });
-    const c = await chatWith(o);
-    const booked = await ask(c, 'book', { content: JSON.stringify([bookingAction(ist(2, 10).iso)]) });
-    expect(booked.startsWith('✅ Meeting confirmed!')).toBe(true);
-    const [mine] = await meetingsOf(o.userId);
+    const { o, c, mine } = await chatWithMeeting();
     // Every answer to the first run's patch is lost: the event moves, the run fails, the job runs
     // again and finds Google busy at 11:00 with the very event it moves.
     s.google.fail('events.patch', { kind: 'lost-response' }, 4);
-    s.openai.responder = () => ({
-      toolCalls: [
-        {
-          name: 'reschedule_meeting',
-          arguments: { meeting_id: null, new_time: ist(2, 11).iso, friendly_time: null },
-        },
-      ],
-    });
+    s.openai.responder = () => moveTo(11);
     await s.send(c.conversation_id, c.customer_token, 'Can we do 11 instead?');
     const list = await s.waitForReplies(c.conversation_id, c.customer_token, 2, 30_000);
     expect(list.filter((m) => m.role === 'assistant').at(-1)!.content).toBe(
@@ -537,22 +546,11 @@ describe('reschedule and cancel by chat', () => {
   });
 
   it('a move of a meeting whose event the owner deleted is not confirmed, and the row does not move', async () => {
-    const o = await newOwner({ working_hours: ALL_WEEK_9_TO_17 });
-    const c = await chatWith(o);
-    const booked = await ask(c, 'book', { content: JSON.stringify([bookingAction(ist(2, 10).iso)]) });
-    expect(booked.startsWith('✅ Meeting confirmed!')).toBe(true);
-    const [mine] = await meetingsOf(o.userId);
+    const { o, c, mine } = await chatWithMeeting();
     // Deleted in Google Calendar: Google keeps it as cancelled, and a patch answers 200 with the
     // event still cancelled (nothing on anyone's calendar).
     await s.app.calendar.deleteEvent(o.userId, String(mine?.google_event_id));
-    const moved = await ask(c, 'Can we do 11 instead?', {
-      toolCalls: [
-        {
-          name: 'reschedule_meeting',
-          arguments: { meeting_id: null, new_time: ist(2, 11).iso, friendly_time: null },
-        },
-      ],
-    });
+    const moved = await ask(c, 'Can we do 11 instead?', moveTo(11));
     expect(moved).toBe(s.app.config.meetingErrorMessage);
     expect(s.google.requests.filter((r) => r.op === 'events.patch').map((r) => r.status)).toEqual([200]);
     const after = await s.app.http.inject({ url: `/api/meetings/${mine?.meeting_id}`, headers: s.admin });
@@ -560,21 +558,10 @@ describe('reschedule and cancel by chat', () => {
   });
 
   it('an owner-API cancel during a chat move waits for the move to commit, then cancels it', async () => {
-    const o = await newOwner({ working_hours: ALL_WEEK_9_TO_17 });
-    const c = await chatWith(o);
-    const booked = await ask(c, 'book', { content: JSON.stringify([bookingAction(ist(2, 10).iso)]) });
-    expect(booked.startsWith('✅ Meeting confirmed!')).toBe(true);
-    const [mine] = await meetingsOf(o.userId);
+    const { c, mine } = await chatWithMeeting();
     // The move's patch is held at Google for a while; the owner cancels meanwhile.
     s.google.fail('events.patch', { kind: 'stall', ms: 1500 }, 1);
-    s.openai.responder = () => ({
-      toolCalls: [
-        {
-          name: 'reschedule_meeting',
-          arguments: { meeting_id: null, new_time: ist(2, 15).iso, friendly_time: null },
-        },
-      ],
-    });
+    s.openai.responder = () => moveTo(15);
     await s.send(c.conversation_id, c.customer_token, 'Can we do 3pm instead?');
     const patch = () => s.google.requests.find((r) => r.op === 'events.patch');
     const deadline = Date.now() + 20_000;
