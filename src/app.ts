@@ -110,14 +110,19 @@ export async function createApplication(
     if (config.tokenEncryptionKeys.length > 1) {
       await resealSecrets(db, box, logger);
       // Again later: processes still on the old configuration (a rolling deploy) keep sealing
-      // under the old key, and tokens mid-refresh were left for the next pass.
+      // under the old key, and tokens mid-refresh were left for the next pass. A pass running when
+      // the process stops is waited for, before the database closes.
+      let pass: Promise<unknown> = Promise.resolve();
       const again = setInterval(() => {
-        resealSecrets(db, box, logger).catch((err: unknown) =>
+        pass = resealSecrets(db, box, logger).catch((err: unknown) =>
           logger.error({ err }, 're-sealing secrets failed'),
         );
       }, RESEAL_EVERY_MS);
       again.unref();
-      cleanup.push(async () => clearInterval(again));
+      cleanup.push(async () => {
+        clearInterval(again);
+        await pass;
+      });
     }
     const connections = new CalendarConnectionStore(db, box);
     const agents = new AgentStore(db);

@@ -17,7 +17,7 @@ export class Metrics {
 
   readonly jobs = new Counter({
     name: 'message_jobs_total',
-    help: 'Customer-message jobs by outcome (answered, failed = fallback reply sent, retry, skipped)',
+    help: 'Customer-message jobs by outcome (answered, failed = fallback reply sent, retry, skipped = a stale run stopped: another claim answers)',
     labelNames: ['outcome'] as const,
     registers: [this.registry],
   });

@@ -27,11 +27,16 @@ export function ianaZoneName(zone: string): string | undefined {
   const spelled = spellings.get(zone.toLowerCase());
   if (spelled) return spelled;
   // Not in the list: the runtime's name for it, if that is an IANA name (newer than the list); not
-  // a name only ICU knows ("SystemV/EST5"), which Google would refuse.
+  // a name only ICU knows ("SystemV/EST5"), which Google would refuse, nor one of ICU's three-letter
+  // ids, which stand for zones their letters do not say (BST is Asia/Dhaka, IST Asia/Calcutta).
+  if (!AREA_LOCATION.test(zone)) return undefined;
   const resolved = new Intl.DateTimeFormat('en-US', { timeZone: zone }).resolvedOptions().timeZone;
   runtimeZones ??= new Set(Intl.supportedValuesOf('timeZone'));
   return spellings.get(resolved.toLowerCase()) ?? (runtimeZones.has(resolved) ? resolved : undefined);
 }
+
+/** An IANA zone name's shape: an area and a location ("America/Argentina/Buenos_Aires"). */
+const AREA_LOCATION = /^[A-Za-z]+\/[A-Za-z0-9_+\-/]+$/;
 
 /** The runtime's canonical zone names (Intl.supportedValuesOf), built on first use. */
 let runtimeZones: Set<string> | undefined;

@@ -80,9 +80,10 @@ export async function resealSecrets(
           continue;
         }
         // Only if it is still the value read: a newer one (a refresh, a reconnect) is kept.
+        // A refresh that took its lease since the read is left alone too (the next pass).
         const r = await sql`
           UPDATE ${sql.table(table)} SET ${sql.ref(column)} = ${box.encrypt(plain, ctx)}
-           WHERE user_id = ${userId} AND ${sql.ref(column)} = ${value}`.execute(db);
+           WHERE user_id = ${userId} AND ${sql.ref(column)} = ${value} AND NOT (${busy})`.execute(db);
         if (Number(r.numAffectedRows ?? 0) > 0) resealed += 1;
         else remaining += 1;
       }

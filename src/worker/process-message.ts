@@ -268,8 +268,10 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
         // The owner's booking lock is held until the meeting row is visible to the next booking.
         await reply.done?.(committed);
       }
+      // Nothing stored: another claim answers (or answered) this message; this run was stale, and is
+      // counted as such, as one its heartbeat or its lease statement stopped is.
       agentLog.info({ attempt: ctx.attempt, stored: Boolean(stored.message) }, 'message answered');
-      deps.onOutcome?.('answered');
+      deps.onOutcome?.(stored.message ? 'answered' : 'skipped');
       return { nextWaiting: stored.nextWaiting };
     };
     /**
