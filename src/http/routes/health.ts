@@ -26,7 +26,11 @@ export const healthRoutes: FastifyPluginAsyncTypebox<HealthRouteDeps> = async (a
         summary: 'Readiness: database reachable and migrated',
         response: {
           200: Type.Object({ status: Type.Literal('ready') }),
-          503: Type.Object({ status: Type.Literal('not ready'), error: Type.String() }),
+          503: Type.Object({
+            success: Type.Literal(false),
+            status: Type.Literal('not ready'),
+            error: Type.String(),
+          }),
         },
       },
     },
@@ -38,9 +42,12 @@ export const healthRoutes: FastifyPluginAsyncTypebox<HealthRouteDeps> = async (a
         ok = false;
       }
       if (ok) return { status: 'ready' as const };
-      return reply
-        .code(503)
-        .send({ status: 'not ready' as const, error: 'database unreachable or not migrated' });
+      // The error shape of every other route, with the status health checkers read.
+      return reply.code(503).send({
+        success: false as const,
+        status: 'not ready' as const,
+        error: 'database unreachable or not migrated',
+      });
     },
   );
 };
