@@ -14,8 +14,8 @@ import { BlockList, isIP } from 'node:net';
  * - `any`: http or https, any address (local development, tests, a receiver on a private network by
  *   design).
  */
-export type WebhookUrlPolicy = 'public-https' | 'any';
 export const WEBHOOK_URL_POLICIES = ['public-https', 'any'] as const;
+export type WebhookUrlPolicy = (typeof WEBHOOK_URL_POLICIES)[number];
 
 /**
  * Addresses that are not on the public internet: this network, private, shared (CGNAT), loopback,

@@ -3,22 +3,21 @@ import type { Logger } from 'pino';
 import type { DB } from './schema.js';
 import type { SecretBox } from './secret-box.js';
 
+/**
+ * A token whose refresh is in flight (its lease live) is left for the next pass: that refresh's save
+ * only writes if the sealed values are still the ones it read, so re-sealing under it would drop its
+ * answer (and a refresh token Google rotated in it).
+ */
+const REFRESHING = sql`refresh_lock_until IS NOT NULL AND refresh_lock_until >= now()`;
+
 /** Every sealed column: its table, secret column, the SecretBox context's name, and rows to leave. */
 const SEALED = [
-  // A token whose refresh is in flight (its lease live) is left for the next pass: that refresh's
-  // save only writes if the sealed values are still the ones it read, so re-sealing under it would
-  // drop its answer (and a refresh token Google rotated in it).
-  {
-    table: 'google_calendar_tokens',
-    column: 'access_token_enc',
-    context: 'access_token',
-    busy: sql`refresh_lock_until IS NOT NULL AND refresh_lock_until >= now()`,
-  },
+  { table: 'google_calendar_tokens', column: 'access_token_enc', context: 'access_token', busy: REFRESHING },
   {
     table: 'google_calendar_tokens',
     column: 'refresh_token_enc',
     context: 'refresh_token',
-    busy: sql`refresh_lock_until IS NOT NULL AND refresh_lock_until >= now()`,
+    busy: REFRESHING,
   },
   { table: 'owner_webhooks', column: 'secret_enc', context: 'secret', busy: sql`false` },
 ] as const;
