@@ -16,6 +16,7 @@ import { Metrics } from './metrics.js';
 import { AgentStore } from './store/agents.js';
 import { BookingLeaseStore } from './store/booking-leases.js';
 import { CalendarConnectionStore } from './store/calendar-connections.js';
+import { CalendarSyncStore } from './store/calendar-sync.js';
 import { ConnectionCache } from './store/connection-cache.js';
 import { ConversationStore } from './store/conversations.js';
 import { type Database, type DatabaseOptions, openDatabase } from './store/database.js';
@@ -26,6 +27,7 @@ import { RESEAL_EVERY_MS, resealSecrets } from './store/reseal.js';
 import { SecretBox } from './store/secret-box.js';
 import { WebhookStore } from './store/webhooks.js';
 import { BookingService } from './worker/booking-service.js';
+import { CalendarSync } from './worker/calendar-sync.js';
 import { OwnerBookingLock, type OwnerLockOptions } from './worker/owner-lock.js';
 import {
   createMessageProcessor,
@@ -238,6 +240,25 @@ export async function createApplication(
           onOutcome: jobOutcome,
         }),
       );
+    }
+
+    // Owners' own changes to our events in Google Calendar (deleted, moved), brought over to the
+    // meetings. Worker roles only; the claim in the database keeps processes from repeating a pass.
+    if (role !== 'api' && config.calendarSyncSeconds > 0) {
+      const sync = new CalendarSync({
+        db,
+        store: new CalendarSyncStore(db),
+        meetings,
+        calendar,
+        lock: ownerLock,
+        events: webhooks,
+        logger,
+        everySeconds: config.calendarSyncSeconds,
+        onChange: (change) => metrics.calendarSyncChanges.inc({ change }),
+        onPass: (result) => metrics.calendarSyncPasses.inc({ result }),
+      });
+      sync.start();
+      cleanup.push(() => sync.stop());
     }
 
     const feed = new LiveFeed(database);

@@ -56,6 +56,7 @@ const envSchema = z.object({
   WORKER_CONCURRENCY: int(1, 1000).default(50),
   JOB_RETRY_LIMIT: int(0, 20).default(4),
   HISTORY_LIMIT: int(1, 200).default(20),
+  CALENDAR_SYNC_SECONDS: int(0, 86_400).default(300),
   MAX_PARTICIPANTS: int(1, 100).default(10),
   MIN_NOTICE_MINUTES: int(0, 10_080).default(5),
   BOOKING_HORIZON_DAYS: int(1, 3650).default(90),
@@ -116,6 +117,8 @@ export interface Config {
   readonly workerConcurrency: number;
   readonly jobRetryLimit: number;
   readonly historyLimit: number;
+  /** Seconds between two passes over an owner's calendar (src/worker/calendar-sync.ts); 0: off. */
+  readonly calendarSyncSeconds: number;
   readonly booking: {
     readonly maxParticipants: number;
     readonly minNoticeMinutes: number;
@@ -258,6 +261,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     workerConcurrency: e.WORKER_CONCURRENCY,
     jobRetryLimit: e.JOB_RETRY_LIMIT,
     historyLimit: e.HISTORY_LIMIT,
+    calendarSyncSeconds: e.CALENDAR_SYNC_SECONDS,
     booking: Object.freeze({
       maxParticipants: e.MAX_PARTICIPANTS,
       minNoticeMinutes: e.MIN_NOTICE_MINUTES,

@@ -57,6 +57,20 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly calendarSyncPasses = new Counter({
+    name: 'calendar_sync_passes_total',
+    help: "Passes over an owner's calendar for our events they deleted or moved, by result (synced, failed: read again at the next pass)",
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+
+  readonly calendarSyncChanges = new Counter({
+    name: 'calendar_sync_changes_total',
+    help: 'Meetings changed because the owner changed their event in Google Calendar: cancelled (deleted there) or moved',
+    labelNames: ['change'] as const,
+    registers: [this.registry],
+  });
+
   readonly upstreamDuration = new Histogram({
     name: 'upstream_request_duration_seconds',
     help: 'Google and OpenAI call latency by service, operation and status',

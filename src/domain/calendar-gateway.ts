@@ -37,6 +37,22 @@ export interface EventTimes {
   timeZone: string | undefined;
 }
 
+/** An event as the owner's calendar has it now (keeping our meetings in step with it). */
+export interface CalendarEventState {
+  eventId: string;
+  /** Deleted at Google (kept there as `cancelled` for a while), or no longer there at all. */
+  cancelled: boolean;
+  /** Null when the event has no date-time (made all-day): such an event is left alone. */
+  start: Date | null;
+  end: Date | null;
+}
+
+/**
+ * Which events to read: those changed since `updatedMin` (deleted ones always included), or every
+ * event overlapping [from, to), deleted ones included.
+ */
+export type EventChangesQuery = { updatedMin: Date } | { from: Date; to: Date };
+
 export interface BusyInterval {
   start: Date;
   end: Date;
@@ -74,6 +90,13 @@ export interface CalendarGateway {
     times: EventTimes,
     guard?: RetryGuard,
   ): Promise<CreatedCalendarEvent>;
+  /**
+   * Events of the owner's primary calendar (see EventChangesQuery), recurring ones as one master.
+   * Throws ChangesTooOld when Google no longer keeps changes from as far back as `updatedMin`.
+   */
+  eventChanges(ownerId: string, query: EventChangesQuery, guard?: RetryGuard): Promise<CalendarEventState[]>;
+  /** One event now: `cancelled` when it was deleted or is gone (404/410). Read-only. */
+  eventState(ownerId: string, eventId: string, guard?: RetryGuard): Promise<CalendarEventState>;
   /** Resolves when the event is gone, including when it already was (404/410). */
   deleteEvent(ownerId: string, eventId: string, guard?: RetryGuard): Promise<void>;
 }

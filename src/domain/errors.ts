@@ -59,3 +59,13 @@ export class CalendarNotConnected extends DomainError {
     super(message, 409);
   }
 }
+/**
+ * Google no longer keeps changes from as far back as asked (events.list's 410 `updatedMinTooLongAgo`):
+ * read the whole window instead.
+ */
+export class ChangesTooOld extends Error {
+  constructor(message = 'Google no longer keeps changes from that far back') {
+    super(message);
+    this.name = 'ChangesTooOld';
+  }
+}

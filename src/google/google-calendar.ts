@@ -3,13 +3,15 @@ import { OAuth2Client } from 'google-auth-library';
 import type { Logger } from 'pino';
 import type {
   BusyInterval,
+  CalendarEventState,
   CalendarGateway,
   CreatedCalendarEvent,
+  EventChangesQuery,
   EventTimes,
   NewCalendarEvent,
   RetryGuard,
 } from '../domain/calendar-gateway.js';
-import { Upstream } from '../domain/errors.js';
+import { ChangesTooOld, Upstream } from '../domain/errors.js';
 import { isIanaTimeZone, zonedInstant } from '../domain/time.js';
 import { createLeanFetch, type Fetch } from '../lean-fetch.js';
 import type { GoogleTokenProvider } from './token-provider.js';
@@ -94,6 +96,15 @@ export function busyIntervalOf(event: calendar_v3.Schema$Event, zone: string): B
   const end = instantOf(event.end, zone);
   if (!start || !end || end <= start) return null;
   return { start, end };
+}
+
+/** What keeping a meeting in step needs of an event: deleted or not, and its date-times. */
+function eventStateOf(eventId: string, event: calendar_v3.Schema$Event): CalendarEventState {
+  const at = (t: calendar_v3.Schema$EventDateTime | undefined) => {
+    const ms = t?.dateTime ? Date.parse(t.dateTime) : Number.NaN;
+    return Number.isNaN(ms) ? null : new Date(ms);
+  };
+  return { eventId, cancelled: event.status === 'cancelled', start: at(event.start), end: at(event.end) };
 }
 
 /** A dateTime, or an all-day date at midnight in the calendar's time zone. */
@@ -432,6 +443,73 @@ export class GoogleCalendarGateway implements CalendarGateway {
   async eventStart(ownerId: string, eventId: string, guard?: RetryGuard): Promise<Date | null> {
     const at = (await this.#liveEvent(ownerId, eventId, guard))?.start?.dateTime;
     return at ? new Date(at) : null;
+  }
+
+  async eventChanges(
+    ownerId: string,
+    query: EventChangesQuery,
+    guard?: RetryGuard,
+  ): Promise<CalendarEventState[]> {
+    const found: CalendarEventState[] = [];
+    const bounds =
+      'updatedMin' in query
+        ? { updatedMin: query.updatedMin.toISOString() }
+        : { timeMin: query.from.toISOString(), timeMax: query.to.toISOString() };
+    let pageToken: string | undefined;
+    for (let page = 0; page < MAX_EVENT_PAGES; page++) {
+      let data: calendar_v3.Schema$Events;
+      try {
+        data = await this.#call(
+          ownerId,
+          'events.list',
+          async (api, auth, options) => {
+            const res = await api.events.list(
+              {
+                auth,
+                calendarId: 'primary',
+                // With updatedMin Google includes deleted events anyway; the window needs it said.
+                showDeleted: true,
+                maxResults: 2500,
+                ...bounds,
+                ...(pageToken ? { pageToken } : {}),
+              },
+              options,
+            );
+            return res.data;
+          },
+          guard,
+        );
+      } catch (err) {
+        // 410 Gone on a list: the changes asked for are no longer kept (updatedMinTooLongAgo).
+        if (err instanceof GoogleFatal && err.status === 410 && 'updatedMin' in query)
+          throw new ChangesTooOld();
+        throw this.#toDomain(err);
+      }
+      for (const event of data.items ?? []) if (event.id) found.push(eventStateOf(event.id, event));
+      pageToken = data.nextPageToken ?? undefined;
+      if (!pageToken) return found;
+    }
+    throw new Upstream(`Google events.list: more than ${MAX_EVENT_PAGES} pages of changed events`, false);
+  }
+
+  async eventState(ownerId: string, eventId: string, guard?: RetryGuard): Promise<CalendarEventState> {
+    try {
+      const event = await this.#call(
+        ownerId,
+        'events.get',
+        async (api, auth, options) => {
+          const res = await api.events.get({ auth, calendarId: 'primary', eventId }, options);
+          return res.data;
+        },
+        guard,
+      );
+      return eventStateOf(eventId, event);
+    } catch (err) {
+      if (err instanceof GoogleFatal && (err.status === 404 || err.status === 410)) {
+        return { eventId, cancelled: true, start: null, end: null };
+      }
+      throw this.#toDomain(err);
+    }
   }
 
   /** events.get; null for 404/410 and for a cancelled (deleted) event, which get still returns. */

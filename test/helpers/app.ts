@@ -42,6 +42,9 @@ export async function startTestApp(
     DATA_DIR: '/nonexistent-test-data-dir',
     // Test receivers listen on 127.0.0.1 over http; the default policy has tests of its own.
     WEBHOOK_URLS: 'any',
+    // No background passes over owners' calendars in the tests' Google request logs, except where a
+    // test turns them on (test/worker/calendar-sync.it.test.ts).
+    CALENDAR_SYNC_SECONDS: '0',
     ...env,
   });
   const logs = new LogCapture();

@@ -1,0 +1,92 @@
+import { type Kysely, sql, type Transaction } from 'kysely';
+import type { SyncedMeeting } from '../domain/calendar-sync.js';
+import type { MeetingRow } from './meetings.js';
+import type { DB } from './schema.js';
+
+/** An owner claimed for a pass, and since when its calendar's changes are still to be read. */
+export interface SyncClaim {
+  userId: string;
+  /** Null: never passed over (read the meetings' whole window). */
+  syncedThrough: Date | null;
+}
+
+/**
+ * A scheduled meeting is watched from its booking until it ends. The `meeting_time` bound lets the
+ * (user_id, meeting_time) index do the work; a meeting longer than it is a day is not watched once
+ * it has been running that long.
+ */
+const WATCHED = sql`m.status = 'scheduled'
+  AND m.meeting_time > now() - interval '1 day'
+  AND m.meeting_time + make_interval(mins => m.duration_minutes) > now()`;
+
+/** Which owners are due a pass over their calendar, and what was last seen of it (migration 011). */
+export class CalendarSyncStore {
+  constructor(private readonly db: Kysely<DB>) {}
+
+  /**
+   * Claims up to `limit` owners due a pass: connected, with a watched meeting, not claimed within the
+   * last `everySeconds`. The claim itself moves the owner's next pass out by `everySeconds`, in one
+   * statement, so concurrent processes never claim the same owner (the upsert's row lock makes the
+   * second one see the first one's due time); a process that stops mid-pass leaves the owner for
+   * the pass after.
+   */
+  async claimDue(everySeconds: number, limit: number): Promise<SyncClaim[]> {
+    const { rows } = await sql<{ user_id: string; synced_through: Date | null }>`
+      INSERT INTO calendar_sync AS s (user_id, due_at)
+      SELECT c.user_id, now() + make_interval(secs => ${everySeconds})
+        FROM google_calendar_tokens c
+       WHERE c.status = 'connected'
+         AND EXISTS (SELECT 1 FROM meetings m WHERE m.user_id = c.user_id AND ${WATCHED})
+         AND NOT EXISTS (SELECT 1 FROM calendar_sync d WHERE d.user_id = c.user_id AND d.due_at > now())
+       LIMIT ${limit}
+      ON CONFLICT (user_id) DO UPDATE SET due_at = excluded.due_at WHERE s.due_at <= now()
+      RETURNING s.user_id, s.synced_through`.execute(this.db);
+    return rows.map((r) => ({ userId: r.user_id, syncedThrough: r.synced_through }));
+  }
+
+  /** The owner's watched meetings (see WATCHED). */
+  async watched(userId: string): Promise<SyncedMeeting[]> {
+    const { rows } = await sql<{
+      meeting_id: string;
+      google_event_id: string;
+      meeting_time: Date;
+      duration_minutes: number;
+    }>`SELECT m.meeting_id, m.google_event_id, m.meeting_time, m.duration_minutes
+         FROM meetings m WHERE m.user_id = ${userId} AND ${WATCHED}`.execute(this.db);
+    return rows.map((r) => ({
+      meetingId: r.meeting_id,
+      googleEventId: r.google_event_id,
+      meetingTime: new Date(r.meeting_time),
+      durationMinutes: r.duration_minutes,
+    }));
+  }
+
+  /** Every change Google made before `through` has been seen; never moves back. */
+  async markSynced(userId: string, through: Date): Promise<void> {
+    await sql`UPDATE calendar_sync
+                 SET synced_through = greatest(coalesce(synced_through, ${through}), ${through})
+               WHERE user_id = ${userId}`.execute(this.db);
+  }
+
+  /**
+   * Moves a scheduled meeting to the times its event now has (the owner moved it in Google), in the
+   * caller's transaction; undefined when the meeting is no longer scheduled.
+   */
+  async moveIn(
+    trx: Transaction<DB>,
+    meetingId: string,
+    to: { meetingTime: Date; durationMinutes: number },
+  ): Promise<MeetingRow | undefined> {
+    const { rows } = await sql<MeetingRow>`
+      UPDATE meetings
+         SET previous_meeting_time = meeting_time,
+             meeting_time = ${to.meetingTime},
+             duration_minutes = ${to.durationMinutes},
+             rescheduled_at = now(),
+             reschedule_count = reschedule_count + 1,
+             updated_at = now()
+       WHERE meeting_id = ${meetingId} AND status = 'scheduled'
+       RETURNING *`.execute(trx);
+    return rows[0];
+  }
+}
