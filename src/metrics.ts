@@ -59,7 +59,7 @@ export class Metrics {
 
   readonly calendarSyncPasses = new Counter({
     name: 'calendar_sync_passes_total',
-    help: "Passes over an owner's calendar for our events they deleted or moved, by result (synced, failed: read again at the next pass)",
+    help: "Passes over an owner's calendar for our events they deleted or moved, by result (synced; deferred: a change in a conversation with a message in flight, read again at the next pass; failed: read again at the next pass)",
     labelNames: ['result'] as const,
     registers: [this.registry],
   });

@@ -38,6 +38,7 @@ export class CalendarSyncStore {
        WHERE c.status = 'connected'
          AND EXISTS (SELECT 1 FROM meetings m WHERE m.user_id = c.user_id AND ${WATCHED})
          AND NOT EXISTS (SELECT 1 FROM calendar_sync d WHERE d.user_id = c.user_id AND d.due_at > now())
+       ORDER BY c.user_id
        LIMIT ${limit}
       ON CONFLICT (user_id) DO UPDATE SET due_at = excluded.due_at WHERE s.due_at <= now()
       RETURNING s.user_id, s.synced_through`.execute(this.db);
@@ -59,6 +60,20 @@ export class CalendarSyncStore {
       meetingTime: new Date(r.meeting_time),
       durationMinutes: r.duration_minutes,
     }));
+  }
+
+  /** Which of these conversations have a customer message not yet answered (claimed, or waiting). */
+  async conversationsInFlight(conversationIds: string[]): Promise<Set<string>> {
+    if (conversationIds.length === 0) return new Set();
+    const rows = await this.db
+      .selectFrom('messages')
+      .select('conversation_id')
+      .distinct()
+      .where('conversation_id', 'in', conversationIds)
+      .where('role', '=', 'customer')
+      .where('status', '=', 'pending')
+      .execute();
+    return new Set(rows.map((r) => r.conversation_id));
   }
 
   /** Every change Google made before `through` has been seen; never moves back. */

@@ -1,17 +1,17 @@
 import type { Kysely } from 'kysely';
 import type { Logger } from 'pino';
-import type { CalendarGateway } from '../domain/calendar-gateway.js';
-import { driftOf, driftsOf, type MeetingDrift } from '../domain/calendar-sync.js';
+import type { CalendarEventState, CalendarGateway } from '../domain/calendar-gateway.js';
+import { driftOf, driftsOf, type MeetingDrift, type SyncedMeeting } from '../domain/calendar-sync.js';
 import { CalendarNotConnected, ChangesTooOld, Upstream } from '../domain/errors.js';
 import { meetingEventData } from '../domain/owner-events.js';
 import { WHOLE_OWNER } from '../store/booking-leases.js';
 import type { CalendarSyncStore, SyncClaim } from '../store/calendar-sync.js';
-import type { MeetingStore } from '../store/meetings.js';
+import type { Meeting, MeetingStore } from '../store/meetings.js';
 import type { DB } from '../store/schema.js';
 import type { OwnerEventSink } from './owner-events.js';
 import type { OwnerBookingLock } from './owner-lock.js';
 
-/** Owners claimed per statement; a pass claims until none is due. */
+/** Owners claimed per statement and passed over at once; a pass claims until none is due. */
 const CLAIM_BATCH = 20;
 /**
  * Read changes from this long before the last pass began: `updatedMin` is compared with Google's
@@ -32,7 +32,7 @@ export interface CalendarSyncDeps {
   /** Seconds between two passes over one owner (CALENDAR_SYNC_SECONDS). */
   everySeconds: number;
   onChange?: (kind: MeetingDrift['kind']) => void;
-  onPass?: (result: 'synced' | 'failed') => void;
+  onPass?: (result: 'synced' | 'deferred' | 'failed') => void;
 }
 
 /**
@@ -86,10 +86,9 @@ export class CalendarSync {
       if (this.#stop.signal.aborted) return;
       const claims = await this.deps.store.claimDue(this.deps.everySeconds, CLAIM_BATCH);
       if (claims.length === 0) return;
-      for (const claim of claims) {
-        if (this.#stop.signal.aborted) return;
-        await this.syncOwner(claim);
-      }
+      // A batch's owners at once (each catches its own failure): an owner claimed waits for no other
+      // owner's pass, so the claim's interval is not spent waiting in line.
+      await Promise.all(claims.map((claim) => this.syncOwner(claim)));
     }
   }
 
@@ -103,23 +102,24 @@ export class CalendarSync {
       if (meetings.length > 0) {
         const events = await this.#read(userId, meetings, claim.syncedThrough);
         const drifts = driftsOf(meetings, events);
-        if (drifts.length > 0) await this.#apply(userId, drifts, log);
+        // A drift left for later (a customer's message in flight in its conversation) is read again
+        // from the same point at the next pass: `synced_through` stays where it was.
+        if (drifts.length > 0 && (await this.#apply(userId, drifts, log)) > 0) {
+          this.deps.onPass?.('deferred');
+          return;
+        }
       }
       await this.deps.store.markSynced(userId, new Date(startedAt - CLOCK_MARGIN_MS));
       this.deps.onPass?.('synced');
     } catch (err) {
-      this.deps.onPass?.('failed');
-      if (err instanceof CalendarNotConnected) return; // nothing to read until it is reconnected
       if (this.#stop.signal.aborted) return;
+      if (err instanceof CalendarNotConnected) return; // revoked meanwhile: nothing to read until reconnected
+      this.deps.onPass?.('failed');
       log.warn({ err }, 'calendar sync of an owner failed; read again at the next pass');
     }
   }
 
-  async #read(
-    userId: string,
-    meetings: { meetingTime: Date; durationMinutes: number }[],
-    since: Date | null,
-  ) {
+  async #read(userId: string, meetings: SyncedMeeting[], since: Date | null): Promise<CalendarEventState[]> {
     if (since) {
       try {
         return await this.deps.calendar.eventChanges(userId, { updatedMin: since }, this.#guard);
@@ -128,15 +128,30 @@ export class CalendarSync {
       }
     }
     const ends = meetings.map((m) => m.meetingTime.getTime() + m.durationMinutes * 60_000);
-    return this.deps.calendar.eventChanges(
+    const listed = await this.deps.calendar.eventChanges(
       userId,
       { from: new Date(Date.now() - WINDOW_BEFORE_MS), to: new Date(Math.max(...ends) + 60_000) },
       this.#guard,
     );
+    // The window holds only events still in it: one the owner moved out of it, or deleted long
+    // enough ago for Google to have purged it, is not listed. Each meeting whose event was not
+    // listed is read by itself (events.get: a 404/410 is a deleted event).
+    const seen = new Set(listed.map((e) => e.eventId));
+    const missing = meetings.filter((m) => !seen.has(m.googleEventId));
+    const read = await Promise.all(
+      missing.map((m) => this.deps.calendar.eventState(userId, m.googleEventId, this.#guard)),
+    );
+    return [...listed, ...read];
   }
 
-  /** Under the owner's whole time: each drift read again from Google and from our row, then committed. */
-  async #apply(userId: string, drifts: MeetingDrift[], log: Logger): Promise<void> {
+  /**
+   * Under the owner's whole time: each drift read again from Google and from our row, then committed.
+   * Returns how many were left for a later pass: a drift in a conversation with a customer message
+   * still pending may be that message's own move or cancel, made at Google by an attempt that then
+   * failed (its hold given back until the retry); the retry records it itself, and recording it here
+   * as the owner's would tell the owner twice, or leave the retry without its meeting.
+   */
+  async #apply(userId: string, drifts: MeetingDrift[], log: Logger): Promise<number> {
     let lease: Awaited<ReturnType<OwnerBookingLock['acquire']>>;
     try {
       lease = await this.deps.lock.acquire(userId, WHOLE_OWNER, undefined, undefined, {
@@ -146,11 +161,19 @@ export class CalendarSync {
       if (err instanceof Upstream) throw new Upstream('the owner’s time stayed taken', true, { cause: err });
       throw err;
     }
+    let deferred = 0;
     try {
-      for (const seen of drifts) {
-        const meeting = await this.deps.meetings.get(seen.meetingId);
-        if (meeting?.status !== 'scheduled') continue;
-        const now = await this.deps.calendar.eventState(userId, seen.eventId, this.#guard);
+      // Read at once, not one after another: the owner's bookings wait while this holds their time.
+      const rows = await Promise.all(drifts.map((d) => this.deps.meetings.get(d.meetingId)));
+      const scheduled = rows.filter((m) => m?.status === 'scheduled') as Meeting[];
+      const busy = await this.deps.store.conversationsInFlight(scheduled.map((m) => m.conversation_id));
+      const live = scheduled.filter((m) => !busy.has(m.conversation_id));
+      deferred = scheduled.length - live.length;
+      const now = await Promise.all(
+        live.map((m) => this.deps.calendar.eventState(userId, m.google_event_id, this.#guard)),
+      );
+      for (const [i, meeting] of live.entries()) {
+        this.#stop.signal.throwIfAborted();
         const drift = driftOf(
           {
             meetingId: meeting.meeting_id,
@@ -158,7 +181,7 @@ export class CalendarSync {
             meetingTime: meeting.meeting_time,
             durationMinutes: meeting.duration_minutes,
           },
-          now,
+          now[i]!,
         );
         if (!drift) continue;
         // This process may have stalled since it took the hold: still ours, or no change is made.
@@ -168,6 +191,7 @@ export class CalendarSync {
     } finally {
       await lease.release();
     }
+    return deferred;
   }
 
   async #commit(drift: MeetingDrift, log: Logger): Promise<void> {

@@ -10,6 +10,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { calendar } from '@googleapis/calendar';
 import { OAuth2Client } from 'google-auth-library';
+import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bookingAction } from '../helpers/actions.js';
 import { metricsSnapshot, type Stack, useStack } from '../helpers/stack.js';
@@ -19,12 +20,10 @@ const WEBHOOKS = { webhooks: { retryDelaySeconds: 1, relayIntervalMs: 200 } };
 
 const uid = (prefix: string) => `${prefix}-${randomBytes(5).toString('hex')}`;
 
-/** 10:00 UTC, `days` from today. */
-function dayAt(days: number): Date {
-  const d = new Date(Date.now() + days * 86_400_000);
-  d.setUTCHours(10, 0, 0, 0);
-  return d;
-}
+/** 10:00 UTC `days` after the day this file started (fixed once: a run crossing midnight keeps its days). */
+const today = new Date();
+today.setUTCHours(10, 0, 0, 0);
+const dayAt = (days: number) => new Date(today.getTime() + days * 86_400_000);
 
 async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
@@ -136,6 +135,20 @@ function serviceCalls(s: Stack, owner: Owner, op: string) {
   );
 }
 
+/** Resolves once `count` more passes have read this owner's calendar (its events.list answered). */
+async function morePasses(s: Stack, owner: Owner, count: number): Promise<void> {
+  const answered = () => serviceCalls(s, owner, 'events.list').filter((r) => r.doneAt !== undefined).length;
+  const seen = answered();
+  await waitFor(`${count} more passes`, async () => (answered() >= seen + count ? true : undefined));
+}
+
+/** The owner's webhook deliveries as the API lists them (recorded with the change, delivered or not). */
+async function deliveryTypes(s: Stack, userId: string): Promise<string[]> {
+  const res = await s.app.http.inject({ url: `/api/users/${userId}/webhook/deliveries`, headers: s.admin });
+  expect(res.statusCode, res.body).toBe(200);
+  return (res.json().deliveries as Array<{ event_type: string }>).map((d) => d.event_type).sort();
+}
+
 describe('owner changes in Google Calendar', () => {
   const s = useStack(SYNC, WEBHOOKS);
 
@@ -196,14 +209,10 @@ describe('owner changes in Google Calendar', () => {
       duration_minutes: 45,
       previous_meeting_time: dayAt(4).toISOString(),
     });
-    // The next passes find the meeting in step: nothing more changes.
-    const seen = (await metricsSnapshot(s))('calendar_sync_passes_total{result="synced"}');
-    await waitFor('two more passes', async () => {
-      const now = (await metricsSnapshot(s))('calendar_sync_passes_total{result="synced"}');
-      return now >= seen + 2 ? true : undefined;
-    });
+    // The next passes over this owner find the meeting in step: nothing more changes.
+    await morePasses(s, o, 2);
     expect((await meeting(s, booked!.meeting_id)).updated_at).toBe(moved.updated_at);
-    expect(received.get(o.hookPath)?.filter((e) => e.type === 'meeting.rescheduled')).toHaveLength(1);
+    expect(await deliveryTypes(s, o.userId)).toEqual(['meeting.booked', 'meeting.rescheduled']);
   });
 
   it('a change gone again by the time the pass holds the owner’s time changes nothing', async () => {
@@ -232,18 +241,43 @@ describe('owner changes in Google Calendar', () => {
     await put(dayAt(5));
     await waitFor('that read answered', async () => (stalled.doneAt !== undefined ? true : undefined));
     expect(stalled.account).toBe(`${o.userId}@owner.test`);
-    const seen = (await metricsSnapshot(s))('calendar_sync_passes_total{result="synced"}');
-    await waitFor('two more passes', async () => {
-      const now = (await metricsSnapshot(s))('calendar_sync_passes_total{result="synced"}');
-      return now >= seen + 2 ? true : undefined;
-    });
+    await morePasses(s, o, 2);
     const m = await meeting(s, booked!.meeting_id);
     expect(m).toMatchObject({
       status: 'scheduled',
       meeting_time: dayAt(5).toISOString(),
       duration_minutes: 30,
     });
-    expect(received.get(o.hookPath)?.filter((e) => e.type === 'meeting.rescheduled') ?? []).toEqual([]);
+    expect(await deliveryTypes(s, o.userId)).toEqual(['meeting.booked']);
+  });
+
+  it('a change in a conversation whose customer message is still being answered waits for that answer', async () => {
+    const o = await newOwner(s);
+    const conv = await s.openConversation(o.agentId);
+    expect(await ask(s, conv, dayAt(8))).toContain('✅ Meeting confirmed!');
+    const [booked] = await meetingsOf(s, o.userId);
+    // The customer's next message fails its first attempt and its retry is held: it stays pending,
+    // as a message whose move or cancel reached Google before its attempt failed would be.
+    s.holdRetries(true);
+    s.openai.fail({ kind: 'status', status: 500 }, 3); // the SDK's own two retries included
+    const messageId = await s.send(conv.conversation_id, conv.customer_token, 'one more thing');
+    await s.firstAttemptFailed(messageId);
+    await o.own.events.delete({ calendarId: 'primary', eventId: booked!.google_event_id });
+
+    await morePasses(s, o, 2);
+    expect((await meeting(s, booked!.meeting_id)).status).toBe('scheduled');
+    expect(
+      (await metricsSnapshot(s))('calendar_sync_passes_total{result="deferred"}'),
+    ).toBeGreaterThanOrEqual(2);
+
+    // Answered: the next pass reads the change again from where the last pass over it stopped.
+    s.openai.responder = () => ({ content: 'Happy to help.' });
+    await s.retryNow(messageId);
+    await s.waitForReplies(conv.conversation_id, conv.customer_token, 2);
+    await waitFor('the meeting cancelled', async () =>
+      (await meeting(s, booked!.meeting_id)).status === 'cancelled' ? true : undefined,
+    );
+    expect(await deliveryTypes(s, o.userId)).toEqual(['meeting.booked', 'meeting.cancelled']);
   });
 });
 
@@ -289,6 +323,47 @@ describe('what a pass reads', () => {
     // At once the window, which holds the deleted event.
     expect(all[refused + 1]?.query).toMatchObject({ showDeleted: 'true' });
     expect(all[refused + 1]?.query.timeMin).toBeDefined();
+  });
+
+  it('in a read of the window, a meeting whose event is no longer in it is read by itself', async () => {
+    const o = await newOwner(s);
+    const conv = await s.openConversation(o.agentId);
+    expect(await ask(s, conv, dayAt(9))).toContain('✅ Meeting confirmed!');
+    const [booked] = await meetingsOf(s, o.userId);
+    await morePasses(s, o, 1);
+    const db = s.app.database.db;
+    // No pass over this owner while the owner moves the event three weeks on, out of the window a
+    // first pass reads (the meetings' own times); then the owner is due a first pass again.
+    await sql`UPDATE calendar_sync SET due_at = now() + interval '1 hour' WHERE user_id = ${o.userId}`.execute(
+      db,
+    );
+    await new Promise((r) => setTimeout(r, 300)); // a pass claimed before it ends
+    const to = new Date(dayAt(30).getTime() + 3_600_000);
+    await o.own.events.patch({
+      calendarId: 'primary',
+      eventId: booked!.google_event_id,
+      requestBody: {
+        start: { dateTime: to.toISOString() },
+        end: { dateTime: new Date(to.getTime() + 30 * 60_000).toISOString() },
+      },
+    });
+    const from = s.google.requests.length;
+    await sql`UPDATE calendar_sync SET synced_through = NULL, due_at = now() - interval '1 second'
+               WHERE user_id = ${o.userId}`.execute(db);
+
+    await waitFor('the meeting moved', async () =>
+      (await meeting(s, booked!.meeting_id)).meeting_time === to.toISOString() ? true : undefined,
+    );
+    // Found by that first pass itself: its window read, then the event read by itself, before any
+    // later read of changes (which would have found the move too, and is not what is tested here).
+    const after = s.google.requests
+      .slice(from)
+      .filter(
+        (r) => r.op === 'events.list' || (r.op === 'events.get' && r.path.endsWith(booked!.google_event_id)),
+      );
+    expect(after[0]?.op).toBe('events.list');
+    expect(after[0]?.query.timeMin).toBeDefined();
+    expect(after[1]?.op).toBe('events.get');
   });
 
   it('an owner whose calendar is not connected any more is left alone, and their meetings too', async () => {
