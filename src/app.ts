@@ -58,6 +58,8 @@ export interface ApplicationOptions {
   ownerLock?: OwnerLockOptions;
   /** Message queue tuning (tests turn the poll off to prove what notifications wake, shorten claims or retry backoffs). */
   queue?: Pick<QueueSettings, 'pollIntervalMs' | 'claimSeconds' | 'retryDelaySeconds'>;
+  /** Seconds between passes over an owner's calendar, fractions allowed (tests: a fifth of a second). */
+  calendarSyncSeconds?: number;
 }
 
 export interface Application {
@@ -244,7 +246,8 @@ export async function createApplication(
 
     // Owners' own changes to our events in Google Calendar (deleted, moved), brought over to the
     // meetings. Worker roles only; the claim in the database keeps processes from repeating a pass.
-    if (role !== 'api' && config.calendarSyncSeconds > 0) {
+    const syncEvery = options.calendarSyncSeconds ?? config.calendarSyncSeconds;
+    if (role !== 'api' && syncEvery > 0) {
       const sync = new CalendarSync({
         db,
         store: new CalendarSyncStore(db),
@@ -253,7 +256,7 @@ export async function createApplication(
         lock: ownerLock,
         events: webhooks,
         logger,
-        everySeconds: config.calendarSyncSeconds,
+        everySeconds: syncEvery,
         onChange: (change) => metrics.calendarSyncChanges.inc({ change }),
         onPass: (result) => metrics.calendarSyncPasses.inc({ result }),
       });

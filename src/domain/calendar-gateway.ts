@@ -95,8 +95,11 @@ export interface CalendarGateway {
    * Throws ChangesTooOld when Google no longer keeps changes from as far back as `updatedMin`.
    */
   eventChanges(ownerId: string, query: EventChangesQuery, guard?: RetryGuard): Promise<CalendarEventState[]>;
-  /** One event now: `cancelled` when it was deleted or is gone (404/410). Read-only. */
-  eventState(ownerId: string, eventId: string, guard?: RetryGuard): Promise<CalendarEventState>;
+  /**
+   * One event now: `cancelled` when it was deleted (Google still has it as cancelled, or answers 410
+   * Gone); null when Google does not know it (404). Read-only.
+   */
+  eventState(ownerId: string, eventId: string, guard?: RetryGuard): Promise<CalendarEventState | null>;
   /** Resolves when the event is gone, including when it already was (404/410). */
   deleteEvent(ownerId: string, eventId: string, guard?: RetryGuard): Promise<void>;
 }

@@ -492,7 +492,7 @@ export class GoogleCalendarGateway implements CalendarGateway {
     throw new Upstream(`Google events.list: more than ${MAX_EVENT_PAGES} pages of changed events`, false);
   }
 
-  async eventState(ownerId: string, eventId: string, guard?: RetryGuard): Promise<CalendarEventState> {
+  async eventState(ownerId: string, eventId: string, guard?: RetryGuard): Promise<CalendarEventState | null> {
     try {
       const event = await this.#call(
         ownerId,
@@ -505,9 +505,9 @@ export class GoogleCalendarGateway implements CalendarGateway {
       );
       return eventStateOf(eventId, event);
     } catch (err) {
-      if (err instanceof GoogleFatal && (err.status === 404 || err.status === 410)) {
+      if (err instanceof GoogleFatal && err.status === 410)
         return { eventId, cancelled: true, start: null, end: null };
-      }
+      if (err instanceof GoogleFatal && err.status === 404) return null;
       throw this.#toDomain(err);
     }
   }

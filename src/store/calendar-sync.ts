@@ -62,7 +62,11 @@ export class CalendarSyncStore {
     }));
   }
 
-  /** Which of these conversations have a customer message not yet answered (claimed, or waiting). */
+  /**
+   * Which of these conversations have a customer message not yet answered whose model output is
+   * stored (claimed, or waiting for its retry): such a message's run may have acted at Google (the
+   * output is stored before anything acts on it, see BookingService).
+   */
   async conversationsInFlight(conversationIds: string[]): Promise<Set<string>> {
     if (conversationIds.length === 0) return new Set();
     const rows = await this.db
@@ -72,15 +76,20 @@ export class CalendarSyncStore {
       .where('conversation_id', 'in', conversationIds)
       .where('role', '=', 'customer')
       .where('status', '=', 'pending')
+      .where('model_output', 'is not', null)
       .execute();
     return new Set(rows.map((r) => r.conversation_id));
   }
 
-  /** Every change Google made before `through` has been seen; never moves back. */
-  async markSynced(userId: string, through: Date): Promise<void> {
+  /**
+   * Every change Google made before `through` has been seen by a pass that read from `from` (the
+   * value its claim returned). Only while the row still has `from` (a pass overlapping it, or a reset
+   * to a first pass, wins), and never backwards.
+   */
+  async markSynced(userId: string, from: Date | null, through: Date): Promise<void> {
     await sql`UPDATE calendar_sync
                  SET synced_through = greatest(coalesce(synced_through, ${through}), ${through})
-               WHERE user_id = ${userId}`.execute(this.db);
+               WHERE user_id = ${userId} AND synced_through IS NOT DISTINCT FROM ${from}`.execute(this.db);
   }
 
   /**

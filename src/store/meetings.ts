@@ -255,6 +255,12 @@ export class MeetingStore {
     return this.db.selectFrom('meetings').selectAll().where('meeting_id', '=', meetingId).executeTakeFirst();
   }
 
+  /** These meetings (those that exist), in one statement. */
+  async getMany(meetingIds: readonly string[]): Promise<Meeting[]> {
+    if (meetingIds.length === 0) return [];
+    return this.db.selectFrom('meetings').selectAll().where('meeting_id', 'in', meetingIds).execute();
+  }
+
   async list(f: MeetingFilter): Promise<Meeting[]> {
     let q = this.db
       .selectFrom('meetings')

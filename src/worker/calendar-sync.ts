@@ -11,6 +11,8 @@ import type { DB } from '../store/schema.js';
 import type { OwnerEventSink } from './owner-events.js';
 import type { OwnerBookingLock } from './owner-lock.js';
 
+type PassOutcome = 'synced' | 'deferred' | 'failed';
+
 /** Owners claimed per statement and passed over at once; a pass claims until none is due. */
 const CLAIM_BATCH = 20;
 /**
@@ -20,6 +22,30 @@ const CLAIM_BATCH = 20;
 const CLOCK_MARGIN_MS = 5 * 60_000;
 /** The first pass over an owner reads their meetings' whole window from this long ago. */
 const WINDOW_BEFORE_MS = 24 * 3_600_000;
+/** Google reads of one owner's events in flight at once. */
+const READS_AT_ONCE = 4;
+
+/** `fn` over `items`, at most `limit` at once, every outcome kept in order (none rejects the whole). */
+async function settleLimited<T, R>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T) => Promise<R>,
+): Promise<PromiseSettledResult<R>[]> {
+  const results: PromiseSettledResult<R>[] = new Array(items.length);
+  let next = 0;
+  const lane = async () => {
+    while (next < items.length) {
+      const i = next++;
+      try {
+        results[i] = { status: 'fulfilled', value: await fn(items[i]!) };
+      } catch (reason) {
+        results[i] = { status: 'rejected', reason };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, lane));
+  return results;
+}
 
 export interface CalendarSyncDeps {
   db: Kysely<DB>;
@@ -32,7 +58,7 @@ export interface CalendarSyncDeps {
   /** Seconds between two passes over one owner (CALENDAR_SYNC_SECONDS). */
   everySeconds: number;
   onChange?: (kind: MeetingDrift['kind']) => void;
-  onPass?: (result: 'synced' | 'deferred' | 'failed') => void;
+  onPass?: (result: PassOutcome) => void;
 }
 
 /**
@@ -98,19 +124,14 @@ export class CalendarSync {
     const log = this.deps.logger.child({ user_id: userId });
     const startedAt = Date.now();
     try {
-      const meetings = await this.deps.store.watched(userId);
-      if (meetings.length > 0) {
-        const events = await this.#read(userId, meetings, claim.syncedThrough);
-        const drifts = driftsOf(meetings, events);
-        // A drift left for later (a customer's message in flight in its conversation) is read again
-        // from the same point at the next pass: `synced_through` stays where it was.
-        if (drifts.length > 0 && (await this.#apply(userId, drifts, log)) > 0) {
-          this.deps.onPass?.('deferred');
-          return;
-        }
+      const outcome = await this.#pass(userId, claim.syncedThrough, log);
+      // Only a pass that saw and settled everything moves the owner's read point: after a deferred
+      // or partly failed one, the next pass reads the same changes again (applied ones are in step
+      // by then and change nothing).
+      if (outcome === 'synced') {
+        await this.deps.store.markSynced(userId, claim.syncedThrough, new Date(startedAt - CLOCK_MARGIN_MS));
       }
-      await this.deps.store.markSynced(userId, new Date(startedAt - CLOCK_MARGIN_MS));
-      this.deps.onPass?.('synced');
+      this.deps.onPass?.(outcome);
     } catch (err) {
       if (this.#stop.signal.aborted) return;
       if (err instanceof CalendarNotConnected) return; // revoked meanwhile: nothing to read until reconnected
@@ -119,10 +140,25 @@ export class CalendarSync {
     }
   }
 
-  async #read(userId: string, meetings: SyncedMeeting[], since: Date | null): Promise<CalendarEventState[]> {
+  async #pass(userId: string, since: Date | null, log: Logger): Promise<PassOutcome> {
+    const meetings = await this.deps.store.watched(userId);
+    if (meetings.length === 0) return 'synced';
+    const read = await this.#read(userId, meetings, since, log);
+    const drifts = driftsOf(meetings, read.events);
+    const applied = drifts.length > 0 ? await this.#apply(userId, drifts, log) : 'synced';
+    return read.complete ? applied : 'failed';
+  }
+
+  async #read(
+    userId: string,
+    meetings: SyncedMeeting[],
+    since: Date | null,
+    log: Logger,
+  ): Promise<{ events: CalendarEventState[]; complete: boolean }> {
     if (since) {
       try {
-        return await this.deps.calendar.eventChanges(userId, { updatedMin: since }, this.#guard);
+        const events = await this.deps.calendar.eventChanges(userId, { updatedMin: since }, this.#guard);
+        return { events, complete: true };
       } catch (err) {
         if (!(err instanceof ChangesTooOld)) throw err;
       }
@@ -133,25 +169,44 @@ export class CalendarSync {
       { from: new Date(Date.now() - WINDOW_BEFORE_MS), to: new Date(Math.max(...ends) + 60_000) },
       this.#guard,
     );
-    // The window holds only events still in it: one the owner moved out of it, or deleted long
-    // enough ago for Google to have purged it, is not listed. Each meeting whose event was not
-    // listed is read by itself (events.get: a 404/410 is a deleted event).
+    // The window holds only events still in it: one the owner moved out of it is not listed. Each
+    // meeting whose event was not listed is read by itself, a few at a time. An event Google does
+    // not know (404: purged long after its deletion, or the owner reconnected another account) is
+    // left alone: nothing says what became of it.
     const seen = new Set(listed.map((e) => e.eventId));
     const missing = meetings.filter((m) => !seen.has(m.googleEventId));
-    const read = await Promise.all(
-      missing.map((m) => this.deps.calendar.eventState(userId, m.googleEventId, this.#guard)),
+    const results = await settleLimited(missing, READS_AT_ONCE, (m) =>
+      this.deps.calendar.eventState(userId, m.googleEventId, this.#guard),
     );
-    return [...listed, ...read];
+    const events = [...listed];
+    let complete = true;
+    for (const [i, r] of results.entries()) {
+      if (r.status === 'fulfilled') {
+        if (r.value) events.push(r.value);
+      } else {
+        complete = false;
+        log.warn(
+          { err: r.reason, event_id: missing[i]?.googleEventId },
+          'calendar sync could not read an event',
+        );
+      }
+    }
+    return { events, complete };
   }
 
   /**
    * Under the owner's whole time: each drift read again from Google and from our row, then committed.
-   * Returns how many were left for a later pass: a drift in a conversation with a customer message
-   * still pending may be that message's own move or cancel, made at Google by an attempt that then
-   * failed (its hold given back until the retry); the retry records it itself, and recording it here
-   * as the owner's would tell the owner twice, or leave the retry without its meeting.
+   * A drift in a conversation whose customer message is still pending with a stored model output
+   * (it may act on its meetings) is left for a later pass: that message's attempt may have made the
+   * move or cancel at Google and then failed before its reply committed (its hold given back until
+   * the retry). The retry records the change itself; recording it here as the owner's would tell the
+   * owner twice, or leave the retry without its meeting. Such messages are looked for before the
+   * lease (no lease when every drift waits) and again under it (a run that acted meanwhile).
    */
-  async #apply(userId: string, drifts: MeetingDrift[], log: Logger): Promise<number> {
+  async #apply(userId: string, drifts: MeetingDrift[], log: Logger): Promise<PassOutcome> {
+    const before = await this.#notInFlight(drifts.map((d) => d.meetingId));
+    let outcome: PassOutcome = before.length < drifts.length ? 'deferred' : 'synced';
+    if (before.length === 0) return outcome;
     let lease: Awaited<ReturnType<OwnerBookingLock['acquire']>>;
     try {
       lease = await this.deps.lock.acquire(userId, WHOLE_OWNER, undefined, undefined, {
@@ -161,19 +216,25 @@ export class CalendarSync {
       if (err instanceof Upstream) throw new Upstream('the owner’s time stayed taken', true, { cause: err });
       throw err;
     }
-    let deferred = 0;
     try {
+      const live = await this.#notInFlight(before.map((m) => m.meeting_id));
+      if (live.length < before.length) outcome = 'deferred';
       // Read at once, not one after another: the owner's bookings wait while this holds their time.
-      const rows = await Promise.all(drifts.map((d) => this.deps.meetings.get(d.meetingId)));
-      const scheduled = rows.filter((m) => m?.status === 'scheduled') as Meeting[];
-      const busy = await this.deps.store.conversationsInFlight(scheduled.map((m) => m.conversation_id));
-      const live = scheduled.filter((m) => !busy.has(m.conversation_id));
-      deferred = scheduled.length - live.length;
-      const now = await Promise.all(
-        live.map((m) => this.deps.calendar.eventState(userId, m.google_event_id, this.#guard)),
+      const now = await settleLimited(live, READS_AT_ONCE, (m) =>
+        this.deps.calendar.eventState(userId, m.google_event_id, this.#guard),
       );
       for (const [i, meeting] of live.entries()) {
         this.#stop.signal.throwIfAborted();
+        const state = now[i]!;
+        if (state.status === 'rejected') {
+          outcome = 'failed';
+          log.warn(
+            { err: state.reason, meeting_id: meeting.meeting_id },
+            'calendar sync could not read an event',
+          );
+          continue;
+        }
+        if (!state.value) continue; // unknown to Google (see #read): left alone
         const drift = driftOf(
           {
             meetingId: meeting.meeting_id,
@@ -181,7 +242,7 @@ export class CalendarSync {
             meetingTime: meeting.meeting_time,
             durationMinutes: meeting.duration_minutes,
           },
-          now[i]!,
+          state.value,
         );
         if (!drift) continue;
         // This process may have stalled since it took the hold: still ours, or no change is made.
@@ -191,7 +252,17 @@ export class CalendarSync {
     } finally {
       await lease.release();
     }
-    return deferred;
+    if (outcome === 'deferred')
+      log.info('calendar sync left a change for later: its conversation has a message in flight');
+    return outcome;
+  }
+
+  /** The scheduled meetings among these whose conversation has no message in flight (see #apply). */
+  async #notInFlight(meetingIds: string[]): Promise<Meeting[]> {
+    const rows = await this.deps.meetings.getMany(meetingIds);
+    const scheduled = rows.filter((m) => m.status === 'scheduled');
+    const busy = await this.deps.store.conversationsInFlight(scheduled.map((m) => m.conversation_id));
+    return scheduled.filter((m) => !busy.has(m.conversation_id));
   }
 
   async #commit(drift: MeetingDrift, log: Logger): Promise<void> {

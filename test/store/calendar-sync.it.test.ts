@@ -75,7 +75,7 @@ describe('claiming owners due a pass', () => {
     // Not again within the interval.
     expect(await claimAll()).toEqual([]);
     // Once due again, again, with what was last seen.
-    await store.markSynced(upcoming, new Date('2026-01-02T00:00:00Z'));
+    await store.markSynced(upcoming, null, new Date('2026-01-02T00:00:00Z'));
     await sql`UPDATE calendar_sync SET due_at = now() - interval '1 second' WHERE user_id = ${upcoming}`.execute(
       database.db,
     );
@@ -97,16 +97,27 @@ describe('claiming owners due a pass', () => {
     expect(claimed.sort()).toEqual(ids.sort());
   });
 
-  it('what was last seen never moves back', async () => {
+  it('what was last seen moves on only from what the pass read from, and never back', async () => {
     const u = await owner();
     await meeting(u, HOUR);
     expect(await claimAll()).toContain(u);
-    await store.markSynced(u, new Date('2026-03-01T00:00:00Z'));
-    await store.markSynced(u, new Date('2026-02-01T00:00:00Z'));
-    const row = await sql<{
-      synced_through: Date;
-    }>`SELECT synced_through FROM calendar_sync WHERE user_id = ${u}`.execute(database.db);
-    expect(row.rows[0]?.synced_through).toEqual(new Date('2026-03-01T00:00:00Z'));
+    const seen = async () =>
+      (
+        await sql<{
+          synced_through: Date | null;
+        }>`SELECT synced_through FROM calendar_sync WHERE user_id = ${u}`.execute(database.db)
+      ).rows[0]?.synced_through;
+    const march = new Date('2026-03-01T00:00:00Z');
+    await store.markSynced(u, null, march);
+    expect(await seen()).toEqual(march);
+    // A pass that read from null too (overlapping the first) does not overwrite it.
+    await store.markSynced(u, null, new Date('2026-04-01T00:00:00Z'));
+    expect(await seen()).toEqual(march);
+    // One that read from March: on, but never back.
+    await store.markSynced(u, march, new Date('2026-02-01T00:00:00Z'));
+    expect(await seen()).toEqual(march);
+    await store.markSynced(u, march, new Date('2026-05-01T00:00:00Z'));
+    expect(await seen()).toEqual(new Date('2026-05-01T00:00:00Z'));
   });
 });
 
