@@ -78,6 +78,11 @@ export async function startBenchStack(opts: {
     // The bench books one hour apart per booking (bench/pipeline.ts): 200/s for 10 s reaches 83 days
     // ahead, past the 90-day default for longer runs.
     BOOKING_HORIZON_DAYS: '3650',
+    // No passes over the owners' calendars (src/worker/calendar-sync.ts): each load's process starts
+    // with every owner new, so its first tick (30 s in) would read every owner's window at once, inside
+    // a longer run's measured load. In steady state a pass is one events.list per owner per interval,
+    // off the booking path. See bench/README.md.
+    CALENDAR_SYNC_SECONDS: '0',
     LOG_LEVEL: 'warn',
     ...opts.extraEnv,
   };

@@ -85,7 +85,7 @@ function conferenceStatusOf(event: calendar_v3.Schema$Event): CreatedCalendarEve
   return meetLinkOf(event) ? 'success' : 'none';
 }
 
-/** Pages of events.list (2500 events each) read at most to find busy time. */
+/** Pages of events.list (2500 events each) read at most, for busy time or for changed events. */
 const MAX_EVENT_PAGES = 10;
 
 /** An event's busy interval as freeBusy would report it, or null when it does not block time. */
@@ -388,43 +388,54 @@ export class GoogleCalendarGateway implements CalendarGateway {
    */
   async #busyFromEvents(ownerId: string, from: Date, to: Date, guard?: RetryGuard): Promise<BusyInterval[]> {
     const busy: BusyInterval[] = [];
+    const range = { timeMin: from.toISOString(), timeMax: to.toISOString(), singleEvents: true };
+    try {
+      // Never "free" because we stopped reading: past the last page read, the booking fails instead.
+      for await (const data of this.#eventPages(ownerId, range, 'events to check', guard)) {
+        const zone = data.timeZone ?? 'UTC';
+        for (const event of data.items ?? []) {
+          const interval = busyIntervalOf(event, zone);
+          if (interval) busy.push(interval);
+        }
+      }
+    } catch (err) {
+      throw this.#toDomain(err);
+    }
+    return busy.sort((a, b) => a.start.getTime() - b.start.getTime());
+  }
+
+  /**
+   * events.list of the primary calendar, page after page (2500 events each), errors as #call throws
+   * them; more than MAX_EVENT_PAGES pages is a final Upstream (`what`: what was being read).
+   */
+  async *#eventPages(
+    ownerId: string,
+    params: Omit<calendar_v3.Params$Resource$Events$List, 'auth' | 'calendarId' | 'maxResults' | 'pageToken'>,
+    what: string,
+    guard?: RetryGuard,
+  ): AsyncGenerator<calendar_v3.Schema$Events> {
     let pageToken: string | undefined;
     for (let page = 0; page < MAX_EVENT_PAGES; page++) {
-      let data: calendar_v3.Schema$Events;
-      try {
-        data = await this.#call(
-          ownerId,
-          'events.list',
-          async (api, auth, options) => {
-            const res = await api.events.list(
-              {
-                auth,
-                calendarId: 'primary',
-                timeMin: from.toISOString(),
-                timeMax: to.toISOString(),
-                singleEvents: true,
-                maxResults: 2500,
-                ...(pageToken ? { pageToken } : {}),
-              },
-              options,
-            );
-            return res.data;
-          },
-          guard,
-        );
-      } catch (err) {
-        throw this.#toDomain(err);
-      }
-      const zone = data.timeZone ?? 'UTC';
-      for (const event of data.items ?? []) {
-        const interval = busyIntervalOf(event, zone);
-        if (interval) busy.push(interval);
-      }
+      const data = await this.#call(
+        ownerId,
+        'events.list',
+        async (api, auth, options) => {
+          const query = {
+            auth,
+            calendarId: 'primary',
+            maxResults: 2500,
+            ...params,
+            ...(pageToken ? { pageToken } : {}),
+          };
+          return (await api.events.list(query, options)).data;
+        },
+        guard,
+      );
+      yield data;
       pageToken = data.nextPageToken ?? undefined;
-      if (!pageToken) return busy.sort((a, b) => a.start.getTime() - b.start.getTime());
+      if (!pageToken) return;
     }
-    // Never "free" because we stopped reading: the booking fails instead.
-    throw new Upstream(`Google events.list: more than ${MAX_EVENT_PAGES} pages of events to check`, false);
+    throw new Upstream(`Google events.list: more than ${MAX_EVENT_PAGES} pages of ${what}`, false);
   }
 
   async eventExists(ownerId: string, eventId: string, guard?: RetryGuard): Promise<boolean> {
@@ -455,41 +466,19 @@ export class GoogleCalendarGateway implements CalendarGateway {
       'updatedMin' in query
         ? { updatedMin: query.updatedMin.toISOString() }
         : { timeMin: query.from.toISOString(), timeMax: query.to.toISOString() };
-    let pageToken: string | undefined;
-    for (let page = 0; page < MAX_EVENT_PAGES; page++) {
-      let data: calendar_v3.Schema$Events;
-      try {
-        data = await this.#call(
-          ownerId,
-          'events.list',
-          async (api, auth, options) => {
-            const res = await api.events.list(
-              {
-                auth,
-                calendarId: 'primary',
-                // With updatedMin Google includes deleted events anyway; the window needs it said.
-                showDeleted: true,
-                maxResults: 2500,
-                ...bounds,
-                ...(pageToken ? { pageToken } : {}),
-              },
-              options,
-            );
-            return res.data;
-          },
-          guard,
-        );
-      } catch (err) {
-        // 410 Gone on a list: the changes asked for are no longer kept (updatedMinTooLongAgo).
-        if (err instanceof GoogleFatal && err.status === 410 && 'updatedMin' in query)
-          throw new ChangesTooOld();
-        throw this.#toDomain(err);
+    // With updatedMin Google includes deleted events anyway; the window needs it said.
+    const params = { showDeleted: true, ...bounds };
+    try {
+      for await (const data of this.#eventPages(ownerId, params, 'changed events', guard)) {
+        for (const event of data.items ?? []) if (event.id) found.push(eventStateOf(event.id, event));
       }
-      for (const event of data.items ?? []) if (event.id) found.push(eventStateOf(event.id, event));
-      pageToken = data.nextPageToken ?? undefined;
-      if (!pageToken) return found;
+    } catch (err) {
+      // 410 Gone on a list: the changes asked for are no longer kept (updatedMinTooLongAgo).
+      if (err instanceof GoogleFatal && err.status === 410 && 'updatedMin' in query)
+        throw new ChangesTooOld();
+      throw this.#toDomain(err);
     }
-    throw new Upstream(`Google events.list: more than ${MAX_EVENT_PAGES} pages of changed events`, false);
+    return found;
   }
 
   async eventState(ownerId: string, eventId: string, guard?: RetryGuard): Promise<CalendarEventState | null> {

@@ -287,6 +287,12 @@ export class GoogleEmulator {
     return `${this.baseUrl}token`;
   }
   requests: RequestLogEntry[] = [];
+  /**
+   * At most this many events per events.list page, whatever `maxResults` asks (Google documents that
+   * a page may hold fewer, or none, while more follow): tests of paging without thousands of events.
+   * Cleared by reset().
+   */
+  listPageSize: number | undefined;
   conferenceMode: 'success' | 'pending' | 'failure' = 'success';
   /** With mode 'pending', the Nth events.get after the insert (N = pendingPolls) sees success. */
   pendingPolls = 2;
@@ -431,10 +437,11 @@ export class GoogleEmulator {
     this.faults.push({ op, fault, remaining: times });
   }
 
-  /** Clears pending faults, the request log and the sendUpdates log. Accounts, tokens and events stay. */
+  /** Clears pending faults, the request log, the sendUpdates log and listPageSize. Accounts, tokens and events stay. */
   reset(): void {
     this.faults = [];
     this.requests.length = 0;
+    this.listPageSize = undefined;
     for (const account of this.accounts.values()) account.sentUpdates.length = 0;
   }
 
@@ -939,7 +946,7 @@ export class GoogleEmulator {
     if (query.orderBy === 'updated')
       items.sort((a, b) => String(a.resource.updated).localeCompare(String(b.resource.updated)));
 
-    const maxResults = Math.min(Number(query.maxResults ?? 250) || 250, 2500);
+    const maxResults = Math.min(Number(query.maxResults ?? 250) || 250, 2500, this.listPageSize ?? 2500);
     const offset = query.pageToken ? Number(Buffer.from(query.pageToken, 'base64url').toString()) : 0;
     if (!Number.isInteger(offset) || offset < 0) return calendarError(400, 'invalid', 'Invalid Value');
     const nextOffset = offset + maxResults;

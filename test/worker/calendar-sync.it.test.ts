@@ -400,6 +400,46 @@ describe('what a pass reads', () => {
     expect(after[1]?.op).toBe('events.get');
   });
 
+  it('reads every page Google answers', async () => {
+    const o = await newOwner(s);
+    const db = s.app.database.db;
+    await sql`INSERT INTO calendar_sync (user_id, due_at) VALUES (${o.userId}, now() + interval '1 hour')`.execute(
+      db,
+    );
+    // Two events of the owner's own come before ours in the calendar's listing.
+    for (const hour of [6, 7]) {
+      const start = new Date(dayAt(12).getTime() - (10 - hour) * 3_600_000);
+      await o.own.events.insert({
+        calendarId: 'primary',
+        requestBody: {
+          summary: 'Own',
+          start: { dateTime: start.toISOString() },
+          end: { dateTime: new Date(start.getTime() + 30 * 60_000).toISOString() },
+        },
+      });
+    }
+    const conv = await s.openConversation(o.agentId);
+    expect(await ask(s, conv, dayAt(12))).toContain('✅ Meeting confirmed!');
+    const [booked] = await meetingsOf(s, o.userId);
+    await o.own.events.delete({ calendarId: 'primary', eventId: booked!.google_event_id });
+    s.google.listPageSize = 1; // one event per page: ours on the third
+    const from = s.google.requests.length;
+    await sql`UPDATE calendar_sync SET due_at = now() - interval '1 second' WHERE user_id = ${o.userId}`.execute(
+      db,
+    );
+
+    await waitFor('the meeting cancelled', async () =>
+      (await meeting(s, booked!.meeting_id)).status === 'cancelled' ? true : undefined,
+    );
+    const mine = s.google.requests.slice(from).filter((r) => r.account === `${o.userId}@owner.test`);
+    const pages = mine.filter((r) => r.op === 'events.list');
+    expect(pages.slice(0, 3).map((r) => r.query.pageToken !== undefined)).toEqual([false, true, true]);
+    // Found on the third page: read again only under the lease, never by itself as one not listed.
+    expect(
+      mine.filter((r) => r.op === 'events.get' && r.path.endsWith(booked!.google_event_id)),
+    ).toHaveLength(1);
+  });
+
   it('an event the calendar does not know (the owner reconnected another account) leaves its meeting alone', async () => {
     const o = await newOwner(s);
     const conv = await s.openConversation(o.agentId);
