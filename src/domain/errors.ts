@@ -69,3 +69,13 @@ export class ChangesTooOld extends Error {
     this.name = 'ChangesTooOld';
   }
 }
+/**
+ * More changed events than one read goes through (events.list's page limit): read each meeting's
+ * event by itself instead.
+ */
+export class TooManyChanges extends Error {
+  constructor(message = 'More changed events than one read goes through') {
+    super(message);
+    this.name = 'TooManyChanges';
+  }
+}

@@ -11,7 +11,7 @@ import type {
   NewCalendarEvent,
   RetryGuard,
 } from '../domain/calendar-gateway.js';
-import { ChangesTooOld, Upstream } from '../domain/errors.js';
+import { ChangesTooOld, TooManyChanges, Upstream } from '../domain/errors.js';
 import { isIanaTimeZone, zonedInstant } from '../domain/time.js';
 import { createLeanFetch, type Fetch } from '../lean-fetch.js';
 import type { GoogleTokenProvider } from './token-provider.js';
@@ -416,6 +416,8 @@ export class GoogleCalendarGateway implements CalendarGateway {
   ): AsyncGenerator<calendar_v3.Schema$Events> {
     let pageToken: string | undefined;
     for (let page = 0; page < MAX_EVENT_PAGES; page++) {
+      // A next page is a request of its own: not sent once the caller may no longer read.
+      if (page > 0) await guard?.();
       const data = await this.#call(
         ownerId,
         'events.list',
@@ -435,7 +437,7 @@ export class GoogleCalendarGateway implements CalendarGateway {
       pageToken = data.nextPageToken ?? undefined;
       if (!pageToken) return;
     }
-    throw new Upstream(`Google events.list: more than ${MAX_EVENT_PAGES} pages of ${what}`, false);
+    throw new TooManyPages(`Google events.list: more than ${MAX_EVENT_PAGES} pages of ${what}`);
   }
 
   async eventExists(ownerId: string, eventId: string, guard?: RetryGuard): Promise<boolean> {
@@ -476,6 +478,7 @@ export class GoogleCalendarGateway implements CalendarGateway {
       // 410 Gone on a list: the changes asked for are no longer kept (updatedMinTooLongAgo).
       if (err instanceof GoogleFatal && err.status === 410 && 'updatedMin' in query)
         throw new ChangesTooOld();
+      if (err instanceof TooManyPages) throw new TooManyChanges(err.message);
       throw this.#toDomain(err);
     }
     return found;
@@ -597,6 +600,13 @@ export class GoogleCalendarGateway implements CalendarGateway {
       return new Upstream(err.message, false, { cause: err });
     }
     return err instanceof Error ? err : new Error(String(err));
+  }
+}
+
+/** More pages of events.list than a read goes through: final (the busy time is then not known). */
+class TooManyPages extends Upstream {
+  constructor(message: string) {
+    super(message, false);
   }
 }
 

@@ -8,6 +8,8 @@ export interface SyncClaim {
   userId: string;
   /** Null: never passed over (read the meetings' whole window). */
   syncedThrough: Date | null;
+  /** The database's clock when the claim ran: the pass's changes are read as of then. */
+  claimedAt: Date;
 }
 
 /**
@@ -24,25 +26,51 @@ export class CalendarSyncStore {
   constructor(private readonly db: Kysely<DB>) {}
 
   /**
-   * Claims up to `limit` owners due a pass: connected, with a watched meeting, not claimed within the
-   * last `everySeconds`. The claim itself moves the owner's next pass out by `everySeconds`, in one
-   * statement, so concurrent processes never claim the same owner (the upsert's row lock makes the
-   * second one see the first one's due time); a process that stops mid-pass leaves the owner for
-   * the pass after.
+   * Claims owners due a pass among the next `limit` candidates after `after` in user order:
+   * connected, with a watched meeting, not claimed within the last `everySeconds`. The claim itself
+   * moves the owner's next pass out by `everySeconds`, in one statement, so concurrent processes
+   * never claim the same owner (the upsert's row lock makes the second one see the first one's due
+   * time: it claims fewer than its candidates, maybe none); a process that stops mid-pass leaves the
+   * owner for the pass after. `last`: the last candidate looked at (the next call's `after`), null
+   * when none was left; a round of calls from null to null looks at every owner once.
    */
-  async claimDue(everySeconds: number, limit: number): Promise<SyncClaim[]> {
-    const { rows } = await sql<{ user_id: string; synced_through: Date | null }>`
-      INSERT INTO calendar_sync AS s (user_id, due_at)
-      SELECT c.user_id, now() + make_interval(secs => ${everySeconds})
-        FROM google_calendar_tokens c
-       WHERE c.status = 'connected'
-         AND EXISTS (SELECT 1 FROM meetings m WHERE m.user_id = c.user_id AND ${WATCHED})
-         AND NOT EXISTS (SELECT 1 FROM calendar_sync d WHERE d.user_id = c.user_id AND d.due_at > now())
-       ORDER BY c.user_id
-       LIMIT ${limit}
-      ON CONFLICT (user_id) DO UPDATE SET due_at = excluded.due_at WHERE s.due_at <= now()
-      RETURNING s.user_id, s.synced_through`.execute(this.db);
-    return rows.map((r) => ({ userId: r.user_id, syncedThrough: r.synced_through }));
+  async claimDue(
+    everySeconds: number,
+    limit: number,
+    after: string | null = null,
+  ): Promise<{ claims: SyncClaim[]; last: string | null }> {
+    const { rows } = await sql<{
+      last: string | null;
+      user_id: string | null;
+      synced_through: Date | null;
+      claimed_at: Date;
+    }>`
+      WITH candidates AS (
+        SELECT c.user_id
+          FROM google_calendar_tokens c
+         WHERE c.status = 'connected'
+           AND (${after}::text IS NULL OR c.user_id > ${after}::text)
+           AND EXISTS (SELECT 1 FROM meetings m WHERE m.user_id = c.user_id AND ${WATCHED})
+           AND NOT EXISTS (SELECT 1 FROM calendar_sync d WHERE d.user_id = c.user_id AND d.due_at > now())
+         ORDER BY c.user_id
+         LIMIT ${limit}
+      ), claimed AS (
+        INSERT INTO calendar_sync AS s (user_id, due_at)
+        SELECT user_id, now() + make_interval(secs => ${everySeconds}) FROM candidates ORDER BY user_id
+        ON CONFLICT (user_id) DO UPDATE SET due_at = excluded.due_at WHERE s.due_at <= now()
+        RETURNING s.user_id, s.synced_through
+      )
+      SELECT (SELECT max(user_id) FROM candidates) AS last, claimed.user_id, claimed.synced_through,
+             now() AS claimed_at
+        FROM (SELECT 1) AS one LEFT JOIN claimed ON true`.execute(this.db);
+    const claims = rows
+      .filter((r) => r.user_id !== null)
+      .map((r) => ({
+        userId: r.user_id!,
+        syncedThrough: r.synced_through,
+        claimedAt: new Date(r.claimed_at),
+      }));
+    return { claims, last: rows[0]?.last ?? null };
   }
 
   /** The owner's watched meetings (see WATCHED). */

@@ -2,7 +2,7 @@ import type { Kysely } from 'kysely';
 import type { Logger } from 'pino';
 import type { CalendarEventState, CalendarGateway } from '../domain/calendar-gateway.js';
 import { driftOf, driftsOf, type MeetingDrift, type SyncedMeeting } from '../domain/calendar-sync.js';
-import { CalendarNotConnected, ChangesTooOld, Upstream } from '../domain/errors.js';
+import { CalendarNotConnected, ChangesTooOld, TooManyChanges, Upstream } from '../domain/errors.js';
 import { meetingEventData } from '../domain/owner-events.js';
 import { WHOLE_OWNER } from '../store/booking-leases.js';
 import type { CalendarSyncStore, SyncClaim } from '../store/calendar-sync.js';
@@ -16,8 +16,9 @@ type PassOutcome = 'synced' | 'deferred' | 'failed';
 /** Owners claimed per statement and passed over at once; a pass claims until none is due. */
 const CLAIM_BATCH = 20;
 /**
- * Read changes from this long before the last pass began: `updatedMin` is compared with Google's
- * clock, not ours. Reading a change twice is harmless (a meeting already in step has no drift).
+ * Read changes from this long before the last pass was claimed (the database's clock, the same for
+ * every process): `updatedMin` is compared with Google's clock, not ours. Reading a change twice is
+ * harmless (a meeting already in step has no drift).
  */
 const CLOCK_MARGIN_MS = 5 * 60_000;
 /** The first pass over an owner reads their meetings' whole window from this long ago. */
@@ -29,6 +30,7 @@ const READS_AT_ONCE = 4;
 async function settleLimited<T, R>(
   items: readonly T[],
   limit: number,
+  signal: AbortSignal,
   fn: (item: T) => Promise<R>,
 ): Promise<PromiseSettledResult<R>[]> {
   const results: PromiseSettledResult<R>[] = new Array(items.length);
@@ -37,6 +39,8 @@ async function settleLimited<T, R>(
     while (next < items.length) {
       const i = next++;
       try {
+        // Not started once the process is stopping: counted as not read.
+        signal.throwIfAborted();
         results[i] = { status: 'fulfilled', value: await fn(items[i]!) };
       } catch (reason) {
         results[i] = { status: 'rejected', reason };
@@ -45,6 +49,26 @@ async function settleLimited<T, R>(
   };
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, lane));
   return results;
+}
+
+/**
+ * The rejected reads among `results` (each logged), after rethrowing a lost connection: an owner
+ * whose grant Google revoked mid-pass is left alone, as one revoked before it (see syncOwner).
+ */
+function failedReads(
+  results: PromiseSettledResult<unknown>[],
+  log: Logger,
+  ids: (i: number) => string,
+): number {
+  const lost = results.find((r) => r.status === 'rejected' && r.reason instanceof CalendarNotConnected);
+  if (lost?.status === 'rejected') throw lost.reason;
+  let failed = 0;
+  for (const [i, r] of results.entries()) {
+    if (r.status !== 'rejected') continue;
+    failed++;
+    log.warn({ err: r.reason, event_id: ids(i) }, 'calendar sync could not read an event');
+  }
+  return failed;
 }
 
 export interface CalendarSyncDeps {
@@ -106,15 +130,21 @@ export class CalendarSync {
     await this.#running;
   }
 
-  /** One pass: every owner due, claimed a batch at a time. */
+  /**
+   * One round: every owner due, claimed a batch at a time in user order, each batch after the last
+   * one's candidates (so a round looks at each owner once, and a batch another process claimed
+   * first does not end the round).
+   */
   async runOnce(): Promise<void> {
+    let after: string | null = null;
     for (;;) {
       if (this.#stop.signal.aborted) return;
-      const claims = await this.deps.store.claimDue(this.deps.everySeconds, CLAIM_BATCH);
-      if (claims.length === 0) return;
+      const batch = await this.deps.store.claimDue(this.deps.everySeconds, CLAIM_BATCH, after);
+      if (batch.last === null) return;
+      after = batch.last;
       // A batch's owners at once (each catches its own failure): an owner claimed waits for no other
       // owner's pass, so the claim's interval is not spent waiting in line.
-      await Promise.all(claims.map((claim) => this.syncOwner(claim)));
+      await Promise.all(batch.claims.map((claim) => this.syncOwner(claim)));
     }
   }
 
@@ -122,14 +152,18 @@ export class CalendarSync {
   async syncOwner(claim: SyncClaim): Promise<void> {
     const { userId } = claim;
     const log = this.deps.logger.child({ user_id: userId });
-    const startedAt = Date.now();
+    if (this.#stop.signal.aborted) return;
     try {
       const outcome = await this.#pass(userId, claim.syncedThrough, log);
       // Only a pass that saw and settled everything moves the owner's read point: after a deferred
       // or partly failed one, the next pass reads the same changes again (applied ones are in step
       // by then and change nothing).
       if (outcome === 'synced') {
-        await this.deps.store.markSynced(userId, claim.syncedThrough, new Date(startedAt - CLOCK_MARGIN_MS));
+        await this.deps.store.markSynced(
+          userId,
+          claim.syncedThrough,
+          new Date(claim.claimedAt.getTime() - CLOCK_MARGIN_MS),
+        );
       }
       this.deps.onPass?.(outcome);
     } catch (err) {
@@ -160,38 +194,37 @@ export class CalendarSync {
         const events = await this.deps.calendar.eventChanges(userId, { updatedMin: since }, this.#guard);
         return { events, complete: true };
       } catch (err) {
-        if (!(err instanceof ChangesTooOld)) throw err;
+        // No longer kept, or more than one read goes through: the window instead.
+        if (!(err instanceof ChangesTooOld || err instanceof TooManyChanges)) throw err;
       }
     }
     const ends = meetings.map((m) => m.meetingTime.getTime() + m.durationMinutes * 60_000);
-    const listed = await this.deps.calendar.eventChanges(
-      userId,
-      { from: new Date(Date.now() - WINDOW_BEFORE_MS), to: new Date(Math.max(...ends) + 60_000) },
-      this.#guard,
-    );
+    let listed: CalendarEventState[] = [];
+    try {
+      listed = await this.deps.calendar.eventChanges(
+        userId,
+        { from: new Date(Date.now() - WINDOW_BEFORE_MS), to: new Date(Math.max(...ends) + 60_000) },
+        this.#guard,
+      );
+    } catch (err) {
+      // A window too full to read: each meeting's event is read by itself below (bounded by the
+      // owner's meetings, not by the calendar's events).
+      if (!(err instanceof TooManyChanges)) throw err;
+      log.info('calendar sync: the meetings’ window holds too many events; reading each meeting’s event');
+    }
     // The window holds only events still in it: one the owner moved out of it is not listed. Each
     // meeting whose event was not listed is read by itself, a few at a time. An event Google does
     // not know (404: purged long after its deletion, or the owner reconnected another account) is
     // left alone: nothing says what became of it.
     const seen = new Set(listed.map((e) => e.eventId));
     const missing = meetings.filter((m) => !seen.has(m.googleEventId));
-    const results = await settleLimited(missing, READS_AT_ONCE, (m) =>
+    const results = await settleLimited(missing, READS_AT_ONCE, this.#stop.signal, (m) =>
       this.deps.calendar.eventState(userId, m.googleEventId, this.#guard),
     );
+    const failed = failedReads(results, log, (i) => missing[i]?.googleEventId ?? '');
     const events = [...listed];
-    let complete = true;
-    for (const [i, r] of results.entries()) {
-      if (r.status === 'fulfilled') {
-        if (r.value) events.push(r.value);
-      } else {
-        complete = false;
-        log.warn(
-          { err: r.reason, event_id: missing[i]?.googleEventId },
-          'calendar sync could not read an event',
-        );
-      }
-    }
-    return { events, complete };
+    for (const r of results) if (r.status === 'fulfilled' && r.value) events.push(r.value);
+    return { events, complete: failed === 0 };
   }
 
   /**
@@ -220,21 +253,15 @@ export class CalendarSync {
       const live = await this.#notInFlight(before.map((m) => m.meeting_id));
       if (live.length < before.length) outcome = 'deferred';
       // Read at once, not one after another: the owner's bookings wait while this holds their time.
-      const now = await settleLimited(live, READS_AT_ONCE, (m) =>
+      const now = await settleLimited(live, READS_AT_ONCE, this.#stop.signal, (m) =>
         this.deps.calendar.eventState(userId, m.google_event_id, this.#guard),
       );
+      if (failedReads(now, log, (i) => live[i]?.google_event_id ?? '') > 0) outcome = 'failed';
       for (const [i, meeting] of live.entries()) {
         this.#stop.signal.throwIfAborted();
         const state = now[i]!;
-        if (state.status === 'rejected') {
-          outcome = 'failed';
-          log.warn(
-            { err: state.reason, meeting_id: meeting.meeting_id },
-            'calendar sync could not read an event',
-          );
-          continue;
-        }
-        if (!state.value) continue; // unknown to Google (see #read): left alone
+        // Not read (counted above), or unknown to Google (see #read): left alone.
+        if (state.status === 'rejected' || !state.value) continue;
         const drift = driftOf(
           {
             meetingId: meeting.meeting_id,

@@ -44,13 +44,15 @@ async function meeting(
   return id;
 }
 
-/** Every owner due now, claimed (a pass claims until none is left). */
-async function claimAll(everySeconds = 300): Promise<string[]> {
+/** Every owner due now, claimed in one round of batches (as CalendarSync.runOnce claims them). */
+async function claimAll(limit = 50): Promise<string[]> {
   const all: string[] = [];
+  let after: string | null = null;
   for (;;) {
-    const batch = await store.claimDue(everySeconds, 50);
-    if (batch.length === 0) return all;
-    all.push(...batch.map((c) => c.userId));
+    const batch = await store.claimDue(300, limit, after);
+    all.push(...batch.claims.map((c) => c.userId));
+    if (batch.last === null) return all;
+    after = batch.last;
   }
 }
 
@@ -80,7 +82,33 @@ describe('claiming owners due a pass', () => {
       database.db,
     );
     const again = await store.claimDue(300, 50);
-    expect(again).toEqual([{ userId: upcoming, syncedThrough: new Date('2026-01-02T00:00:00Z') }]);
+    expect(again.claims).toEqual([
+      { userId: upcoming, syncedThrough: new Date('2026-01-02T00:00:00Z'), claimedAt: expect.any(Date) },
+    ]);
+    // The database's clock, as of the claim.
+    expect(Math.abs(again.claims[0]!.claimedAt.getTime() - Date.now())).toBeLessThan(60_000);
+  });
+
+  it('a round of small batches looks at each owner once, and ends when none is left', async () => {
+    await claimAll();
+    const ids: string[] = [];
+    for (let i = 0; i < 7; i++) {
+      const u = await owner();
+      await meeting(u, HOUR);
+      ids.push(u);
+    }
+    const first = await store.claimDue(300, 3);
+    expect(first.claims).toHaveLength(3);
+    expect(first.last).toBe(
+      first.claims
+        .map((c) => c.userId)
+        .sort()
+        .at(-1),
+    );
+    // The rest of the round, after the first batch's last candidate.
+    const rest = await claimAll(3);
+    expect([...first.claims.map((c) => c.userId), ...rest].sort()).toEqual(ids.sort());
+    expect(await store.claimDue(300, 3)).toEqual({ claims: [], last: null });
   });
 
   it('never gives one owner to two concurrent claimers', async () => {
@@ -93,7 +121,7 @@ describe('claiming owners due a pass', () => {
     }
     const batches = await Promise.all([1, 2, 3, 4].map(() => store.claimDue(300, 10)));
     const rest = await claimAll();
-    const claimed = [...batches.flat().map((c) => c.userId), ...rest];
+    const claimed = [...batches.flatMap((b) => b.claims.map((c) => c.userId)), ...rest];
     expect(claimed.sort()).toEqual(ids.sort());
   });
 

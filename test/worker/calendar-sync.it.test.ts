@@ -334,16 +334,20 @@ describe('what a pass reads', () => {
     // Then: what changed since the first pass began (less a margin for the clocks).
     expect(second?.query.updatedMin).toBeDefined();
     expect(second?.query.timeMin).toBeUndefined();
-    expect(new Date(second!.query.updatedMin!).getTime()).toBeLessThanOrEqual(first!.at);
+    // (claimed just before the first read was sent; five minutes of margin for Google's clock)
+    const since = new Date(second!.query.updatedMin!).getTime();
+    expect(since).toBeLessThanOrEqual(first!.at - 5 * 60_000);
+    expect(since).toBeGreaterThan(first!.at - 5 * 60_000 - 5_000);
 
     const [booked] = await meetingsOf(s, o.userId);
-    await o.own.events.delete({ calendarId: 'primary', eventId: booked!.google_event_id });
+    // The fault first: the next read of changes, whenever it comes, is refused.
     s.google.fail('events.list', {
       kind: 'status',
       status: 410,
       reason: 'updatedMinTooLongAgo',
       message: 'The requested minimum modification time lies too far in the past.',
     });
+    await o.own.events.delete({ calendarId: 'primary', eventId: booked!.google_event_id });
     await waitFor('the meeting cancelled', async () =>
       (await meeting(s, booked!.meeting_id)).status === 'cancelled' ? true : undefined,
     );
@@ -440,6 +444,51 @@ describe('what a pass reads', () => {
     ).toHaveLength(1);
   });
 
+  it('a window with more events than one read goes through: each meeting’s event is read by itself', async () => {
+    const o = await newOwner(s);
+    const db = s.app.database.db;
+    await sql`INSERT INTO calendar_sync (user_id, due_at) VALUES (${o.userId}, now() + interval '1 hour')`.execute(
+      db,
+    );
+    // Eleven events of the owner's own in the window, listed before ours, one per page: more than
+    // the ten pages a read goes through.
+    for (let i = 0; i < 11; i++) {
+      const start = new Date(dayAt(13).getTime() - (i + 1) * 3_600_000);
+      await o.own.events.insert({
+        calendarId: 'primary',
+        requestBody: {
+          summary: `Own ${i}`,
+          start: { dateTime: start.toISOString() },
+          end: { dateTime: new Date(start.getTime() + 30 * 60_000).toISOString() },
+        },
+      });
+    }
+    const conv = await s.openConversation(o.agentId);
+    expect(await ask(s, conv, dayAt(13))).toContain('✅ Meeting confirmed!');
+    const [booked] = await meetingsOf(s, o.userId);
+    await o.own.events.delete({ calendarId: 'primary', eventId: booked!.google_event_id });
+    s.google.listPageSize = 1;
+    const from = s.google.requests.length;
+    await sql`UPDATE calendar_sync SET due_at = now() - interval '1 second' WHERE user_id = ${o.userId}`.execute(
+      db,
+    );
+
+    await waitFor('the meeting cancelled', async () =>
+      (await meeting(s, booked!.meeting_id)).status === 'cancelled' ? true : undefined,
+    );
+    const mine = s.google.requests.slice(from).filter((r) => r.account === `${o.userId}@owner.test`);
+    // That pass: ten pages of the window, then gave that read up.
+    const firstPass = mine.slice(
+      0,
+      mine.findIndex((r) => r.op === 'events.get'),
+    );
+    expect(firstPass.filter((r) => r.op === 'events.list')).toHaveLength(10);
+    // Read by itself, then again under the lease.
+    expect(
+      mine.filter((r) => r.op === 'events.get' && r.path.endsWith(booked!.google_event_id)),
+    ).toHaveLength(2);
+  });
+
   it('an event the calendar does not know (the owner reconnected another account) leaves its meeting alone', async () => {
     const o = await newOwner(s);
     const conv = await s.openConversation(o.agentId);
@@ -488,16 +537,26 @@ describe('what a pass reads', () => {
     const conv = await s.openConversation(o.agentId);
     expect(await ask(s, conv, dayAt(7))).toContain('✅ Meeting confirmed!');
     const [booked] = await meetingsOf(s, o.userId);
+    await morePasses(s, o, 1);
     const removed = await s.app.http.inject({
       method: 'DELETE',
       url: `/api/google-tokens/${o.userId}`,
       headers: s.admin,
     });
     expect(removed.statusCode, removed.body).toBe(200);
-    const before = serviceCalls(s, o, 'events.list').length;
     await o.own.events.delete({ calendarId: 'primary', eventId: booked!.google_event_id });
+    await new Promise((r) => setTimeout(r, 300)); // a pass claimed before the disconnect ends
+    // Not claimed any more: its next pass stays where it was.
+    const due = async () =>
+      (
+        await sql<{ due_at: Date }>`SELECT due_at FROM calendar_sync WHERE user_id = ${o.userId}`.execute(
+          s.app.database.db,
+        )
+      ).rows[0]?.due_at.getTime();
+    const before = await due();
+    expect(before).toBeDefined();
     await new Promise((r) => setTimeout(r, 1_000)); // five passes' time
-    expect(serviceCalls(s, o, 'events.list')).toHaveLength(before);
+    expect(await due()).toBe(before);
     expect((await meeting(s, booked!.meeting_id)).status).toBe('scheduled');
   });
 });
