@@ -485,23 +485,10 @@ export class GoogleCalendarGateway implements CalendarGateway {
   }
 
   async eventState(ownerId: string, eventId: string, guard?: RetryGuard): Promise<CalendarEventState | null> {
-    try {
-      const event = await this.#call(
-        ownerId,
-        'events.get',
-        async (api, auth, options) => {
-          const res = await api.events.get({ auth, calendarId: 'primary', eventId }, options);
-          return res.data;
-        },
-        guard,
-      );
-      return eventStateOf(eventId, event);
-    } catch (err) {
-      if (err instanceof GoogleFatal && err.status === 410)
-        return { eventId, cancelled: true, start: null, end: null };
-      if (err instanceof GoogleFatal && err.status === 404) return null;
-      throw this.#toDomain(err);
-    }
+    const event = await this.#readEvent(ownerId, eventId, guard);
+    if (event === 404) return null;
+    if (event === 410) return { eventId, cancelled: true, start: null, end: null };
+    return eventStateOf(eventId, event);
   }
 
   /** events.get; null for 404/410 and for a cancelled (deleted) event, which get still returns. */
@@ -510,19 +497,29 @@ export class GoogleCalendarGateway implements CalendarGateway {
     eventId: string,
     guard?: RetryGuard,
   ): Promise<calendar_v3.Schema$Event | null> {
+    const event = await this.#readEvent(ownerId, eventId, guard);
+    return typeof event === 'number' || event.status === 'cancelled' ? null : event;
+  }
+
+  /**
+   * events.get: the event (a deleted one as Google keeps it, `cancelled`), or Google's 404 or 410
+   * (#getEvent, for an event known to exist, throws on those).
+   */
+  async #readEvent(
+    ownerId: string,
+    eventId: string,
+    guard?: RetryGuard,
+  ): Promise<calendar_v3.Schema$Event | 404 | 410> {
     try {
-      const event = await this.#call(
+      return await this.#call(
         ownerId,
         'events.get',
-        async (api, auth, options) => {
-          const res = await api.events.get({ auth, calendarId: 'primary', eventId }, options);
-          return res.data;
-        },
+        async (api, auth, options) =>
+          (await api.events.get({ auth, calendarId: 'primary', eventId }, options)).data,
         guard,
       );
-      return event.status === 'cancelled' ? null : event;
     } catch (err) {
-      if (err instanceof GoogleFatal && (err.status === 404 || err.status === 410)) return null;
+      if (err instanceof GoogleFatal && (err.status === 404 || err.status === 410)) return err.status;
       throw this.#toDomain(err);
     }
   }

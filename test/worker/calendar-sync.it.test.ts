@@ -150,6 +150,35 @@ async function deliveryTypes(s: Stack, userId: string): Promise<string[]> {
   return (res.json().deliveries as Array<{ event_type: string }>).map((d) => d.event_type).sort();
 }
 
+/**
+ * No pass over this owner until the returned function is called: what the owner's first pass (a read
+ * of the window) will find is staged meanwhile. Call it before the owner has a meeting, so that no
+ * pass is under way.
+ */
+async function firstPassHeld(s: Stack, o: Owner): Promise<() => Promise<void>> {
+  const db = s.app.database.db;
+  await sql`INSERT INTO calendar_sync (user_id, due_at) VALUES (${o.userId}, now() + interval '1 hour')`.execute(
+    db,
+  );
+  return async () => {
+    await sql`UPDATE calendar_sync SET due_at = now() - interval '1 second' WHERE user_id = ${o.userId}`.execute(
+      db,
+    );
+  };
+}
+
+/** A half-hour event the owner makes in their own calendar, starting at `start`. */
+async function ownEvent(o: Owner, start: Date): Promise<void> {
+  await o.own.events.insert({
+    calendarId: 'primary',
+    requestBody: {
+      summary: 'Own',
+      start: { dateTime: start.toISOString() },
+      end: { dateTime: new Date(start.getTime() + 30 * 60_000).toISOString() },
+    },
+  });
+}
+
 describe('owner changes in Google Calendar', () => {
   const s = useStack(SYNC, OPTIONS);
 
@@ -364,12 +393,9 @@ describe('what a pass reads', () => {
 
   it('in a read of the window, a meeting whose event is no longer in it is read by itself', async () => {
     const o = await newOwner(s);
-    const db = s.app.database.db;
     // No pass over this owner until it is made due below: the owner's first pass, a read of the
     // window, comes after the owner moved the event three weeks on, out of the window.
-    await sql`INSERT INTO calendar_sync (user_id, due_at) VALUES (${o.userId}, now() + interval '1 hour')`.execute(
-      db,
-    );
+    const release = await firstPassHeld(s, o);
     const conv = await s.openConversation(o.agentId);
     expect(await ask(s, conv, dayAt(9))).toContain('✅ Meeting confirmed!');
     const [booked] = await meetingsOf(s, o.userId);
@@ -383,9 +409,7 @@ describe('what a pass reads', () => {
       },
     });
     const from = s.google.requests.length;
-    await sql`UPDATE calendar_sync SET due_at = now() - interval '1 second' WHERE user_id = ${o.userId}`.execute(
-      db,
-    );
+    await release();
 
     await waitFor('the meeting moved', async () =>
       (await meeting(s, booked!.meeting_id)).meeting_time === to.toISOString() ? true : undefined,
@@ -406,31 +430,17 @@ describe('what a pass reads', () => {
 
   it('reads every page Google answers', async () => {
     const o = await newOwner(s);
-    const db = s.app.database.db;
-    await sql`INSERT INTO calendar_sync (user_id, due_at) VALUES (${o.userId}, now() + interval '1 hour')`.execute(
-      db,
-    );
+    const release = await firstPassHeld(s, o);
     // Two events of the owner's own come before ours in the calendar's listing.
-    for (const hour of [6, 7]) {
-      const start = new Date(dayAt(12).getTime() - (10 - hour) * 3_600_000);
-      await o.own.events.insert({
-        calendarId: 'primary',
-        requestBody: {
-          summary: 'Own',
-          start: { dateTime: start.toISOString() },
-          end: { dateTime: new Date(start.getTime() + 30 * 60_000).toISOString() },
-        },
-      });
-    }
+    for (const hoursBefore of [4, 3])
+      await ownEvent(o, new Date(dayAt(12).getTime() - hoursBefore * 3_600_000));
     const conv = await s.openConversation(o.agentId);
     expect(await ask(s, conv, dayAt(12))).toContain('✅ Meeting confirmed!');
     const [booked] = await meetingsOf(s, o.userId);
     await o.own.events.delete({ calendarId: 'primary', eventId: booked!.google_event_id });
     s.google.listPageSize = 1; // one event per page: ours on the third
     const from = s.google.requests.length;
-    await sql`UPDATE calendar_sync SET due_at = now() - interval '1 second' WHERE user_id = ${o.userId}`.execute(
-      db,
-    );
+    await release();
 
     await waitFor('the meeting cancelled', async () =>
       (await meeting(s, booked!.meeting_id)).status === 'cancelled' ? true : undefined,
@@ -446,32 +456,17 @@ describe('what a pass reads', () => {
 
   it('a window with more events than one read goes through: each meeting’s event is read by itself', async () => {
     const o = await newOwner(s);
-    const db = s.app.database.db;
-    await sql`INSERT INTO calendar_sync (user_id, due_at) VALUES (${o.userId}, now() + interval '1 hour')`.execute(
-      db,
-    );
+    const release = await firstPassHeld(s, o);
     // Eleven events of the owner's own in the window, listed before ours, one per page: more than
     // the ten pages a read goes through.
-    for (let i = 0; i < 11; i++) {
-      const start = new Date(dayAt(13).getTime() - (i + 1) * 3_600_000);
-      await o.own.events.insert({
-        calendarId: 'primary',
-        requestBody: {
-          summary: `Own ${i}`,
-          start: { dateTime: start.toISOString() },
-          end: { dateTime: new Date(start.getTime() + 30 * 60_000).toISOString() },
-        },
-      });
-    }
+    for (let i = 1; i <= 11; i++) await ownEvent(o, new Date(dayAt(13).getTime() - i * 3_600_000));
     const conv = await s.openConversation(o.agentId);
     expect(await ask(s, conv, dayAt(13))).toContain('✅ Meeting confirmed!');
     const [booked] = await meetingsOf(s, o.userId);
     await o.own.events.delete({ calendarId: 'primary', eventId: booked!.google_event_id });
     s.google.listPageSize = 1;
     const from = s.google.requests.length;
-    await sql`UPDATE calendar_sync SET due_at = now() - interval '1 second' WHERE user_id = ${o.userId}`.execute(
-      db,
-    );
+    await release();
 
     await waitFor('the meeting cancelled', async () =>
       (await meeting(s, booked!.meeting_id)).status === 'cancelled' ? true : undefined,
