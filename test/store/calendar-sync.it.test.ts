@@ -44,6 +44,17 @@ async function meeting(
   return id;
 }
 
+/** `count` new connected owners, each with a meeting in an hour: due a pass. */
+async function ownersDue(count: number): Promise<string[]> {
+  const ids: string[] = [];
+  for (let i = 0; i < count; i++) {
+    const u = await owner();
+    await meeting(u, HOUR);
+    ids.push(u);
+  }
+  return ids;
+}
+
 /** Every owner due now, claimed in one round of batches (as CalendarSync.runOnce claims them). */
 async function claimAll(limit = 50): Promise<string[]> {
   const all: string[] = [];
@@ -91,12 +102,7 @@ describe('claiming owners due a pass', () => {
 
   it('a round of small batches looks at each owner once, and ends when none is left', async () => {
     await claimAll();
-    const ids: string[] = [];
-    for (let i = 0; i < 7; i++) {
-      const u = await owner();
-      await meeting(u, HOUR);
-      ids.push(u);
-    }
+    const ids = await ownersDue(7);
     const first = await store.claimDue(300, 3);
     expect(first.claims).toHaveLength(3);
     expect(first.last).toBe(
@@ -105,7 +111,7 @@ describe('claiming owners due a pass', () => {
         .sort()
         .at(-1),
     );
-    // The rest of the round, after the first batch's last candidate.
+    // The rest (the first batch's owners are not due any more), in batches of three.
     const rest = await claimAll(3);
     expect([...first.claims.map((c) => c.userId), ...rest].sort()).toEqual(ids.sort());
     expect(await store.claimDue(300, 3)).toEqual({ claims: [], last: null });
@@ -113,12 +119,7 @@ describe('claiming owners due a pass', () => {
 
   it('never gives one owner to two concurrent claimers', async () => {
     await claimAll();
-    const ids: string[] = [];
-    for (let i = 0; i < 30; i++) {
-      const u = await owner();
-      await meeting(u, HOUR);
-      ids.push(u);
-    }
+    const ids = await ownersDue(30);
     const batches = await Promise.all([1, 2, 3, 4].map(() => store.claimDue(300, 10)));
     const rest = await claimAll();
     const claimed = [...batches.flatMap((b) => b.claims.map((c) => c.userId)), ...rest];

@@ -129,6 +129,14 @@ async function meeting(s: Stack, meetingId: string) {
   };
 }
 
+/** A confirmed booking at `at` in a new conversation of the owner, and its meeting as the API lists it. */
+async function bookOne(s: Stack, o: Owner, at: Date) {
+  const conv = await s.openConversation(o.agentId);
+  expect(await ask(s, conv, at)).toContain('✅ Meeting confirmed!');
+  const [booked] = await meetingsOf(s, o.userId);
+  return { conv, booked: booked! };
+}
+
 /** The owner's Calendar requests the service sent (not the owner's own), by op. */
 function serviceCalls(s: Stack, owner: Owner, op: string) {
   return s.google.requests.filter(
@@ -188,13 +196,13 @@ describe('owner changes in Google Calendar', () => {
     expect(await ask(s, conv, dayAt(2))).toContain('✅ Meeting confirmed!');
     // MAX_BOOKINGS_PER_CONVERSATION is 1 here: a second booking is refused while the first stands.
     expect(await ask(s, conv, dayAt(3))).not.toContain('✅ Meeting confirmed!');
-    const [booked] = await meetingsOf(s, o.userId);
-    expect(booked?.status).toBe('scheduled');
+    const booked = (await meetingsOf(s, o.userId))[0]!;
+    expect(booked.status).toBe('scheduled');
 
-    await o.own.events.delete({ calendarId: 'primary', eventId: booked!.google_event_id });
+    await o.own.events.delete({ calendarId: 'primary', eventId: booked.google_event_id });
 
     const cancelled = await waitFor('the meeting cancelled', async () => {
-      const m = await meeting(s, booked!.meeting_id);
+      const m = await meeting(s, booked.meeting_id);
       return m.status === 'cancelled' ? m : undefined;
     });
     expect(cancelled.cancelled_at).not.toBeNull();
@@ -202,7 +210,7 @@ describe('owner changes in Google Calendar', () => {
       received.get(o.hookPath)?.find((e) => e.type === 'meeting.cancelled'),
     );
     expect(event.data.source).toBe('calendar');
-    expect(event.data.meeting).toMatchObject({ meeting_id: booked!.meeting_id, status: 'cancelled' });
+    expect(event.data.meeting).toMatchObject({ meeting_id: booked.meeting_id, status: 'cancelled' });
     // The conversation's one meeting is gone, so the customer can book again.
     expect(await ask(s, conv, dayAt(3))).toContain('✅ Meeting confirmed!');
     const value = await metricsSnapshot(s);
@@ -211,21 +219,19 @@ describe('owner changes in Google Calendar', () => {
 
   it('an event the owner moves and lengthens moves its meeting, and tells the owner', async () => {
     const o = await newOwner(s);
-    const conv = await s.openConversation(o.agentId);
-    expect(await ask(s, conv, dayAt(4))).toContain('✅ Meeting confirmed!');
-    const [booked] = await meetingsOf(s, o.userId);
-    expect(booked?.duration_minutes).toBe(30);
+    const { booked } = await bookOne(s, o, dayAt(4));
+    expect(booked.duration_minutes).toBe(30);
     const start = new Date(dayAt(4).getTime() + 2 * 3_600_000);
     const end = new Date(start.getTime() + 45 * 60_000);
 
     await o.own.events.patch({
       calendarId: 'primary',
-      eventId: booked!.google_event_id,
+      eventId: booked.google_event_id,
       requestBody: { start: { dateTime: start.toISOString() }, end: { dateTime: end.toISOString() } },
     });
 
     const moved = await waitFor('the meeting moved', async () => {
-      const m = await meeting(s, booked!.meeting_id);
+      const m = await meeting(s, booked.meeting_id);
       return m.meeting_time === start.toISOString() ? m : undefined;
     });
     expect(moved).toMatchObject({ status: 'scheduled', duration_minutes: 45 });
@@ -241,15 +247,13 @@ describe('owner changes in Google Calendar', () => {
     });
     // The next passes over this owner find the meeting in step: nothing more changes.
     await morePasses(s, o, 2);
-    expect((await meeting(s, booked!.meeting_id)).updated_at).toBe(moved.updated_at);
+    expect((await meeting(s, booked.meeting_id)).updated_at).toBe(moved.updated_at);
     expect(await deliveryTypes(s, o.userId)).toEqual(['meeting.booked', 'meeting.rescheduled']);
   });
 
   it('a change gone again by the time the pass holds the owner’s time changes nothing', async () => {
     const o = await newOwner(s);
-    const conv = await s.openConversation(o.agentId);
-    expect(await ask(s, conv, dayAt(5))).toContain('✅ Meeting confirmed!');
-    const [booked] = await meetingsOf(s, o.userId);
+    const { booked } = await bookOne(s, o, dayAt(5));
     await morePasses(s, o, 1); // the first (window) pass is behind: the next ones read changes
     // The pass's own read of the event (under the owner's lock) waits 1.5 s before Google answers it;
     // meanwhile the owner puts the event back where it was.
@@ -258,7 +262,7 @@ describe('owner changes in Google Calendar', () => {
     const put = (from: Date) =>
       o.own.events.patch({
         calendarId: 'primary',
-        eventId: booked!.google_event_id,
+        eventId: booked.google_event_id,
         requestBody: {
           start: { dateTime: from.toISOString() },
           end: { dateTime: new Date(from.getTime() + 30 * 60_000).toISOString() },
@@ -273,7 +277,7 @@ describe('owner changes in Google Calendar', () => {
     await waitFor('that read answered', async () => (stalled.doneAt !== undefined ? true : undefined));
     expect(stalled.account).toBe(`${o.userId}@owner.test`);
     await morePasses(s, o, 2);
-    const m = await meeting(s, booked!.meeting_id);
+    const m = await meeting(s, booked.meeting_id);
     expect(m).toMatchObject({
       status: 'scheduled',
       meeting_time: dayAt(5).toISOString(),
@@ -284,9 +288,7 @@ describe('owner changes in Google Calendar', () => {
 
   it('a move at Google whose reply did not commit is left to the message’s retry, which records it once', async () => {
     const o = await newOwner(s);
-    const conv = await s.openConversation(o.agentId);
-    expect(await ask(s, conv, dayAt(8))).toContain('✅ Meeting confirmed!');
-    const [booked] = await meetingsOf(s, o.userId);
+    const { conv, booked } = await bookOne(s, o, dayAt(8));
     await morePasses(s, o, 1);
     // The customer moves it; the patch reaches Google but its answer is lost and the retries fail,
     // so the attempt fails with the event moved and the meeting not. Its retry is held meanwhile.
@@ -311,13 +313,13 @@ describe('owner changes in Google Calendar', () => {
       const now = (await metricsSnapshot(s))('calendar_sync_passes_total{result="deferred"}');
       return now >= deferredBefore + 2 ? true : undefined;
     });
-    expect((await meeting(s, booked!.meeting_id)).meeting_time).toBe(dayAt(8).toISOString());
+    expect((await meeting(s, booked.meeting_id)).meeting_time).toBe(dayAt(8).toISOString());
 
     // The retry finds the event moved already and records the move: one rescheduled event, the chat's.
     await s.retryNow(messageId);
     const replies = await s.waitForReplies(conv.conversation_id, conv.customer_token, 2);
     expect(replies.at(-1)?.content).toMatch(/^✅ Meeting rescheduled!/);
-    expect((await meeting(s, booked!.meeting_id)).meeting_time).toBe(later.toISOString());
+    expect((await meeting(s, booked.meeting_id)).meeting_time).toBe(later.toISOString());
     await morePasses(s, o, 2);
     expect(await deliveryTypes(s, o.userId)).toEqual(['meeting.booked', 'meeting.rescheduled']);
     const told = await waitFor('the owner event', async () =>
@@ -328,17 +330,15 @@ describe('owner changes in Google Calendar', () => {
 
   it('a message in flight whose model has not answered holds nothing back', async () => {
     const o = await newOwner(s);
-    const conv = await s.openConversation(o.agentId);
-    expect(await ask(s, conv, dayAt(10))).toContain('✅ Meeting confirmed!');
-    const [booked] = await meetingsOf(s, o.userId);
+    const { conv, booked } = await bookOne(s, o, dayAt(10));
     // Its model call failed: no output stored, so it cannot have acted at Google.
     s.holdRetries(true);
     s.openai.fail({ kind: 'status', status: 500 }, 3); // the SDK's own two retries included
     const messageId = await s.send(conv.conversation_id, conv.customer_token, 'one more thing');
     await s.firstAttemptFailed(messageId);
-    await o.own.events.delete({ calendarId: 'primary', eventId: booked!.google_event_id });
+    await o.own.events.delete({ calendarId: 'primary', eventId: booked.google_event_id });
     await waitFor('the meeting cancelled', async () =>
-      (await meeting(s, booked!.meeting_id)).status === 'cancelled' ? true : undefined,
+      (await meeting(s, booked.meeting_id)).status === 'cancelled' ? true : undefined,
     );
   });
 });
@@ -368,7 +368,7 @@ describe('what a pass reads', () => {
     expect(since).toBeLessThanOrEqual(first!.at - 5 * 60_000);
     expect(since).toBeGreaterThan(first!.at - 5 * 60_000 - 5_000);
 
-    const [booked] = await meetingsOf(s, o.userId);
+    const booked = (await meetingsOf(s, o.userId))[0]!;
     // The fault first: the next read of changes, whenever it comes, is refused.
     s.google.fail('events.list', {
       kind: 'status',
@@ -376,9 +376,9 @@ describe('what a pass reads', () => {
       reason: 'updatedMinTooLongAgo',
       message: 'The requested minimum modification time lies too far in the past.',
     });
-    await o.own.events.delete({ calendarId: 'primary', eventId: booked!.google_event_id });
+    await o.own.events.delete({ calendarId: 'primary', eventId: booked.google_event_id });
     await waitFor('the meeting cancelled', async () =>
-      (await meeting(s, booked!.meeting_id)).status === 'cancelled' ? true : undefined,
+      (await meeting(s, booked.meeting_id)).status === 'cancelled' ? true : undefined,
     );
     // This stack's only owner, and only the service lists events: the refused request carries no
     // account (a fault answers before the token is looked at).
@@ -396,13 +396,11 @@ describe('what a pass reads', () => {
     // No pass over this owner until it is made due below: the owner's first pass, a read of the
     // window, comes after the owner moved the event three weeks on, out of the window.
     const release = await firstPassHeld(s, o);
-    const conv = await s.openConversation(o.agentId);
-    expect(await ask(s, conv, dayAt(9))).toContain('✅ Meeting confirmed!');
-    const [booked] = await meetingsOf(s, o.userId);
+    const { booked } = await bookOne(s, o, dayAt(9));
     const to = new Date(dayAt(30).getTime() + 3_600_000);
     await o.own.events.patch({
       calendarId: 'primary',
-      eventId: booked!.google_event_id,
+      eventId: booked.google_event_id,
       requestBody: {
         start: { dateTime: to.toISOString() },
         end: { dateTime: new Date(to.getTime() + 30 * 60_000).toISOString() },
@@ -412,7 +410,7 @@ describe('what a pass reads', () => {
     await release();
 
     await waitFor('the meeting moved', async () =>
-      (await meeting(s, booked!.meeting_id)).meeting_time === to.toISOString() ? true : undefined,
+      (await meeting(s, booked.meeting_id)).meeting_time === to.toISOString() ? true : undefined,
     );
     // Found by that first pass itself: its window read, then the event read by itself, before any
     // later read of changes (which would have found the move too, and is not what is tested here).
@@ -421,7 +419,7 @@ describe('what a pass reads', () => {
       .filter(
         (r) =>
           r.account === `${o.userId}@owner.test` &&
-          (r.op === 'events.list' || (r.op === 'events.get' && r.path.endsWith(booked!.google_event_id))),
+          (r.op === 'events.list' || (r.op === 'events.get' && r.path.endsWith(booked.google_event_id))),
       );
     expect(after[0]?.op).toBe('events.list');
     expect(after[0]?.query.timeMin).toBeDefined();
@@ -434,24 +432,22 @@ describe('what a pass reads', () => {
     // Two events of the owner's own come before ours in the calendar's listing.
     for (const hoursBefore of [4, 3])
       await ownEvent(o, new Date(dayAt(12).getTime() - hoursBefore * 3_600_000));
-    const conv = await s.openConversation(o.agentId);
-    expect(await ask(s, conv, dayAt(12))).toContain('✅ Meeting confirmed!');
-    const [booked] = await meetingsOf(s, o.userId);
-    await o.own.events.delete({ calendarId: 'primary', eventId: booked!.google_event_id });
+    const { booked } = await bookOne(s, o, dayAt(12));
+    await o.own.events.delete({ calendarId: 'primary', eventId: booked.google_event_id });
     s.google.listPageSize = 1; // one event per page: ours on the third
     const from = s.google.requests.length;
     await release();
 
     await waitFor('the meeting cancelled', async () =>
-      (await meeting(s, booked!.meeting_id)).status === 'cancelled' ? true : undefined,
+      (await meeting(s, booked.meeting_id)).status === 'cancelled' ? true : undefined,
     );
     const mine = s.google.requests.slice(from).filter((r) => r.account === `${o.userId}@owner.test`);
     const pages = mine.filter((r) => r.op === 'events.list');
     expect(pages.slice(0, 3).map((r) => r.query.pageToken !== undefined)).toEqual([false, true, true]);
     // Found on the third page: read again only under the lease, never by itself as one not listed.
-    expect(
-      mine.filter((r) => r.op === 'events.get' && r.path.endsWith(booked!.google_event_id)),
-    ).toHaveLength(1);
+    expect(mine.filter((r) => r.op === 'events.get' && r.path.endsWith(booked.google_event_id))).toHaveLength(
+      1,
+    );
   });
 
   it('a window with more events than one read goes through: each meeting’s event is read by itself', async () => {
@@ -460,16 +456,14 @@ describe('what a pass reads', () => {
     // Eleven events of the owner's own in the window, listed before ours, one per page: more than
     // the ten pages a read goes through.
     for (let i = 1; i <= 11; i++) await ownEvent(o, new Date(dayAt(13).getTime() - i * 3_600_000));
-    const conv = await s.openConversation(o.agentId);
-    expect(await ask(s, conv, dayAt(13))).toContain('✅ Meeting confirmed!');
-    const [booked] = await meetingsOf(s, o.userId);
-    await o.own.events.delete({ calendarId: 'primary', eventId: booked!.google_event_id });
+    const { booked } = await bookOne(s, o, dayAt(13));
+    await o.own.events.delete({ calendarId: 'primary', eventId: booked.google_event_id });
     s.google.listPageSize = 1;
     const from = s.google.requests.length;
     await release();
 
     await waitFor('the meeting cancelled', async () =>
-      (await meeting(s, booked!.meeting_id)).status === 'cancelled' ? true : undefined,
+      (await meeting(s, booked.meeting_id)).status === 'cancelled' ? true : undefined,
     );
     const mine = s.google.requests.slice(from).filter((r) => r.account === `${o.userId}@owner.test`);
     // That pass: ten pages of the window, then gave that read up.
@@ -479,16 +473,14 @@ describe('what a pass reads', () => {
     );
     expect(firstPass.filter((r) => r.op === 'events.list')).toHaveLength(10);
     // Read by itself, then again under the lease.
-    expect(
-      mine.filter((r) => r.op === 'events.get' && r.path.endsWith(booked!.google_event_id)),
-    ).toHaveLength(2);
+    expect(mine.filter((r) => r.op === 'events.get' && r.path.endsWith(booked.google_event_id))).toHaveLength(
+      2,
+    );
   });
 
   it('an event the calendar does not know (the owner reconnected another account) leaves its meeting alone', async () => {
     const o = await newOwner(s);
-    const conv = await s.openConversation(o.agentId);
-    expect(await ask(s, conv, dayAt(11))).toContain('✅ Meeting confirmed!');
-    const [booked] = await meetingsOf(s, o.userId);
+    const { booked } = await bookOne(s, o, dayAt(11));
     await morePasses(s, o, 1);
     const other = `${o.userId}-second@owner.test`;
     const grant = s.google.grant({ email: other });
@@ -515,7 +507,7 @@ describe('what a pass reads', () => {
           r.op === 'events.get' &&
           r.account === other &&
           r.status === 404 &&
-          r.path.endsWith(booked!.google_event_id),
+          r.path.endsWith(booked.google_event_id),
       ),
     );
     await waitFor('a pass after it', async () =>
@@ -524,14 +516,12 @@ describe('what a pass reads', () => {
         ? true
         : undefined,
     );
-    expect((await meeting(s, booked!.meeting_id)).status).toBe('scheduled');
+    expect((await meeting(s, booked.meeting_id)).status).toBe('scheduled');
   });
 
   it('an owner whose calendar is not connected any more is left alone, and their meetings too', async () => {
     const o = await newOwner(s);
-    const conv = await s.openConversation(o.agentId);
-    expect(await ask(s, conv, dayAt(7))).toContain('✅ Meeting confirmed!');
-    const [booked] = await meetingsOf(s, o.userId);
+    const { booked } = await bookOne(s, o, dayAt(7));
     await morePasses(s, o, 1);
     const removed = await s.app.http.inject({
       method: 'DELETE',
@@ -539,7 +529,7 @@ describe('what a pass reads', () => {
       headers: s.admin,
     });
     expect(removed.statusCode, removed.body).toBe(200);
-    await o.own.events.delete({ calendarId: 'primary', eventId: booked!.google_event_id });
+    await o.own.events.delete({ calendarId: 'primary', eventId: booked.google_event_id });
     await new Promise((r) => setTimeout(r, 300)); // a pass claimed before the disconnect ends
     // Not claimed any more: its next pass stays where it was.
     const due = async () =>
@@ -552,6 +542,6 @@ describe('what a pass reads', () => {
     expect(before).toBeDefined();
     await new Promise((r) => setTimeout(r, 1_000)); // five passes' time
     expect(await due()).toBe(before);
-    expect((await meeting(s, booked!.meeting_id)).status).toBe('scheduled');
+    expect((await meeting(s, booked.meeting_id)).status).toBe('scheduled');
   });
 });
