@@ -174,8 +174,21 @@ export class BookingService implements ActionResponder {
         if (result.stop) break;
       }
     } catch (err) {
-      await ctx.lease?.release();
-      throw err;
+      // On the last attempt, a failure after earlier actions of this answer were made at Google (a
+      // booking's event inserted, a meeting moved or cancelled) ends the answer there: what they made
+      // is recorded and confirmed, and the customer is told the rest failed. Rethrown, the failure
+      // would become the fallback alone, and their events (invitations sent) would stay on the
+      // owner's calendar with no meeting row. The failing action has already looked Google up for
+      // itself (#eventCreatedBefore, #changedBefore). A stale or stopped run records nothing.
+      const ends =
+        ctx.lastAttempt && rows.length > 0 && !(err instanceof StaleAttempt) && !ctx.signal?.aborted;
+      if (!ends) {
+        await ctx.lease?.release();
+        throw err;
+      }
+      ctx.log.error({ err }, 'an action failed on the last attempt; recording the ones made before it');
+      this.deps.onOutcome?.('partly_failed');
+      texts.push(this.deps.meetingErrorMessage);
     }
     return this.#compose(prose, texts, rows, ctx.lease);
   }

@@ -275,40 +275,48 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
       return { nextWaiting: stored.nextWaiting };
     };
     /**
+     * The answer to a message whose actions may have been made at Google without being recorded, when
+     * no attempt will act on them again: what Google shows made (a booking's event, a meeting's event
+     * at its new time or gone) is recorded and confirmed, with no new change at Google; the actions
+     * not found made are answered with MEETING_ERROR_MESSAGE (ActionResponder.recover). Undefined when
+     * none was found or what was found could not be recorded: the caller answers with its fallback
+     * (what Google shows then stays unrecorded, and is logged here).
+     */
+    const answerFromGoogle = async (
+      output: StoredModelOutput,
+      why: string,
+    ): Promise<JobOutcome | undefined> => {
+      if (!deps.actions.recover) return undefined;
+      let recovered: Reply | undefined;
+      try {
+        const { actions, prose } = actionsOf(output);
+        if (actions.length > 0)
+          recovered = await deps.actions.recover(work, actions, prose, agentLog, ctx.signal);
+      } catch (lookupErr) {
+        // Stopping: the claim goes back unanswered, as for any run (the next run answers).
+        if (ctx.signal.aborted) throw lookupErr;
+        agentLog.error({ err: lookupErr }, 'could not look for what this message’s attempts did');
+      }
+      if (!recovered) return undefined;
+      agentLog.error({ attempt: ctx.attempt }, `message answered from what Google shows made: ${why}`);
+      try {
+        return await deliver(recovered);
+      } catch (writeErr) {
+        agentLog.error({ err: writeErr }, 'could not record what this message’s attempts did');
+        return undefined;
+      }
+    };
+    /**
      * Its last attempt kept not finishing (a crash, a stop, a fallback that could not be written):
      * answer now rather than run again what failed, so the conversation moves on. An attempt may have
      * made a change before it stopped (a booking's event, a move, a cancel; its reply never
-     * committed): that is recorded and confirmed rather than denied, with no new change at Google
-     * (ActionResponder.recover).
+     * committed): that is recorded and confirmed rather than denied (answerFromGoogle).
      */
     const giveUp = async (): Promise<JobOutcome> => {
       const err = new Error(`gave up after ${ctx.attempt} attempts that did not finish`);
       const output = work.message.modelOutput;
-      if (output && deps.actions.recover) {
-        let recovered: Reply | undefined;
-        try {
-          const { actions, prose } = actionsOf(output);
-          if (actions.length > 0)
-            recovered = await deps.actions.recover(work, actions, prose, agentLog, ctx.signal);
-        } catch (lookupErr) {
-          // Stopping: the claim goes back unanswered, as for any run (the next run gives up again).
-          if (ctx.signal.aborted) throw lookupErr;
-          agentLog.error({ err: lookupErr }, 'could not look for what earlier attempts did');
-        }
-        if (recovered) {
-          agentLog.error(
-            { attempt: ctx.attempt },
-            'message answered from what earlier attempts did: its attempts kept not finishing',
-          );
-          try {
-            return await deliver(recovered);
-          } catch (writeErr) {
-            // Its rows could not be written: the fallback still answers, so that no message holds
-            // its conversation for good (what Google shows stays unrecorded, and is logged here).
-            agentLog.error({ err: writeErr }, 'could not record what earlier attempts did');
-          }
-        }
-      }
+      const answered = output && (await answerFromGoogle(output, 'its attempts kept not finishing'));
+      if (answered) return answered;
       agentLog.error(
         { attempt: ctx.attempt },
         'message answered with the fallback: its attempts kept not finishing',
@@ -317,9 +325,11 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
     };
     if (ctx.giveUp) return giveUp();
     let phase: 'model' | 'booking' = 'model';
+    let output: StoredModelOutput | undefined;
+    let composed = false;
     try {
       const earlier = work.message.modelOutput;
-      const output = earlier ?? (await askModel(work, ctx.signal, agentLog));
+      output = earlier ?? (await askModel(work, ctx.signal, agentLog));
       // Stored by whatever first acts on it (see RespondOptions.unsavedOutput); a plain text answer
       // acts on nothing and is not stored apart from the reply.
       const unsavedOutput: UnsavedOutput | undefined = earlier
@@ -339,6 +349,7 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
           phase = 'booking';
         },
       );
+      composed = true;
       return await deliver(reply);
     } catch (err) {
       // Aborted by the queue (the process is stopping, or the run took too long): the claim goes back
@@ -365,6 +376,15 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
         { err, attempt: ctx.attempt, phase },
         'message processing failed; sending the fallback reply',
       );
+      // Its reply, with what its actions made, could not be written, and no attempt acts on them
+      // again: the fallback alone would leave events (with their invitations sent) that no meeting
+      // row records, and tell the customer nothing happened. What Google shows made is recorded and
+      // confirmed instead, as when a message is given up on. (An action that fails on the last
+      // attempt ends the answer without dropping the earlier ones: BookingService.respond.)
+      if (composed && output) {
+        const answered = await answerFromGoogle(output, 'its last attempt failed');
+        if (answered) return answered;
+      }
       return fallback(phase, err);
     }
   };

@@ -314,7 +314,12 @@ export class GoogleEmulator {
   private readonly refreshTokens = new Map<string, RefreshToken>();
   private readonly authCodes = new Map<string, AuthCode>();
   private readonly meetCodes = new Set<string>();
-  private faults: Array<{ op: GoogleOp; fault: Fault; remaining: number }> = [];
+  private faults: Array<{
+    op: GoogleOp;
+    fault: Fault;
+    remaining: number;
+    when?: (request: RequestLogEntry) => boolean;
+  }> = [];
   private readonly timers = new Set<{ timer: NodeJS.Timeout; resolve: () => void }>();
   private closed = false;
   private lastEtag = 0;
@@ -432,9 +437,12 @@ export class GoogleEmulator {
     return total;
   }
 
-  /** The next `times` requests matching `op` ('*' = any) get `fault` instead of normal handling. */
-  fail(op: GoogleOp, fault: Fault, times = 1): void {
-    this.faults.push({ op, fault, remaining: times });
+  /**
+   * The next `times` requests matching `op` ('*' = any), and `when` if given (it sees the request as
+   * logged: query and parsed body), get `fault` instead of normal handling.
+   */
+  fail(op: GoogleOp, fault: Fault, times = 1, when?: (request: RequestLogEntry) => boolean): void {
+    this.faults.push({ op, fault, remaining: times, ...(when ? { when } : {}) });
   }
 
   /** Clears pending faults, the request log, the sendUpdates log and listPageSize. Accounts, tokens and events stay. */
@@ -478,7 +486,7 @@ export class GoogleEmulator {
     this.requests.push(entry);
 
     await this.sleep(this.latencyMs);
-    const fault = this.takeFault(entry.op);
+    const fault = this.takeFault(entry);
     if (fault) entry.fault = fault.kind;
     if (fault?.kind === 'stall') await this.sleep(fault.ms);
     if (fault?.kind === 'status' && fault.delayMs) await this.sleep(fault.delayMs);
@@ -546,8 +554,10 @@ export class GoogleEmulator {
     }
   }
 
-  private takeFault(op: RequestLogEntry['op']): Fault | undefined {
-    const index = this.faults.findIndex((f) => f.op === '*' || f.op === op);
+  private takeFault(entry: RequestLogEntry): Fault | undefined {
+    const index = this.faults.findIndex(
+      (f) => (f.op === '*' || f.op === entry.op) && (!f.when || f.when(entry)),
+    );
     const found = this.faults[index];
     if (!found) return undefined;
     found.remaining -= 1;

@@ -11,6 +11,7 @@ import type { AddressInfo } from 'node:net';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { BookingLeaseStore, WHOLE_OWNER } from '../../src/store/booking-leases.js';
+import type { RequestLogEntry } from '../emulators/google.js';
 import type { Responder } from '../emulators/openai.js';
 import { bookingAction } from '../helpers/actions.js';
 import { type Stack, startStack } from '../helpers/stack.js';
@@ -270,6 +271,108 @@ async function giveUpOnTheRetry(b: Booking): Promise<void> {
     db,
   );
 }
+
+describe('last attempt: an action that fails after earlier ones of its answer were made', () => {
+  /** `b`'s conversation's last assistant reply once it has `count` replies. */
+  const lastReply = async (b: Booking, count: number) =>
+    (await s.waitForReplies(b.conversationId, b.token, count, 30_000))
+      .filter((m) => m.role === 'assistant')
+      .map((m) => m.content)
+      .at(-1);
+  const startsAt = (at: Date) => (r: RequestLogEntry) =>
+    Date.parse(String((r.body as { start?: { dateTime?: unknown } } | null)?.start?.dateTime)) ===
+    at.getTime();
+
+  it('of two bookings, the first is recorded and confirmed, the second answered with the error', async () => {
+    const { userId, c } = await ownerChat(s, 'pf');
+    const first = action();
+    const next = new Date(Date.parse(String(first.meeting_time)) + 86_400_000);
+    const second = bookingAction(next, { friendly_time: 'in four days at 10 AM UTC' });
+    s.openai.responder = () => ({ content: JSON.stringify([first, second]) });
+    // Every insert of the second booking answers 503, in both runs; the first booking's go through.
+    s.google.fail('events.insert', { kind: 'status', status: 503 }, 100, startsAt(next));
+    const messageId = await s.send(c.conversation_id, c.customer_token, 'book me twice');
+    const b: Booking = {
+      userId,
+      email: `${userId}@owner.test`,
+      conversationId: c.conversation_id,
+      token: c.customer_token,
+      messageId,
+    };
+
+    const texts = await replies(b);
+    const events = s.google.events(b.email);
+    expect(events).toHaveLength(1);
+    expect(texts).toEqual([
+      `${confirmation(events[0]!.hangoutLink!)}\n\n${s.app.config.meetingErrorMessage}`,
+    ]);
+    // Run 1: the first inserted, the second's 4 tries refused; run 2 (the last): the first found (409),
+    // the second refused again and looked up before giving up.
+    expect(requestsFor('events.insert').map((r) => r.fault ?? r.status)).toEqual([
+      200,
+      ...Array(4).fill('status'),
+      409,
+      ...Array(4).fill('status'),
+    ]);
+    expect((await meetings(userId)).map((m) => m.google_event_id)).toEqual([events[0]!.id]);
+    expect(await message(messageId)).toMatchObject({ status: 'answered', attempts: 2 });
+  });
+
+  it('a cancel made before a booking that fails is recorded and confirmed, the booking answered with the error', async () => {
+    const b = await startBooking();
+    expect((await replies(b))[0]).toMatch(/^✅ Meeting confirmed!/);
+    const [meeting] = await meetings(b.userId);
+    s.google.reset();
+    const next = new Date(Date.parse(String(action().meeting_time)) + 86_400_000);
+    s.openai.responder = () => ({
+      toolCalls: [{ name: 'cancel_meeting', arguments: { meeting_id: null } }],
+      content: JSON.stringify([bookingAction(next, { friendly_time: 'in four days at 10 AM UTC' })]),
+    });
+    s.google.fail('events.insert', { kind: 'status', status: 503 }, 8);
+    await s.send(b.conversationId, b.token, 'cancel that one and book the next day');
+
+    const last = await lastReply(b, 2);
+    expect(last).toMatch(/^✅ Meeting cancelled\./);
+    expect(last?.endsWith(`\n\n${s.app.config.meetingErrorMessage}`)).toBe(true);
+    expect(s.google.events(b.email).map((e) => e.status)).toEqual(['cancelled']);
+    expect((await meetings(b.userId)).map((m) => [m.meeting_id, m.status])).toEqual([
+      [meeting!.meeting_id, 'cancelled'],
+    ]);
+    expect(await deliveryTypes(b.userId)).toEqual(['meeting.booked', 'meeting.cancelled']);
+  });
+
+  it('a reply that cannot be written on the last attempt: what Google shows made is recorded with it', async () => {
+    const db = s.app.database.db;
+    // The first two meeting-row inserts of this test's owners fail (each run's reply transaction),
+    // later ones go through: a database that came back.
+    await sql`
+      CREATE SEQUENCE refuse_twice_seq;
+      CREATE FUNCTION refuse_twice() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        IF nextval('refuse_twice_seq') <= 2 THEN RAISE EXCEPTION 'meeting row refused for this test'; END IF;
+        RETURN NEW;
+      END $$;
+      CREATE TRIGGER refuse_twice BEFORE INSERT ON meetings
+        FOR EACH ROW WHEN (NEW.user_id LIKE 'la-%') EXECUTE FUNCTION refuse_twice();`.execute(db);
+    try {
+      const b = await startBooking();
+      const texts = await replies(b);
+      const events = s.google.events(b.email);
+      expect(events).toHaveLength(1);
+      expect(texts).toEqual([confirmation(events[0]!.hangoutLink!)]);
+      await expectOneMeetingFor(b, events[0]!.id!, events[0]!.hangoutLink!);
+      // Inserted by the first run, found by the last one's insert (409) and by its lookup.
+      expect(requestsFor('events.insert').map((r) => r.status)).toEqual([200, 409]);
+      expect(requestsFor('events.get').map((r) => r.status)).toContain(200);
+      expect(await message(b.messageId)).toMatchObject({ status: 'answered', attempts: 2 });
+      expect(await deliveryTypes(b.userId)).toEqual(['meeting.booked']);
+    } finally {
+      await sql`DROP TRIGGER refuse_twice ON meetings; DROP FUNCTION refuse_twice(); DROP SEQUENCE refuse_twice_seq;`.execute(
+        db,
+      );
+    }
+  });
+});
 
 describe('giving up on a message whose attempts kept not finishing', () => {
   // The first run's retry waits until giveUpOnTheRetry moves the message on.
