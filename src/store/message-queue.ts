@@ -8,7 +8,7 @@ import {
   selectWork,
   toWork,
 } from './messages.js';
-import type { DB } from './schema.js';
+import type { DB, StoredModelOutput } from './schema.js';
 import { StatementTemplate } from './statement-template.js';
 
 /**
@@ -66,7 +66,11 @@ export class MessageQueueStore {
         return {
           claim,
           conversationId: row.conversation_id,
-          work: toWork({ ...row, attempts: row.claim_attempts }),
+          // The claim's own view of the row, not the statement's snapshot (what the main query reads
+          // `m` from): a run whose claim lapsed may have stored its model output (and be acting on it)
+          // after that snapshot was taken and before this claim locked the row. Read from the
+          // snapshot, this run would see no output and ask the model again, and answer from another.
+          work: toWork({ ...row, attempts: row.claim_attempts, model_output: row.claim_model_output }),
         };
       } catch (error) {
         return { claim, conversationId: row.conversation_id, error };
@@ -149,12 +153,15 @@ export class MessageQueueStore {
     if (!t) {
       const work = selectWork(this.db, historyLimit)
         .innerJoin(
-          sql<{ message_id: string; attempts: number }>`claimed`.as('q'),
+          sql<{ message_id: string; attempts: number; model_output: StoredModelOutput | null }>`claimed`.as(
+            'q',
+          ),
           'q.message_id',
           'm.message_id',
         )
         .select([
           sql<number>`q.attempts`.as('claim_attempts'),
+          sql<StoredModelOutput | null>`q.model_output`.as('claim_model_output'),
           sql<string>`set_config('synchronous_commit', 'off', true)`.as('relaxed'),
         ]);
       // Pending messages in storage order (an index scan that stops once `limit` rows are locked, so
@@ -187,7 +194,7 @@ export class MessageQueueStore {
              SET claimed_until = now() + make_interval(secs => ${v.leaseSeconds}),
                  attempts = m.attempts + 1
            WHERE m.message_id IN (SELECT message_id FROM picked)
-          RETURNING m.message_id, m.attempts
+          RETURNING m.message_id, m.attempts, m.model_output
         )
         ${work}`,
       );
@@ -282,7 +289,10 @@ export class MessageQueueStore {
 }
 
 type ClaimValues = { limit: number; leaseSeconds: number };
-type ClaimRow = Parameters<typeof toWork>[0] & { claim_attempts: number };
+type ClaimRow = Parameters<typeof toWork>[0] & {
+  claim_attempts: number;
+  claim_model_output: StoredModelOutput | null;
+};
 type ClaimTemplate = StatementTemplate<ClaimValues, ClaimRow>;
 
 type InsertClaimedValues = {

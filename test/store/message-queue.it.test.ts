@@ -123,6 +123,32 @@ describe('message queue', () => {
     await answer(a.conversationId, a.ids[1]!);
   });
 
+  it('a claim answers with the model output its lock found, not the one of its statement’s snapshot', async () => {
+    // A run whose claim lapsed may store its output (and act on it) after a new claim's statement took
+    // its snapshot and before that claim locked the row: no test can time that window, so a trigger
+    // stores the output inside the claim's own update instead. The claimed work must carry it (the
+    // row as the claim locked it), or the new run would ask the model again and answer from another.
+    const a = await conversationWith('stored while claiming');
+    const output = { text: 'the lapsed run’s output', toolCalls: [] };
+    await sql`
+      CREATE FUNCTION store_output_meanwhile() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN NEW.model_output := ${sql.lit(JSON.stringify(output))}::jsonb; RETURN NEW; END $$;
+      CREATE TRIGGER store_output_meanwhile BEFORE UPDATE OF attempts ON messages FOR EACH ROW
+        WHEN (NEW.message_id = ${sql.lit(a.ids[0]!)}) EXECUTE FUNCTION store_output_meanwhile();`.execute(
+      database.db,
+    );
+    try {
+      const [claimed] = await claimAll();
+      expect(claimed!.claim).toEqual({ messageId: a.ids[0], attempts: 1 });
+      expect(claimed!.work!.message.modelOutput).toEqual(output);
+    } finally {
+      await sql`DROP TRIGGER store_output_meanwhile ON messages; DROP FUNCTION store_output_meanwhile();`.execute(
+        database.db,
+      );
+    }
+    await answer(a.conversationId, a.ids[0]!);
+  });
+
   it('a released claim waits out its backoff, and its conversation waits with it', async () => {
     const a = await conversationWith('fails', 'waits');
     const [first] = await claimAll();
