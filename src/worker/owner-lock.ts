@@ -148,7 +148,7 @@ export class OwnerBookingLock {
     };
     const previous = Promise.all(earlier);
 
-    const deadline = Date.now() + waitMs;
+    const deadline = performance.now() + waitMs;
     // Set once a statement that may take the hold was sent: a failure after it gives the hold back
     // (its commit may have reached the database even if its answer did not).
     let sentFor: string | undefined;
@@ -180,7 +180,7 @@ export class OwnerBookingLock {
       let attempt = await this.leases.tryAcquire(userId, holder, range, this.#leaseMs, also, read);
       const { alsoRows, read: firstRead } = attempt;
       while (!attempt.acquired) {
-        if (Date.now() > deadline) {
+        if (performance.now() > deadline) {
           throw new Upstream(`timed out waiting for another process's booking of ${userId}`, true);
         }
         await sleep(delay);
@@ -196,10 +196,12 @@ export class OwnerBookingLock {
       const answeredAt = performance.now();
       const quietMs = attempt.quietMs;
       // When the hold was last known to be live (taken, or renewed), and whether a renewal found it gone.
-      let confirmedAt = Date.now();
+      // The monotonic clock: a wall clock stepped back (NTP) after a stall would make a lapsed hold look
+      // fresh, and a change would then be sent over time another booking holds.
+      let confirmedAt = performance.now();
       let lost = false;
       const renew = async (): Promise<boolean> => {
-        const started = Date.now();
+        const started = performance.now();
         const held = await this.leases.renew(userId, holder, this.#leaseMs);
         if (held) confirmedAt = started;
         else lost = true;
@@ -222,7 +224,7 @@ export class OwnerBookingLock {
         ...(firstRead !== undefined ? { read: firstRead } : {}),
         quietSince: (sentAt) => quietMs > (answeredAt - sentAt) * 1.001 + 1,
         confirm: async () => {
-          if (!lost && Date.now() - confirmedAt <= leaseMs / 3) return;
+          if (!lost && performance.now() - confirmedAt <= leaseMs / 3) return;
           if (lost || !(await renew())) {
             throw new Upstream(`the booking lease of ${userId} lapsed while held; booking again`, true);
           }

@@ -4,7 +4,7 @@
  * Calendar change when the hold may have lapsed.
  */
 import pino from 'pino';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { Upstream } from '../../src/domain/errors.js';
 import { BookingLeaseStore, type LeaseRange, WHOLE_OWNER } from '../../src/store/booking-leases.js';
 import type { Database } from '../../src/store/database.js';
@@ -106,6 +106,22 @@ describe('OwnerBookingLock', () => {
     await held.release();
     // Its release left the other holder's hold alone.
     expect((await leases.tryAcquire(u, 'third', range(at(10), at(11)), 30_000)).acquired).toBe(false);
+  });
+
+  it('confirm(): a lapsed hold is asked about even when the wall clock was stepped back meanwhile', async () => {
+    const lock = stalledLock(90);
+    const u = newOwner();
+    const held = await lock.acquire(u, range(at(10), at(11)));
+    await sleep(150);
+    expect((await leases.tryAcquire(u, 'other', range(at(10), at(11)), 30_000)).acquired).toBe(true);
+    // The wall clock set back by a second (NTP after a stall): by it the hold was taken a moment ago.
+    vi.useFakeTimers({ toFake: ['Date'], now: Date.now() - 1_000 });
+    try {
+      await expect(held.confirm()).rejects.toBeInstanceOf(Upstream);
+    } finally {
+      vi.useRealTimers();
+    }
+    await held.release();
   });
 
   it('outlast: waits past a stalled holder’s lease, then holds the time and the stalled hold cannot be renewed', async () => {
