@@ -171,6 +171,22 @@ export async function buildHttpApp(deps: HttpDeps): Promise<FastifyInstance> {
   });
   app.addSchema(ErrorBody);
 
+  // Per-IP limit on every request but admin calls (the owner's own tooling is trusted), as the first
+  // hook of every request: the route plugins' own onRequest hooks (the admin check) run before any
+  // hook the limiter would add to their routes, so a request refused for a wrong admin key would never
+  // be counted, and guessing the key would go unthrottled. Pages, docs and unknown paths count too.
+  await app.register(rateLimit, {
+    global: false,
+    max: deps.rateLimit.perIp,
+    timeWindow: deps.rateLimit.windowSeconds * 1000,
+    allowList: (req) => isAdmin(req, deps.adminKey),
+    errorResponseBuilder: (_req, ctx) => ({
+      statusCode: 429,
+      message: `Too many requests from this address; retry in ${Math.ceil(ctx.ttl / 1000)} s`,
+    }),
+  });
+  app.addHook('onRequest', app.rateLimit());
+
   await app.register(swagger, {
     openapi: {
       info: {
@@ -185,17 +201,6 @@ export async function buildHttpApp(deps: HttpDeps): Promise<FastifyInstance> {
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
-
-  // Per-IP limit on everything but admin calls (the owner's own tooling is trusted).
-  await app.register(rateLimit, {
-    max: deps.rateLimit.perIp,
-    timeWindow: deps.rateLimit.windowSeconds * 1000,
-    allowList: (req) => isAdmin(req, deps.adminKey),
-    errorResponseBuilder: (_req, ctx) => ({
-      statusCode: 429,
-      message: `Too many requests from this address; retry in ${Math.ceil(ctx.ttl / 1000)} s`,
-    }),
-  });
 
   app.addHook('onResponse', async (req, reply) => {
     deps.metrics.httpDuration.observe(

@@ -428,6 +428,32 @@ describe('per-IP rate limit', () => {
     }
   });
 
+  it('counts requests refused for a wrong admin key, so guessing the key is throttled too', async () => {
+    const { startTestApp } = await import('../helpers/app.js');
+    const t = await startTestApp({ RATE_LIMIT_PER_IP: '3', RATE_LIMIT_WINDOW_SECONDS: '60' });
+    try {
+      const guesses: number[] = [];
+      for (const [i, url] of [
+        '/api/google-tokens',
+        '/api/google-tokens/u1',
+        '/api/users/u1/meetings',
+        '/metrics',
+        '/api/google-tokens',
+      ].entries()) {
+        const res = await t.app.http.inject({ url, headers: { authorization: `Bearer guess-${i}` } });
+        guesses.push(res.statusCode);
+        if (res.statusCode === 429) {
+          expect(res.json()).toEqual({ success: false, error: expect.stringContaining('Too many requests') });
+        }
+      }
+      expect(guesses).toEqual([401, 401, 401, 429, 429]);
+      // The real key still gets through from the same address.
+      expect((await t.app.http.inject({ url: '/api/google-tokens', headers: t.admin })).statusCode).toBe(200);
+    } finally {
+      await t.close();
+    }
+  });
+
   /** The statuses of POSTs from 127.0.0.1 carrying these X-Forwarded-For values, under TRUST_PROXY. */
   async function statusesBehind(trust: string, forwardedFor: string[]): Promise<number[]> {
     const { startTestApp } = await import('../helpers/app.js');
