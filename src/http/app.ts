@@ -195,7 +195,21 @@ export async function buildHttpApp(deps: HttpDeps): Promise<FastifyInstance> {
         description: 'Lets a business’s AI chat agent book Google Calendar meetings with Meet links.',
       },
       components: {
-        securitySchemes: { admin: { type: 'http', scheme: 'bearer', description: 'ADMIN_API_KEY' } },
+        securitySchemes: {
+          admin: { type: 'http', scheme: 'bearer', description: 'ADMIN_API_KEY' },
+          customer: {
+            type: 'http',
+            scheme: 'bearer',
+            description: 'The conversation’s customer_token (returned once, when the conversation is opened)',
+          },
+          customerQuery: {
+            type: 'apiKey',
+            in: 'query',
+            name: 'token',
+            description:
+              'The customer_token as ?token= (the event stream only: EventSource sends no headers)',
+          },
+        },
       },
     },
   });
@@ -215,7 +229,7 @@ export async function buildHttpApp(deps: HttpDeps): Promise<FastifyInstance> {
   app.get(
     '/metrics',
     {
-      schema: { tags: ['operations'], summary: 'Prometheus metrics (admin key)' },
+      schema: { tags: ['operations'], summary: 'Prometheus metrics (admin key)', security: [{ admin: [] }] },
       preHandler: requireAdmin(deps.adminKey),
     },
     async (_req, reply) => {

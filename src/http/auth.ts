@@ -1,5 +1,5 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
-import type { FastifyRequest } from 'fastify';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { Unauthorized } from '../domain/errors.js';
 
 /** The token of an `Authorization: Bearer <token>` header, if any. */
@@ -48,4 +48,16 @@ export function requireAdmin(adminKey: string) {
     if (!isAdmin(req, adminKey))
       throw new Unauthorized('Missing or invalid admin key: send Authorization: Bearer <ADMIN_API_KEY>');
   };
+}
+
+/**
+ * Every route `app` (a route plugin) registers from here on needs the admin key: checked as the
+ * plugin's first hook (before validation, so a caller without the key learns nothing about the
+ * input), and documented as such in the OpenAPI document (the `admin` bearer scheme, buildHttpApp).
+ */
+export function adminOnly(app: FastifyInstance, adminKey: string): void {
+  app.addHook('onRequest', requireAdmin(adminKey));
+  app.addHook('onRoute', (route) => {
+    route.schema = { ...route.schema, security: [{ admin: [] }] };
+  });
 }

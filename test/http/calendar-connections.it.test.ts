@@ -312,7 +312,7 @@ describe('calendar connection API', () => {
     expect(t.logs.text).not.toContain('test-admin-key');
   });
 
-  it('serves health, readiness, the OpenAPI document and its viewer', async () => {
+  it('serves health, readiness, the OpenAPI document (with the credentials each operation needs) and its viewer', async () => {
     expect((await t.app.http.inject({ url: '/healthz' })).json()).toEqual({ status: 'ok' });
     expect((await t.app.http.inject({ url: '/readyz' })).json()).toEqual({ status: 'ready' });
     const doc = (await t.app.http.inject({ url: '/openapi.json' })).json();
@@ -324,6 +324,34 @@ describe('calendar connection API', () => {
         '/api/google-tokens',
       ]),
     );
+    expect(Object.keys(doc.components.securitySchemes).sort()).toEqual([
+      'admin',
+      'customer',
+      'customerQuery',
+    ]);
+    expect(doc.paths['/api/google-tokens'].get.security).toEqual([{ admin: [] }]);
+    // Every operation but opening a conversation says what it needs, and refuses a request without it.
+    const open = 'post /api/agents/{agent_id}/conversations';
+    const checked: string[] = [];
+    for (const [path, operations] of Object.entries<Record<string, { security?: unknown }>>(doc.paths)) {
+      if (!path.startsWith('/api/') && path !== '/metrics') continue;
+      for (const [method, operation] of Object.entries(operations)) {
+        const name = `${method} ${path}`;
+        if (name === open) {
+          expect(operation.security, name).toBeUndefined();
+          continue;
+        }
+        expect(operation.security, name).toEqual(expect.arrayContaining([{ admin: [] }]));
+        const res = await t.app.http.inject({
+          method: method.toUpperCase() as 'GET',
+          url: path.replace(/\{[^}]+\}/g, 'id_1'),
+          ...(method === 'get' || method === 'delete' ? {} : { payload: { content: 'hi' } }),
+        });
+        expect(res.statusCode, name).toBe(401);
+        checked.push(name);
+      }
+    }
+    expect(checked.length).toBeGreaterThan(15);
     const docs = await t.app.http.inject({ url: '/docs/' });
     expect(docs.statusCode).toBe(200);
     expect(docs.headers['content-type']).toMatch(/text\/html/);

@@ -10,7 +10,7 @@ import {
 import { assertUserId } from '../../domain/calendar-connection.js';
 import { InvalidInput, NotFound } from '../../domain/errors.js';
 import type { AgentStore } from '../../store/agents.js';
-import { requireAdmin } from '../auth.js';
+import { adminOnly } from '../auth.js';
 import { errorResponses, IdString, UserIdParams } from '../schemas.js';
 
 export interface AgentRouteDeps {
@@ -141,7 +141,7 @@ const optionalFields = {
 export const agentRoutes: FastifyPluginAsyncTypebox<AgentRouteDeps> = async (app, { adminKey, agents }) => {
   // onRequest: credentials are checked before any validation, so a caller without the key learns
   // nothing about the routes' schemas.
-  app.addHook('onRequest', requireAdmin(adminKey));
+  adminOnly(app, adminKey);
 
   app.post(
     '/api/agents',

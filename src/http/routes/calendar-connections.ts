@@ -9,7 +9,7 @@ import {
 import { InvalidInput, NotFound } from '../../domain/errors.js';
 import type { CalendarConnectionStore, CalendarConnectionSummary } from '../../store/calendar-connections.js';
 import type { ConnectionCache } from '../../store/connection-cache.js';
-import { requireAdmin } from '../auth.js';
+import { adminOnly } from '../auth.js';
 import { errorResponses, UserIdParams } from '../schemas.js';
 
 export interface CalendarConnectionRouteDeps {
@@ -58,7 +58,7 @@ export const calendarConnectionRoutes: FastifyPluginAsyncTypebox<CalendarConnect
   const { connections, cache, now } = deps;
   // onRequest: credentials are checked before any validation, so a caller without the key learns
   // nothing about the routes' schemas.
-  app.addHook('onRequest', requireAdmin(deps.adminKey));
+  adminOnly(app, deps.adminKey);
 
   app.post(
     '/api/users/:user_id/google-calendar/connect',

@@ -41,6 +41,8 @@ const messageJson = (m: Message) => ({
 });
 
 const ConversationParams = Type.Object({ conversation_id: IdString });
+/** The conversation's customer token or the admin key, in the Authorization header (OpenAPI). */
+const CUSTOMER_OR_ADMIN: Array<Record<string, string[]>> = [{ customer: [] }, { admin: [] }];
 const SSE_KEEPALIVE_MS = 15_000;
 /** Open SSE streams one conversation may have in this process (a customer's tabs and devices). */
 export const SSE_STREAMS_PER_CONVERSATION = 10;
@@ -130,6 +132,7 @@ export const conversationRoutes: FastifyPluginAsyncTypebox<ConversationRouteDeps
       schema: {
         tags: ['conversations'],
         summary: 'Send a customer message; the agent answers asynchronously',
+        security: CUSTOMER_OR_ADMIN,
         params: ConversationParams,
         body: Type.Object(
           { content: Type.String({ minLength: 1, maxLength: 4000 }) },
@@ -187,6 +190,7 @@ export const conversationRoutes: FastifyPluginAsyncTypebox<ConversationRouteDeps
       schema: {
         tags: ['conversations'],
         summary: 'Messages in order, optionally after a given message',
+        security: CUSTOMER_OR_ADMIN,
         params: ConversationParams,
         querystring: Type.Object({
           after: Type.Optional(IdString),
@@ -212,6 +216,7 @@ export const conversationRoutes: FastifyPluginAsyncTypebox<ConversationRouteDeps
       schema: {
         tags: ['conversations'],
         summary: 'Server-Sent Events: one `message` event per new message (resumable with Last-Event-ID)',
+        security: [...CUSTOMER_OR_ADMIN, { customerQuery: [] }],
         params: ConversationParams,
         querystring: Type.Object({
           after: Type.Optional(IdString),

@@ -11,7 +11,7 @@ import type { Meeting, MeetingStore } from '../../store/meetings.js';
 import type { DB } from '../../store/schema.js';
 import type { OwnerEventSink } from '../../worker/owner-events.js';
 import type { OwnerBookingLock, OwnerLease } from '../../worker/owner-lock.js';
-import { requireAdmin } from '../auth.js';
+import { adminOnly } from '../auth.js';
 import { errorResponses, IdString, UserIdParams } from '../schemas.js';
 
 export interface MeetingRouteDeps {
@@ -99,7 +99,7 @@ function decodeCursor(cursor: string): { time: Date; id: string } {
 export const meetingRoutes: FastifyPluginAsyncTypebox<MeetingRouteDeps> = async (app, deps) => {
   // onRequest: credentials are checked before any validation, so a caller without the key learns
   // nothing about the routes' schemas.
-  app.addHook('onRequest', requireAdmin(deps.adminKey));
+  adminOnly(app, deps.adminKey);
 
   app.get(
     '/api/users/:user_id/meetings',

@@ -4,7 +4,7 @@ import { Type } from 'typebox';
 import { InvalidInput, NotFound } from '../../domain/errors.js';
 import type { WebhookDelivery, WebhookStore } from '../../store/webhooks.js';
 import { type WebhookUrlPolicy, webhookHostProblem } from '../../webhook-target.js';
-import { requireAdmin } from '../auth.js';
+import { adminOnly } from '../auth.js';
 import { errorResponses, UserIdParams } from '../schemas.js';
 
 export interface WebhookRouteDeps {
@@ -61,7 +61,7 @@ export const webhookRoutes: FastifyPluginAsyncTypebox<WebhookRouteDeps> = async 
   app,
   { adminKey, webhooks, webhookUrls },
 ) => {
-  app.addHook('onRequest', requireAdmin(adminKey));
+  adminOnly(app, adminKey);
 
   app.put(
     '/api/users/:user_id/webhook',
