@@ -121,6 +121,22 @@ export function extractBookingActions(text: string): ExtractedActions {
   return { actions, prose: tidy(prose) };
 }
 
+/** `"action": "<one of ours>"` in any quoting or case: what an action the model meant to write holds. */
+const ACTION_LIKE = new RegExp(
+  `["'\`]?action["'\`]?\\s*[:=]\\s*["'\`]?(?:${MEETING_ACTIONS.join('|')})\\b`,
+  'i',
+);
+
+/**
+ * Whether prose left after extractBookingActions still holds an action the model meant to write but
+ * that is not valid JSON (a trailing comma, single quotes, a cut-off array, the action's name in
+ * another case). Such an answer must not reach the customer: it would show them raw JSON (their
+ * email in it) and book nothing.
+ */
+export function holdsUnreadableAction(prose: string): boolean {
+  return ACTION_LIKE.test(prose);
+}
+
 /** When the JSON is the whole content of a ``` fence, the fence goes too. */
 function widenToFence(text: string, start: number, end: number): [number, number] {
   const before = /```[a-zA-Z]*[ \t]*\r?\n?[ \t]*$/.exec(text.slice(Math.max(0, start - 20), start));

@@ -1,6 +1,6 @@
 import type { Kysely, RawBuilder, Transaction } from 'kysely';
 import type { Logger } from 'pino';
-import { extractBookingActions } from '../domain/booking-action.js';
+import { extractBookingActions, holdsUnreadableAction } from '../domain/booking-action.js';
 import { Upstream } from '../domain/errors.js';
 import {
   BOOKING_ACTION,
@@ -460,6 +460,12 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
     enteringBooking: () => void,
   ): Promise<Reply> {
     const { actions, prose } = actionsOf(output);
+    // An action the model meant to write but wrote as JSON that does not parse: asked again (a retry
+    // asks the model anew: nothing acted on this output, so it was not stored), never shown to the
+    // customer as text. An output an earlier attempt stored has acted already and is answered as is.
+    if (!options.earlierAttempt && holdsUnreadableAction(prose)) {
+      throw new Upstream('the model wrote a meeting action that is not valid JSON', true);
+    }
     if (actions.length > 0) {
       enteringBooking();
       return deps.actions.respond(work, actions, prose, log, options);

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { extractBookingActions } from '../../src/domain/booking-action.js';
+import { extractBookingActions, holdsUnreadableAction } from '../../src/domain/booking-action.js';
 
 /** The seed's example action, exactly as the spec shows it. */
 const SEED_ACTION = {
@@ -497,5 +497,35 @@ describe('extractBookingActions properties', () => {
       }),
       { numRuns: 1000 },
     );
+  });
+});
+
+describe('holdsUnreadableAction', () => {
+  const unreadable = (text: string) => holdsUnreadableAction(extractBookingActions(text).prose);
+
+  it.each([
+    [
+      'a trailing comma',
+      'Sure! [{"action":"Time_to_121meet","email":"a@b.co","meeting_time":"2031-01-06T10:00:00Z",}]',
+    ],
+    ['single quotes', "Done: {'action': 'Time_to_121meet', 'email': 'a@b.co'}"],
+    ['the name in another case', '[{"action":"time_to_121meet","email":"a@b.co"}]'],
+    ['a cut-off array', 'Booking now [{"action": "Time_to_121meet", "email": "a@b.co"'],
+    ['a cancel without quotes', 'ok {action: cancel_meeting}'],
+    ['a move in a fence', '```json\n{"action":"reschedule_meeting","new_time":"tomorrow",}\n```'],
+  ])('finds an action written as JSON that does not parse: %s', (_what, text) => {
+    expect(extractBookingActions(text).actions).toEqual([]);
+    expect(unreadable(text)).toBe(true);
+  });
+
+  it.each([
+    ['plain prose', 'Happy to help! What time suits you?'],
+    ['prose about the action', 'I can take an action for you: book, move or cancel a meeting.'],
+    [
+      'a valid action, cut out of the prose',
+      'Sure!\n```json\n[{"action":"Time_to_121meet","email":"a@b.co","meeting_time":"2031-01-06T10:00:00Z"}]\n```',
+    ],
+  ])('finds nothing in %s', (_what, text) => {
+    expect(unreadable(text)).toBe(false);
   });
 });

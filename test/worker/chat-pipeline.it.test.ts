@@ -225,4 +225,33 @@ describe('chat pipeline', () => {
     expect(reply).not.toContain('{');
     expect(reply.startsWith('Sure!')).toBe(true);
   });
+
+  it('asks the model again when it wrote an action as JSON that does not parse, never showing it', async () => {
+    const broken =
+      'Booked! [{"action":"Time_to_121meet","name":"Sid","email":"sid@example.com","meeting_time":"soon",}]';
+    let calls = 0;
+    s.openai.responder = () => (++calls === 1 ? { content: broken } : { content: 'What time suits you?' });
+    const c = await newChat();
+    const id = await s.send(c.conversation_id, c.customer_token, 'book it');
+    const list = await s.waitForReplies(c.conversation_id, c.customer_token, 1, 30_000);
+    expect(list.at(-1)!.content).toBe('What time suits you?');
+    expect(calls).toBe(2);
+    const row = await s.app.database.db
+      .selectFrom('messages')
+      .select(['status', 'attempts'])
+      .where('message_id', '=', id)
+      .executeTakeFirstOrThrow();
+    expect(row).toEqual({ status: 'answered', attempts: 2 });
+  });
+
+  it('answers with LLM_ERROR_MESSAGE, not the raw JSON, when every answer holds an unreadable action', async () => {
+    s.openai.responder = () => ({
+      content: "Sure: {'action': 'Time_to_121meet', 'email': 'sid@example.com'}",
+    });
+    const c = await newChat();
+    await s.send(c.conversation_id, c.customer_token, 'book it');
+    const list = await s.waitForReplies(c.conversation_id, c.customer_token, 1, 30_000);
+    expect(list.at(-1)!.content).toBe(s.app.config.llmErrorMessage);
+    expect(s.openai.requests.length).toBe(3);
+  });
 });
