@@ -184,6 +184,22 @@ export function eventTimeZone(request: BookingRequest, agentZone: string): strin
   return zoneOffsetMinutes(request.start, agentZone) === request.offsetMinutes ? agentZone : undefined;
 }
 
+const HALF_YEAR_MS = 183 * 86_400_000;
+
+/**
+ * Whether the action's UTC offset is one the agent's zone keeps at another time of year but not at
+ * the meeting's instant: the model took the wrong side of a daylight-saving change (the summer
+ * offset a day after clocks went back, say), so the wall clock it put into `friendly_time` names
+ * another hour than the one booked, and the confirmation says the booked one instead. An offset the
+ * zone never keeps (the customer's own zone) is a time written elsewhere's way, and its words stand.
+ */
+export function offsetOfAnotherSeason(start: Date, offsetMinutes: number, agentZone: string): boolean {
+  if (zoneOffsetMinutes(start, agentZone) === offsetMinutes) return false;
+  return [-HALF_YEAR_MS, HALF_YEAR_MS].some(
+    (shift) => zoneOffsetMinutes(new Date(start.getTime() + shift), agentZone) === offsetMinutes,
+  );
+}
+
 /**
  * The booking's idempotency key: the same customer message and the same action always give the
  * same key (and so the same Google event id); anything else gives another.

@@ -15,6 +15,7 @@ import {
   bookingKey,
   eventTimeZone,
   googleEventIdFor,
+  offsetOfAnotherSeason,
   toOffsetIso,
   validateBookingAction,
   validateMeetingTime,
@@ -974,7 +975,10 @@ export class BookingService implements ActionResponder {
       meetLink: created.meetLink,
       htmlLink: created.htmlLink,
     };
-    const when = request.friendlyTime ?? friendlyTime(request.start, agent.timezone);
+    const when =
+      request.friendlyTime && !offsetOfAnotherSeason(request.start, request.offsetMinutes, agent.timezone)
+        ? request.friendlyTime
+        : friendlyTime(request.start, agent.timezone);
     return { text: meetingConfirmation(when, created.meetLink, created.conferenceStatus), booked: meeting };
   }
 
@@ -1108,7 +1112,9 @@ export class BookingService implements ActionResponder {
       'meeting rescheduled',
     );
     const friendly =
-      typeof action.friendly_time === 'string' && action.friendly_time.trim()
+      typeof action.friendly_time === 'string' &&
+      action.friendly_time.trim() &&
+      !offsetOfAnotherSeason(start, when.offsetMinutes, agent.timezone)
         ? action.friendly_time.trim().slice(0, 200)
         : friendlyTime(start, agent.timezone);
     return {

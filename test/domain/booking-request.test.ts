@@ -6,6 +6,7 @@ import {
   bookingKey,
   eventTimeZone,
   googleEventIdFor,
+  offsetOfAnotherSeason,
   toOffsetIso,
   validateBookingAction,
 } from '../../src/domain/booking-request.js';
@@ -344,6 +345,27 @@ describe('eventTimeZone', () => {
     ],
   ])('%s', (_name, req, zone, expected) => {
     expect(eventTimeZone(req, zone)).toBe(expected);
+  });
+});
+
+describe('offsetOfAnotherSeason', () => {
+  it.each([
+    [
+      'New York -04:00 the Monday after clocks went back (EST)',
+      '2025-11-03T14:00:00Z',
+      -240,
+      'America/New_York',
+      true,
+    ],
+    ['New York -05:00 in July (EDT)', '2025-07-15T14:00:00Z', -300, 'America/New_York', true],
+    ['New York with its offset of the day', '2025-11-03T14:00:00Z', -300, 'America/New_York', false],
+    ['New York with the customer’s +05:30', '2025-11-03T14:00:00Z', 330, 'America/New_York', false],
+    ['Kolkata (no daylight saving) with +04:30', '2025-11-03T14:00:00Z', 270, 'Asia/Kolkata', false],
+    ['UTC with Z', '2025-11-03T14:00:00Z', 0, 'UTC', false],
+    ['Berlin +02:00 in January (CET)', '2026-01-15T09:00:00Z', 120, 'Europe/Berlin', true],
+    ['Sydney +10:00 in January (AEDT)', '2026-01-15T09:00:00Z', 600, 'Australia/Sydney', true],
+  ])('%s', (_name, start, offset, zone, expected) => {
+    expect(offsetOfAnotherSeason(new Date(start), offset, zone)).toBe(expected);
   });
 });
 

@@ -95,6 +95,45 @@ async function assistantReplies(c: Chat): Promise<string[]> {
 }
 
 describe('booking: the seed flow', () => {
+  it('confirms the booked hour, not the model’s words, when its offset is the zone’s other season’s', async () => {
+    const zone = 'America/New_York';
+    const c = await newChat({ agent: { timezone: zone } });
+    // A week ahead at 15:00 UTC, written with the offset New York keeps half a year away: the model's
+    // wall clock (and its friendly_time) is an hour off the instant booked.
+    const at = new Date(Date.now() + 7 * 86_400_000);
+    at.setUTCHours(15, 0, 0, 0);
+    const zoneName = new Intl.DateTimeFormat('en-US', { timeZone: zone, timeZoneName: 'short' })
+      .formatToParts(at)
+      .find((p) => p.type === 'timeZoneName')?.value;
+    const other = zoneName === 'EST' ? -4 : -5; // hours
+    const iso = `${new Date(at.getTime() + other * 3_600_000).toISOString().slice(0, 19)}-0${-other}:00`;
+    const reply = await ask(c, 'book it', {
+      content: JSON.stringify([seedAction({ meeting_time: iso, friendly_time: 'the model’s own words' })]),
+    });
+    const [event] = s.google.events(c.email);
+    expect(Date.parse(event!.start!.dateTime!)).toBe(at.getTime());
+    expect(reply).toBe(confirmation(friendlyIn(zone, at), event!.hangoutLink!));
+    // A move an hour later, written the same way: the confirmation names the hour it moved to.
+    const later = new Date(at.getTime() + 3_600_000);
+    const laterIso = `${new Date(later.getTime() + other * 3_600_000).toISOString().slice(0, 19)}-0${-other}:00`;
+    const moved = await ask(
+      c,
+      'an hour later?',
+      {
+        toolCalls: [
+          {
+            name: 'reschedule_meeting',
+            arguments: { meeting_id: null, new_time: laterIso, friendly_time: 'the model’s words again' },
+          },
+        ],
+      },
+      2,
+    );
+    expect(moved).toBe(
+      `✅ Meeting rescheduled!\n\n📅 Meeting now scheduled for ${friendlyIn(zone, later)}\n🔗 Join here: ${event!.hangoutLink}\n\nYou'll receive an updated calendar invite via email.`,
+    );
+  });
+
   it('books the seed’s action end to end: event, meeting row, confirmation', async () => {
     const c = await newChat({ agent: { timezone: 'Asia/Kolkata', meeting_duration_minutes: 45 } });
     const start = wallTime(1, 19, 0, 330);
