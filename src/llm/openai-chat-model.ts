@@ -102,8 +102,11 @@ export class OpenAIChatModel implements ChatModel {
     if (err instanceof OpenAI.APIError) {
       const status = err.status ?? 0;
       this.#onCall?.({ ms, status });
-      // 408/409/429 and 5xx may pass; 400/401/403/404/422 will not until someone changes config.
-      const retryable = status === 408 || status === 409 || status === 429 || status >= 500;
+      // 408/409/429 and 5xx may pass; 400/401/403/404/422 will not until someone changes config, nor
+      // will a 429 `insufficient_quota` (the account is out of credit) until someone pays.
+      const retryable =
+        (status === 408 || status === 409 || status === 429 || status >= 500) &&
+        err.code !== 'insufficient_quota';
       const retryAfter = Number(err.headers?.get?.('retry-after-ms') ?? Number.NaN);
       return new Upstream(`model service answered ${status}: ${err.message}`, retryable, {
         cause: err,

@@ -51,7 +51,9 @@ export type Fault =
   /** Delay, then answer normally (exercises client timeouts). */
   | { kind: 'stall'; ms: number }
   /** Destroy the socket without answering (network error). */
-  | { kind: 'drop' };
+  | { kind: 'drop' }
+  /** 429 `insufficient_quota`: the account is out of credit (retrying does not help). */
+  | { kind: 'quota' };
 
 /** The `error` object of an OpenAI error response body. */
 interface ApiErrorBody {
@@ -253,6 +255,16 @@ export class OpenAIEmulator {
     if (fault?.kind === 'status') {
       const model = isRecord(body) && typeof body.model === 'string' ? body.model : 'gpt-4o';
       throw statusFault(fault, model, headers()['x-request-id'], bearerToken(req));
+    }
+    if (fault?.kind === 'quota') {
+      throw new HttpError(429, {
+        message:
+          'You exceeded your current quota, please check your plan and billing details. For more ' +
+          'information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.',
+        type: 'insufficient_quota',
+        param: null,
+        code: 'insufficient_quota',
+      });
     }
 
     this.authenticate(req);

@@ -212,6 +212,22 @@ describe('chat pipeline', () => {
     expect(s.openai.requests.length).toBe(1);
   });
 
+  it('does not retry a model account out of credit (429 insufficient_quota) beyond the SDK, and answers with the fallback', async () => {
+    s.openai.fail({ kind: 'quota' }, 10);
+    const c = await newChat();
+    const id = await s.send(c.conversation_id, c.customer_token, 'hi');
+    const list = await s.waitForReplies(c.conversation_id, c.customer_token, 1, 30_000);
+    expect(list.at(-1)!.content).toBe(s.app.config.llmErrorMessage);
+    // The SDK's own tries (it retries every 429), then no job retry.
+    expect(s.openai.requests.length).toBe(3);
+    const row = await s.app.database.db
+      .selectFrom('messages')
+      .select(['status', 'attempts', 'last_error'])
+      .where('message_id', '=', id)
+      .executeTakeFirstOrThrow();
+    expect(row).toMatchObject({ status: 'failed', attempts: 1, last_error: expect.stringMatching(/429/) });
+  });
+
   it('never shows raw action JSON to the customer', async () => {
     s.openai.responder = () => ({
       content:
