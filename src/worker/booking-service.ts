@@ -543,7 +543,9 @@ export class BookingService implements ActionResponder {
       'Meetings booked in this conversation (most recent first):',
       ...upcoming.map(
         (m) =>
-          `- ${m.meetingId}: "${m.title}" at ${toZonedIso(m.meetingTime, work.agent.timezone)} (${m.durationMinutes} min)`,
+          // The title is the customer's words (through the model's action): written as JSON text, so
+          // that a line break or a quote in it cannot start lines of its own in the system prompt.
+          `- ${m.meetingId}: ${JSON.stringify(m.title)} at ${toZonedIso(m.meetingTime, work.agent.timezone)} (${m.durationMinutes} min)`,
       ),
     ].join('\n');
   }
