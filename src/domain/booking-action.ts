@@ -123,7 +123,7 @@ export function extractBookingActions(text: string): ExtractedActions {
 
 /** `"action": "<one of ours>"` in any quoting or case: what an action the model meant to write holds. */
 const ACTION_LIKE = new RegExp(
-  `["'\`]?action["'\`]?\\s*[:=]\\s*["'\`]?(?:${MEETING_ACTIONS.join('|')})\\b`,
+  `["'\`]?action["'\`]?\\s*:\\s*["'\`]?(?:${MEETING_ACTIONS.join('|')})\\b`,
   'i',
 );
 

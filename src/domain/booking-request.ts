@@ -184,20 +184,26 @@ export function eventTimeZone(request: BookingRequest, agentZone: string): strin
   return zoneOffsetMinutes(request.start, agentZone) === request.offsetMinutes ? agentZone : undefined;
 }
 
-const HALF_YEAR_MS = 183 * 86_400_000;
+const WEEK_MS = 7 * 86_400_000;
 
 /**
- * Whether the action's UTC offset is one the agent's zone keeps at another time of year but not at
- * the meeting's instant: the model took the wrong side of a daylight-saving change (the summer
- * offset a day after clocks went back, say), so the wall clock it put into `friendly_time` names
- * another hour than the one booked, and the confirmation says the booked one instead. An offset the
- * zone never keeps (the customer's own zone) is a time written elsewhere's way, and its words stand.
+ * Whether the action's UTC offset is one the agent's zone keeps within a year of the meeting but not
+ * at its instant: the model took the wrong side of a daylight-saving change (the summer offset a day
+ * after clocks went back, the winter one after they went forward), so the wall clock it put into
+ * `friendly_time` names another hour than the one booked, and the confirmation says the booked one
+ * instead. Looked for week by week over a year either side (a mismatched offset only, so no cost on a
+ * booking written in the zone's own offset). An offset the zone never keeps (most customers' own
+ * zones) is a time written elsewhere's way, and its words stand; a customer whose zone's offset is the
+ * agent zone's other season's gets the booked time in the agent's zone (accurate, in other words).
  */
 export function offsetOfAnotherSeason(start: Date, offsetMinutes: number, agentZone: string): boolean {
   if (zoneOffsetMinutes(start, agentZone) === offsetMinutes) return false;
-  return [-HALF_YEAR_MS, HALF_YEAR_MS].some(
-    (shift) => zoneOffsetMinutes(new Date(start.getTime() + shift), agentZone) === offsetMinutes,
-  );
+  for (let week = -52; week <= 52; week++) {
+    if (week === 0) continue;
+    if (zoneOffsetMinutes(new Date(start.getTime() + week * WEEK_MS), agentZone) === offsetMinutes)
+      return true;
+  }
+  return false;
 }
 
 /**

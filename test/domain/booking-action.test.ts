@@ -521,6 +521,7 @@ describe('holdsUnreadableAction', () => {
   it.each([
     ['plain prose', 'Happy to help! What time suits you?'],
     ['prose about the action', 'I can take an action for you: book, move or cancel a meeting.'],
+    ['a link with an action in its query', 'Manage it at https://example.com/m?action=cancel_meeting&id=1'],
     [
       'a valid action, cut out of the prose',
       'Sure!\n```json\n[{"action":"Time_to_121meet","email":"a@b.co","meeting_time":"2031-01-06T10:00:00Z"}]\n```',

@@ -364,6 +364,22 @@ describe('offsetOfAnotherSeason', () => {
     ['UTC with Z', '2025-11-03T14:00:00Z', 0, 'UTC', false],
     ['Berlin +02:00 in January (CET)', '2026-01-15T09:00:00Z', 120, 'Europe/Berlin', true],
     ['Sydney +10:00 in January (AEDT)', '2026-01-15T09:00:00Z', 600, 'Australia/Sydney', true],
+    [
+      'New York -05:00 just after clocks went forward (EDT)',
+      '2026-03-10T14:00:00Z',
+      -300,
+      'America/New_York',
+      true,
+    ],
+    ['New York -05:00 in April (EDT)', '2026-04-20T14:00:00Z', -300, 'America/New_York', true],
+    [
+      'Berlin +01:00 just after clocks went forward (CEST)',
+      '2026-03-30T09:00:00Z',
+      60,
+      'Europe/Berlin',
+      true,
+    ],
+    ['Berlin +01:00 in winter (its own offset)', '2026-02-02T09:00:00Z', 60, 'Europe/Berlin', false],
   ])('%s', (_name, start, offset, zone, expected) => {
     expect(offsetOfAnotherSeason(new Date(start), offset, zone)).toBe(expected);
   });
