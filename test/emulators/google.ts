@@ -445,6 +445,15 @@ export class GoogleEmulator {
     this.faults.push({ op, fault, remaining: times, ...(when ? { when } : {}) });
   }
 
+  /** Ends every wait now (stall faults, latency): the requests waiting go on at once. */
+  releaseStalls(): void {
+    for (const t of this.timers) {
+      clearTimeout(t.timer);
+      t.resolve();
+    }
+    this.timers.clear();
+  }
+
   /** Clears pending faults, the request log, the sendUpdates log and listPageSize. Accounts, tokens and events stay. */
   reset(): void {
     this.faults = [];
@@ -455,11 +464,7 @@ export class GoogleEmulator {
 
   async close(): Promise<void> {
     this.closed = true;
-    for (const t of this.timers) {
-      clearTimeout(t.timer);
-      t.resolve();
-    }
-    this.timers.clear();
+    this.releaseStalls();
     await new Promise<void>((resolve) => {
       this.server.close(() => resolve());
       this.server.closeAllConnections();
@@ -933,8 +938,9 @@ export class GoogleEmulator {
     let items = [...account.events.values()].filter((e) => {
       const r = e.resource;
       if (!showDeleted && r.status === 'cancelled') return false;
-      if (timeMin !== undefined && e.endMs <= timeMin) return false;
-      if (timeMax !== undefined && e.startMs >= timeMax) return false;
+      const span = spanOf(e, account.timeZone);
+      if (timeMin !== undefined && span.endMs <= timeMin) return false;
+      if (timeMax !== undefined && span.startMs >= timeMax) return false;
       if (updatedMin !== undefined && Date.parse(String(r.updated)) < updatedMin) return false;
       if (privateFilter) {
         const props = (r.extendedProperties as Json | undefined)?.private as Json | undefined;
@@ -1109,7 +1115,10 @@ export class GoogleEmulator {
     const blocks = [...account.busy];
     for (const e of account.events.values()) {
       if (e.resource.status === 'cancelled' || e.resource.transparency === 'transparent') continue;
-      blocks.push({ startMs: e.startMs, endMs: e.endMs });
+      // An event the calendar's owner declined does not make them busy.
+      const attendees = e.resource.attendees as Json[] | undefined;
+      if (attendees?.some((a) => a.self === true && a.responseStatus === 'declined')) continue;
+      blocks.push(spanOf(e, account.timeZone));
     }
     const clipped = blocks
       .filter((b) => b.startMs < to && b.endMs > from && b.endMs > b.startMs)
@@ -1364,6 +1373,19 @@ function zoneOffsetMs(zone: string, utcMs: number): number {
     parts.second ?? 0,
   );
   return asUtc - Math.floor(utcMs / 1000) * 1000;
+}
+
+/**
+ * The instants an event covers: its own, or for an all-day event (stored as its dates at UTC
+ * midnight) those dates from midnight to midnight in the calendar's time zone, as Google counts them.
+ */
+function spanOf(e: StoredEvent, zone: string): { startMs: number; endMs: number } {
+  if (!e.allDay) return { startMs: e.startMs, endMs: e.endMs };
+  const midnight = (ms: number) => {
+    const d = new Date(ms);
+    return wallTimeToUtc([d.getUTCFullYear(), d.getUTCMonth() + 1, d.getUTCDate(), 0, 0, 0], zone);
+  };
+  return { startMs: midnight(e.startMs), endMs: midnight(e.endMs) };
 }
 
 function wallTimeToUtc(p: [number, number, number, number, number, number], zone: string): number {

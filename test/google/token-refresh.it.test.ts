@@ -188,12 +188,14 @@ describe('token refresh', () => {
 
   it('10 concurrent bookings inside the refresh margin share one background refresh, and none waits for it', async () => {
     const o = await newOwner(120);
-    s.google.fail('token', { kind: 'stall', ms: 1500 }, 1);
+    // Held until released below, however long the bookings take on a loaded machine.
+    s.google.fail('token', { kind: 'stall', ms: 60_000 }, 1);
     await bookTenAtOnce(o);
     // Every booking was answered while the one refresh was still stalled.
     expect(tokenCalls()).toHaveLength(1);
     expect(tokenCalls()[0]!.doneAt).toBeUndefined();
     expect(s.google.events(o.email)).toHaveLength(10);
+    s.google.releaseStalls();
     await vi.waitFor(() => expect(s.google.refreshCount(o.grant.refresh_token)).toBe(1), 5000);
     expect(tokenCalls()).toHaveLength(1);
   });
