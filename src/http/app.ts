@@ -21,6 +21,7 @@ import type { ConnectionCache } from '../store/connection-cache.js';
 import type { ConversationStore } from '../store/conversations.js';
 import type { MessageStore } from '../store/messages.js';
 import { isAdmin, requireAdmin } from './auth.js';
+import { duplicateKey } from './json-keys.js';
 import type { LiveFeed } from './live-feed.js';
 import { WindowCounter } from './rate-limit.js';
 import { agentRoutes } from './routes/agents.js';
@@ -149,6 +150,19 @@ export async function buildHttpApp(deps: HttpDeps): Promise<FastifyInstance> {
     (httpPart === 'body' ? strict : coercing).compile(schema),
   );
   app.setErrorHandler(errorHandler);
+  // Fastify's JSON parser (prototype poisoning refused, as by default), then one more check: a name
+  // given twice in one object is a 400, not the last one silently winning (duplicateKey).
+  const parseJson = app.getDefaultJsonParser('error', 'error');
+  app.removeContentTypeParser('application/json');
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (req, body, done) => {
+    parseJson(req, body as string, (err, value) => {
+      if (err) return done(err, undefined);
+      const twice = duplicateKey(body as string);
+      if (twice === undefined) return done(null, value);
+      const name = twice.length > 60 ? `${twice.slice(0, 60)}…` : twice;
+      done(new InvalidInput(`The body names "${name}" twice in one object`), undefined);
+    });
+  });
   // PostgreSQL cannot store U+0000 in text, and a statement carrying one fails as a whole: refused
   // here with a 400 naming the field, before any route runs, rather than as a 500 from the database.
   app.addHook('preValidation', async (req) => {

@@ -108,6 +108,35 @@ describe('agents API', () => {
     expect(got).toEqual(a);
   });
 
+  it('refuses a body that names a field twice (the last would silently win) and stores nothing', async () => {
+    const raw = (text: string) =>
+      t.app.http.inject({
+        method: 'POST',
+        url: '/api/agents',
+        headers: { ...t.admin, 'content-type': 'application/json' },
+        payload: text,
+      });
+    const day = (from: string, to: string) => `[{"start":"${from}","end":"${to}"}]`;
+    for (const [text, name] of [
+      [
+        `{"user_id":"owner-twice","name":"A","working_hours":{"monday":${day('09:00', '12:00')},"monday":${day('13:00', '17:00')}}}`,
+        'monday',
+      ],
+      ['{"user_id":"owner-twice","name":"A","name":"B"}', 'name'],
+    ] as const) {
+      const res = await raw(text);
+      expect(res.statusCode).toBe(400);
+      expect(res.json()).toEqual({ success: false, error: `The body names "${name}" twice in one object` });
+    }
+    const list = await t.app.http.inject({ url: '/api/users/owner-twice/agents', headers: t.admin });
+    expect(list.json().agents).toEqual([]);
+    // The same body with each name once is stored.
+    expect(
+      (await raw(`{"user_id":"owner-twice","name":"A","working_hours":{"monday":${day('09:00', '12:00')}}}`))
+        .statusCode,
+    ).toBe(201);
+  });
+
   it('404s unknown agents and 401s without the admin key', async () => {
     expect((await t.app.http.inject({ url: '/api/agents/agt_nope', headers: t.admin })).statusCode).toBe(404);
     expect(
