@@ -621,6 +621,40 @@ describe('events.get / patch / delete / list', () => {
 });
 
 describe('freeBusy.query', () => {
+  it('counts an all-day event from midnight to midnight in the calendar’s zone, and no event the owner declined', async () => {
+    const { cal, email } = connect({ timeZone: 'Asia/Kolkata' });
+    await cal.events.insert({
+      calendarId: 'primary',
+      requestBody: { start: { date: '2030-01-08' }, end: { date: '2030-01-09' } },
+    });
+    await cal.events.insert({
+      calendarId: 'primary',
+      requestBody: {
+        start: { dateTime: '2030-01-07T06:00:00Z' },
+        end: { dateTime: '2030-01-07T07:00:00Z' },
+        attendees: [{ email, responseStatus: 'declined' }, { email: 'guest@example.com' }],
+      },
+    });
+    const res = await cal.freebusy.query({
+      requestBody: {
+        timeMin: '2030-01-07T00:00:00Z',
+        timeMax: '2030-01-10T00:00:00Z',
+        items: [{ id: email }],
+      },
+    });
+    expect(res.data.calendars?.[email]?.busy).toEqual([
+      { start: '2030-01-07T18:30:00Z', end: '2030-01-08T18:30:00Z' },
+    ]);
+    // events.list windows count the all-day event the same way.
+    const listed = async (timeMin: string, timeMax: string) =>
+      (await cal.events.list({ calendarId: 'primary', timeMin, timeMax })).data.items?.filter(
+        (e) => e.start?.date,
+      ).length;
+    expect(await listed('2030-01-07T17:00:00Z', '2030-01-07T18:30:00Z')).toBe(0);
+    expect(await listed('2030-01-07T17:00:00Z', '2030-01-07T18:31:00Z')).toBe(1);
+    expect(await listed('2030-01-08T18:30:00Z', '2030-01-09T00:00:00Z')).toBe(0);
+  });
+
   it('merges opaque events and busy blocks, skips transparent and cancelled ones', async () => {
     const { cal, email } = connect();
     const at = (h: number, m = 0) => new Date(Date.UTC(2030, 0, 7, h, m));
