@@ -218,7 +218,7 @@ export class MeetingStore {
   async reschedule(
     trx: Transaction<DB>,
     meetingId: string,
-    to: { meetingTime: Date; timezone: string | null },
+    to: { meetingTime: Date; timezone: string | null; durationMinutes?: number },
   ): Promise<MeetingRow | undefined> {
     return widen(trx)
       .updateTable('meetings')
@@ -226,6 +226,7 @@ export class MeetingStore {
         previous_meeting_time: eb.ref('meeting_time'),
         meeting_time: to.meetingTime,
         timezone: to.timezone,
+        ...(to.durationMinutes === undefined ? {} : { duration_minutes: to.durationMinutes }),
         rescheduled_at: sql<Date>`now()`,
         reschedule_count: sql<number>`reschedule_count + 1`,
         updated_at: sql<Date>`now()`,

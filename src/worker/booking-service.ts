@@ -20,7 +20,12 @@ import {
   validateBookingAction,
   validateMeetingTime,
 } from '../domain/booking-request.js';
-import type { CalendarGateway, CreatedCalendarEvent, RetryGuard } from '../domain/calendar-gateway.js';
+import type {
+  CalendarEventState,
+  CalendarGateway,
+  CreatedCalendarEvent,
+  RetryGuard,
+} from '../domain/calendar-gateway.js';
 import { CalendarNotConnected, Upstream } from '../domain/errors.js';
 import {
   availabilityTexts,
@@ -1025,36 +1030,55 @@ export class BookingService implements ActionResponder {
       return this.#started(ctx, 'reschedule', () => this.#moveMadeBefore(ctx, action, meeting));
     }
     let when = validateMeetingTime(action.new_time, ctx.limits, ctx.now);
+    const untimed =
+      when.ok || !ctx.earlierAttempt ? when : validateMeetingTime(action.new_time, ctx.limits, null);
+    if (!untimed.ok) {
+      this.deps.onOutcome?.('invalid');
+      return { text: bookingTexts.invalid([untimed.problem]) };
+    }
+    // The event as the owner's calendar has it now (one events.get per move): the owner may have
+    // lengthened or moved it in Google since our row last heard of it (the calendar sync catches up
+    // within CALENDAR_SYNC_SECONDS). The move keeps the event's current length, and the block it
+    // frees is where the event is now, not where the row says.
+    let current: CalendarEventState | null;
+    try {
+      current = await this.deps.calendar.eventState(agent.userId, meeting.google_event_id, ctx.stopped);
+    } catch (err) {
+      return this.#calendarFailure(err, ctx, 'reschedule');
+    }
+    if (current?.cancelled) {
+      // Deleted at Google (by the owner): not a move; the sync records the cancel.
+      return this.#calendarFailure(
+        new Upstream('Google: the event to move was deleted', false),
+        ctx,
+        'reschedule',
+      );
+    }
+    // Unknown to the calendar (404: the owner reconnected another account) or all-day: as the row says.
+    const now =
+      current?.start && current.end && current.end > current.start
+        ? { start: current.start, end: current.end }
+        : undefined;
+    const durationMs = now ? now.end.getTime() - now.start.getTime() : meeting.duration_minutes * 60_000;
     // A retry of a move an earlier attempt may have made (its reply never committed): the event is
     // then at the new time already, so Google's busy time there is the event itself, and the timing
     // rules were met on that attempt's clock. The move stands; it is recorded, not refused.
-    let movedBefore = false;
-    if (ctx.earlierAttempt) {
-      const untimed = when.ok ? when : validateMeetingTime(action.new_time, ctx.limits, null);
-      if (untimed.ok) {
-        let at: Date | null;
-        try {
-          at = await this.deps.calendar.eventStart(agent.userId, meeting.google_event_id, ctx.stopped);
-        } catch (err) {
-          return this.#calendarFailure(err, ctx, 'reschedule');
-        }
-        movedBefore = at?.getTime() === untimed.start.getTime();
-        if (movedBefore) {
-          log.warn(
-            { event_id: meeting.google_event_id },
-            'an earlier attempt moved this meeting; recording the move',
-          );
-          when = untimed;
-        }
-      }
+    const movedBefore = ctx.earlierAttempt && now?.start.getTime() === untimed.start.getTime();
+    if (movedBefore) {
+      log.warn(
+        { event_id: meeting.google_event_id },
+        'an earlier attempt moved this meeting; recording the move',
+      );
+      when = untimed;
     }
     if (!when.ok) {
       this.deps.onOutcome?.('invalid');
       return { text: bookingTexts.invalid([when.problem]) };
     }
     const start = when.start;
-    const end = new Date(start.getTime() + meeting.duration_minutes * 60_000);
-    const own = {
+    const end = new Date(start.getTime() + durationMs);
+    const durationMinutes = Math.round(durationMs / 60_000);
+    const own = now ?? {
       start: meeting.meeting_time,
       end: new Date(meeting.meeting_time.getTime() + meeting.duration_minutes * 60_000),
     };
@@ -1064,11 +1088,11 @@ export class BookingService implements ActionResponder {
     let patched: Awaited<ReturnType<CalendarGateway['patchEvent']>> | undefined;
     try {
       if (!movedBefore && !withinWorkingHours(start, end, agent.timezone, ctx.settings.workingHours)) {
-        return await this.#refuse(ctx, 'outside_hours', start, meeting.duration_minutes, except);
+        return await this.#refuse(ctx, 'outside_hours', start, durationMinutes, except);
       }
       const busy = await this.#lockAndRead(ctx, start, end, except);
       if (!movedBefore && overlapsBusy(start, end, busy, ctx.settings.bufferMinutes)) {
-        return await this.#refuse(ctx, 'busy', start, meeting.duration_minutes, except, busy);
+        return await this.#refuse(ctx, 'busy', start, durationMinutes, except, busy);
       }
       const mayChange = this.#mayChange(ctx); // as before an insert
       await mayChange();
@@ -1093,16 +1117,20 @@ export class BookingService implements ActionResponder {
         }));
       if (!moved) return this.#calendarFailure(err, ctx, 'reschedule');
     }
-    return this.#moved(ctx, action, meeting, when, patched);
+    return this.#moved(ctx, action, meeting, when, patched, durationMinutes);
   }
 
-  /** A move's confirmation and rows; `patched` is Google's answer (none when recorded from a lookup). */
+  /**
+   * A move's confirmation and rows; `patched` is Google's answer (none when recorded from a lookup),
+   * `durationMinutes` the length it gave the event (none: the row's stands).
+   */
   #moved(
     ctx: ReplyContext,
     action: Record<string, unknown>,
     meeting: MeetingRow,
     when: { start: Date; offsetMinutes: number },
     patched: CreatedCalendarEvent | undefined,
+    durationMinutes?: number,
   ): Outcome {
     const { work } = ctx;
     const { agent } = work;
@@ -1129,6 +1157,7 @@ export class BookingService implements ActionResponder {
         const row = await this.deps.meetings.reschedule(trx, meeting.meeting_id, {
           meetingTime: start,
           timezone: zone ?? agent.timezone,
+          durationMinutes,
         });
         if (row && this.deps.events) {
           await this.deps.events.emit(trx, {

@@ -3,6 +3,8 @@
  * and reschedule / cancel by chat (issue 8) — through HTTP, the real clients and both emulators.
  */
 import { randomBytes } from 'node:crypto';
+import { calendar } from '@googleapis/calendar';
+import { OAuth2Client } from 'google-auth-library';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { MeetingStore } from '../../src/store/meetings.js';
@@ -520,12 +522,12 @@ async function chatWithMeeting() {
   return { o, c, mine: mine! };
 }
 
-/** The model's answer: move the conversation's meeting to `hour` in two days. */
-const moveTo = (hour: number): ScriptedReply => ({
+/** The model's answer: move the conversation's meeting to `hour`:`minute` in two days. */
+const moveTo = (hour: number, minute = 0): ScriptedReply => ({
   toolCalls: [
     {
       name: 'reschedule_meeting',
-      arguments: { meeting_id: null, new_time: ist(2, hour).iso, friendly_time: null },
+      arguments: { meeting_id: null, new_time: ist(2, hour, minute).iso, friendly_time: null },
     },
   ],
 });
@@ -545,6 +547,40 @@ describe('reschedule and cancel by chat', () => {
     const line = system.split('\n').find((l) => l.startsWith(`- ${mine!.meeting_id}: `));
     expect(line).toContain(`: ${JSON.stringify(title)} at `);
     expect(system.split('\n').some((l) => l.startsWith('SYSTEM:'))).toBe(false);
+  });
+
+  it('a move keeps the length and frees the place the owner gave the event in Google since', async () => {
+    const { o, c, mine } = await chatWithMeeting();
+    // The owner moves the event to noon and makes it an hour long, in Google Calendar; no pass of the
+    // calendar sync has told our row (the test stack runs none).
+    const grant = s.google.grant({ email: o.email });
+    const auth = new OAuth2Client();
+    auth.setCredentials({ access_token: grant.access_token });
+    const own = calendar({ version: 'v3', auth, rootUrl: s.google.rootUrl });
+    const hour = 3_600_000;
+    await own.events.patch({
+      calendarId: 'primary',
+      eventId: mine.google_event_id as string,
+      requestBody: {
+        start: { dateTime: ist(2, 12).at.toISOString() },
+        end: { dateTime: new Date(ist(2, 12).at.getTime() + hour).toISOString() },
+      },
+    });
+    // Half an hour later: it overlaps where the event is now, which is the event itself.
+    s.openai.responder = () => moveTo(12, 30);
+    await s.send(c.conversation_id, c.customer_token, 'Make it 12:30?');
+    const list = await s.waitForReplies(c.conversation_id, c.customer_token, 2, 30_000);
+    expect(list.filter((m) => m.role === 'assistant').at(-1)!.content).toMatch(/^✅ Meeting rescheduled!/);
+    const event = s.google.events(o.email).find((e) => e.id === mine.google_event_id)!;
+    expect([Date.parse(event.start!.dateTime!), Date.parse(event.end!.dateTime!)]).toEqual([
+      ist(2, 12, 30).at.getTime(),
+      ist(2, 12, 30).at.getTime() + hour,
+    ]);
+    const after = await s.app.http.inject({ url: `/api/meetings/${mine.meeting_id}`, headers: s.admin });
+    expect(after.json().meeting).toMatchObject({
+      meeting_time: ist(2, 12, 30).at.toISOString(),
+      duration_minutes: 60,
+    });
   });
 
   it('a retried move whose earlier attempt moved the event records the move (its own event is no clash)', async () => {
@@ -567,12 +603,14 @@ describe('reschedule and cancel by chat', () => {
 
   it('a move of a meeting whose event the owner deleted is not confirmed, and the row does not move', async () => {
     const { o, c, mine } = await chatWithMeeting();
-    // Deleted in Google Calendar: Google keeps it as cancelled, and a patch answers 200 with the
-    // event still cancelled (nothing on anyone's calendar).
+    // Deleted in Google Calendar: Google keeps it as cancelled (a patch would answer 200 with the
+    // event still cancelled, on nobody's calendar). The move reads the event first and patches nothing.
     await s.app.calendar.deleteEvent(o.userId, String(mine?.google_event_id));
+    s.google.reset();
     const moved = await ask(c, 'Can we do 11 instead?', moveTo(11));
     expect(moved).toBe(s.app.config.meetingErrorMessage);
-    expect(s.google.requests.filter((r) => r.op === 'events.patch').map((r) => r.status)).toEqual([200]);
+    expect(s.google.requests.filter((r) => r.op === 'events.get').map((r) => r.status)).toEqual([200]);
+    expect(s.google.requests.filter((r) => r.op === 'events.patch')).toEqual([]);
     const after = await s.app.http.inject({ url: `/api/meetings/${mine?.meeting_id}`, headers: s.admin });
     expect(after.json().meeting.meeting_time).toBe(ist(2, 10).at.toISOString());
   });

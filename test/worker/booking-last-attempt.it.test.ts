@@ -693,8 +693,9 @@ describe('last attempt: a move or cancel Google made although its answers were l
     await s.send(b.conversationId, b.token, 'an hour later?');
     expect(await lastReply(b)).toMatch(/^✅ Meeting rescheduled!/);
     expect(statuses('events.patch')).toEqual(Array(4).fill('lost-response'));
-    // One read where the earlier attempt might have moved it (not yet), one before giving up (moved).
-    expect(requestsFor('events.get').map((r) => r.status)).toEqual([200, 200]);
+    // Each attempt reads the event before it moves it (the first to take its length, the last also to
+    // see whether the first moved it: not yet), and the last reads it once more before giving up (moved).
+    expect(requestsFor('events.get').map((r) => r.status)).toEqual([200, 200, 200]);
     const [row] = await meetings(b.userId);
     expect(row).toMatchObject({ meeting_id: meeting.meeting_id, meeting_time: later.toISOString() });
     expect(await deliveryTypes(b.userId)).toEqual(['meeting.booked', 'meeting.rescheduled']);
