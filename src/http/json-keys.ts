@@ -15,7 +15,7 @@ export function duplicateKey(text: string): string | undefined {
     if (ch === QUOTE) {
       const start = i;
       let escaped = false;
-      for (i++; text.charCodeAt(i) !== QUOTE; i++) {
+      for (i++; i < text.length && text.charCodeAt(i) !== QUOTE; i++) {
         if (text.charCodeAt(i) === BACKSLASH) {
           escaped = true;
           i++;

@@ -1,5 +1,6 @@
 import type { RawBuilder, Transaction } from 'kysely';
 import type { Logger } from 'pino';
+import { MEETING_DURATION } from '../domain/agent.js';
 import {
   type BookingSettings,
   describeWorkingHours,
@@ -339,17 +340,19 @@ export class BookingService implements ActionResponder {
   ): Promise<Outcome | undefined> {
     const when = validateMeetingTime(action.new_time, ctx.limits, null);
     if (!when.ok) return undefined;
-    const at = await this.deps.calendar.eventStart(
+    const state = await this.deps.calendar.eventState(
       ctx.work.agent.userId,
       meeting.google_event_id,
       ctx.stopped,
     );
-    if (at?.getTime() !== when.start.getTime()) return undefined;
+    const span = state && !state.cancelled ? timedSpan(state) : undefined;
+    if (!span || span.start.getTime() !== when.start.getTime()) return undefined;
     ctx.log.warn(
       { event_id: meeting.google_event_id },
       'an earlier attempt moved this meeting; recording the move',
     );
-    return this.#moved(ctx, action, meeting, when, undefined);
+    // With the length that attempt gave the event (the one it had in Google then), as the move would.
+    return this.#moved(ctx, action, meeting, when, undefined, meetingMinutes(span));
   }
 
   /** As #moveMadeBefore, for a cancel: recorded when `meeting`'s event is gone. */
@@ -1046,20 +1049,19 @@ export class BookingService implements ActionResponder {
     } catch (err) {
       return this.#calendarFailure(err, ctx, 'reschedule');
     }
-    if (current?.cancelled) {
-      // Deleted at Google (by the owner): not a move; the sync records the cancel.
-      return this.#calendarFailure(
-        new Upstream('Google: the event to move was deleted', false),
-        ctx,
-        'reschedule',
+    if (!current || current.cancelled) {
+      // Deleted in Google Calendar (the calendar sync records the cancel), or unknown to the calendar
+      // connected now (404: the owner reconnected another account): nothing to move.
+      this.deps.onOutcome?.(current ? 'event_deleted' : 'event_missing');
+      log.warn(
+        { event_id: meeting.google_event_id, deleted: Boolean(current) },
+        'the meeting to move has no event on the owner’s calendar',
       );
+      return { text: this.deps.meetingErrorMessage, stop: true };
     }
-    // Unknown to the calendar (404: the owner reconnected another account) or all-day: as the row says.
-    const now =
-      current?.start && current.end && current.end > current.start
-        ? { start: current.start, end: current.end }
-        : undefined;
-    const durationMs = now ? now.end.getTime() - now.start.getTime() : meeting.duration_minutes * 60_000;
+    // All-day (made so by the owner), or of a length no meeting may have: the row's place or length.
+    const now = timedSpan(current);
+    const durationMinutes = (now && meetingMinutes(now)) ?? meeting.duration_minutes;
     // A retry of a move an earlier attempt may have made (its reply never committed): the event is
     // then at the new time already, so Google's busy time there is the event itself, and the timing
     // rules were met on that attempt's clock. The move stands; it is recorded, not refused.
@@ -1076,8 +1078,7 @@ export class BookingService implements ActionResponder {
       return { text: bookingTexts.invalid([when.problem]) };
     }
     const start = when.start;
-    const end = new Date(start.getTime() + durationMs);
-    const durationMinutes = Math.round(durationMs / 60_000);
+    const end = new Date(start.getTime() + durationMinutes * 60_000);
     const own = now ?? {
       start: meeting.meeting_time,
       end: new Date(meeting.meeting_time.getTime() + meeting.duration_minutes * 60_000),
@@ -1236,6 +1237,22 @@ export class BookingService implements ActionResponder {
 }
 
 /** The zone a moved event is written in: the agent's when the requested offset is its own there. */
+/** An event's date-times, when it has them (not all-day) and they are in order. */
+function timedSpan(state: CalendarEventState): { start: Date; end: Date } | undefined {
+  return state.start && state.end && state.end > state.start
+    ? { start: state.start, end: state.end }
+    : undefined;
+}
+
+/**
+ * A span's length in whole minutes when a meeting may have it (from 1 to the longest an agent's
+ * meetings may be set to), else undefined: the meeting row's length stands.
+ */
+function meetingMinutes(span: { start: Date; end: Date }): number | undefined {
+  const minutes = Math.round((span.end.getTime() - span.start.getTime()) / 60_000);
+  return minutes >= 1 && minutes <= MEETING_DURATION.max ? minutes : undefined;
+}
+
 function eventZone(start: Date, offsetMinutes: number, agentZone: string): string | undefined {
   return zoneOffsetMinutes(start, agentZone) === offsetMinutes ? agentZone : undefined;
 }

@@ -8,6 +8,8 @@
 import { randomBytes } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { calendar } from '@googleapis/calendar';
+import { OAuth2Client } from 'google-auth-library';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { BookingLeaseStore, WHOLE_OWNER } from '../../src/store/booking-leases.js';
@@ -484,13 +486,16 @@ describe('giving up on a move or a cancel an earlier attempt made', () => {
   beforeEach(() => s.holdRetries(true));
 
   /** `b`'s meeting booked, then `next` asked for in a new message whose first run fails. */
-  async function changeThenGiveUp(next: Responder, failFirstRun: () => void) {
+  async function changeThenGiveUp(
+    next: Responder,
+    failFirstRun: (b: Booking, meeting: Record<string, unknown>) => void | Promise<void>,
+  ) {
     const b = await startBooking();
     expect((await replies(b))[0]).toMatch(/^✅ Meeting confirmed!/);
     const [meeting] = await meetings(b.userId);
     s.google.reset();
     s.openai.responder = next;
-    failFirstRun();
+    await failFirstRun(b, meeting!);
     const messageId = await s.send(b.conversationId, b.token, 'change it');
     const change = { ...b, messageId };
     await until('the first run to fail', async () => (await message(messageId)).last_error !== null);
@@ -562,6 +567,46 @@ describe('giving up on a move or a cancel an earlier attempt made', () => {
     });
     expect(await message(never.messageId)).toMatchObject({ status: 'failed', attempts: 6 });
     expect(await deliveryTypes(never.b.userId)).toEqual(['meeting.booked']);
+  });
+
+  it('a move an earlier attempt made is recorded with the length the event has in Google', async () => {
+    const later = new Date(Date.parse(String(action().meeting_time)) + 3_600_000);
+    const hour = 3_600_000;
+    const made = await changeThenGiveUp(
+      () => ({
+        toolCalls: [
+          {
+            name: 'reschedule_meeting',
+            arguments: { meeting_id: null, new_time: later.toISOString(), friendly_time: 'an hour later' },
+          },
+        ],
+      }),
+      async (b, meeting) => {
+        // The owner made the meeting an hour long in Google Calendar (no sync pass has run since).
+        const grant = s.google.grant({ email: b.email });
+        const auth = new OAuth2Client();
+        auth.setCredentials({ access_token: grant.access_token });
+        const own = calendar({ version: 'v3', auth, rootUrl: s.google.rootUrl });
+        const start = Date.parse(String(meeting.meeting_time));
+        await own.events.patch({
+          calendarId: 'primary',
+          eventId: String(meeting.google_event_id),
+          requestBody: { end: { dateTime: new Date(start + hour).toISOString() } },
+        });
+        s.google.fail('events.patch', { kind: 'lost-response' }, 1);
+        s.google.fail('events.patch', { kind: 'status', status: 503 }, 3);
+      },
+    );
+    expect(made.last).toMatch(/^✅ Meeting rescheduled!/);
+    const [event] = s.google.events(made.b.email);
+    expect([Date.parse(event!.start!.dateTime!), Date.parse(event!.end!.dateTime!)]).toEqual([
+      later.getTime(),
+      later.getTime() + hour,
+    ]);
+    expect((await meetings(made.b.userId))[0]).toMatchObject({
+      meeting_time: later.toISOString(),
+      duration_minutes: 60,
+    });
   });
 });
 
