@@ -1,3 +1,4 @@
+import { STATUS_CODES } from 'node:http';
 import rateLimit from '@fastify/rate-limit';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
@@ -129,6 +130,27 @@ export async function buildHttpApp(deps: HttpDeps): Promise<FastifyInstance> {
     // TRUST_PROXY (Config.trustProxy): off unless set, since direct exposure must not trust
     // X-Forwarded-For; behind a load balancer it names the client, for the per-IP limit and the logs.
     trustProxy: typeof trust === 'number' ? (_address: string, hop: number) => hop < trust : trust,
+    // What Node's HTTP parser refuses before any route or hook runs (headers over 16 KB, a malformed
+    // request line or header, a request that did not arrive within requestTimeout), in our error
+    // shape too; the connection is closed after it, as Node does.
+    clientErrorHandler: (err, socket) => {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ECONNRESET' || socket.destroyed) return;
+      const [status, error] =
+        code === 'ERR_HTTP_REQUEST_TIMEOUT'
+          ? [408, 'The request did not arrive in time']
+          : code === 'HPE_HEADER_OVERFLOW'
+            ? [431, 'The request headers are too large']
+            : [400, 'Malformed HTTP request'];
+      const body = JSON.stringify({ success: false, error });
+      if (socket.writable) {
+        socket.write(
+          `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json\r\n` +
+            `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+        );
+      }
+      socket.destroy(err);
+    },
     // Router-level rejections (path parameter over 100 chars, malformed URL) in our error shape too.
     frameworkErrors: (err, _req, reply) => {
       const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 400;

@@ -1,3 +1,5 @@
+import { STATUS_CODES } from 'node:http';
+import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { MAX_JSON_DEPTH } from '../../src/http/app.js';
 import { SSE_STREAMS_PER_CONVERSATION } from '../../src/http/routes/conversations.js';
@@ -399,6 +401,34 @@ describe('customer API', () => {
     await s.waitForReplies(c.conversation_id, c.customer_token, 1);
     expect(s.logs.text).not.toContain(c.customer_token);
     expect(s.logs.text).not.toContain(c.customer_token.slice(3, 20));
+  });
+});
+
+describe('requests Node’s HTTP parser refuses', () => {
+  /** Writes `raw` to the listening service and reads until it closes the connection. */
+  function exchange(raw: string): Promise<string> {
+    const { hostname, port } = new URL(base);
+    return new Promise((resolve, reject) => {
+      const socket = connect(Number(port), hostname, () => socket.write(raw));
+      let text = '';
+      socket.setEncoding('utf8');
+      socket.on('data', (chunk) => {
+        text += chunk;
+      });
+      socket.on('close', () => resolve(text));
+      socket.on('error', reject);
+    });
+  }
+
+  it.each([
+    ['headers over 16 KB', `GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`, 431],
+    ['a malformed request line', 'NOT A REQUEST\r\n\r\n', 400],
+    ['a malformed header', 'GET /healthz HTTP/1.1\r\nHost x\r\n\r\n', 400],
+  ])('answers %s in the API’s error shape, then closes', async (_what, raw, status) => {
+    const answer = await exchange(raw);
+    expect(answer.split('\r\n')[0]).toBe(`HTTP/1.1 ${status} ${STATUS_CODES[status]}`);
+    const body = JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4));
+    expect(body).toEqual({ success: false, error: expect.any(String) });
   });
 });
 
