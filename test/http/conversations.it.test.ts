@@ -1,5 +1,6 @@
 import { STATUS_CODES } from 'node:http';
 import { connect } from 'node:net';
+import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { MAX_JSON_DEPTH } from '../../src/http/app.js';
 import { SSE_STREAMS_PER_CONVERSATION } from '../../src/http/routes/conversations.js';
@@ -237,6 +238,43 @@ describe('customer API', () => {
         )
       ).statusCode,
     ).toBe(202);
+  });
+
+  it('requests with a wrong token still in flight cannot push the holder over the limit (server)', async () => {
+    if (process.env.TEST_DB !== 'server') return; // needs statements held on another connection's lock
+    const c = await chat();
+    const other = await chat();
+    const auth = { authorization: `Bearer ${c.customer_token}` };
+    for (let i = 0; i < 4; i++)
+      expect((await post(c.conversation_id, auth, { content: `m${i}` })).statusCode).toBe(202);
+    await s.waitForReplies(c.conversation_id, c.customer_token, 4);
+    const wrong = { authorization: `Bearer ${other.customer_token}` };
+    const db = s.app.database.db;
+    // Requests' statements waiting for the lock below (not the queue's claims, which wait for it too).
+    const held = async (n: number) =>
+      vi.waitFor(
+        async () => {
+          const r = await sql<{ n: number }>`
+            SELECT count(*)::int AS n FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'
+               AND query NOT LIKE '%SKIP LOCKED%' AND query NOT LIKE '%LOCK TABLE%'`.execute(db);
+          expect(r.rows[0]!.n).toBeGreaterThanOrEqual(n);
+        },
+        { timeout: 10_000, interval: 10 },
+      );
+    let answers: Promise<Array<{ statusCode: number }>> | undefined;
+    // Every statement that reads conversations waits for this transaction: a refused request is held
+    // between its hit and its answer while the holder's fifth message (the limit is 5) comes.
+    await db.transaction().execute(async (trx) => {
+      await sql`LOCK TABLE conversations IN ACCESS EXCLUSIVE MODE`.execute(trx);
+      const refused = post(c.conversation_id, wrong, { content: 'x' });
+      await held(1);
+      const holder = post(c.conversation_id, auth, { content: 'm4' });
+      await held(2);
+      answers = Promise.all([refused, holder]);
+    });
+    expect((await answers!).map((r) => r.statusCode)).toEqual([403, 202]);
+    expect((await post(c.conversation_id, auth, { content: 'm5' })).statusCode).toBe(429);
   });
 
   it('counts only accepted messages against the limit: refused callers cannot use it up', async () => {

@@ -147,11 +147,15 @@ export const conversationRoutes: FastifyPluginAsyncTypebox<ConversationRouteDeps
       if (!token) throw new Unauthorized('Send Authorization: Bearer <customer_token>');
       if (req.body.content.trim() === '') throw new InvalidInput('content must not be blank');
       const admin = isAdmin(req, deps.adminKey);
+      const tokenHash = admin ? undefined : hashToken(token);
       // The common case is one statement: the insert checks the conversation and its token itself
       // (MessageStore.insertCustomerMessage). The hit is counted first, so that concurrent requests
       // cannot all pass the limit, and given back unless the request turns out to be the holder's
-      // (refused, or failed): a caller without the conversation's token cannot use up its limit.
-      const wait = deps.perConversation.hit(conversationId);
+      // (refused, or failed). It is counted per credential (the token's digest, or the admin key): a
+      // caller without the conversation's token counts against a bucket of its own, so even requests
+      // of theirs still in flight cannot push the holder over the limit.
+      const bucket = `${conversationId}:${tokenHash ?? 'admin'}`;
+      const wait = deps.perConversation.hit(bucket);
       let holder = false;
       try {
         if (wait > 0) {
@@ -167,7 +171,7 @@ export const conversationRoutes: FastifyPluginAsyncTypebox<ConversationRouteDeps
         // together; claimed by it for this process's worker when a slot is free (JobQueue.accept),
         // else its commit wakes the workers (a second statement only when another insert of the
         // conversation claimed at that moment).
-        const access: MessageAccess = admin ? 'admin' : { customerTokenHash: hashToken(token) };
+        const access: MessageAccess = tokenHash === undefined ? 'admin' : { customerTokenHash: tokenHash };
         const message = deps.accept
           ? await deps.accept(conversationId, req.body.content, access)
           : await deps.messages.insertCustomerMessage(conversationId, req.body.content, access);
@@ -179,7 +183,7 @@ export const conversationRoutes: FastifyPluginAsyncTypebox<ConversationRouteDeps
         holder = true;
         return reply.code(202).send({ message_id: message.messageId });
       } finally {
-        if (!holder) deps.perConversation.refund(conversationId);
+        if (!holder) deps.perConversation.refund(bucket);
       }
     },
   );
