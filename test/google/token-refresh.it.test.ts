@@ -187,17 +187,26 @@ describe('token refresh', () => {
   });
 
   it('10 concurrent bookings inside the refresh margin share one background refresh, and none waits for it', async () => {
-    const o = await newOwner(120);
-    // Held until released below, however long the bookings take on a loaded machine.
-    s.google.fail('token', { kind: 'stall', ms: 60_000 }, 1);
-    await bookTenAtOnce(o);
-    // Every booking was answered while the one refresh was still stalled.
-    expect(tokenCalls()).toHaveLength(1);
-    expect(tokenCalls()[0]!.doneAt).toBeUndefined();
-    expect(s.google.events(o.email)).toHaveLength(10);
-    s.google.releaseStalls();
-    await vi.waitFor(() => expect(s.google.refreshCount(o.grant.refresh_token)).toBe(1), 5000);
-    expect(tokenCalls()).toHaveLength(1);
+    // The token answer is held until released below, however long the bookings take on a loaded
+    // machine; on a stack of its own whose token requests wait that long (this file's 2 s timeout
+    // would end the held request and the library would send it again). The helpers use `s`.
+    const shared = s;
+    s = await startStack({ GOOGLE_TIMEOUT_MS: '60000' });
+    try {
+      const o = await newOwner(120);
+      s.google.fail('token', { kind: 'stall', ms: 60_000 }, 1);
+      await bookTenAtOnce(o);
+      // Every booking was answered while the one refresh was still held.
+      expect(tokenCalls()).toHaveLength(1);
+      expect(tokenCalls()[0]!.doneAt).toBeUndefined();
+      expect(s.google.events(o.email)).toHaveLength(10);
+      s.google.releaseStalls();
+      await vi.waitFor(() => expect(s.google.refreshCount(o.grant.refresh_token)).toBe(1), 5000);
+      expect(tokenCalls()).toHaveLength(1);
+    } finally {
+      await s.close();
+      s = shared;
+    }
   });
 
   it('a background refresh that fails leaves the booking booked; bookings right after it do not retry it at once', async () => {
@@ -396,11 +405,15 @@ describe('401 from Calendar', () => {
   it('10 concurrent bookings whose token Google rejects share one forced refresh', async () => {
     const o = await newOwner(3600);
     s.google.expireAccessToken(o.grant.access_token);
+    // A booking whose read went out before another's hold of the owner ended reads again after its
+    // lease (counted): how many do depends on how the ten interleave.
+    const readAgain = async () => (await metricsSnapshot(s))('booking_busy_reads_total{result="read_again"}');
+    const readAgainBefore = await readAgain();
     await bookTenAtOnce(o);
     expect(s.google.refreshCount(o.grant.refresh_token)).toBe(1);
     expect(inserts().map((r) => r.status)).toEqual(Array(10).fill(200));
     const statuses = freeBusyCalls().map((r) => r.status);
-    expect(statuses.filter((x) => x === 200)).toHaveLength(10);
+    expect(statuses.filter((x) => x === 200)).toHaveLength(10 + (await readAgain()) - readAgainBefore);
     expect(statuses.filter((x) => x === 401).length).toBeGreaterThanOrEqual(1);
     expect(statuses.filter((x) => x !== 200 && x !== 401)).toEqual([]);
     expect(s.google.events(o.email)).toHaveLength(10);
