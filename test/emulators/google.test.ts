@@ -645,6 +645,22 @@ describe('freeBusy.query', () => {
     expect(res.data.calendars?.[email]?.busy).toEqual([
       { start: '2030-01-07T18:30:00Z', end: '2030-01-08T18:30:00Z' },
     ]);
+    // A day whose midnight the clocks skip starts at its first instant (Santiago, 2026-09-06: 01:00).
+    const santiago = connect({ timeZone: 'America/Santiago' });
+    await santiago.cal.events.insert({
+      calendarId: 'primary',
+      requestBody: { start: { date: '2026-09-06' }, end: { date: '2026-09-07' } },
+    });
+    const spring = await santiago.cal.freebusy.query({
+      requestBody: {
+        timeMin: '2026-09-05T00:00:00Z',
+        timeMax: '2026-09-08T00:00:00Z',
+        items: [{ id: 'primary' }],
+      },
+    });
+    expect(spring.data.calendars?.primary?.busy).toEqual([
+      { start: '2026-09-06T04:00:00Z', end: '2026-09-07T03:00:00Z' },
+    ]);
     // events.list windows count the all-day event the same way.
     const listed = async (timeMin: string, timeMax: string) =>
       (await cal.events.list({ calendarId: 'primary', timeMin, timeMax })).data.items?.filter(

@@ -958,7 +958,8 @@ export class GoogleEmulator {
       }
       return true;
     });
-    if (query.orderBy === 'startTime') items.sort((a, b) => a.startMs - b.startMs);
+    if (query.orderBy === 'startTime')
+      items.sort((a, b) => spanOf(a, account.timeZone).startMs - spanOf(b, account.timeZone).startMs);
     if (query.orderBy === 'updated')
       items.sort((a, b) => String(a.resource.updated).localeCompare(String(b.resource.updated)));
 
@@ -1383,7 +1384,13 @@ function spanOf(e: StoredEvent, zone: string): { startMs: number; endMs: number 
   if (!e.allDay) return { startMs: e.startMs, endMs: e.endMs };
   const midnight = (ms: number) => {
     const d = new Date(ms);
-    return wallTimeToUtc([d.getUTCFullYear(), d.getUTCMonth() + 1, d.getUTCDate(), 0, 0, 0], zone);
+    const at = wallTimeToUtc([d.getUTCFullYear(), d.getUTCMonth() + 1, d.getUTCDate(), 0, 0, 0], zone);
+    // A midnight the clocks skip (Santiago's spring): the day starts at the first instant it has, which
+    // the conversion above put that gap early, on the day before.
+    const localDay = new Date(at + zoneOffsetMs(zone, at)).getUTCDate();
+    return localDay === d.getUTCDate()
+      ? at
+      : at + zoneOffsetMs(zone, at + 43_200_000) - zoneOffsetMs(zone, at);
   };
   return { startMs: midnight(e.startMs), endMs: midnight(e.endMs) };
 }
