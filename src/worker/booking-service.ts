@@ -985,10 +985,7 @@ export class BookingService implements ActionResponder {
       meetLink: created.meetLink,
       htmlLink: created.htmlLink,
     };
-    const when =
-      request.friendlyTime && !offsetOfAnotherSeason(request.start, request.offsetMinutes, agent.timezone)
-        ? request.friendlyTime
-        : friendlyTime(request.start, agent.timezone);
+    const when = confirmedTime(request.friendlyTime, request.start, request.offsetMinutes, agent.timezone);
     return { text: meetingConfirmation(when, created.meetLink, created.conferenceStatus), booked: meeting };
   }
 
@@ -1142,12 +1139,7 @@ export class BookingService implements ActionResponder {
       { meeting_id: meeting.meeting_id, event_id: meeting.google_event_id },
       'meeting rescheduled',
     );
-    const friendly =
-      typeof action.friendly_time === 'string' &&
-      action.friendly_time.trim() &&
-      !offsetOfAnotherSeason(start, when.offsetMinutes, agent.timezone)
-        ? action.friendly_time.trim().slice(0, 200)
-        : friendlyTime(start, agent.timezone);
+    const friendly = confirmedTime(action.friendly_time, start, when.offsetMinutes, agent.timezone);
     return {
       text: rescheduleConfirmation(
         friendly,
@@ -1236,7 +1228,6 @@ export class BookingService implements ActionResponder {
   }
 }
 
-/** The zone a moved event is written in: the agent's when the requested offset is its own there. */
 /** An event's date-times, when it has them (not all-day) and they are in order. */
 function timedSpan(state: CalendarEventState): { start: Date; end: Date } | undefined {
   return state.start && state.end && state.end > state.start
@@ -1253,6 +1244,19 @@ function meetingMinutes(span: { start: Date; end: Date }): number | undefined {
   return minutes >= 1 && minutes <= MEETING_DURATION.max ? minutes : undefined;
 }
 
+/**
+ * The time a confirmation names: the model's words for it, unless they may name another hour than
+ * the one booked (its offset the agent zone's other season's: offsetOfAnotherSeason), or there are
+ * none; then the booked instant in the agent's zone.
+ */
+function confirmedTime(words: unknown, start: Date, offsetMinutes: number, agentZone: string): string {
+  const given = typeof words === 'string' ? words.trim().slice(0, 200) : '';
+  return given && !offsetOfAnotherSeason(start, offsetMinutes, agentZone)
+    ? given
+    : friendlyTime(start, agentZone);
+}
+
+/** The zone a moved event is written in: the agent's when the requested offset is its own there. */
 function eventZone(start: Date, offsetMinutes: number, agentZone: string): string | undefined {
   return zoneOffsetMinutes(start, agentZone) === offsetMinutes ? agentZone : undefined;
 }

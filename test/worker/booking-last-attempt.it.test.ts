@@ -92,6 +92,27 @@ async function startBooking(): Promise<Booking> {
   };
 }
 
+/**
+ * A new owner's customer message whose answer books twice, at action()'s time and a day later
+ * (`next`), sent once `faults` (given `next`) are set; not awaited.
+ */
+async function bookTwice(prefix: string, faults: (next: Date) => void): Promise<Booking> {
+  const { userId, c } = await ownerChat(s, prefix);
+  const first = action();
+  const next = new Date(Date.parse(String(first.meeting_time)) + 86_400_000);
+  const second = bookingAction(next, { friendly_time: 'in four days at 10 AM UTC' });
+  s.openai.responder = () => ({ content: JSON.stringify([first, second]) });
+  faults(next);
+  const messageId = await s.send(c.conversation_id, c.customer_token, 'book me twice');
+  return {
+    userId,
+    email: `${userId}@owner.test`,
+    conversationId: c.conversation_id,
+    token: c.customer_token,
+    messageId,
+  };
+}
+
 async function replies(b: Booking): Promise<string[]> {
   const list = await s.waitForReplies(b.conversationId, b.token, 1, 30_000);
   return list.filter((m) => m.role === 'assistant').map((m) => m.content);
@@ -286,21 +307,11 @@ describe('last attempt: an action that fails after earlier ones of its answer we
     at.getTime();
 
   it('of two bookings, the first is recorded and confirmed, the second answered with the error', async () => {
-    const { userId, c } = await ownerChat(s, 'pf');
-    const first = action();
-    const next = new Date(Date.parse(String(first.meeting_time)) + 86_400_000);
-    const second = bookingAction(next, { friendly_time: 'in four days at 10 AM UTC' });
-    s.openai.responder = () => ({ content: JSON.stringify([first, second]) });
     // Every insert of the second booking answers 503, in both runs; the first booking's go through.
-    s.google.fail('events.insert', { kind: 'status', status: 503 }, 100, startsAt(next));
-    const messageId = await s.send(c.conversation_id, c.customer_token, 'book me twice');
-    const b: Booking = {
-      userId,
-      email: `${userId}@owner.test`,
-      conversationId: c.conversation_id,
-      token: c.customer_token,
-      messageId,
-    };
+    const b = await bookTwice('pf', (next) =>
+      s.google.fail('events.insert', { kind: 'status', status: 503 }, 100, startsAt(next)),
+    );
+    const { userId, messageId } = b;
 
     const texts = await replies(b);
     const events = s.google.events(b.email);
@@ -450,21 +461,8 @@ describe('giving up on a message whose attempts kept not finishing', () => {
   });
 
   it('of two bookings, the one whose event exists is confirmed and the other answered with the error', async () => {
-    const { userId, c } = await ownerChat(s, 'gu');
-    const first = action();
-    const next = new Date(Date.parse(String(first.meeting_time)) + 86_400_000);
-    const second = bookingAction(next, { friendly_time: 'in four days at 10 AM UTC' });
-    s.openai.responder = () => ({ content: JSON.stringify([first, second]) });
     // The first booking's event is made but every answer is lost: the run fails before the second.
-    s.google.fail('events.insert', { kind: 'lost-response' }, 4);
-    const messageId = await s.send(c.conversation_id, c.customer_token, 'book me twice');
-    const b: Booking = {
-      userId,
-      email: `${userId}@owner.test`,
-      conversationId: c.conversation_id,
-      token: c.customer_token,
-      messageId,
-    };
+    const b = await bookTwice('gu', () => s.google.fail('events.insert', { kind: 'lost-response' }, 4));
     const eventId = await firstRunCreatesTheEventUnseen(b);
     await giveUpOnTheRetry(b);
     const texts = await replies(b);
