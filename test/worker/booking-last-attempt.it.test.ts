@@ -68,6 +68,19 @@ async function ownerChat(st: Stack, prefix: string) {
   return { userId, c: await st.openConversation(agent.agent_id) };
 }
 
+/** The Booking of `userId`'s conversation `c` and its customer message `messageId`. */
+const bookingOf = (
+  userId: string,
+  c: { conversation_id: string; customer_token: string },
+  messageId: string,
+): Booking => ({
+  userId,
+  email: `${userId}@owner.test`,
+  conversationId: c.conversation_id,
+  token: c.customer_token,
+  messageId,
+});
+
 /** An owner with a webhook, and one customer message whose answer is a booking (not awaited). */
 async function startBooking(): Promise<Booking> {
   const userId = uid('la');
@@ -83,13 +96,7 @@ async function startBooking(): Promise<Booking> {
   const c = await s.openConversation(agent.agent_id);
   s.openai.responder = () => ({ content: JSON.stringify([action()]) });
   const messageId = await s.send(c.conversation_id, c.customer_token, 'book me');
-  return {
-    userId,
-    email: `${userId}@owner.test`,
-    conversationId: c.conversation_id,
-    token: c.customer_token,
-    messageId,
-  };
+  return bookingOf(userId, c, messageId);
 }
 
 /**
@@ -104,13 +111,7 @@ async function bookTwice(prefix: string, faults: (next: Date) => void): Promise<
   s.openai.responder = () => ({ content: JSON.stringify([first, second]) });
   faults(next);
   const messageId = await s.send(c.conversation_id, c.customer_token, 'book me twice');
-  return {
-    userId,
-    email: `${userId}@owner.test`,
-    conversationId: c.conversation_id,
-    token: c.customer_token,
-    messageId,
-  };
+  return bookingOf(userId, c, messageId);
 }
 
 async function replies(b: Booking): Promise<string[]> {
