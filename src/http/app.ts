@@ -127,6 +127,9 @@ export async function buildHttpApp(deps: HttpDeps): Promise<FastifyInstance> {
     loggerInstance: deps.logger as FastifyBaseLogger,
     bodyLimit: 256 * 1024,
     requestTimeout: 30_000,
+    // Requests that reach a route once the close has begun are refused by our own hook below, in the
+    // API's error shape (Fastify's built-in 503 body is not).
+    return503OnClosing: false,
     // TRUST_PROXY (Config.trustProxy): off unless set, since direct exposure must not trust
     // X-Forwarded-For; behind a load balancer it names the client, for the per-IP limit and the logs.
     trustProxy: typeof trust === 'number' ? (_address: string, hop: number) => hop < trust : trust,
@@ -206,6 +209,23 @@ export async function buildHttpApp(deps: HttpDeps): Promise<FastifyInstance> {
     reply.code(404).send({ success: false, error: `No route ${req.method} ${req.url.split('?')[0]}` });
   });
   app.addSchema(ErrorBody);
+
+  // Once the close has begun (app.close(): SIGTERM), a request that still reaches a route (pipelined
+  // behind one in flight, or sent on a kept-alive connection that was busy) is refused with a 503
+  // before anything else runs, and the connection is closed after it (Fastify sets `Connection:
+  // close`): a client or load balancer retries it on another process. It was never stored, so
+  // nothing is lost. Our preClose hook is the first registered, so it runs before any route's.
+  let closing = false;
+  app.addHook('preClose', async () => {
+    closing = true;
+  });
+  app.addHook('onRequest', async (_req, reply) => {
+    if (closing) {
+      return reply
+        .code(503)
+        .send({ success: false, error: 'The server is shutting down; retry the request' });
+    }
+  });
 
   // Per-IP limit on every request but admin calls (the owner's own tooling is trusted), as the first
   // hook of every request: the route plugins' own onRequest hooks (the admin check) run before any

@@ -1,3 +1,4 @@
+import { once } from 'node:events';
 import { STATUS_CODES } from 'node:http';
 import { connect } from 'node:net';
 import { sql } from 'kysely';
@@ -467,6 +468,50 @@ describe('requests Node’s HTTP parser refuses', () => {
     expect(answer.split('\r\n')[0]).toBe(`HTTP/1.1 ${status} ${STATUS_CODES[status]}`);
     const body = JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4));
     expect(body).toEqual({ success: false, error: expect.any(String) });
+  });
+});
+
+describe('a request that reaches a route once the server is closing', () => {
+  it('is answered 503 in the API’s error shape, after the request in flight is answered, then closed', async () => {
+    const { startTestApp } = await import('../helpers/app.js');
+    const t = await startTestApp();
+    const server = t.app.http.server;
+    let stopping: Promise<void> | undefined;
+    try {
+      const { hostname, port } = new URL(await t.app.listen());
+      const socket = connect(Number(port), hostname);
+      await once(socket, 'connect');
+      let text = '';
+      socket.setEncoding('utf8');
+      socket.on('data', (chunk) => {
+        text += chunk;
+      });
+      const socketClosed = once(socket, 'close');
+      // The first request is routed (its hooks ran) before the close begins; its body is held back,
+      // so its connection is busy, not idle, when the close begins and stays open.
+      const routed = once(server, 'request');
+      socket.write(
+        'POST /api/agents/agt_missing/conversations HTTP/1.1\r\nHost: x\r\n' +
+          'Content-Type: application/json\r\nContent-Length: 2\r\n\r\n',
+      );
+      await routed;
+      stopping = t.close();
+      await vi.waitFor(() => expect(server.listening).toBe(false));
+      // The rest of the first body, then a second request on the same connection.
+      socket.write('{}GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+      await socketClosed;
+      await stopping;
+      const [first, second] = text.split(/(?=HTTP\/1\.1 )/);
+      expect(first!.split('\r\n')[0]).toBe('HTTP/1.1 404 Not Found');
+      expect(second!.split('\r\n')[0]).toBe('HTTP/1.1 503 Service Unavailable');
+      expect(second!.toLowerCase()).toContain('connection: close');
+      expect(JSON.parse(second!.slice(second!.indexOf('\r\n\r\n') + 4))).toEqual({
+        success: false,
+        error: 'The server is shutting down; retry the request',
+      });
+    } finally {
+      await (stopping ?? t.close());
+    }
   });
 });
 
