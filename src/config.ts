@@ -34,7 +34,12 @@ const envSchema = z.object({
     .optional(),
   DATABASE_SCHEMA: z
     .string()
-    .regex(/^[a-z_][a-z0-9_]{0,62}$/, 'must be a lowercase SQL identifier')
+    // At most 43 characters: pg-boss's schema is this name plus `_pgboss`, and it refuses names over 50.
+    // `pg_` names are PostgreSQL's own: CREATE SCHEMA refuses them.
+    .regex(
+      /^(?!pg_)[a-z_][a-z0-9_]{0,42}$/,
+      'must be a lowercase SQL identifier of at most 43 characters, not starting with pg_',
+    )
     .default('public'),
   DATABASE_POOL_SIZE: int(2, 500).default(10),
   DATABASE_PREPARED_STATEMENTS: z.enum(['on', 'off']).default('on'),
@@ -59,7 +64,8 @@ const envSchema = z.object({
   CALENDAR_SYNC_SECONDS: int(0, 86_400).default(300),
   MAX_PARTICIPANTS: int(1, 100).default(10),
   MIN_NOTICE_MINUTES: int(0, 10_080).default(5),
-  BOOKING_HORIZON_DAYS: int(1, 3650).default(90),
+  // At most a year, as an agent's horizon_days: the prompt's offset-change sentence looks a year ahead.
+  BOOKING_HORIZON_DAYS: int(1, 365).default(90),
   MAX_BOOKINGS_PER_CONVERSATION: int(1, 1000).default(3),
   RATE_LIMIT_PER_IP: int(1, 1_000_000).default(300),
   RATE_LIMIT_PER_CONVERSATION: int(1, 1_000_000).default(30),
@@ -199,6 +205,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new ConfigError(`Invalid configuration:\n  ${lines.join('\n  ')}`);
   }
   const e = parsed.data;
+  if (e.MIN_NOTICE_MINUTES >= e.BOOKING_HORIZON_DAYS * 1440) {
+    throw new ConfigError(
+      'Invalid configuration:\n  MIN_NOTICE_MINUTES must be shorter than BOOKING_HORIZON_DAYS, or no time could be booked',
+    );
+  }
   const dataDir = resolve(e.DATA_DIR);
   const notes: string[] = [];
 

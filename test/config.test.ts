@@ -171,6 +171,9 @@ describe('loadConfig rejects bad values, naming the variable', () => {
     ['WORKER_CONCURRENCY', '0'],
     ['DATABASE_PREPARED_STATEMENTS', 'yes'],
     ['DATABASE_SCHEMA', 'Robert"; DROP TABLE x'],
+    ['DATABASE_SCHEMA', 'a'.repeat(44)],
+    ['DATABASE_SCHEMA', 'pg_meetings'],
+    ['BOOKING_HORIZON_DAYS', '366'],
     ['TRUST_PROXY', 'true'],
     ['TRUST_PROXY', '10.0.0.0/33'],
     ['TRUST_PROXY', '10.0.0.1,proxy.internal'],
@@ -189,6 +192,19 @@ describe('loadConfig rejects bad values, naming the variable', () => {
     expect(loadConfig(serverEnv({ PORT: '65535' })).port).toBe(65535);
     expect(loadConfig(serverEnv({ ADMIN_API_KEY: '1234567890123456' })).adminApiKey).toBe('1234567890123456');
     expect(loadConfig(serverEnv({ DATABASE_URL: 'postgresql://x/y' })).databaseUrl).toBe('postgresql://x/y');
+    expect(loadConfig(serverEnv({ DATABASE_SCHEMA: 'a'.repeat(43) })).databaseSchema).toBe('a'.repeat(43));
+    expect(loadConfig(serverEnv({ BOOKING_HORIZON_DAYS: '365' })).booking.horizonDays).toBe(365);
+  });
+
+  it('refuses a notice as long as the horizon: no time could be booked', () => {
+    const err = configError(() =>
+      loadConfig(serverEnv({ MIN_NOTICE_MINUTES: '1440', BOOKING_HORIZON_DAYS: '1' })),
+    );
+    expect(err.message).toContain('MIN_NOTICE_MINUTES must be shorter than BOOKING_HORIZON_DAYS');
+    expect(
+      loadConfig(serverEnv({ MIN_NOTICE_MINUTES: '1439', BOOKING_HORIZON_DAYS: '1' })).booking
+        .minNoticeMinutes,
+    ).toBe(1439);
   });
 
   it('TRUST_PROXY: off by default, a number of hops, or addresses and ranges', () => {

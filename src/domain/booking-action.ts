@@ -121,9 +121,15 @@ export function extractBookingActions(text: string): ExtractedActions {
   return { actions, prose: tidy(prose) };
 }
 
+/**
+ * Quoting around a name: straight or curly quotes, backticks, and the backslashes of JSON written as
+ * an escaped string (`"[{\\"action\\": ...`).
+ */
+const QUOTES = '[\\\\"\'`\u2018\u2019\u201C\u201D]*';
+
 /** `"action": "<one of ours>"` in any quoting or case: what an action the model meant to write holds. */
 const ACTION_LIKE = new RegExp(
-  `["'\`]?action["'\`]?\\s*:\\s*["'\`]?(?:${MEETING_ACTIONS.join('|')})\\b`,
+  `${QUOTES}action${QUOTES}\\s*:\\s*${QUOTES}(?:${MEETING_ACTIONS.join('|')})\\b`,
   'i',
 );
 
@@ -152,4 +158,22 @@ function tidy(prose: string): string {
     .join('\n')
     .replace(/\n{3,}/g, '\n\n')
     .trim();
+}
+
+/** C0 control characters but tab, line feed and carriage return, and DEL. */
+const CONTROL = /[\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F]/g;
+
+/**
+ * `value` (an action as parsed) with the control characters but tab and line breaks removed from
+ * every string in it. The model can write them escaped in its JSON (`"friendly_time": "3 PM\u0000"`),
+ * and PostgreSQL cannot store U+0000: such a booking would be made at Google (invitations sent) and
+ * then fail to be recorded on every attempt. None of them belongs in a name, title, email or time.
+ */
+export function withoutControls(value: unknown, depth = 0): unknown {
+  if (typeof value === 'string') return value.replace(CONTROL, '');
+  if (value === null || typeof value !== 'object' || depth >= MAX_DEPTH) return value;
+  if (Array.isArray(value)) return value.map((v) => withoutControls(v, depth + 1));
+  return Object.fromEntries(
+    Object.entries(value).map(([k, v]) => [k.replace(CONTROL, ''), withoutControls(v, depth + 1)]),
+  );
 }

@@ -70,4 +70,7 @@ export const availabilityTexts = {
     "I couldn't find an upcoming meeting booked in this conversation to change. If you booked elsewhere, please contact the business directly.",
   unknownMeeting: () =>
     "I couldn't find that meeting among the upcoming meetings booked in this conversation. Could you tell me which one you mean?",
+  /** A second, different move of a meeting in one answer: the first stands. */
+  movedTwice: () =>
+    "I've already moved that meeting once in this reply, so I left it at that time. If you'd like it moved again, just tell me the new time.",
 } as const;

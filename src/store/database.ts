@@ -150,6 +150,25 @@ export class BossPreparingClient extends PreparingClient {
   }
 }
 
+/**
+ * A connection's URL and session options: ours (`-c` settings) after those of the URL's own `options`
+ * parameter. pg lets a URL's parameters override the config's, so an `options` in DATABASE_URL (a
+ * hosting provider's endpoint id, a statement_timeout) would otherwise replace ours silently: the
+ * search_path lost, every table made and read in `public`, NOTIFYs sent on another channel.
+ */
+export function sessionOptions(url: string, ours: string): { connectionString: string; options: string } {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    return { connectionString: url, options: ours };
+  }
+  const theirs = parsed.searchParams.get('options');
+  if (theirs === null) return { connectionString: url, options: ours };
+  parsed.searchParams.delete('options');
+  return { connectionString: parsed.toString(), options: `${theirs} ${ours}`.trim() };
+}
+
 async function openServer(
   url: string,
   schema: string,
@@ -171,9 +190,8 @@ async function openServer(
   }
   const pool = new pg.Pool({
     ...(preparedStatements ? { Client: PreparingClient } : {}),
-    connectionString: url,
+    ...sessionOptions(url, `-c search_path=${schema}`),
     max: poolSize,
-    options: `-c search_path=${schema}`,
     application_name: 'agent-meetings',
     connectionTimeoutMillis: 10_000,
   });
@@ -193,7 +211,6 @@ async function openServer(
     db,
     schema,
     bossOptions: () => ({
-      connectionString: url,
       // pg-boss's own statements (fetching and completing jobs, heartbeats, failures, maintenance)
       // commit without waiting for the WAL flush (~1.6 ms per commit on the bench machine, on every
       // job's pickup). A PostgreSQL crash can lose the last few hundred ms of them, which only makes
@@ -201,7 +218,7 @@ async function openServer(
       // reply committed. Everything that records an outcome (enqueue, reply, the last attempt's job
       // completion with it) runs on our pool and commits synchronously; WAL is sequential, so such a
       // commit also makes every earlier one durable.
-      options: '-c synchronous_commit=off',
+      ...sessionOptions(url, '-c synchronous_commit=off'),
       // Handed to pg-boss's pg.Pool as is.
       ...(preparedStatements ? { Client: BossPreparingClient } : {}),
       schema: bossSchemaFor(schema),
@@ -231,7 +248,7 @@ async function listenOnServer(
   let stopped = false;
   let retryTimer: NodeJS.Timeout | undefined;
   const connect = async (): Promise<void> => {
-    const c = new pg.Client({ connectionString: url, options: `-c search_path=${schema}` });
+    const c = new pg.Client(sessionOptions(url, `-c search_path=${schema}`));
     c.on('notification', (n) => {
       if (n.channel === channel) onPayload(n.payload ?? '');
     });

@@ -34,7 +34,9 @@ export const RESEAL_EVERY_MS = 60 * 60_000;
  * start and then every RESEAL_EVERY_MS: during a rolling deploy, processes still on the old
  * configuration keep sealing under the old key, and a token mid-refresh is skipped; a later pass
  * takes those. The old key can go once every process runs with the new key first and a pass after
- * that logged `remaining: 0`.
+ * that logged `remaining: 0`. Before any process lists the new key first, every process must know
+ * it (an `old,new` deploy, README "Secrets"): a process knowing only the old key cannot open what
+ * this pass, or a token refresh, seals under the new one.
  *
  * Each value is replaced only if it is still the one read (a token refresh or a reconnect meanwhile
  * wrote a newer one, sealed under the first key already), so running it in several processes at

@@ -125,6 +125,11 @@ interface ReplyContext {
    * until then the answer's later actions leave them out (busy time, the per-conversation limit).
    */
   cancelled: string[];
+  /**
+   * Meetings this answer moved so far, and to when (ms): the same move written twice (a tool call and
+   * the same JSON in the text) is made and confirmed once; a second, different move is refused.
+   */
+  moved: Map<string, number>;
 }
 
 /**
@@ -318,7 +323,26 @@ export class BookingService implements ActionResponder {
   /** A given-up move (recover): its meeting's, if an earlier attempt made it. */
   async #recoverMove(ctx: ReplyContext, action: Record<string, unknown>): Promise<Outcome | undefined> {
     const target = await this.#target(ctx, action);
-    return 'meeting_id' in target ? this.#moveMadeBefore(ctx, action, target) : undefined;
+    if (!('meeting_id' in target)) return undefined;
+    return this.#movedAlready(ctx, target, action) ?? this.#moveMadeBefore(ctx, action, target);
+  }
+
+  /**
+   * A move of a meeting this answer moved already (ReplyContext.moved): the same one again is a
+   * duplicate (made and confirmed once); another is refused, and the first stands. Undefined: the
+   * first move of `meeting` in this answer.
+   */
+  #movedAlready(
+    ctx: ReplyContext,
+    meeting: MeetingRow,
+    action: Record<string, unknown>,
+  ): Outcome | undefined {
+    const to = ctx.moved.get(meeting.meeting_id);
+    if (to === undefined) return undefined;
+    const when = validateMeetingTime(action.new_time, ctx.limits, null);
+    if (when.ok && when.start.getTime() === to) return { text: '', duplicate: true };
+    this.deps.onOutcome?.('moved_twice');
+    return { text: availabilityTexts.movedTwice() };
   }
 
   /** A given-up cancel (recover): its meeting's, if an earlier attempt made it. */
@@ -409,6 +433,7 @@ export class BookingService implements ActionResponder {
       // insert under a hold that does not cover its own time.)
       wholeOwner: actions.length > 1,
       cancelled: [],
+      moved: new Map(),
     };
   }
 
@@ -1002,19 +1027,30 @@ export class BookingService implements ActionResponder {
       ctx.work.conversation.conversationId,
       ctx.work.message.createdAt,
     );
-    const wanted =
-      typeof action.meeting_id === 'string' && action.meeting_id.trim() !== ''
-        ? action.meeting_id.trim()
-        : null;
     if (upcoming.length === 0) {
       this.deps.onOutcome?.('no_meeting');
       return { text: availabilityTexts.noMeeting() };
     }
-    if (wanted === null) return upcoming[0]!;
-    const found = upcoming.find((m) => m.meeting_id === wanted);
+    // The meeting named in `meeting_id` (or `meetingId` / `id`, as a model may spell it in its text's
+    // JSON). Null or empty: the latest upcoming one, as the prompt tells the model. Named nowhere: the
+    // only upcoming one, and with several none (guessing could move or cancel the wrong meeting, its
+    // invitees told); so is a tool call whose arguments were not JSON, or an id that is not text.
+    const key = (['meeting_id', 'meetingId', 'id'] as const).find((k) => k in action);
+    const named = key === undefined || action.invalid_arguments === true ? undefined : action[key];
+    if (named === undefined && upcoming.length === 1 && action.invalid_arguments !== true) {
+      return upcoming[0]!;
+    }
+    if (named === null || (typeof named === 'string' && named.trim() === '')) return upcoming[0]!;
+    const wanted = typeof named === 'string' ? named.trim() : undefined;
+    const found = wanted === undefined ? undefined : upcoming.find((m) => m.meeting_id === wanted);
     if (!found) {
       this.deps.onOutcome?.('unknown_meeting');
-      ctx.log.warn({ meeting_id: wanted.slice(0, 60) }, 'action names a meeting outside this conversation');
+      ctx.log.warn(
+        { meeting_id: wanted?.slice(0, 60) ?? null },
+        wanted === undefined
+          ? 'action names no meeting, and several are upcoming'
+          : 'action names a meeting outside this conversation',
+      );
       return { text: availabilityTexts.unknownMeeting() };
     }
     return found;
@@ -1025,6 +1061,8 @@ export class BookingService implements ActionResponder {
     const { agent } = work;
     const target = await this.#target(ctx, action);
     if (!('meeting_id' in target)) return target;
+    const again = this.#movedAlready(ctx, target, action);
+    if (again) return again;
     const meeting = target;
     if (meeting.meeting_time <= ctx.now) {
       return this.#started(ctx, 'reschedule', () => this.#moveMadeBefore(ctx, action, meeting));
@@ -1134,6 +1172,7 @@ export class BookingService implements ActionResponder {
     const { agent } = work;
     const start = when.start;
     const zone = eventZone(start, when.offsetMinutes, agent.timezone);
+    ctx.moved.set(meeting.meeting_id, start.getTime());
     this.deps.onOutcome?.('rescheduled');
     ctx.log.info(
       { meeting_id: meeting.meeting_id, event_id: meeting.google_event_id },

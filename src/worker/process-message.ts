@@ -1,6 +1,6 @@
 import type { Kysely, RawBuilder, Transaction } from 'kysely';
 import type { Logger } from 'pino';
-import { extractBookingActions, holdsUnreadableAction } from '../domain/booking-action.js';
+import { extractBookingActions, holdsUnreadableAction, withoutControls } from '../domain/booking-action.js';
 import { Upstream } from '../domain/errors.js';
 import {
   BOOKING_ACTION,
@@ -176,7 +176,7 @@ function actionsOf(output: StoredModelOutput): { actions: unknown[]; prose: stri
         return { action: c.name, invalid_arguments: true };
       }
     });
-  return { actions: [...toolActions, ...textActions], prose };
+  return { actions: [...toolActions, ...textActions].map((a) => withoutControls(a)), prose };
 }
 
 function describe(err: unknown): string {
@@ -449,7 +449,12 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
         messages.push({ role: 'tool', toolCallId: call.id, content });
       }
     }
-    return { text: result.text, toolCalls: result.toolCalls };
+    // U+0000 as a character (not JSON-escaped) in what the model wrote cannot be stored (the output
+    // is jsonb, the reply text): removed here, before anything stores or acts on the output.
+    return {
+      text: result.text?.replaceAll('\u0000', '') ?? null,
+      toolCalls: result.toolCalls.map((c) => ({ ...c, arguments: c.arguments.replaceAll('\u0000', '') })),
+    };
   }
 
   async function composeReply(
@@ -465,6 +470,14 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
     // customer as text. An output an earlier attempt stored has acted already and is answered as is.
     if (!options.earlierAttempt && holdsUnreadableAction(prose)) {
       throw new Upstream('the model wrote a meeting action that is not valid JSON', true);
+    }
+    // Likewise a meeting tool call whose arguments are not JSON: acted on, it would name no meeting
+    // and no time (BookingService#target refuses it on an earlier attempt's output).
+    if (
+      !options.earlierAttempt &&
+      actions.some((a) => (a as { invalid_arguments?: unknown }).invalid_arguments)
+    ) {
+      throw new Upstream('the model called a meeting tool with arguments that are not valid JSON', true);
     }
     if (actions.length > 0) {
       enteringBooking();

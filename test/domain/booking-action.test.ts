@@ -1,6 +1,10 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { extractBookingActions, holdsUnreadableAction } from '../../src/domain/booking-action.js';
+import {
+  extractBookingActions,
+  holdsUnreadableAction,
+  withoutControls,
+} from '../../src/domain/booking-action.js';
 
 /** The seed's example action, exactly as the spec shows it. */
 const SEED_ACTION = {
@@ -513,6 +517,11 @@ describe('holdsUnreadableAction', () => {
     ['a cut-off array', 'Booking now [{"action": "Time_to_121meet", "email": "a@b.co"'],
     ['a cancel without quotes', 'ok {action: cancel_meeting}'],
     ['a move in a fence', '```json\n{"action":"reschedule_meeting","new_time":"tomorrow",}\n```'],
+    ['curly quotes', 'Done: {“action”: “Time_to_121meet”, “email”: “a@b.co”}'],
+    [
+      'JSON written as an escaped string',
+      '"[{\\"action\\":\\"Time_to_121meet\\",\\"email\\":\\"a@b.co\\"}]"',
+    ],
   ])('finds an action written as JSON that does not parse: %s', (_what, text) => {
     expect(extractBookingActions(text).actions).toEqual([]);
     expect(unreadable(text)).toBe(true);
@@ -528,5 +537,37 @@ describe('holdsUnreadableAction', () => {
     ],
   ])('finds nothing in %s', (_what, text) => {
     expect(unreadable(text)).toBe(false);
+  });
+});
+
+describe('withoutControls', () => {
+  it('removes control characters (tab and line breaks kept) from every string of an action, keys too', () => {
+    const [action] = extractBookingActions(
+      JSON.stringify([
+        {
+          ...SEED_ACTION,
+          'name\u0000': 'Sid\u0000dhant',
+          title: 'Demo\u0007\u001b[31m',
+          friendly_time: 'today\tat\n7\u007f PM',
+          participants: ['a@b.co\u0000'],
+        },
+      ]),
+    ).actions;
+    expect(withoutControls(action)).toEqual({
+      ...SEED_ACTION,
+      name: 'Siddhant',
+      title: 'Demo[31m',
+      friendly_time: 'today\tat\n7 PM',
+      participants: ['a@b.co'],
+    });
+  });
+
+  it('leaves other values as they are', () => {
+    expect(withoutControls({ a: 1, b: null, c: [true, { d: 'x' }] })).toEqual({
+      a: 1,
+      b: null,
+      c: [true, { d: 'x' }],
+    });
+    expect(withoutControls(null)).toBe(null);
   });
 });

@@ -7,7 +7,7 @@
 import { sql } from 'kysely';
 import pg from 'pg';
 import { describe, expect, it } from 'vitest';
-import { openDatabase } from '../../src/store/database.js';
+import { openDatabase, sessionOptions } from '../../src/store/database.js';
 import { testDatabaseKind, testDatabaseOptions } from '../helpers/database.js';
 
 async function preparedAfterTwoRuns(preparedStatements: boolean) {
@@ -158,4 +158,39 @@ describe.runIf(testDatabaseKind() === 'server')('prepared statements and schema 
       await options.cleanup();
     }
   });
+});
+
+describe('session options in DATABASE_URL', () => {
+  it('ours come after the URL’s own, which stay; a URL without them is passed as it is', () => {
+    const url =
+      'postgres://u:p%40ss@db.example:5432/app?sslmode=require&options=-c%20statement_timeout%3D5000';
+    expect(sessionOptions(url, '-c search_path=s1')).toEqual({
+      connectionString: 'postgres://u:p%40ss@db.example:5432/app?sslmode=require',
+      options: '-c statement_timeout=5000 -c search_path=s1',
+    });
+    const plain = 'postgres://u@127.0.0.1/test';
+    expect(sessionOptions(plain, '-c search_path=s1')).toEqual({
+      connectionString: plain,
+      options: '-c search_path=s1',
+    });
+  });
+
+  it.runIf(testDatabaseKind() === 'server')(
+    'an `options` parameter in the URL keeps our schema, and its own settings (server)',
+    async () => {
+      const options = testDatabaseOptions({ fresh: true });
+      const url = `${options.url}${options.url!.includes('?') ? '&' : '?'}options=${encodeURIComponent('-c statement_timeout=54321')}`;
+      const database = await openDatabase({ ...options, url });
+      try {
+        const r = await sql<{ schema: string; timeout: string }>`
+          SELECT current_schema() AS schema, current_setting('statement_timeout') AS timeout`.execute(
+          database.db,
+        );
+        expect(r.rows[0]).toEqual({ schema: options.schema, timeout: '54321ms' });
+      } finally {
+        await database.close();
+        await options.cleanup();
+      }
+    },
+  );
 });

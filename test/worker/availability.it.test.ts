@@ -733,6 +733,119 @@ describe('reschedule and cancel by chat', () => {
     expect(none).toContain("couldn't find an upcoming meeting");
   });
 
+  it('a change naming no meeting acts only when one is upcoming; `id` names one; unreadable arguments are asked again', async () => {
+    const o = await newOwner({ working_hours: ALL_WEEK_9_TO_17 });
+    const c = await chatWith(o);
+    const booked = await ask(c, 'book two', {
+      content: JSON.stringify([
+        bookingAction(ist(2, 10).iso),
+        bookingAction(ist(3, 10).iso, { title: 'Second' }),
+      ]),
+    });
+    expect(booked.split('✅ Meeting confirmed!')).toHaveLength(3);
+    const [first, second] = await meetingsOf(o.userId);
+    const deletes = () => s.google.sentUpdates(o.email).filter((u) => u.op === 'delete');
+
+    // Two upcoming and none named: neither is guessed at (a move or cancel of the wrong one would
+    // tell its invitees).
+    const unnamed = await ask(c, 'cancel', { content: JSON.stringify({ action: 'cancel_meeting' }) });
+    expect(unnamed).toContain('Could you tell me which one you mean?');
+    const unnamedMove = await ask(c, 'move', {
+      content: JSON.stringify({ action: 'reschedule_meeting', new_time: ist(2, 11).iso }),
+    });
+    expect(unnamedMove).toContain('Could you tell me which one you mean?');
+    expect(s.google.requests.filter((r) => r.op === 'events.patch')).toEqual([]);
+
+    // A tool call whose arguments are not JSON is never acted on: the model is asked again.
+    const calls = s.openai.requests.length;
+    let answers = 0;
+    const retried = await ask(c, 'cancel the first', () =>
+      answers++ === 0
+        ? { toolCalls: [{ name: 'cancel_meeting', arguments: '{"meeting_id": ' }] }
+        : { content: 'Which meeting should I cancel?' },
+    );
+    expect(retried).toBe('Which meeting should I cancel?');
+    expect(s.openai.requests.length).toBe(calls + 2);
+    expect(deletes()).toEqual([]);
+
+    // `id` (not `meeting_id`) still names the meeting meant.
+    const named = await ask(c, 'cancel the first', {
+      content: JSON.stringify({ action: 'cancel_meeting', id: first!.meeting_id }),
+    });
+    expect(named.startsWith('✅ Meeting cancelled.')).toBe(true);
+    expect(deletes().map((u) => u.eventId)).toEqual([first!.google_event_id]);
+
+    // One upcoming: a change naming none is that one.
+    const last = await ask(c, 'cancel the other too', {
+      content: JSON.stringify({ action: 'cancel_meeting' }),
+    });
+    expect(last.startsWith('✅ Meeting cancelled.')).toBe(true);
+    expect(deletes().map((u) => u.eventId)).toEqual([first!.google_event_id, second!.google_event_id]);
+  });
+
+  it('a move written twice in one answer is made and confirmed once; a different second move is refused', async () => {
+    const { o, c, mine } = await chatWithMeeting();
+    const move = (hour: number) => ({
+      action: 'reschedule_meeting',
+      meeting_id: mine.meeting_id,
+      new_time: ist(2, hour).iso,
+      friendly_time: null,
+    });
+    // The same move as a tool call and again as JSON in the text.
+    const twice = await ask(c, 'Can we do 11?', {
+      toolCalls: [{ name: 'reschedule_meeting', arguments: move(11) }],
+      content: JSON.stringify(move(11)),
+    });
+    expect(twice).toBe(
+      `✅ Meeting rescheduled!\n\n📅 Meeting now scheduled for ${friendly(ist(2, 11).at)}\n🔗 Join here: ${mine.meet_link}\n\nYou'll receive an updated calendar invite via email.`,
+    );
+    expect(s.google.requests.filter((r) => r.op === 'events.patch')).toHaveLength(1);
+    const row = async () => {
+      const { rows } = await sql<Record<string, unknown>>`
+        SELECT meeting_time, previous_meeting_time, reschedule_count FROM meetings
+         WHERE meeting_id = ${mine.meeting_id}`.execute(s.app.database.db);
+      return rows[0];
+    };
+    expect(await row()).toEqual({
+      meeting_time: ist(2, 11).at,
+      previous_meeting_time: ist(2, 10).at,
+      reschedule_count: 1,
+    });
+
+    // Two different moves of it in one answer: the first is made, the second refused.
+    const two = await ask(c, '12, no, 13?', {
+      toolCalls: [{ name: 'reschedule_meeting', arguments: move(12) }],
+      content: JSON.stringify(move(13)),
+    });
+    expect(two).toBe(
+      `✅ Meeting rescheduled!\n\n📅 Meeting now scheduled for ${friendly(ist(2, 12).at)}\n🔗 Join here: ${mine.meet_link}\n\nYou'll receive an updated calendar invite via email.\n\nI've already moved that meeting once in this reply, so I left it at that time. If you'd like it moved again, just tell me the new time.`,
+    );
+    const event = s.google.events(o.email).find((e) => e.id === mine.google_event_id)!;
+    expect(Date.parse(event.start!.dateTime!)).toBe(ist(2, 12).at.getTime());
+    expect(await row()).toEqual({
+      meeting_time: ist(2, 12).at,
+      previous_meeting_time: ist(2, 11).at,
+      reschedule_count: 2,
+    });
+  });
+
+  it('control characters the model writes in an action or its text are dropped: the booking is made and recorded', async () => {
+    const o = await newOwner({ working_hours: ALL_WEEK_9_TO_17 });
+    const c = await chatWith(o);
+    // U+0000 escaped in the action's JSON, and as a character in the prose: PostgreSQL stores neither.
+    const booked = await ask(c, 'book', {
+      content: `Done\u0000!\n${JSON.stringify([
+        bookingAction(ist(2, 10).iso, { title: 'Demo\u0000 call', friendly_time: 'in two days at 10\u0000' }),
+      ])}`,
+    });
+    expect(booked).toBe(
+      `Done!\n\n✅ Meeting confirmed!\n\n📅 Meeting scheduled for in two days at 10\n🔗 Join here: ${(await meetingsOf(o.userId))[0]!.meet_link}\n\nYou'll receive a calendar invite via email.`,
+    );
+    const [meeting] = await meetingsOf(o.userId);
+    expect(meeting!.title).toBe('Demo call');
+    expect(liveEvents(o.email).map((e) => e.summary)).toEqual(['Demo call']);
+  });
+
   it('a cancel acts only on the stored model output: one stored first by another attempt wins', async () => {
     const o = await newOwner({ working_hours: ALL_WEEK_9_TO_17 });
     const c = await chatWith(o);
