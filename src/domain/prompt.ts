@@ -72,6 +72,31 @@ export function currentTimeLine(receivedAt: Date, zone: string, aheadDays = DEFA
   return changes ? `${now} ${changes}` : now;
 }
 
+/** How many dates datesAheadLine lists. */
+export const DATES_AHEAD = 14;
+
+const WEEKDAYS = ['Sunday', 'Monday', 'Tuesday', 'Wednesday', 'Thursday', 'Friday', 'Saturday'];
+
+/**
+ * The next DATES_AHEAD dates in the agent's zone with their weekdays, from the day the customer
+ * spoke: a model told only today's weekday miscounts ("Friday at 10" booked on Thursday's date,
+ * confirmed as Friday). Counted on the calendar, not by adding 24 hours (a 25-hour day would
+ * repeat a date).
+ */
+export function datesAheadLine(receivedAt: Date, zone: string): string {
+  const [y, m, d] = toZonedIso(receivedAt, zone).slice(0, 10).split('-').map(Number) as [
+    number,
+    number,
+    number,
+  ];
+  const dates = Array.from({ length: DATES_AHEAD }, (_, i) => {
+    const date = new Date(Date.UTC(y, m - 1, d + i));
+    const label = i === 0 ? ' (today)' : i === 1 ? ' (tomorrow)' : '';
+    return `${WEEKDAYS[date.getUTCDay()]} ${date.toISOString().slice(0, 10)}${label}`;
+  });
+  return `The next ${DATES_AHEAD} dates in ${zone}: ${dates.join(', ')}.`;
+}
+
 /** `aheadDays`: how far ahead meetings may be booked (the agent's horizon), for currentTimeLine. */
 export function buildSystemPrompt(
   agentPrompt: string,
@@ -79,7 +104,12 @@ export function buildSystemPrompt(
   receivedAt: Date,
   aheadDays = DEFAULT_AHEAD_DAYS,
 ): string {
-  return [agentPrompt.trim(), bookingInstructions(zone), currentTimeLine(receivedAt, zone, aheadDays)]
+  return [
+    agentPrompt.trim(),
+    bookingInstructions(zone),
+    datesAheadLine(receivedAt, zone),
+    currentTimeLine(receivedAt, zone, aheadDays),
+  ]
     .filter(Boolean)
     .join('\n\n');
 }

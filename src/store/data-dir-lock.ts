@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { linkSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { linkSync, mkdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 
@@ -74,16 +74,39 @@ function createExclusive(path: string, text: string): boolean {
   }
 }
 
+/** When the file at `path` was last written or touched (ms), or undefined when it is gone. */
+function modifiedAt(path: string): number | undefined {
+  try {
+    return statSync(path).mtimeMs;
+  } catch {
+    return undefined;
+  }
+}
+
+/** How often a holder touches its lock file (its mtime is the heartbeat), by default. */
+export const LOCK_HEARTBEAT_MS = 10_000;
+
+/**
+ * A lock held on another host is live while touched within this many heartbeats: its pid cannot be
+ * checked from here, and a container re-created on the same volume (a new hostname) after a crash
+ * would otherwise find its own old lock live for good. Generous, so that a holder whose event loop
+ * stalls for a while (a long synchronous step) is not taken for dead.
+ */
+const STALE_HEARTBEATS = 12;
+
 function sleepSync(ms: number): void {
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 
 /**
  * An exclusive lock on the embedded database directory: PGlite itself lets two processes open the
- * same files and corrupt them. The lock file holds our pid; a lock whose pid is no longer running on
- * this host (SIGKILL, power loss) is stale and taken over, so a restart after a crash just works.
+ * same files and corrupt them. The lock file holds our pid and host, and we touch it every
+ * `heartbeatMs`. A lock whose pid is no longer running on this host (SIGKILL, power loss) is stale
+ * and taken over, so a restart after a crash just works; so is one from another host (a container
+ * re-created with a new hostname, a volume moved to another machine) not touched for
+ * STALE_HEARTBEATS heartbeats.
  */
-export function lockDataDir(dir: string): () => void {
+export function lockDataDir(dir: string, heartbeatMs = LOCK_HEARTBEAT_MS): () => void {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const path = join(dir, 'agent-meetings.lock');
   const marker = `${path}.takeover`;
@@ -94,22 +117,36 @@ export function lockDataDir(dir: string): () => void {
     token: randomBytes(8).toString('hex'),
   };
   const text = JSON.stringify(mine);
-  const isLive = (holder: LockContent | undefined): holder is LockContent =>
-    holder !== undefined && holder.pid !== process.pid && (holder.host !== mine.host || isAlive(holder.pid));
+  const isLive = (holder: LockContent | undefined, file: string): holder is LockContent => {
+    if (holder === undefined || holder.pid === process.pid) return false;
+    if (holder.host === mine.host) return isAlive(holder.pid);
+    const touched = modifiedAt(file);
+    return touched === undefined || Date.now() - touched < heartbeatMs * STALE_HEARTBEATS;
+  };
 
   for (let attempt = 0; attempt < 200; attempt++) {
     if (createExclusive(path, text)) {
       let released = false;
+      const heartbeat = setInterval(() => {
+        try {
+          const now = new Date();
+          if (readText(path) === text) utimesSync(path, now, now);
+        } catch {
+          // Touched again at the next beat; a lock left untouched long enough is taken for dead.
+        }
+      }, heartbeatMs);
+      heartbeat.unref();
       return () => {
         if (released) return;
         released = true;
+        clearInterval(heartbeat);
         if (readText(path) === text) rmSync(path, { force: true });
       };
     }
     const seen = readText(path);
     if (seen === undefined) continue; // released meanwhile
     const holder = parseLock(seen);
-    if (isLive(holder)) {
+    if (isLive(holder, path)) {
       throw new DataDirLockedError(
         `The data directory ${dir} is in use by process ${holder.pid} on ${holder.host} (since ${holder.startedAt}). ` +
           'Stop that process, or give this one another DATA_DIR, or use a PostgreSQL server (DATABASE_URL) to run several processes.',
@@ -121,7 +158,7 @@ export function lockDataDir(dir: string): () => void {
     if (!createExclusive(marker, text)) {
       const other = readText(marker);
       if (other === undefined) continue; // just finished
-      if (isLive(parseLock(other))) sleepSync(5);
+      if (isLive(parseLock(other), marker)) sleepSync(5);
       else rmSync(marker, { force: true }); // left by a process that crashed mid-takeover
       continue;
     }

@@ -148,25 +148,29 @@ export class WebhookStore {
   }
 
   /** Marks one delivery written with `enqueued = false` as enqueued; false if it already was. */
-  async claimOne(trx: Transaction<DB>, deliveryId: string): Promise<boolean> {
-    const r = await sql<{ delivery_id: string }>`
+  /** Its owner's user id when this call marked it (it had no job yet), else undefined. */
+  async claimOne(trx: Transaction<DB>, deliveryId: string): Promise<string | undefined> {
+    const r = await sql<{ user_id: string }>`
       UPDATE webhook_deliveries SET enqueued = true
        WHERE delivery_id = ${deliveryId} AND NOT enqueued
-      RETURNING delivery_id`.execute(trx);
-    return r.rows.length > 0;
+      RETURNING user_id`.execute(trx);
+    return r.rows[0]?.user_id;
   }
 
   /**
    * Deliveries that still need a job (written by SQL, the revocation trigger, or by a reply whose
    * relayOne did not run); marked in `trx`.
    */
-  async claimUnenqueued(trx: Transaction<DB>, limit: number): Promise<string[]> {
-    const r = await sql<{ delivery_id: string }>`
+  async claimUnenqueued(
+    trx: Transaction<DB>,
+    limit: number,
+  ): Promise<Array<{ deliveryId: string; userId: string }>> {
+    const r = await sql<{ delivery_id: string; user_id: string }>`
       UPDATE webhook_deliveries SET enqueued = true
       WHERE delivery_id IN (
         SELECT delivery_id FROM webhook_deliveries WHERE NOT enqueued
         ORDER BY created_at LIMIT ${limit} FOR UPDATE SKIP LOCKED)
-      RETURNING delivery_id`.execute(trx);
-    return r.rows.map((x) => x.delivery_id);
+      RETURNING delivery_id, user_id`.execute(trx);
+    return r.rows.map((x) => ({ deliveryId: x.delivery_id, userId: x.user_id }));
   }
 }

@@ -514,7 +514,7 @@ export class BookingService implements ActionResponder {
         this.deps.meetings.insertBooked(trx, row.booked, { event: events && BOOKED_EVENT, lease: key });
       const deliveryId = lease && !given ? await lease.releaseWith(write) : await write();
       given = given || lease !== undefined;
-      if (deliveryId) await events?.enqueueRecorded(trx, deliveryId);
+      if (deliveryId) await events?.enqueueRecorded(trx, deliveryId, row.booked.userId);
     }
     if (lease && !given) await lease.releaseIn(trx);
   }
@@ -577,8 +577,9 @@ export class BookingService implements ActionResponder {
       ...upcoming.map(
         (m) =>
           // The title is the customer's words (through the model's action): written as JSON text, so
-          // that a line break or a quote in it cannot start lines of its own in the system prompt.
-          `- ${m.meetingId}: ${JSON.stringify(m.title)} at ${toZonedIso(m.meetingTime, work.agent.timezone)} (${m.durationMinutes} min)`,
+          // that a line break or a quote in it cannot start lines of its own in the system prompt
+          // (the line breaks JSON leaves as they are, U+0085, U+2028 and U+2029, escaped too).
+          `- ${m.meetingId}: ${JSON.stringify(m.title).replace(/[\u0085\u2028\u2029]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)} at ${toZonedIso(m.meetingTime, work.agent.timezone)} (${m.durationMinutes} min)`,
       ),
     ].join('\n');
   }

@@ -9,7 +9,7 @@ export interface OwnerEventSink {
    * Enqueues the delivery of a row the caller wrote itself in `trx` (as part of a larger statement,
    * e.g. MeetingStore.insertBooked); `emit` is both steps.
    */
-  enqueueRecorded(trx: Transaction<DB>, deliveryId: string): Promise<void>;
+  enqueueRecorded(trx: Transaction<DB>, deliveryId: string, userId: string): Promise<void>;
   /**
    * Enqueues the delivery of a row the caller wrote with `enqueued = false` in a statement that
    * committed (the reply's own, MeetingStore.bookedRows). Never throws: the relay catches up.

@@ -162,6 +162,9 @@ const CHECK_AVAILABILITY_TOOL = tool(
   checkAvailabilityParameters,
 );
 
+/** The first line of the system's own confirmations (src/domain/messages.ts). */
+const OWN_CONFIRMATION = /✅\s*Meeting (?:confirmed|rescheduled|cancelled)/i;
+
 const isMeetingAction = (name: string) => (MEETING_ACTIONS as readonly string[]).includes(name);
 
 /** The actions a model output asks for (its tool calls', then its text's) and its prose. */
@@ -482,6 +485,12 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
     if (actions.length > 0) {
       enteringBooking();
       return deps.actions.respond(work, actions, prose, log, options);
+    }
+    // A confirmation the model wrote itself, with no action behind it (it has seen ours in the
+    // history as its own earlier replies): nothing was booked, moved or cancelled, and any link in it
+    // is made up. Asked again, never shown.
+    if (!options.earlierAttempt && OWN_CONFIRMATION.test(prose)) {
+      throw new Upstream('the model wrote a meeting confirmation without an action', true);
     }
     if (prose) return { text: prose };
     // Empty answer: treat as a model failure so the customer is never left without a reply.

@@ -30,6 +30,8 @@ export interface WebhookOptions {
   relayIntervalMs?: number;
   /** Where deliveries may go (WEBHOOK_URLS); default `public-https`. */
   urls?: WebhookUrlPolicy;
+  /** Deliveries sent at once per worker process, one per owner at most; default 10. */
+  concurrency?: number;
 }
 
 /** `sha256=<hex>` of HMAC-SHA256(secret, "<timestamp>.<body>"): what receivers recompute. */
@@ -56,6 +58,7 @@ export class WebhookDispatcher implements OwnerEventSink {
    * was saved is refused too); redirects are never followed.
    */
   readonly #urls: WebhookUrlPolicy;
+  readonly #concurrency: number;
   #relay: NodeJS.Timeout | undefined;
   #working = false;
 
@@ -72,6 +75,7 @@ export class WebhookDispatcher implements OwnerEventSink {
     this.#timeoutMs = options.timeoutMs ?? 10_000;
     this.#relayIntervalMs = options.relayIntervalMs ?? 5_000;
     this.#urls = options.urls ?? 'public-https';
+    this.#concurrency = options.concurrency ?? 10;
   }
 
   /** Creates the queue (every role: API processes enqueue too). */
@@ -96,26 +100,38 @@ export class WebhookDispatcher implements OwnerEventSink {
 
   async emit(trx: Transaction<DB>, event: OwnerEvent): Promise<void> {
     const deliveryId = await this.store.record(trx, event);
-    if (deliveryId) await this.#enqueue(trx, deliveryId);
+    if (deliveryId) await this.#enqueue(trx, deliveryId, event.userId);
   }
 
-  async enqueueRecorded(trx: Transaction<DB>, deliveryId: string): Promise<void> {
-    await this.#enqueue(trx, deliveryId);
+  async enqueueRecorded(trx: Transaction<DB>, deliveryId: string, userId: string): Promise<void> {
+    await this.#enqueue(trx, deliveryId, userId);
   }
 
-  async #enqueue(trx: Transaction<DB>, deliveryId: string): Promise<void> {
+  /** The job is in its owner's group: see work() for what the group bounds. */
+  async #enqueue(trx: Transaction<DB>, deliveryId: string, userId: string): Promise<void> {
     await this.boss.send(WEBHOOK_QUEUE, { deliveryId } satisfies WebhookJob, {
       db: fromKysely(trx),
       singletonKey: deliveryId,
+      group: { id: userId },
     });
   }
 
   /** Worker role: delivers jobs, and relays deliveries written by SQL (calendar.revoked). */
   async work(): Promise<void> {
     this.#working = true;
+    // Several deliveries at once per process, but one at a time per owner: a receiver that answers
+    // slowly, or never (each attempt then waits out the timeout), holds only its own owner's
+    // deliveries back, not every other owner's. Before, one delivery at a time per process meant a
+    // dead receiver's attempts (up to #timeoutMs each) queued every owner's events behind them.
     await this.boss.work<WebhookJob>(
       WEBHOOK_QUEUE,
-      { batchSize: 1, includeMetadata: true, pollingIntervalSeconds: 0.5 },
+      {
+        batchSize: 1,
+        includeMetadata: true,
+        pollingIntervalSeconds: 0.5,
+        localConcurrency: this.#concurrency,
+        localGroupConcurrency: 1,
+      },
       async (jobs) => {
         for (const job of jobs as JobWithMetadata<WebhookJob>[]) await this.#deliver(job);
       },
@@ -136,7 +152,8 @@ export class WebhookDispatcher implements OwnerEventSink {
   async relayOne(deliveryId: string): Promise<void> {
     try {
       await this.db.transaction().execute(async (trx) => {
-        if (await this.store.claimOne(trx, deliveryId)) await this.#enqueue(trx, deliveryId);
+        const userId = await this.store.claimOne(trx, deliveryId);
+        if (userId !== undefined) await this.#enqueue(trx, deliveryId, userId);
       });
     } catch (err) {
       this.logger.warn(
@@ -149,9 +166,9 @@ export class WebhookDispatcher implements OwnerEventSink {
   /** Enqueues deliveries that have no job yet (written by the revocation trigger, or relayOne's misses). */
   async relayOnce(): Promise<number> {
     return this.db.transaction().execute(async (trx) => {
-      const ids = await this.store.claimUnenqueued(trx, 50);
-      for (const id of ids) await this.#enqueue(trx, id);
-      return ids.length;
+      const claimed = await this.store.claimUnenqueued(trx, 50);
+      for (const { deliveryId, userId } of claimed) await this.#enqueue(trx, deliveryId, userId);
+      return claimed.length;
     });
   }
 

@@ -5,6 +5,7 @@ import {
   bookingToolParameters,
   buildSystemPrompt,
   currentTimeLine,
+  datesAheadLine,
 } from '../../src/domain/prompt.js';
 
 const AGENT_PROMPT = 'You are Ava, the assistant of Acme Dental. Be brief.';
@@ -49,6 +50,30 @@ describe('buildSystemPrompt', () => {
       'meeting_time',
       'friendly_time',
     ]);
+  });
+
+  it('lists the next 14 dates with their weekdays, just before the current time', () => {
+    const line = datesAheadLine(RECEIVED, 'Asia/Kolkata');
+    expect(line).toBe(
+      'The next 14 dates in Asia/Kolkata: Monday 2025-10-06 (today), Tuesday 2025-10-07 (tomorrow), ' +
+        'Wednesday 2025-10-08, Thursday 2025-10-09, Friday 2025-10-10, Saturday 2025-10-11, Sunday 2025-10-12, ' +
+        'Monday 2025-10-13, Tuesday 2025-10-14, Wednesday 2025-10-15, Thursday 2025-10-16, Friday 2025-10-17, ' +
+        'Saturday 2025-10-18, Sunday 2025-10-19.',
+    );
+    expect(prompt).toContain(`${line}\n\nCurrent date and time:`);
+  });
+
+  it('counts the dates in the agent’s zone, on the calendar: a 25-hour day repeats none', () => {
+    // 00:30 on the day New York falls back (25 hours long); in UTC it is already 04:30.
+    const line = datesAheadLine(new Date('2025-11-02T04:30:00Z'), 'America/New_York');
+    expect(line).toContain(': Sunday 2025-11-02 (today), Monday 2025-11-03 (tomorrow), Tuesday 2025-11-04,');
+    // 23:30 in Los Angeles is the next day in UTC: today is still the 5th there.
+    expect(datesAheadLine(new Date('2025-10-06T06:30:00Z'), 'America/Los_Angeles')).toContain(
+      ': Sunday 2025-10-05 (today),',
+    );
+    const dates = [...line.matchAll(/\d{4}-\d{2}-\d{2}/g)].map((m) => m[0]);
+    expect(new Set(dates).size).toBe(14);
+    expect(dates.at(-1)).toBe('2025-11-15');
   });
 
   it('ends with the current time: ISO with offset, weekday and IANA zone', () => {

@@ -1,9 +1,18 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  utimesSync,
+  writeFileSync,
+} from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { DataDirLockedError, lockDataDir } from '../../src/store/data-dir-lock.js';
 
 const LOCK = 'agent-meetings.lock';
@@ -113,6 +122,31 @@ describe('lockDataDir', () => {
     writeLock({ pid, host: 'some-other-host.example', startedAt: new Date().toISOString() });
     expect(() => lockDataDir(dir)).toThrow(DataDirLockedError);
     expect(() => lockDataDir(dir)).toThrow('some-other-host.example');
+  });
+
+  it('takes over a lock from another host not touched for 12 heartbeats (a re-created container)', async () => {
+    writeLock({ pid: 4242, host: 'old-container-id', startedAt: new Date().toISOString() });
+    const old = new Date(Date.now() - 12 * 10_000 - 1_000);
+    utimesSync(lockPath(), old, old);
+    const release = lockDataDir(dir);
+    expect(readLock()).toMatchObject({ pid: process.pid, host: hostname() });
+    release();
+    // Touched just within 12 heartbeats: still live.
+    writeLock({ pid: 4242, host: 'old-container-id', startedAt: new Date().toISOString() });
+    const recent = new Date(Date.now() - 11 * 10_000);
+    utimesSync(lockPath(), recent, recent);
+    expect(() => lockDataDir(dir)).toThrow('old-container-id');
+  });
+
+  it('the holder touches its lock file every heartbeat, and stops once released', async () => {
+    const release = lockDataDir(dir, 50);
+    const long = new Date(Date.now() - 3_600_000);
+    utimesSync(lockPath(), long, long);
+    await vi.waitFor(() => expect(Date.now() - statSync(lockPath()).mtimeMs).toBeLessThan(60_000), {
+      timeout: 5_000,
+    });
+    release();
+    expect(readdirSync(dir)).toEqual([]);
   });
 
   it('takes over a lock left by a process that died (SIGKILL, power loss)', async () => {

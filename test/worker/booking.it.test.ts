@@ -457,12 +457,21 @@ describe('booking: several actions in one answer', () => {
     expect(requestsFor('events.delete')).toHaveLength(1);
   });
 
-  it('answers a malformed tool call with a clear message and books nothing', async () => {
+  it('never acts on a malformed tool call: the model is asked again, and its next answer is the reply', async () => {
     const c = await newChat();
-    const reply = await ask(c, 'book', {
-      toolCalls: [{ name: 'Time_to_121meet', arguments: '{"name": "Sid", "email": ' }],
-    });
-    expect(reply).toBe(invalid('the email is missing; the meeting time is missing'));
+    const calls = s.openai.requests.length;
+    let answers = 0;
+    s.openai.responder = () =>
+      answers++ === 0
+        ? { toolCalls: [{ name: 'Time_to_121meet', arguments: '{"name": "Sid", "email": ' }] }
+        : { content: 'Which email address should the invitation go to?' };
+    await s.send(c.conversation_id, c.customer_token, 'book');
+    const list = await s.waitForReplies(c.conversation_id, c.customer_token, 1);
+    // Not "the email is missing": the customer may well have given it; the model garbled it.
+    expect(list.filter((m) => m.role === 'assistant').at(-1)?.content).toBe(
+      'Which email address should the invitation go to?',
+    );
+    expect(s.openai.requests.length).toBe(calls + 2);
     expect(s.google.requests).toHaveLength(0);
   });
 });

@@ -24,6 +24,9 @@ let base: string;
 const received: Received[] = [];
 /** Per path: how many more requests answer 500. */
 const failures = new Map<string, number>();
+/** While true, requests to /hang get no answer until released (kept here). */
+let holding = false;
+const held: Array<() => void> = [];
 
 beforeAll(async () => {
   server = createServer((req, res) => {
@@ -32,14 +35,21 @@ beforeAll(async () => {
     req.on('end', () => {
       const body = Buffer.concat(chunks).toString('utf8');
       const path = req.url ?? '/';
+      const accept = () => {
+        received.push({ path, headers: req.headers, body, json: JSON.parse(body) });
+        res.writeHead(204).end();
+      };
+      if (path === '/hang' && holding) {
+        held.push(accept);
+        return;
+      }
       const left = failures.get(path) ?? 0;
       if (left > 0) {
         failures.set(path, left - 1);
         res.writeHead(500).end('nope');
         return;
       }
-      received.push({ path, headers: req.headers, body, json: JSON.parse(body) });
-      res.writeHead(204).end();
+      accept();
     });
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
@@ -319,6 +329,35 @@ describe('webhook deliveries', () => {
       last_status_code: 500,
       last_error: 'receiver answered 500',
     });
+  });
+
+  it('a receiver that does not answer holds back only its own owner’s deliveries', async () => {
+    const slow = await ownerWithHook('/hang');
+    const other = await ownerWithHook('/other');
+    holding = true;
+    try {
+      await say(slow.agentId, undefined, booking(at(5, 9)));
+      await say(slow.agentId, undefined, booking(at(5, 11)));
+      await waitFor('the first delivery held', () => held.length === 1 || undefined);
+      await say(other.agentId, undefined, booking(at(5, 13)));
+      // Delivered while the slow receiver still holds the first attempt (before, one delivery at a
+      // time per process queued it behind that attempt's timeout, and the retries after it).
+      await waitFor('the other owner’s delivery', () => received.find((r) => r.path === '/other'));
+      // One delivery at a time per owner: the slow owner's second waits behind its first.
+      expect(held).toHaveLength(1);
+      expect((await deliveries(slow.userId)).map((d) => [d.status, d.attempts])).toEqual([
+        ['pending', 0],
+        ['pending', 0],
+      ]);
+    } finally {
+      holding = false;
+      for (const answer of held.splice(0)) answer();
+    }
+    await waitFor('the slow owner’s deliveries', async () => {
+      const list = await deliveries(slow.userId);
+      return list.every((d) => d.status === 'delivered') ? list : undefined;
+    });
+    expect(received.filter((r) => r.path === '/hang')).toHaveLength(2);
   });
 
   it('the owner API cancel and a revoked calendar are delivered too', async () => {
