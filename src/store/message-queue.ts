@@ -5,6 +5,7 @@ import {
   MESSAGE_CHANNEL,
   type Message,
   type MessageWork,
+  orderLock,
   selectWork,
   toWork,
 } from './messages.js';
@@ -211,11 +212,11 @@ export class MessageQueueStore {
       t = new StatementTemplate<InsertClaimedValues, InsertClaimedRow>(
         this.db,
         (v) => sql`
-          WITH conv AS (
+          WITH ${orderLock(v.conversationId)}, conv AS (
             SELECT c.conversation_id,
                    NOT EXISTS (SELECT 1 FROM messages e
                                 WHERE e.conversation_id = c.conversation_id AND e.status = 'pending') AS free
-              FROM conversations c
+              FROM conversations c CROSS JOIN order_lock
              WHERE c.conversation_id = ${v.conversationId}
                AND (${v.customerTokenHash}::text IS NULL OR c.customer_token_hash = ${v.customerTokenHash}::text)
           ), ins AS (

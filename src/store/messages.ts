@@ -241,6 +241,20 @@ export function toWork(r: WorkRow): MessageWork {
   };
 }
 
+/**
+ * A CTE (`order_lock`) that holds the conversation's message order until the statement's transaction
+ * commits: every statement that inserts a message reads it before the row is formed, so before its
+ * `seq` is drawn. Without it `seq` would follow insert order, not commit order: a customer message
+ * stored while a reply's transaction was still open (a booking's reply waiting on the owner's lease,
+ * say) took a later `seq` and committed first; a live feed or an `?after=` poll then moved its cursor
+ * past it, and the reply, committed a moment later with the earlier `seq`, was never shown. With it,
+ * the later insert waits for that commit (milliseconds) and draws its `seq` after the reply's.
+ */
+export function orderLock(conversationId: unknown): RawBuilder<unknown> {
+  return sql`order_lock AS (
+        SELECT pg_advisory_xact_lock(hashtextextended('agent-meetings:messages:' || ${conversationId}::text, 0)))`;
+}
+
 export class MessageStore {
   constructor(private readonly db: Kysely<DB>) {}
 
@@ -259,10 +273,10 @@ export class MessageStore {
     // SHA-256 hashes: its timing says nothing usable about the token). No row: refused.
     const hash = access === 'admin' ? null : access.customerTokenHash;
     const r = await sql<StoredRow>`
-      WITH ins AS (
+      WITH ${orderLock(conversationId)}, ins AS (
         INSERT INTO messages (message_id, conversation_id, role, content, status)
         SELECT ${newId('msg')}, c.conversation_id, 'customer', ${content}, 'pending'
-          FROM conversations c
+          FROM conversations c CROSS JOIN order_lock
          WHERE c.conversation_id = ${conversationId}
            AND (${hash}::text IS NULL OR c.customer_token_hash = ${hash}::text)
         RETURNING message_id, conversation_id, role, content, created_at
@@ -372,9 +386,10 @@ export class MessageStore {
     const r = await sql<
       (StoredRow | { [K in keyof StoredRow]: null }) & { next: boolean; also: string | null }
     >`
-      WITH ${fence}reply AS (
+      WITH ${fence}${orderLock(input.conversationId)}, reply AS (
         INSERT INTO messages (message_id, conversation_id, role, content, reply_to)
         SELECT ${newId('msg')}, ${input.conversationId}, 'assistant', ${input.content}, ${input.replyTo}
+          FROM order_lock
         ${fenced}
         ON CONFLICT (reply_to) WHERE reply_to IS NOT NULL DO NOTHING
         RETURNING message_id, conversation_id, role, content, created_at

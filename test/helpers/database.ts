@@ -74,6 +74,24 @@ export async function transactionId(trx: Kysely<DB>): Promise<string> {
  * Resolves once a statement waits for transaction `xid` (for a row or index entry it wrote): its
  * snapshot is taken, so what that transaction commits next is not in it. Server only.
  */
+/**
+ * Until a statement waits for the conversation's message order (orderLock in src/store/messages.ts:
+ * another transaction that inserted a message of it has not committed yet).
+ */
+export async function waitForOrderWaiter(db: Kysely<DB>, conversationId: string): Promise<void> {
+  await vi.waitFor(
+    async () => {
+      const waiting = await sql<{ n: number }>`
+        SELECT count(*)::int AS n FROM pg_locks
+         WHERE locktype = 'advisory' AND NOT granted
+           AND ((classid::bigint << 32) | objid::bigint)
+               = hashtextextended('agent-meetings:messages:' || ${conversationId}::text, 0)`.execute(db);
+      expect(waiting.rows[0]!.n).toBeGreaterThan(0);
+    },
+    { timeout: 10_000, interval: 10 },
+  );
+}
+
 export async function waitForWaiterOn(db: Kysely<DB>, xid: string): Promise<void> {
   await vi.waitFor(
     async () => {

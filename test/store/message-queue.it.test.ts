@@ -10,7 +10,7 @@ import { ConversationStore, hashToken } from '../../src/store/conversations.js';
 import type { Database } from '../../src/store/database.js';
 import { isClaimConflict, MessageQueueStore } from '../../src/store/message-queue.js';
 import { MessageStore } from '../../src/store/messages.js';
-import { openTestDatabase, transactionId, waitForWaiterOn } from '../helpers/database.js';
+import { openTestDatabase, waitForOrderWaiter } from '../helpers/database.js';
 
 let database: Database;
 let close: () => Promise<void>;
@@ -270,14 +270,14 @@ describe('a message claimed by its own insert', () => {
     let racing: ReturnType<MessageQueueStore['insertClaimed']> | undefined;
     let winner: string | undefined;
     // Another POST's insert has claimed a message of the conversation and not committed yet; this
-    // statement's snapshot sees an idle conversation, so it tries to claim too and waits on the
-    // unique index for that transaction.
+    // statement's snapshot sees an idle conversation, so it tries to claim too, once that transaction
+    // commits (it waits for the conversation's message order, then meets the claimed row in the
+    // unique index).
     await database.db.transaction().execute(async (trx) => {
       winner = (await new MessageQueueStore(trx).insertClaimed(id, 'winner', null, 15, 10))!.message!
         .messageId;
-      const xid = await transactionId(trx);
       racing = queue.insertClaimed(id, 'loser', null, 15, 10);
-      await waitForWaiterOn(database.db, xid);
+      await waitForOrderWaiter(database.db, id);
     });
     // Neither stored nor claimed: the caller stores it unclaimed (JobQueue.accept).
     expect(await racing).toEqual({});

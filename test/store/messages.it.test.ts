@@ -11,7 +11,7 @@ import { ConversationStore } from '../../src/store/conversations.js';
 import { type Database, notifyChannel } from '../../src/store/database.js';
 import { bookedRows } from '../../src/store/meetings.js';
 import { MESSAGE_CHANNEL, MessageStore, modelOutputCte } from '../../src/store/messages.js';
-import { openTestDatabase, testDatabaseKind } from '../helpers/database.js';
+import { openTestDatabase, testDatabaseKind, waitForOrderWaiter } from '../helpers/database.js';
 
 let database: Database;
 let close: () => Promise<void>;
@@ -233,4 +233,45 @@ describe('announcement channels', () => {
       }
     },
   );
+});
+
+describe.runIf(testDatabaseKind() === 'server')('message order (server)', () => {
+  it('a message stored while a reply’s transaction is open comes after the reply: no cursor passes it', async () => {
+    const { conversationId, ids } = await conversationWith(1);
+    let commit!: () => void;
+    const held = new Promise<void>((resolve) => {
+      commit = resolve;
+    });
+    let replied!: () => void;
+    const replyWritten = new Promise<void>((resolve) => {
+      replied = resolve;
+    });
+    // A reply whose transaction stays open after its statement (a booking's persist steps, a wait).
+    const replying = database.db.transaction().execute(async (trx) => {
+      await messages.storeReply(trx, input(conversationId, ids[0]!));
+      replied();
+      await held;
+    });
+    await replyWritten;
+    // The customer writes again meanwhile: the insert waits for the reply's commit.
+    let stored = false;
+    const next = messages.insertCustomerMessage(conversationId, 'one more thing', 'admin').then((m) => {
+      stored = true;
+      return m!;
+    });
+    await Promise.race([waitForOrderWaiter(database.db, conversationId), next]);
+    // What a reader sees after the answered message while the reply is uncommitted: nothing yet.
+    // (Before, the new message, with a later seq than the reply: a cursor moved past the reply.)
+    expect(stored).toBe(false);
+    expect(await messages.list(conversationId, { afterMessageId: ids[0]!, limit: 10 })).toEqual([]);
+    commit();
+    await replying;
+    const later = await next;
+    const after = await messages.list(conversationId, { afterMessageId: ids[0]!, limit: 10 });
+    expect(after?.map((m) => [m.role, m.content])).toEqual([
+      ['assistant', `re ${ids[0]}`],
+      ['customer', 'one more thing'],
+    ]);
+    expect(after?.at(-1)?.messageId).toBe(later.messageId);
+  });
 });
