@@ -160,17 +160,24 @@ function tidy(prose: string): string {
     .trim();
 }
 
+/**
+ * Half of a UTF-16 surrogate pair without its other half (`"\ud83d"` in the model's JSON): not
+ * Unicode text, so PostgreSQL refuses it in jsonb (a webhook's payload) and the booking could not be
+ * recorded either. Replaced with U+FFFD.
+ */
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
+
 /** C0 control characters but tab, line feed and carriage return, and DEL. */
 const CONTROL = /[\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F]/g;
 
 /**
  * `value` (an action as parsed) with the control characters but tab and line breaks removed from
- * every string in it. The model can write them escaped in its JSON (`"friendly_time": "3 PM\u0000"`),
+ * every string in it, and lone surrogates replaced (LONE_SURROGATE). The model can write them escaped in its JSON (`"friendly_time": "3 PM\u0000"`),
  * and PostgreSQL cannot store U+0000: such a booking would be made at Google (invitations sent) and
  * then fail to be recorded on every attempt. None of them belongs in a name, title, email or time.
  */
 export function withoutControls(value: unknown, depth = 0): unknown {
-  if (typeof value === 'string') return value.replace(CONTROL, '');
+  if (typeof value === 'string') return value.replace(CONTROL, '').replace(LONE_SURROGATE, '\uFFFD');
   if (value === null || typeof value !== 'object' || depth >= MAX_DEPTH) return value;
   if (Array.isArray(value)) return value.map((v) => withoutControls(v, depth + 1));
   return Object.fromEntries(

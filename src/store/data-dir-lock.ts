@@ -90,7 +90,9 @@ export const LOCK_HEARTBEAT_MS = 10_000;
  * A lock held on another host is live while touched within this many heartbeats: its pid cannot be
  * checked from here, and a container re-created on the same volume (a new hostname) after a crash
  * would otherwise find its own old lock live for good. Generous, so that a holder whose event loop
- * stalls for a while (a long synchronous step) is not taken for dead.
+ * stalls for a while (a long synchronous step) is not taken for dead. A lock that looks older than
+ * that by our clock is watched for as long again before it is taken (so no two hosts' clocks are
+ * compared): a start-up after such a crash waits about two minutes.
  */
 const STALE_HEARTBEATS = 12;
 
@@ -117,11 +119,24 @@ export function lockDataDir(dir: string, heartbeatMs = LOCK_HEARTBEAT_MS): () =>
     token: randomBytes(8).toString('hex'),
   };
   const text = JSON.stringify(mine);
+  const staleMs = heartbeatMs * STALE_HEARTBEATS;
   const isLive = (holder: LockContent | undefined, file: string): holder is LockContent => {
-    if (holder === undefined || holder.pid === process.pid) return false;
-    if (holder.host === mine.host) return isAlive(holder.pid);
+    if (holder === undefined) return false;
+    // On this host the pid tells (our own pid is a lock this process left, in-process twice or
+    // before a restart that reused it).
+    if (holder.host === mine.host) return holder.pid !== process.pid && isAlive(holder.pid);
+    // Another host's pid means nothing here (a container's process is often pid 1, as ours may be):
+    // only the heartbeat tells. Touched within staleMs by our clock: live. Older by our clock (the
+    // holder's clock may be behind ours): watched for staleMs more, live if it is touched meanwhile.
     const touched = modifiedAt(file);
-    return touched === undefined || Date.now() - touched < heartbeatMs * STALE_HEARTBEATS;
+    if (touched === undefined) return false; // gone meanwhile: the caller looks again
+    if (Date.now() - touched < staleMs) return true;
+    const until = Date.now() + staleMs;
+    while (Date.now() < until) {
+      sleepSync(Math.min(heartbeatMs, 1_000));
+      if (modifiedAt(file) !== touched) return true;
+    }
+    return false;
   };
 
   for (let attempt = 0; attempt < 200; attempt++) {

@@ -161,6 +161,13 @@ export function sessionOptions(url: string, ours: string): { connectionString: s
   try {
     parsed = new URL(url);
   } catch {
+    // pg reads some URLs the URL parser does not (credentials before an empty host, say): such a
+    // URL's `options` cannot be merged here, and would silently replace ours.
+    if (/[?&]options=/.test(url)) {
+      throw new Error(
+        'DATABASE_URL has an options parameter, but is not a URL this service can merge its own session options into: give the host in the URL, or drop options',
+      );
+    }
     return { connectionString: url, options: ours };
   }
   const theirs = parsed.searchParams.get('options');

@@ -482,15 +482,15 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
     ) {
       throw new Upstream('the model called a meeting tool with arguments that are not valid JSON', true);
     }
+    // A confirmation the model wrote itself (it has seen ours in the history as its own earlier
+    // replies): without an action nothing was booked, moved or cancelled; with one, it would stand
+    // above ours, or above a refusal. Either way any link in it is made up. Asked again, never shown.
+    if (!options.earlierAttempt && OWN_CONFIRMATION.test(prose)) {
+      throw new Upstream('the model wrote a meeting confirmation of its own', true);
+    }
     if (actions.length > 0) {
       enteringBooking();
       return deps.actions.respond(work, actions, prose, log, options);
-    }
-    // A confirmation the model wrote itself, with no action behind it (it has seen ours in the
-    // history as its own earlier replies): nothing was booked, moved or cancelled, and any link in it
-    // is made up. Asked again, never shown.
-    if (!options.earlierAttempt && OWN_CONFIRMATION.test(prose)) {
-      throw new Upstream('the model wrote a meeting confirmation without an action', true);
     }
     if (prose) return { text: prose };
     // Empty answer: treat as a model failure so the customer is never left without a reply.

@@ -30,8 +30,13 @@ export interface WebhookOptions {
   relayIntervalMs?: number;
   /** Where deliveries may go (WEBHOOK_URLS); default `public-https`. */
   urls?: WebhookUrlPolicy;
-  /** Deliveries sent at once per worker process, one per owner at most; default 10. */
+  /** Deliveries sent at once per worker process, one per owner at most; default 5. */
   concurrency?: number;
+  /**
+   * Seconds between a delivery worker's looks for jobs that no NOTIFY announced (retries whose
+   * backoff ended); default 5. A new delivery wakes the workers at once (the queue's `notify`).
+   */
+  pollSeconds?: number;
 }
 
 /** `sha256=<hex>` of HMAC-SHA256(secret, "<timestamp>.<body>"): what receivers recompute. */
@@ -59,6 +64,7 @@ export class WebhookDispatcher implements OwnerEventSink {
    */
   readonly #urls: WebhookUrlPolicy;
   readonly #concurrency: number;
+  readonly #pollSeconds: number;
   #relay: NodeJS.Timeout | undefined;
   #working = false;
 
@@ -75,7 +81,8 @@ export class WebhookDispatcher implements OwnerEventSink {
     this.#timeoutMs = options.timeoutMs ?? 10_000;
     this.#relayIntervalMs = options.relayIntervalMs ?? 5_000;
     this.#urls = options.urls ?? 'public-https';
-    this.#concurrency = options.concurrency ?? 10;
+    this.#concurrency = options.concurrency ?? 5;
+    this.#pollSeconds = options.pollSeconds ?? 5;
   }
 
   /** Creates the queue (every role: API processes enqueue too). */
@@ -86,6 +93,8 @@ export class WebhookDispatcher implements OwnerEventSink {
       retryBackoff: true,
       retryDelayMax: this.#retryDelayMax,
       expireInSeconds: 5 * 60,
+      // A new delivery's job wakes the workers (pg-boss's LISTEN): they poll only as a backstop.
+      notify: true,
     };
     if (!(await this.boss.getQueue(WEBHOOK_QUEUE))) {
       try {
@@ -128,7 +137,9 @@ export class WebhookDispatcher implements OwnerEventSink {
       {
         batchSize: 1,
         includeMetadata: true,
-        pollingIntervalSeconds: 0.5,
+        // Every worker polls on its own: at the defaults, one look a second per process while idle.
+        pollingIntervalSeconds: Math.min(2, this.#pollSeconds),
+        notifyPollingIntervalSeconds: this.#pollSeconds,
         localConcurrency: this.#concurrency,
         localGroupConcurrency: 1,
       },

@@ -562,6 +562,13 @@ describe('withoutControls', () => {
     });
   });
 
+  it('replaces a lone surrogate (not Unicode text: PostgreSQL refuses it in jsonb), keeps pairs', () => {
+    const [action] = extractBookingActions(
+      '[{"action":"Time_to_121meet","title":"Demo \\ud83d \\ude00 \\ud83d\\ude00"}]',
+    ).actions;
+    expect(withoutControls(action)).toEqual({ action: 'Time_to_121meet', title: 'Demo \ufffd \ufffd 😀' });
+  });
+
   it('leaves other values as they are', () => {
     expect(withoutControls({ a: 1, b: null, c: [true, { d: 'x' }] })).toEqual({
       a: 1,

@@ -124,18 +124,33 @@ describe('lockDataDir', () => {
     expect(() => lockDataDir(dir)).toThrow('some-other-host.example');
   });
 
-  it('takes over a lock from another host not touched for 12 heartbeats (a re-created container)', async () => {
+  it('takes over a lock from another host left untouched for 12 heartbeats, watched 12 more (a re-created container)', async () => {
     writeLock({ pid: 4242, host: 'old-container-id', startedAt: new Date().toISOString() });
-    const old = new Date(Date.now() - 12 * 10_000 - 1_000);
+    const old = new Date(Date.now() - 3_600_000);
     utimesSync(lockPath(), old, old);
-    const release = lockDataDir(dir);
+    const release = lockDataDir(dir, 50);
     expect(readLock()).toMatchObject({ pid: process.pid, host: hostname() });
     release();
-    // Touched just within 12 heartbeats: still live.
-    writeLock({ pid: 4242, host: 'old-container-id', startedAt: new Date().toISOString() });
+    // Touched within 12 heartbeats (of 10 s) by our clock: live, whatever its pid (ours, as a
+    // container's pid 1 would be).
+    writeLock({ pid: process.pid, host: 'old-container-id', startedAt: new Date().toISOString() });
     const recent = new Date(Date.now() - 11 * 10_000);
     utimesSync(lockPath(), recent, recent);
     expect(() => lockDataDir(dir)).toThrow('old-container-id');
+  });
+
+  it('a lock from another host that looks old by our clock but is still being touched is live (clocks differ)', async () => {
+    writeLock({ pid: 4242, host: 'skewed-host', startedAt: new Date().toISOString() });
+    const old = new Date(Date.now() - 3_600_000);
+    utimesSync(lockPath(), old, old);
+    // Its holder touches it with its own clock, an hour behind ours.
+    const toucher = spawn(process.execPath, [
+      '-e',
+      `const fs = require('node:fs'); setInterval(() => { const t = new Date(Date.now() - 3600000); fs.utimesSync(${JSON.stringify(lockPath())}, t, t); }, 20);`,
+    ]);
+    children.push(toucher);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(() => lockDataDir(dir, 50)).toThrow('skewed-host');
   });
 
   it('the holder touches its lock file every heartbeat, and stops once released', async () => {

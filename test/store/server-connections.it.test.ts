@@ -168,6 +168,10 @@ describe('session options in DATABASE_URL', () => {
       connectionString: 'postgres://u:p%40ss@db.example:5432/app?sslmode=require',
       options: '-c statement_timeout=5000 -c search_path=s1',
     });
+    // A URL only pg reads (credentials before an empty host) cannot have its options merged: refused.
+    expect(() =>
+      sessionOptions('postgres://u:p@/app?host=/var/run/postgresql&options=-c%20x%3D1', '-c search_path=s1'),
+    ).toThrow('options');
     const plain = 'postgres://u@127.0.0.1/test';
     expect(sessionOptions(plain, '-c search_path=s1')).toEqual({
       connectionString: plain,

@@ -831,7 +831,7 @@ describe('reschedule and cancel by chat', () => {
     });
   });
 
-  it('a confirmation the model writes itself, with no action, is never shown: the model is asked again', async () => {
+  it('a confirmation the model writes itself is never shown, with or without an action: the model is asked again', async () => {
     const o = await newOwner({ working_hours: ALL_WEEK_9_TO_17 });
     const c = await chatWith(o);
     let answers = 0;
@@ -846,6 +846,21 @@ describe('reschedule and cancel by chat', () => {
     expect(reply).toBe('What is your email address?');
     expect(answers).toBe(2);
     expect(await meetingsOf(o.userId)).toEqual([]);
+
+    // Written above a real action too: it would stand above ours (or above a refusal), its link made
+    // up. Asked again; the next answer's booking is confirmed once, by us.
+    const fake =
+      '✅ Meeting confirmed!\n\n📅 Meeting scheduled for Friday at 10 AM\n🔗 Join here: https://meet.google.com/abc-defg-hij';
+    let again = 0;
+    const booked = await ask(c, 'sid@example.com', () =>
+      again++ === 0
+        ? { content: `${fake}\n${JSON.stringify([bookingAction(ist(2, 10).iso)])}` }
+        : { content: JSON.stringify([bookingAction(ist(2, 10).iso)]) },
+    );
+    expect(again).toBe(2);
+    expect(booked.match(/✅ Meeting confirmed!/g)).toHaveLength(1);
+    expect(booked).not.toContain('abc-defg-hij');
+    expect(await meetingsOf(o.userId)).toHaveLength(1);
   });
 
   it('control characters the model writes in an action or its text are dropped: the booking is made and recorded', async () => {

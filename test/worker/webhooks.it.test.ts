@@ -54,7 +54,18 @@ beforeAll(async () => {
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  s = await startStack({}, { webhooks: { retryLimit: 3, retryDelaySeconds: 1, relayIntervalMs: 200 } });
+  s = await startStack(
+    {},
+    {
+      webhooks: {
+        pollSeconds: 0.5,
+        timeoutMs: 60_000,
+        retryLimit: 3,
+        retryDelaySeconds: 1,
+        relayIntervalMs: 200,
+      },
+    },
+  );
 });
 afterAll(async () => {
   await s?.close();
@@ -395,7 +406,15 @@ describe('without the periodic relay', () => {
     main = s;
     s = await startStack(
       {},
-      { webhooks: { retryLimit: 3, retryDelaySeconds: 1, relayIntervalMs: 3_600_000 } },
+      {
+        webhooks: {
+          pollSeconds: 0.5,
+          timeoutMs: 60_000,
+          retryLimit: 3,
+          retryDelaySeconds: 1,
+          relayIntervalMs: 3_600_000,
+        },
+      },
     );
   });
   afterAll(async () => {
@@ -424,7 +443,15 @@ describe('WEBHOOK_URLS=public-https (the default): https to public addresses onl
     main = s;
     s = await startStack(
       { WEBHOOK_URLS: 'public-https' },
-      { webhooks: { retryLimit: 1, retryDelaySeconds: 1, relayIntervalMs: 200 } },
+      {
+        webhooks: {
+          pollSeconds: 0.5,
+          timeoutMs: 60_000,
+          retryLimit: 1,
+          retryDelaySeconds: 1,
+          relayIntervalMs: 200,
+        },
+      },
     );
     internal = createServer((_req, res) => res.writeHead(204).end());
     internal.on('connection', () => {
