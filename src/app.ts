@@ -286,6 +286,7 @@ export async function createApplication(
       accept: (conversationId, content, access) => queue.accept(conversationId, content, access),
       feed,
       rateLimit: config.rateLimit,
+      bookingDefaults: config.booking,
       trustProxy: config.trustProxy,
       metrics,
       extraRoutes: [

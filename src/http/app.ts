@@ -47,6 +47,8 @@ export interface HttpDeps {
   accept?: ConversationRouteDeps['accept'];
   feed: LiveFeed;
   rateLimit: Config['rateLimit'];
+  /** MIN_NOTICE_MINUTES and BOOKING_HORIZON_DAYS (an agent's null settings). */
+  bookingDefaults: { minNoticeMinutes: number; horizonDays: number };
   /** Config.trustProxy; default false. */
   trustProxy?: Config['trustProxy'];
   metrics: Metrics;
@@ -301,7 +303,11 @@ export async function buildHttpApp(deps: HttpDeps): Promise<FastifyInstance> {
     cache: deps.connectionCache,
     now: deps.now,
   });
-  await app.register(agentRoutes, { adminKey: deps.adminKey, agents: deps.agents });
+  await app.register(agentRoutes, {
+    adminKey: deps.adminKey,
+    agents: deps.agents,
+    bookingDefaults: deps.bookingDefaults,
+  });
   await app.register(conversationRoutes, {
     adminKey: deps.adminKey,
     agents: deps.agents,

@@ -137,6 +137,45 @@ describe('agents API', () => {
     ).toBe(201);
   });
 
+  it('refuses settings that leave no bookable time (a notice as long as the horizon), and changes nothing', async () => {
+    const unbookable = {
+      success: false,
+      error: expect.stringContaining('min_notice_minutes must be shorter than horizon_days'),
+    };
+    // The service's defaults here: 5 minutes' notice, 90 days ahead.
+    const refused = await create({
+      user_id: 'owner-unbookable',
+      name: 'A',
+      min_notice_minutes: 1440,
+      horizon_days: 1,
+    });
+    expect(refused.statusCode).toBe(400);
+    expect(refused.json()).toEqual(unbookable);
+    const created = await create({ user_id: 'owner-unbookable', name: 'A', horizon_days: 1 });
+    expect(created.statusCode).toBe(201);
+    const id = created.json().agent_id as string;
+    const patch = (payload: Record<string, unknown>) =>
+      t.app.http.inject({ method: 'PATCH', url: `/api/agents/${id}`, headers: t.admin, payload });
+    // The stored horizon (1 day) with a new notice of a day: refused, the stored settings stand.
+    const longNotice = await patch({ min_notice_minutes: 1440, name: 'B' });
+    expect(longNotice.statusCode).toBe(400);
+    expect(longNotice.json()).toEqual(unbookable);
+    const after = (await t.app.http.inject({ url: `/api/agents/${id}`, headers: t.admin })).json();
+    expect(after).toMatchObject({ name: 'A', min_notice_minutes: null, horizon_days: 1 });
+    // Both at once, the horizon first made longer: accepted.
+    const both = await patch({ min_notice_minutes: 1440, horizon_days: 7 });
+    expect(both.statusCode).toBe(200);
+    expect(both.json()).toMatchObject({ min_notice_minutes: 1440, horizon_days: 7 });
+    // An unknown agent is still a 404.
+    const missing = await t.app.http.inject({
+      method: 'PATCH',
+      url: '/api/agents/agt_missing',
+      headers: t.admin,
+      payload: { min_notice_minutes: 1440, horizon_days: 1 },
+    });
+    expect(missing.statusCode).toBe(404);
+  });
+
   it('404s unknown agents and 401s without the admin key', async () => {
     expect((await t.app.http.inject({ url: '/api/agents/agt_nope', headers: t.admin })).statusCode).toBe(404);
     expect(

@@ -9,6 +9,7 @@ import type { AddressInfo } from 'node:net';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { meetingEventData } from '../../src/domain/owner-events.js';
+import type { WebhookOptions } from '../../src/worker/webhooks.js';
 import { type Stack, startStack } from '../helpers/stack.js';
 
 interface Received {
@@ -17,6 +18,19 @@ interface Received {
   body: string;
   json: { id: string; type: string; created_at: string; data: Record<string, unknown> };
 }
+
+/**
+ * The test stacks' delivery settings: retries a second apart, workers that look every half second,
+ * and a receiver timeout no test waits out (a held receiver is released by the test itself).
+ */
+const hooks = (over: WebhookOptions = {}): WebhookOptions => ({
+  pollSeconds: 0.5,
+  timeoutMs: 60_000,
+  retryLimit: 3,
+  retryDelaySeconds: 1,
+  relayIntervalMs: 200,
+  ...over,
+});
 
 let s: Stack;
 let server: Server;
@@ -54,18 +68,7 @@ beforeAll(async () => {
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  s = await startStack(
-    {},
-    {
-      webhooks: {
-        pollSeconds: 0.5,
-        timeoutMs: 60_000,
-        retryLimit: 3,
-        retryDelaySeconds: 1,
-        relayIntervalMs: 200,
-      },
-    },
-  );
+  s = await startStack({}, { webhooks: hooks() });
 });
 afterAll(async () => {
   await s?.close();
@@ -404,18 +407,7 @@ describe('without the periodic relay', () => {
   let main: Stack;
   beforeAll(async () => {
     main = s;
-    s = await startStack(
-      {},
-      {
-        webhooks: {
-          pollSeconds: 0.5,
-          timeoutMs: 60_000,
-          retryLimit: 3,
-          retryDelaySeconds: 1,
-          relayIntervalMs: 3_600_000,
-        },
-      },
-    );
+    s = await startStack({}, { webhooks: hooks({ relayIntervalMs: 3_600_000 }) });
   });
   afterAll(async () => {
     await s.close();
@@ -441,18 +433,7 @@ describe('WEBHOOK_URLS=public-https (the default): https to public addresses onl
   let connections = 0;
   beforeAll(async () => {
     main = s;
-    s = await startStack(
-      { WEBHOOK_URLS: 'public-https' },
-      {
-        webhooks: {
-          pollSeconds: 0.5,
-          timeoutMs: 60_000,
-          retryLimit: 1,
-          retryDelaySeconds: 1,
-          relayIntervalMs: 200,
-        },
-      },
-    );
+    s = await startStack({ WEBHOOK_URLS: 'public-https' }, { webhooks: hooks({ retryLimit: 1 }) });
     internal = createServer((_req, res) => res.writeHead(204).end());
     internal.on('connection', () => {
       connections += 1;

@@ -16,7 +16,12 @@ import { errorResponses, IdString, UserIdParams } from '../schemas.js';
 export interface AgentRouteDeps {
   adminKey: string;
   agents: AgentStore;
+  /** The service's MIN_NOTICE_MINUTES and BOOKING_HORIZON_DAYS: what an agent's null settings mean. */
+  bookingDefaults: { minNoticeMinutes: number; horizonDays: number };
 }
+
+const UNBOOKABLE =
+  'min_notice_minutes must be shorter than horizon_days (the service defaults standing in for those not set), or no time could be booked';
 
 const AgentBody = Type.Object({
   agent_id: Type.String(),
@@ -138,7 +143,10 @@ const optionalFields = {
 };
 
 /** Owner API for agents (admin key). */
-export const agentRoutes: FastifyPluginAsyncTypebox<AgentRouteDeps> = async (app, { adminKey, agents }) => {
+export const agentRoutes: FastifyPluginAsyncTypebox<AgentRouteDeps> = async (
+  app,
+  { adminKey, agents, bookingDefaults },
+) => {
   // onRequest: credentials are checked before any validation, so a caller without the key learns
   // nothing about the routes' schemas.
   adminOnly(app, adminKey);
@@ -166,6 +174,8 @@ export const agentRoutes: FastifyPluginAsyncTypebox<AgentRouteDeps> = async (app
       const timezone = b.timezone === undefined ? undefined : zoneNameInput(b.timezone);
       if (b.name.trim() === '') throw new InvalidInput('name must not be blank');
       const booking = settingsFrom(b);
+      const notice = booking.minNoticeMinutes ?? bookingDefaults.minNoticeMinutes;
+      if (notice >= (booking.horizonDays ?? bookingDefaults.horizonDays) * 1440) throw new InvalidInput(UNBOOKABLE);
       const agent = await agents.create({
         booking,
         userId: b.user_id,
@@ -220,15 +230,23 @@ export const agentRoutes: FastifyPluginAsyncTypebox<AgentRouteDeps> = async (app
       const timezone = b.timezone === undefined ? undefined : zoneNameInput(b.timezone);
       if (b.name !== undefined && b.name.trim() === '') throw new InvalidInput('name must not be blank');
       const booking = settingsFrom(b);
-      const agent = await agents.update(req.params.agent_id, {
-        booking,
-        name: b.name?.trim(),
-        systemPrompt: b.system_prompt,
-        timezone,
-        model: b.model,
-        meetingDurationMinutes: b.meeting_duration_minutes,
-      });
-      if (!agent) throw new NotFound(`No agent ${req.params.agent_id}`);
+      const agent = await agents.update(
+        req.params.agent_id,
+        {
+          booking,
+          name: b.name?.trim(),
+          systemPrompt: b.system_prompt,
+          timezone,
+          model: b.model,
+          meetingDurationMinutes: b.meeting_duration_minutes,
+        },
+        bookingDefaults,
+      );
+      if (!agent) {
+        // Not updated: no such agent, or the update would leave it no bookable time (nothing changed).
+        if (await agents.get(req.params.agent_id)) throw new InvalidInput(UNBOOKABLE);
+        throw new NotFound(`No agent ${req.params.agent_id}`);
+      }
       return agentJson(agent);
     },
   );
