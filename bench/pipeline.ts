@@ -1,6 +1,7 @@
 import { Agent, request } from 'node:http';
 import { messageText } from '../test/emulators/openai.js';
 import {
+  BENCH_HORIZON_DAYS,
   type BenchOwner,
   type BenchStack,
   createOwner,
@@ -128,6 +129,14 @@ export async function runPipeline(
     tokenExpiryS?: number;
   },
 ): Promise<PipelineResult> {
+  // Each booking asks for its own hour, from a day ahead (see the responder below): a longer load would
+  // ask for times past the horizon, refused with a text reply (a cheaper path, measuring nothing).
+  const hours = Math.round(opts.rate * opts.durationS);
+  if (hours + 24 > BENCH_HORIZON_DAYS * 24) {
+    throw new Error(
+      `a load of ${hours} bookings asks for times past the ${BENCH_HORIZON_DAYS}-day horizon: lower --duration or the load`,
+    );
+  }
   const tag = Math.random().toString(36).slice(2, 8);
   const tokenExpiryS = opts.tokenExpiryS ?? 30;
   const owners = await createOwners(stack, `bench-${tag}`, opts.owners, tokenExpiryS);
@@ -140,8 +149,7 @@ export async function runPipeline(
   // The emulated model answers every message with a booking action, one hour apart per booking so
   // that no two bookings of an owner overlap (availability would refuse them). Warm-up bookings
   // ("w<n>") have owners of their own, so their hours may repeat the measured ones; their customers
-  // differ. Every hour must lie inside the booking horizon (BOOKING_HORIZON_DAYS, set long enough by
-  // startBenchStack), or the booking is refused with a text reply and measures nothing.
+  // differ. Every hour lies inside the booking horizon (BENCH_HORIZON_DAYS, checked above).
   const base = Date.now() + 86_400_000;
   const warm: Booking[] = [];
   stack.openai.responder = (req) => {

@@ -38,6 +38,9 @@ export interface BenchStack {
  * started as its own process exactly as `npm start` does, so that it has an event loop (and a core)
  * of its own. The emulators and the load generator share this process.
  */
+/** The booking horizon the bench's service runs with (BOOKING_HORIZON_DAYS' maximum). */
+export const BENCH_HORIZON_DAYS = 365;
+
 export async function startBenchStack(opts: {
   databaseUrl?: string | undefined;
   modelLatencyMs: number;
@@ -76,9 +79,9 @@ export async function startBenchStack(opts: {
     RATE_LIMIT_PER_CONVERSATION: '1000000',
     MAX_BOOKINGS_PER_CONVERSATION: '1000',
     // The bench books one hour apart per booking (bench/pipeline.ts): 200/s for 10 s reaches 83 days
-    // ahead, past the 90-day default for longer runs. 365 is the most the service accepts: a load of
-    // more than 8,760 bookings (200/s for 43 s) would ask for times past it, refused.
-    BOOKING_HORIZON_DAYS: '365',
+    // ahead, past the 90-day default for longer runs. The most the service accepts; runPipeline
+    // refuses a load that would ask for times past it.
+    BOOKING_HORIZON_DAYS: String(BENCH_HORIZON_DAYS),
     // No passes over the owners' calendars (src/worker/calendar-sync.ts): each load's process starts
     // with every owner new, so its first tick (30 s in) would read every owner's window at once, inside
     // a longer run's measured load. In steady state a pass is one events.list per owner per interval,

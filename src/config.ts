@@ -3,6 +3,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
+import { BOOKING_SETTING_LIMITS, leavesBookableTime } from './domain/availability.js';
 import { WEBHOOK_URL_POLICIES, type WebhookUrlPolicy } from './webhook-target.js';
 
 /** The seed's fallback text when a meeting cannot be booked. */
@@ -65,7 +66,7 @@ const envSchema = z.object({
   MAX_PARTICIPANTS: int(1, 100).default(10),
   MIN_NOTICE_MINUTES: int(0, 10_080).default(5),
   // At most a year, as an agent's horizon_days: the prompt's offset-change sentence looks a year ahead.
-  BOOKING_HORIZON_DAYS: int(1, 365).default(90),
+  BOOKING_HORIZON_DAYS: int(1, BOOKING_SETTING_LIMITS.horizonDays.max).default(90),
   MAX_BOOKINGS_PER_CONVERSATION: int(1, 1000).default(3),
   RATE_LIMIT_PER_IP: int(1, 1_000_000).default(300),
   RATE_LIMIT_PER_CONVERSATION: int(1, 1_000_000).default(30),
@@ -205,7 +206,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new ConfigError(`Invalid configuration:\n  ${lines.join('\n  ')}`);
   }
   const e = parsed.data;
-  if (e.MIN_NOTICE_MINUTES >= e.BOOKING_HORIZON_DAYS * 1440) {
+  if (!leavesBookableTime(e.MIN_NOTICE_MINUTES, e.BOOKING_HORIZON_DAYS)) {
     throw new ConfigError(
       'Invalid configuration:\n  MIN_NOTICE_MINUTES must be shorter than BOOKING_HORIZON_DAYS, or no time could be booked',
     );

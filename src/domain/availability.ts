@@ -48,6 +48,11 @@ export const BOOKING_SETTING_LIMITS = {
   horizonDays: { min: 1, max: 365 },
 } as const;
 
+/** Whether a notice (minutes) and a horizon (days) leave any time to book: the notice must be shorter. */
+export function leavesBookableTime(minNoticeMinutes: number, horizonDays: number): boolean {
+  return minNoticeMinutes < horizonDays * 1440;
+}
+
 /** Where alternatives are searched when the agent has no working hours. */
 export const DEFAULT_SEARCH_HOURS: TimeRange = { start: '09:00', end: '18:00' };
 

@@ -1,5 +1,13 @@
 import { toOffsetIso } from './booking-request.js';
-import { formatOffset, type OffsetChange, offsetChanges, toZonedIso, weekdayIn } from './time.js';
+import {
+  formatOffset,
+  localDateTime,
+  type OffsetChange,
+  offsetChanges,
+  toZonedIso,
+  WEEKDAYS,
+  weekdayIn,
+} from './time.js';
 
 /** The action name the seed's contract uses, as JSON in the text and as an OpenAI tool. */
 export const BOOKING_ACTION = 'Time_to_121meet';
@@ -75,8 +83,6 @@ export function currentTimeLine(receivedAt: Date, zone: string, aheadDays = DEFA
 /** How many dates datesAheadLine lists. */
 export const DATES_AHEAD = 14;
 
-const WEEKDAYS = ['Sunday', 'Monday', 'Tuesday', 'Wednesday', 'Thursday', 'Friday', 'Saturday'];
-
 /**
  * The next DATES_AHEAD dates in the agent's zone with their weekdays, from the day the customer
  * spoke: a model told only today's weekday miscounts ("Friday at 10" booked on Thursday's date,
@@ -84,13 +90,9 @@ const WEEKDAYS = ['Sunday', 'Monday', 'Tuesday', 'Wednesday', 'Thursday', 'Frida
  * repeat a date).
  */
 export function datesAheadLine(receivedAt: Date, zone: string): string {
-  const [y, m, d] = toZonedIso(receivedAt, zone).slice(0, 10).split('-').map(Number) as [
-    number,
-    number,
-    number,
-  ];
+  const today = localDateTime(receivedAt, zone);
   const dates = Array.from({ length: DATES_AHEAD }, (_, i) => {
-    const date = new Date(Date.UTC(y, m - 1, d + i));
+    const date = new Date(Date.UTC(today.year, today.month - 1, today.day + i));
     const label = i === 0 ? ' (today)' : i === 1 ? ' (tomorrow)' : '';
     return `${WEEKDAYS[date.getUTCDay()]} ${date.toISOString().slice(0, 10)}${label}`;
   });

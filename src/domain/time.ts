@@ -148,7 +148,7 @@ function offsetMs(at: number, zone: string): number {
   return first;
 }
 
-const WEEKDAYS = ['Sunday', 'Monday', 'Tuesday', 'Wednesday', 'Thursday', 'Friday', 'Saturday'];
+export const WEEKDAYS = ['Sunday', 'Monday', 'Tuesday', 'Wednesday', 'Thursday', 'Friday', 'Saturday'];
 
 /** `at` to the whole second, in epoch ms (Intl's clock has no finer field). */
 const wholeSecond = (at: Date) => Math.floor(at.getTime() / 1000) * 1000;

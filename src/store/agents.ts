@@ -107,15 +107,15 @@ export class AgentStore {
   }
 
   /**
-   * Undefined when there is no such agent, or when `bookable` is given and the agent's notice would
-   * then be no shorter than its horizon (each the patch's value, else the stored one, else the
-   * service's default from `bookable`): checked on the row as it is updated, so two patches at once
-   * (one the notice, one the horizon) cannot together leave no bookable time.
+   * Undefined when there is no such agent, or when the agent's notice would then be no shorter than
+   * its horizon (leavesBookableTime; each the patch's value, else the stored one, else the service's
+   * default from `defaults`): checked on the row as it is updated, so two patches at once (one the
+   * notice, one the horizon) cannot together leave no bookable time.
    */
   async update(
     agentId: string,
     patch: AgentPatch,
-    bookable?: { minNoticeMinutes: number; horizonDays: number },
+    defaults: { minNoticeMinutes: number; horizonDays: number },
   ): Promise<Agent | undefined> {
     const set = {
       ...(patch.name !== undefined ? { name: patch.name } : {}),
@@ -127,20 +127,20 @@ export class AgentStore {
         : {}),
       ...bookingColumns(patch.booking),
     };
-    let q = this.db
+    const b = patch.booking;
+    const notice =
+      b?.minNoticeMinutes !== undefined ? sql`${b.minNoticeMinutes}::int` : sql.ref('min_notice_minutes');
+    const horizon = b?.horizonDays !== undefined ? sql`${b.horizonDays}::int` : sql.ref('horizon_days');
+    const row = await this.db
       .updateTable('agents')
       .set({ ...set, updated_at: sql<Date>`now()` })
-      .where('agent_id', '=', agentId);
-    if (bookable) {
-      const b = patch.booking;
-      const notice =
-        b?.minNoticeMinutes !== undefined ? sql`${b.minNoticeMinutes}::int` : sql.ref('min_notice_minutes');
-      const horizon = b?.horizonDays !== undefined ? sql`${b.horizonDays}::int` : sql.ref('horizon_days');
-      q = q.where(
-        sql<boolean>`coalesce(${notice}, ${bookable.minNoticeMinutes}::int) < coalesce(${horizon}, ${bookable.horizonDays}::int) * 1440`,
-      );
-    }
-    const row = await q.returningAll().executeTakeFirst();
+      .where('agent_id', '=', agentId)
+      // leavesBookableTime, on the row's values after this update.
+      .where(
+        sql<boolean>`coalesce(${notice}, ${defaults.minNoticeMinutes}::int) < coalesce(${horizon}, ${defaults.horizonDays}::int) * 1440`,
+      )
+      .returningAll()
+      .executeTakeFirst();
     return row ? toAgent(row) : undefined;
   }
 

@@ -87,12 +87,11 @@ function modifiedAt(path: string): number | undefined {
 export const LOCK_HEARTBEAT_MS = 10_000;
 
 /**
- * A lock held on another host is live while touched within this many heartbeats: its pid cannot be
- * checked from here, and a container re-created on the same volume (a new hostname) after a crash
- * would otherwise find its own old lock live for good. Generous, so that a holder whose event loop
- * stalls for a while (a long synchronous step) is not taken for dead. A lock that looks older than
- * that by our clock is watched for as long again before it is taken (so no two hosts' clocks are
- * compared): a start-up after such a crash waits about two minutes.
+ * A lock held on another host is taken over once it has gone untouched this many heartbeats while we
+ * watched it: its pid cannot be checked from here, and a container re-created on the same volume (a
+ * new hostname) after a crash would otherwise find its own old lock live for good. Generous, so that
+ * a holder whose event loop stalls for a while (a long synchronous step) is not taken for dead; a
+ * start-up after such a crash waits that long (two minutes).
  */
 const STALE_HEARTBEATS = 12;
 
@@ -105,8 +104,8 @@ function sleepSync(ms: number): void {
  * same files and corrupt them. The lock file holds our pid and host, and we touch it every
  * `heartbeatMs`. A lock whose pid is no longer running on this host (SIGKILL, power loss) is stale
  * and taken over, so a restart after a crash just works; so is one from another host (a container
- * re-created with a new hostname, a volume moved to another machine) not touched for
- * STALE_HEARTBEATS heartbeats.
+ * re-created with a new hostname, a volume moved to another machine) not touched while we watch it
+ * for STALE_HEARTBEATS heartbeats.
  */
 export function lockDataDir(dir: string, heartbeatMs = LOCK_HEARTBEAT_MS): () => void {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -126,11 +125,11 @@ export function lockDataDir(dir: string, heartbeatMs = LOCK_HEARTBEAT_MS): () =>
     // before a restart that reused it).
     if (holder.host === mine.host) return holder.pid !== process.pid && isAlive(holder.pid);
     // Another host's pid means nothing here (a container's process is often pid 1, as ours may be):
-    // only the heartbeat tells. Touched within staleMs by our clock: live. Older by our clock (the
-    // holder's clock may be behind ours): watched for staleMs more, live if it is touched meanwhile.
+    // only the heartbeat tells. Watched for up to staleMs: live as soon as it is touched (within a
+    // heartbeat, for a live holder), stale if it never is. No clocks are compared: the holder's may
+    // differ from ours.
     const touched = modifiedAt(file);
     if (touched === undefined) return false; // gone meanwhile: the caller looks again
-    if (Date.now() - touched < staleMs) return true;
     const until = Date.now() + staleMs;
     while (Date.now() < until) {
       sleepSync(Math.min(heartbeatMs, 1_000));

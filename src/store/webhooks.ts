@@ -147,8 +147,10 @@ export class WebhookStore {
     return q.execute();
   }
 
-  /** Marks one delivery written with `enqueued = false` as enqueued; false if it already was. */
-  /** Its owner's user id when this call marked it (it had no job yet), else undefined. */
+  /**
+   * Marks one delivery written with `enqueued = false` as enqueued. Its owner's user id when this
+   * call marked it (it had no job yet), else undefined.
+   */
   async claimOne(trx: Transaction<DB>, deliveryId: string): Promise<string | undefined> {
     const r = await sql<{ user_id: string }>`
       UPDATE webhook_deliveries SET enqueued = true

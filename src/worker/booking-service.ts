@@ -1016,8 +1016,8 @@ export class BookingService implements ActionResponder {
   }
 
   /**
-   * The meeting an action refers to: one of this conversation's upcoming meetings, by id, or the
-   * most recently booked one when no id is given. An id from anywhere else is never acted on.
+   * The meeting an action refers to: one of this conversation's upcoming meetings, by id (see below
+   * for an action that gives none). An id from anywhere else is never acted on.
    * Upcoming as of when the customer spoke (as the prompt's "now"), not this attempt's clock: every
    * attempt of the message picks the same meeting, and a retry or the run that gives up still finds
    * the one an earlier attempt moved or cancelled after its old time has passed (a meeting that has
@@ -1033,27 +1033,26 @@ export class BookingService implements ActionResponder {
       return { text: availabilityTexts.noMeeting() };
     }
     // The meeting named in `meeting_id` (or `meetingId` / `id`, as a model may spell it in its text's
-    // JSON). Null or empty: the latest upcoming one, as the prompt tells the model. Named nowhere: the
-    // only upcoming one, and with several none (guessing could move or cancel the wrong meeting, its
-    // invitees told); so is a tool call whose arguments were not JSON, or an id that is not text.
-    const key = (['meeting_id', 'meetingId', 'id'] as const).find((k) => k in action);
-    const named = key === undefined || action.invalid_arguments === true ? undefined : action[key];
-    if (named === undefined && upcoming.length === 1 && action.invalid_arguments !== true) {
-      return upcoming[0]!;
-    }
-    if (named === null || (typeof named === 'string' && named.trim() === '')) return upcoming[0]!;
-    const wanted = typeof named === 'string' ? named.trim() : undefined;
-    const found = wanted === undefined ? undefined : upcoming.find((m) => m.meeting_id === wanted);
-    if (!found) {
+    // JSON). Null or empty: the latest upcoming one, as the prompt tells the model. Named nowhere:
+    // the only upcoming one; with several, none (a guess could move or cancel the wrong meeting, its
+    // invitees told). A tool call whose arguments were not JSON, or an id that is not text: none.
+    const unknown = (why: string, id: string | null = null): Outcome => {
       this.deps.onOutcome?.('unknown_meeting');
-      ctx.log.warn(
-        { meeting_id: wanted?.slice(0, 60) ?? null },
-        wanted === undefined
-          ? 'action names no meeting, and several are upcoming'
-          : 'action names a meeting outside this conversation',
-      );
+      ctx.log.warn({ meeting_id: id?.slice(0, 60) ?? null }, why);
       return { text: availabilityTexts.unknownMeeting() };
+    };
+    if (action.invalid_arguments === true) return unknown('action arguments are not JSON');
+    const key = (['meeting_id', 'meetingId', 'id'] as const).find((k) => k in action);
+    if (key === undefined) {
+      return upcoming.length === 1
+        ? upcoming[0]!
+        : unknown('action names no meeting, and several are upcoming');
     }
+    const named = action[key];
+    if (named === null || (typeof named === 'string' && named.trim() === '')) return upcoming[0]!;
+    if (typeof named !== 'string') return unknown('action names a meeting by an id that is not text');
+    const found = upcoming.find((m) => m.meeting_id === named.trim());
+    if (!found) return unknown('action names a meeting outside this conversation', named);
     return found;
   }
 

@@ -130,8 +130,7 @@ export class WebhookDispatcher implements OwnerEventSink {
     this.#working = true;
     // Several deliveries at once per process, but one at a time per owner: a receiver that answers
     // slowly, or never (each attempt then waits out the timeout), holds only its own owner's
-    // deliveries back, not every other owner's. Before, one delivery at a time per process meant a
-    // dead receiver's attempts (up to #timeoutMs each) queued every owner's events behind them.
+    // deliveries back (up to #timeoutMs per attempt), not every other owner's.
     await this.boss.work<WebhookJob>(
       WEBHOOK_QUEUE,
       {

@@ -71,10 +71,6 @@ export async function transactionId(trx: Kysely<DB>): Promise<string> {
 }
 
 /**
- * Resolves once a statement waits for transaction `xid` (for a row or index entry it wrote): its
- * snapshot is taken, so what that transaction commits next is not in it. Server only.
- */
-/**
  * Until a statement waits for the conversation's message order (orderLock in src/store/messages.ts:
  * another transaction that inserted a message of it has not committed yet).
  */
@@ -92,6 +88,10 @@ export async function waitForOrderWaiter(db: Kysely<DB>, conversationId: string)
   );
 }
 
+/**
+ * Resolves once a statement waits for transaction `xid` (for a row or index entry it wrote): its
+ * snapshot is taken, so what that transaction commits next is not in it. Server only.
+ */
 export async function waitForWaiterOn(db: Kysely<DB>, xid: string): Promise<void> {
   await vi.waitFor(
     async () => {

@@ -117,40 +117,31 @@ describe('lockDataDir', () => {
     expect(readdirSync(dir)).toEqual([LOCK]);
   });
 
-  it('refuses a lock held on another host (its pid cannot be checked from here)', async () => {
-    const pid = await deadPid(); // dead here, but it is another machine's pid
-    writeLock({ pid, host: 'some-other-host.example', startedAt: new Date().toISOString() });
-    expect(() => lockDataDir(dir)).toThrow(DataDirLockedError);
-    expect(() => lockDataDir(dir)).toThrow('some-other-host.example');
-  });
-
-  it('takes over a lock from another host left untouched for 12 heartbeats, watched 12 more (a re-created container)', async () => {
+  it('takes over a lock from another host that stays untouched while watched (a re-created container)', async () => {
     writeLock({ pid: 4242, host: 'old-container-id', startedAt: new Date().toISOString() });
-    const old = new Date(Date.now() - 3_600_000);
-    utimesSync(lockPath(), old, old);
-    const release = lockDataDir(dir, 50);
+    const release = lockDataDir(dir, 200); // watched 12 heartbeats: 2.4 s
     expect(readLock()).toMatchObject({ pid: process.pid, host: hostname() });
     release();
-    // Touched within 12 heartbeats (of 10 s) by our clock: live, whatever its pid (ours, as a
-    // container's pid 1 would be).
-    writeLock({ pid: process.pid, host: 'old-container-id', startedAt: new Date().toISOString() });
-    const recent = new Date(Date.now() - 11 * 10_000);
-    utimesSync(lockPath(), recent, recent);
-    expect(() => lockDataDir(dir)).toThrow('old-container-id');
   });
 
-  it('a lock from another host that looks old by our clock but is still being touched is live (clocks differ)', async () => {
-    writeLock({ pid: 4242, host: 'skewed-host', startedAt: new Date().toISOString() });
-    const old = new Date(Date.now() - 3_600_000);
-    utimesSync(lockPath(), old, old);
-    // Its holder touches it with its own clock, an hour behind ours.
+  it('a lock from another host still being touched is live, whatever its pid or its clock', async () => {
+    // Its pid is ours (a container's pid 1 would be), and its holder's clock is an hour behind.
+    writeLock({ pid: process.pid, host: 'other-container-id', startedAt: new Date().toISOString() });
+    const first = statSync(lockPath()).mtimeMs;
     const toucher = spawn(process.execPath, [
       '-e',
       `const fs = require('node:fs'); setInterval(() => { const t = new Date(Date.now() - 3600000); fs.utimesSync(${JSON.stringify(lockPath())}, t, t); }, 20);`,
     ]);
     children.push(toucher);
-    await new Promise((r) => setTimeout(r, 300));
-    expect(() => lockDataDir(dir, 50)).toThrow('skewed-host');
+    await vi.waitFor(() => expect(statSync(lockPath()).mtimeMs).not.toBe(first), { timeout: 10_000 });
+    let refused: unknown;
+    try {
+      lockDataDir(dir, 200);
+    } catch (err) {
+      refused = err;
+    }
+    expect(refused).toBeInstanceOf(DataDirLockedError);
+    expect((refused as Error).message).toContain('other-container-id');
   });
 
   it('the holder touches its lock file every heartbeat, and stops once released', async () => {

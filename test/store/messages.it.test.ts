@@ -261,7 +261,6 @@ describe.runIf(testDatabaseKind() === 'server')('message order (server)', () => 
     });
     await Promise.race([waitForOrderWaiter(database.db, conversationId), next]);
     // What a reader sees after the answered message while the reply is uncommitted: nothing yet.
-    // (Before, the new message, with a later seq than the reply: a cursor moved past the reply.)
     expect(stored).toBe(false);
     expect(await messages.list(conversationId, { afterMessageId: ids[0]!, limit: 10 })).toEqual([]);
     commit();

@@ -354,8 +354,7 @@ describe('webhook deliveries', () => {
       await say(slow.agentId, undefined, booking(at(5, 11)));
       await waitFor('the first delivery held', () => held.length === 1 || undefined);
       await say(other.agentId, undefined, booking(at(5, 13)));
-      // Delivered while the slow receiver still holds the first attempt (before, one delivery at a
-      // time per process queued it behind that attempt's timeout, and the retries after it).
+      // Delivered while the slow receiver still holds the first attempt.
       await waitFor('the other owner’s delivery', () => received.find((r) => r.path === '/other'));
       // One delivery at a time per owner: the slow owner's second waits behind its first.
       expect(held).toHaveLength(1);

@@ -5,6 +5,7 @@ import {
   BOOKING_SETTING_LIMITS,
   type BookingSettings,
   DEFAULT_BOOKING_SETTINGS,
+  leavesBookableTime,
   parseWorkingHours,
 } from '../../domain/availability.js';
 import { assertUserId } from '../../domain/calendar-connection.js';
@@ -175,7 +176,9 @@ export const agentRoutes: FastifyPluginAsyncTypebox<AgentRouteDeps> = async (
       if (b.name.trim() === '') throw new InvalidInput('name must not be blank');
       const booking = settingsFrom(b);
       const notice = booking.minNoticeMinutes ?? bookingDefaults.minNoticeMinutes;
-      if (notice >= (booking.horizonDays ?? bookingDefaults.horizonDays) * 1440) throw new InvalidInput(UNBOOKABLE);
+      if (!leavesBookableTime(notice, booking.horizonDays ?? bookingDefaults.horizonDays)) {
+        throw new InvalidInput(UNBOOKABLE);
+      }
       const agent = await agents.create({
         booking,
         userId: b.user_id,
