@@ -18,6 +18,12 @@ function linkLine(meetLink: string | null, conference: ConferenceStatus | undefi
     : '🔗 The meeting link is in your calendar invite.';
 }
 
+/**
+ * The first line of the system's own confirmations below, in any case or spacing: the model writing
+ * one itself (process-message's composeReply) is asked again, never shown.
+ */
+export const OWN_CONFIRMATION = /✅\s*Meeting (?:confirmed|rescheduled|cancelled)/i;
+
 export function meetingConfirmation(
   friendlyTime: string,
   meetLink: string | null,

@@ -2,6 +2,7 @@ import type { Kysely, RawBuilder, Transaction } from 'kysely';
 import type { Logger } from 'pino';
 import { extractBookingActions, holdsUnreadableAction, withoutControls } from '../domain/booking-action.js';
 import { Upstream } from '../domain/errors.js';
+import { OWN_CONFIRMATION } from '../domain/messages.js';
 import {
   BOOKING_ACTION,
   bookingToolParameters,
@@ -161,9 +162,6 @@ const CHECK_AVAILABILITY_TOOL = tool(
   'Free meeting times between two dates in the business time zone (real calendar data).',
   checkAvailabilityParameters,
 );
-
-/** The first line of the system's own confirmations (src/domain/messages.ts). */
-const OWN_CONFIRMATION = /✅\s*Meeting (?:confirmed|rescheduled|cancelled)/i;
 
 const isMeetingAction = (name: string) => (MEETING_ACTIONS as readonly string[]).includes(name);
 
