@@ -96,6 +96,11 @@ export async function createApplication(
       schema: config.databaseSchema,
       poolSize: config.databasePoolSize,
       preparedStatements: config.databasePreparedStatements,
+      onDataDirLost: (message) => {
+        // Nothing else runs before the exit; pino writes what it buffered on the way out.
+        logger.fatal(message);
+        process.exit(1);
+      },
     },
   );
   const cleanup: Array<() => Promise<void>> = [() => database.close()];

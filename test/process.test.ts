@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -221,6 +221,34 @@ describe('a signal while starting', () => {
       expect(existsSync(join(startingDir, LOCK))).toBe(false);
     } finally {
       rmSync(startingDir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('a lock taken over while running', () => {
+  it('another process took the DATA_DIR lock (this one was paused): it exits 1 at its next heartbeat, leaving that lock', async () => {
+    const lostDir = mkdtempSync(join(tmpdir(), 'am-process-lost-'));
+    const p = track(startService({ DATA_DIR: lostDir, LOG_LEVEL: 'info' }, await freePort()));
+    try {
+      await p.waitForHealthy(60_000);
+      // What a process on a re-created container writes when it takes a lock it found untouched.
+      const theirs = JSON.stringify({
+        pid: 4242,
+        host: 'new-container-id',
+        startedAt: new Date().toISOString(),
+      });
+      writeFileSync(join(lostDir, LOCK), theirs);
+      const exit = await p.waitForExit(30_000); // heartbeats are 10 s apart
+      expect(exit).toMatchObject({ code: 1, signal: null });
+      const fatal = p.stdout
+        .split('\n')
+        .filter((line) => line.startsWith('{'))
+        .map((line) => JSON.parse(line) as { level: number; msg: string })
+        .find((line) => line.level === 60);
+      expect(fatal?.msg).toContain('was taken over by process 4242 on new-container-id');
+      expect(readFileSync(join(lostDir, LOCK), 'utf8')).toBe(theirs);
+    } finally {
+      rmSync(lostDir, { recursive: true, force: true });
     }
   });
 });

@@ -39,6 +39,12 @@ function parseLock(text: string | undefined): LockContent | undefined {
   }
 }
 
+/** A lock file's holder, for a message: `process <pid> on <host>`, or what the file held. */
+function describeHolder(text: string): string {
+  const holder = parseLock(text);
+  return holder ? `process ${holder.pid} on ${holder.host}` : JSON.stringify(text.slice(0, 100));
+}
+
 function readText(path: string): string | undefined {
   try {
     return readFileSync(path, 'utf8');
@@ -106,8 +112,18 @@ function sleepSync(ms: number): void {
  * and taken over, so a restart after a crash just works; so is one from another host (a container
  * re-created with a new hostname, a volume moved to another machine) not touched while we watch it
  * for STALE_HEARTBEATS heartbeats.
+ *
+ * A holder can still lose its lock: paused (a frozen container, a suspended VM) for longer than
+ * that, it is taken for dead and another process takes over. Its next heartbeat then finds the file
+ * no longer its own (another holder's, or gone) and calls `onLost` once, with what it found; the
+ * heartbeat stops there. The caller must stop writing at once: two PGlite instances on the same
+ * files corrupt them.
  */
-export function lockDataDir(dir: string, heartbeatMs = LOCK_HEARTBEAT_MS): () => void {
+export function lockDataDir(
+  dir: string,
+  heartbeatMs = LOCK_HEARTBEAT_MS,
+  onLost: (found: string) => void = () => {},
+): () => void {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const path = join(dir, 'agent-meetings.lock');
   const marker = `${path}.takeover`;
@@ -142,9 +158,23 @@ export function lockDataDir(dir: string, heartbeatMs = LOCK_HEARTBEAT_MS): () =>
     if (createExclusive(path, text)) {
       let released = false;
       const heartbeat = setInterval(() => {
+        let found: string;
+        try {
+          found = readFileSync(path, 'utf8');
+        } catch (err) {
+          // Unreadable for a moment (I/O trouble): looked at again next beat. Gone: taken over
+          // (a takeover deletes, then creates) or deleted by hand; either way no longer ours.
+          if ((err as NodeJS.ErrnoException).code !== 'ENOENT') return;
+          found = '(no lock file)';
+        }
+        if (found !== text) {
+          clearInterval(heartbeat);
+          if (!released) onLost(found === '(no lock file)' ? found : describeHolder(found));
+          return;
+        }
         try {
           const now = new Date();
-          if (readText(path) === text) utimesSync(path, now, now);
+          utimesSync(path, now, now);
         } catch {
           // Touched again at the next beat; a lock left untouched long enough is taken for dead.
         }

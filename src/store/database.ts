@@ -48,6 +48,15 @@ export interface DatabaseOptions {
   preparedStatements?: boolean;
   /** Embedded only: start from this data-directory dump (PGlite's dumpDataDir) instead of initdb. */
   embeddedSeed?: Blob | undefined;
+  /**
+   * Embedded with a data directory: called when another process took the directory's lock from this
+   * one (see lockDataDir: this process was paused long enough to be taken for dead). It must end the
+   * process without another write: no close, no flush (PGlite's close checkpoints into the files
+   * the other process now uses). Default: a line on stderr, then exit code 1.
+   */
+  onDataDirLost?: (message: string) => void;
+  /** Embedded: how often the data directory's lock is touched (tests). */
+  lockHeartbeatMs?: number;
 }
 
 function quoteIdent(name: string): string {
@@ -73,7 +82,7 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
   const schema = options.schema ?? 'public';
   return options.url
     ? openServer(options.url, schema, options.poolSize ?? 10, options.preparedStatements ?? true)
-    : openEmbedded(options.dataDir ?? null, schema, options.embeddedSeed);
+    : openEmbedded(options.dataDir ?? null, schema, options.embeddedSeed, options);
 }
 
 /** Distinct statements a connection keeps prepared at most; any further one runs unprepared. */
@@ -299,12 +308,26 @@ function quoteChannel(name: string): string {
   return `"${name}"`;
 }
 
+function exitOnDataDirLost(message: string): void {
+  process.stderr.write(`agent-meetings: ${message}\n`);
+  process.exit(1);
+}
+
 async function openEmbedded(
   dataDir: string | null,
   schema: string,
   seed: Blob | undefined,
+  options: Pick<DatabaseOptions, 'onDataDirLost' | 'lockHeartbeatMs'> = {},
 ): Promise<Database> {
-  const unlock = dataDir ? lockDataDir(dataDir) : () => {};
+  const onLost = options.onDataDirLost ?? exitOnDataDirLost;
+  const unlock = dataDir
+    ? lockDataDir(dataDir, options.lockHeartbeatMs, (holder) =>
+        onLost(
+          `the data directory ${dataDir} was taken over by ${holder} while this process did not ` +
+            'touch its lock (paused or stalled for minutes); stopping before another write',
+        ),
+      )
+    : () => {};
   let pglite: PGlite;
   try {
     pglite = await PGlite.create({

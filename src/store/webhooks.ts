@@ -120,8 +120,30 @@ export class WebhookStore {
             : {}),
       })
       .where('delivery_id', '=', id)
-      .where('status', '=', 'pending')
+      // A 2xx is recorded even on a delivery already failed: the attempt that pg-boss gave up on
+      // (markUnfinished) did reach the receiver in the end. A failure never overwrites an outcome.
+      .where('status', 'in', outcome.ok ? ['pending', 'failed'] : ['pending'])
       .execute();
+  }
+
+  /**
+   * Marks a still-pending delivery failed because its last attempt never recorded an outcome
+   * (WebhookDispatcher's dead-letter queue). `attempts` and `last_attempt_at` stay those of the
+   * attempts that recorded an outcome (a late 2xx from this one is recorded as one). True when this
+   * call marked it.
+   */
+  async markUnfinished(id: string, error: string): Promise<boolean> {
+    const r = await this.db
+      .updateTable('webhook_deliveries')
+      .set({
+        status: 'failed',
+        last_status_code: null,
+        last_error: error.slice(0, 500),
+      })
+      .where('delivery_id', '=', id)
+      .where('status', '=', 'pending')
+      .executeTakeFirst();
+    return Number(r.numUpdatedRows) > 0;
   }
 
   async list(userId: string, limit: number, before?: string): Promise<WebhookDelivery[]> {

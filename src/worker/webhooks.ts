@@ -15,6 +15,12 @@ import type { OwnerEventSink } from './owner-events.js';
 
 /** pg-boss queue of webhook deliveries (beside the customer-message queue, same database). */
 export const WEBHOOK_QUEUE = 'webhook-deliveries';
+/**
+ * Where pg-boss moves a delivery job whose last attempt did not finish (see #unfinished): the
+ * worker running it died or stalled past the job's expiry, or the attempt threw before it could
+ * record its outcome.
+ */
+export const WEBHOOK_DEAD_QUEUE = 'webhook-deliveries-unfinished';
 
 export interface WebhookJob {
   deliveryId: string;
@@ -26,6 +32,12 @@ export interface WebhookOptions {
   retryDelaySeconds?: number;
   retryDelayMaxSeconds?: number;
   timeoutMs?: number;
+  /**
+   * How long pg-boss lets one attempt run before failing it (a worker that died or stalled
+   * mid-attempt); default 300. Longer than `timeoutMs` in production: an attempt that ends on its
+   * own always records its outcome first.
+   */
+  expireSeconds?: number;
   /** How often rows written by SQL (calendar.revoked) are picked up. */
   relayIntervalMs?: number;
   /** Where deliveries may go (WEBHOOK_URLS); default `public-https`. */
@@ -56,6 +68,7 @@ export class WebhookDispatcher implements OwnerEventSink {
   readonly #retryDelay: number;
   readonly #retryDelayMax: number;
   readonly #timeoutMs: number;
+  readonly #expireSeconds: number;
   readonly #relayIntervalMs: number;
   /**
    * Where deliveries may go. Under `public-https` the POST's socket connects only to public addresses
@@ -79,32 +92,49 @@ export class WebhookDispatcher implements OwnerEventSink {
     this.#retryDelay = options.retryDelaySeconds ?? 10;
     this.#retryDelayMax = options.retryDelayMaxSeconds ?? 3600;
     this.#timeoutMs = options.timeoutMs ?? 10_000;
+    this.#expireSeconds = options.expireSeconds ?? 5 * 60;
     this.#relayIntervalMs = options.relayIntervalMs ?? 5_000;
     this.#urls = options.urls ?? 'public-https';
     this.#concurrency = options.concurrency ?? 5;
     this.#pollSeconds = options.pollSeconds ?? 5;
   }
 
-  /** Creates the queue (every role: API processes enqueue too). */
+  /** Creates the queues (every role: API processes enqueue too). */
   async start(): Promise<void> {
-    const options = {
+    // The dead-letter queue first: a queue can name only an existing one.
+    await this.#ensureQueue(WEBHOOK_DEAD_QUEUE, {
+      retryLimit: 10,
+      retryDelay: 5,
+      retryBackoff: true,
+      expireInSeconds: 60,
+    });
+    await this.#ensureQueue(WEBHOOK_QUEUE, {
       retryLimit: this.#retryLimit,
       retryDelay: this.#retryDelay,
       retryBackoff: true,
       retryDelayMax: this.#retryDelayMax,
-      expireInSeconds: 5 * 60,
+      expireInSeconds: this.#expireSeconds,
       // A new delivery's job wakes the workers (pg-boss's LISTEN): they poll only as a backstop.
       notify: true,
-    };
-    if (!(await this.boss.getQueue(WEBHOOK_QUEUE))) {
+      // Jobs sent from now on carry it; a job sent before it was set has none (pg-boss copies the
+      // queue's setting at send).
+      deadLetter: WEBHOOK_DEAD_QUEUE,
+    });
+  }
+
+  async #ensureQueue(
+    name: string,
+    options: NonNullable<Parameters<PgBoss['createQueue']>[1]> & { deadLetter?: string },
+  ): Promise<void> {
+    if (!(await this.boss.getQueue(name))) {
       try {
-        await this.boss.createQueue(WEBHOOK_QUEUE, options);
+        await this.boss.createQueue(name, options);
+        return;
       } catch (err) {
-        if (!(await this.boss.getQueue(WEBHOOK_QUEUE))) throw err;
+        if (!(await this.boss.getQueue(name))) throw err;
       }
-    } else {
-      await this.boss.updateQueue(WEBHOOK_QUEUE, options);
     }
+    await this.boss.updateQueue(name, options);
   }
 
   async emit(trx: Transaction<DB>, event: OwnerEvent): Promise<void> {
@@ -146,6 +176,17 @@ export class WebhookDispatcher implements OwnerEventSink {
         for (const job of jobs as JobWithMetadata<WebhookJob>[]) await this.#deliver(job);
       },
     );
+    await this.boss.work<WebhookJob>(
+      WEBHOOK_DEAD_QUEUE,
+      {
+        batchSize: 10,
+        includeMetadata: true,
+        pollingIntervalSeconds: Math.min(2, this.#pollSeconds),
+      },
+      async (jobs) => {
+        for (const job of jobs as JobWithMetadata<WebhookJob>[]) await this.#unfinished(job);
+      },
+    );
     const relay = () => {
       this.relayOnce().catch((err: unknown) => this.logger.warn({ err }, 'webhook relay failed'));
     };
@@ -180,6 +221,28 @@ export class WebhookDispatcher implements OwnerEventSink {
       for (const { deliveryId, userId } of claimed) await this.#enqueue(trx, deliveryId, userId);
       return claimed.length;
     });
+  }
+
+  /**
+   * A delivery whose last attempt never recorded its outcome: pg-boss failed that attempt (its
+   * worker died or stalled past `expireSeconds`, or it threw before recording anything) and, the
+   * retries being spent, moved the job here. Without this the row would say `pending` for good.
+   * Marked failed only while still pending: an attempt that recorded its outcome meanwhile stands,
+   * and a late 2xx from the stalled attempt still marks it delivered (WebhookStore.recordAttempt).
+   */
+  async #unfinished(job: JobWithMetadata<WebhookJob>): Promise<void> {
+    const output = job.sourceOutput as { message?: unknown } | null;
+    const why = typeof output?.message === 'string' ? output.message : 'the worker stopped';
+    const marked = await this.store.markUnfinished(
+      job.data.deliveryId,
+      `the last attempt did not finish: ${why}`,
+    );
+    if (marked) {
+      this.logger.error(
+        { delivery_id: job.data.deliveryId, error: why },
+        'webhook delivery failed; its last attempt did not finish',
+      );
+    }
   }
 
   async #deliver(job: JobWithMetadata<WebhookJob>): Promise<void> {
@@ -250,6 +313,11 @@ export class WebhookDispatcher implements OwnerEventSink {
 
   async stop(): Promise<void> {
     if (this.#relay) clearInterval(this.#relay);
-    if (this.#working) await this.boss.offWork(WEBHOOK_QUEUE).catch(() => {});
+    if (this.#working) {
+      await Promise.all([
+        this.boss.offWork(WEBHOOK_QUEUE).catch(() => {}),
+        this.boss.offWork(WEBHOOK_DEAD_QUEUE).catch(() => {}),
+      ]);
+    }
   }
 }

@@ -155,6 +155,34 @@ describe('lockDataDir', () => {
     expect(readdirSync(dir)).toEqual([]);
   });
 
+  it('a holder whose lock was taken over (or deleted) is told once, at its next heartbeat, and stops touching it', async () => {
+    for (const takeOver of [
+      () => writeLock({ pid: 4242, host: 'new-container-id', startedAt: new Date().toISOString() }),
+      () => rmSync(lockPath()),
+    ]) {
+      const lost = vi.fn();
+      const release = lockDataDir(dir, 50, lost);
+      await new Promise((r) => setTimeout(r, 120));
+      expect(lost).not.toHaveBeenCalled(); // its own heartbeats say nothing
+      takeOver();
+      await vi.waitFor(() => expect(lost).toHaveBeenCalledTimes(1), { timeout: 5_000 });
+      const found = lost.mock.calls[0]?.[0] as string;
+      const other = readdirSync(dir).includes(LOCK);
+      expect(found).toBe(other ? 'process 4242 on new-container-id' : '(no lock file)');
+      await new Promise((r) => setTimeout(r, 150));
+      expect(lost).toHaveBeenCalledTimes(1);
+      if (other) {
+        // The new holder's file is left as it is, and released() does not remove it.
+        const before = readFileSync(lockPath(), 'utf8');
+        release();
+        expect(readFileSync(lockPath(), 'utf8')).toBe(before);
+        rmSync(lockPath());
+      } else {
+        release();
+      }
+    }
+  });
+
   it('takes over a lock left by a process that died (SIGKILL, power loss)', async () => {
     const pid = await deadPid();
     writeLock({ pid, host: hostname(), startedAt: new Date().toISOString() });

@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type Kysely, sql } from 'kysely';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { type Database, openDatabase } from '../../src/store/database.js';
 import { isMigrated, loadMigrations, type Migration, migrate } from '../../src/store/migrate.js';
 import type { DB } from '../../src/store/schema.js';
@@ -126,6 +126,48 @@ describe('migrate', () => {
     expect(results.filter((r) => r.length > 0)).toEqual([VERSIONS]);
     expect(results.filter((r) => r.length === 0)).toHaveLength(3);
     expect(await appliedRows(db)).toHaveLength(MIGRATIONS.length);
+  });
+});
+
+describe('trigger functions', () => {
+  it("work in the migrated schema whatever the firing statement's search_path (an operator's psql session)", async () => {
+    const database = await freshDatabase();
+    const { db, schema } = database;
+    await migrate(db);
+    const table = (name: string) => sql.id(schema, name);
+    const heard: string[] = [];
+    const stop = await database.listen('agent_meetings_connections', (payload) => heard.push(payload));
+    try {
+      await sql`INSERT INTO owner_webhooks (user_id, url, secret_enc) VALUES ('owner_1', 'https://example.com/h', 'sealed')`.execute(
+        db,
+      );
+      await sql`INSERT INTO owner_booking_leases (user_id, holds) VALUES
+        ('owner_1', '[{"holder": "h1", "from": 0, "to": 1, "until": 1}]'::jsonb)`.execute(db);
+      await sql`INSERT INTO google_calendar_tokens (user_id, access_token_enc, token_expiry, scope)
+        VALUES ('owner_1', 'sealed', now(), 'calendar')`.execute(db);
+      await vi.waitFor(() => expect(heard).toEqual(['owner_1']), { timeout: 10_000 });
+
+      // Nothing of ours is on this path: every unqualified name the triggers use must come from their own setting.
+      await db.transaction().execute(async (trx) => {
+        await sql`SET LOCAL search_path TO pg_catalog`.execute(trx);
+        await sql`UPDATE ${table('google_calendar_tokens')} SET status = 'revoked', revoked_at = now()
+          WHERE user_id = 'owner_1'`.execute(trx);
+        await sql`UPDATE ${table('owner_booking_leases')} SET holds = '[]'::jsonb WHERE user_id = 'owner_1'`.execute(
+          trx,
+        );
+      });
+
+      const deliveries = await sql<{ event_type: string; enqueued: boolean }>`
+        SELECT event_type, enqueued FROM webhook_deliveries WHERE user_id = 'owner_1'`.execute(db);
+      expect(deliveries.rows).toEqual([{ event_type: 'calendar.revoked', enqueued: false }]);
+      const lease = await sql<{ released_at: number }>`
+        SELECT released_at FROM owner_booking_leases WHERE user_id = 'owner_1'`.execute(db);
+      expect(Number(lease.rows[0]?.released_at)).toBeGreaterThan(0);
+      // Heard on this schema's channel (database.listen), not on the caller's.
+      await vi.waitFor(() => expect(heard).toEqual(['owner_1', 'owner_1']), { timeout: 10_000 });
+    } finally {
+      await stop();
+    }
   });
 });
 

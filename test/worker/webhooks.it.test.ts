@@ -423,6 +423,45 @@ describe('without the periodic relay', () => {
   });
 });
 
+describe('a last attempt that never finishes', () => {
+  // One attempt only, which pg-boss gives up on after a second (as when its worker dies or stalls
+  // mid-POST): the delivery must not stay pending for good.
+  let main: Stack;
+  beforeAll(async () => {
+    main = s;
+    s = await startStack({}, { webhooks: hooks({ retryLimit: 0, expireSeconds: 1 }) });
+  });
+  afterAll(async () => {
+    await s.close();
+    s = main;
+  });
+
+  it('is marked failed (the dead-letter queue); a late 2xx from it still marks it delivered', async () => {
+    const o = await ownerWithHook('/hang');
+    holding = true;
+    try {
+      await say(o.agentId, undefined, booking(at(6, 9)));
+      await waitFor('the attempt held', () => held.length === 1 || undefined);
+      const [d] = await waitFor('failed', async () => {
+        const list = await deliveries(o.userId);
+        return list[0]?.status === 'failed' ? list : undefined;
+      });
+      expect(d).toMatchObject({ status: 'failed', attempts: 0, last_status_code: null });
+      expect(String(d?.last_error)).toMatch(/^the last attempt did not finish: /);
+      expect(held).toHaveLength(1); // no further attempt
+    } finally {
+      holding = false;
+      for (const answer of held.splice(0)) answer();
+    }
+    const [d] = await waitFor('delivered after all', async () => {
+      const list = await deliveries(o.userId);
+      return list[0]?.status === 'delivered' ? list : undefined;
+    });
+    expect(d).toMatchObject({ status: 'delivered', attempts: 1, last_status_code: 204, last_error: null });
+    expect(received.filter((r) => r.path === '/hang' && r.json.id === d?.delivery_id)).toHaveLength(1);
+  });
+});
+
 describe('WEBHOOK_URLS=public-https (the default): https to public addresses only', () => {
   // A stack with the production default (the others allow the test receiver on 127.0.0.1 over
   // http). A bare TCP listener stands where an internal service would: no delivery may reach it.
