@@ -19,7 +19,7 @@ import { CalendarConnectionStore } from './store/calendar-connections.js';
 import { CalendarSyncStore } from './store/calendar-sync.js';
 import { ConnectionCache } from './store/connection-cache.js';
 import { ConversationStore } from './store/conversations.js';
-import { type Database, type DatabaseOptions, openDatabase } from './store/database.js';
+import { bossSchemaFor, type Database, type DatabaseOptions, openDatabase } from './store/database.js';
 import { MeetingStore } from './store/meetings.js';
 import { MessageStore } from './store/messages.js';
 import { isMigrated, migrate } from './store/migrate.js';
@@ -192,10 +192,17 @@ export async function createApplication(
 
     // Owner webhooks: a pg-boss queue (src/worker/webhooks.ts).
     const webhookStore = new WebhookStore(db, box);
-    const webhooks = new WebhookDispatcher(queue.boss, webhookStore, db, logger, {
-      urls: config.webhookUrls,
-      ...options.webhooks,
-    });
+    const webhooks = new WebhookDispatcher(
+      queue.boss,
+      webhookStore,
+      db,
+      bossSchemaFor(database.schema),
+      logger,
+      {
+        urls: config.webhookUrls,
+        ...options.webhooks,
+      },
+    );
     await webhooks.start();
     cleanup.push(() => webhooks.stop());
     if (role !== 'api') await webhooks.work();

@@ -1,5 +1,14 @@
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -237,7 +246,9 @@ describe('a lock taken over while running', () => {
         host: 'new-container-id',
         startedAt: new Date().toISOString(),
       });
-      writeFileSync(join(lostDir, LOCK), theirs);
+      // Replaced at once (a rename), as the taker's hard link makes it: never read half-written.
+      writeFileSync(join(lostDir, 'theirs.tmp'), theirs);
+      renameSync(join(lostDir, 'theirs.tmp'), join(lostDir, LOCK));
       const exit = await p.waitForExit(30_000); // heartbeats are 10 s apart
       expect(exit).toMatchObject({ code: 1, signal: null });
       const fatal = p.stdout

@@ -89,6 +89,16 @@ function modifiedAt(path: string): number | undefined {
   }
 }
 
+/** A held lock: call it to release it (idempotent). */
+export interface DataDirLock {
+  (): void;
+  /**
+   * False once the lock is lost (onLost was called). Reads the file only when the heartbeat is
+   * overdue: cheap enough to call before every database call.
+   */
+  check(): boolean;
+}
+
 /** How often a holder touches its lock file (its mtime is the heartbeat), by default. */
 export const LOCK_HEARTBEAT_MS = 10_000;
 
@@ -117,13 +127,14 @@ function sleepSync(ms: number): void {
  * that, it is taken for dead and another process takes over. Its next heartbeat then finds the file
  * no longer its own (another holder's, or gone) and calls `onLost` once, with what it found; the
  * heartbeat stops there. The caller must stop writing at once: two PGlite instances on the same
- * files corrupt them.
+ * files corrupt them. A second lockDataDir of the same directory in this process takes the lock over
+ * (our own pid is never another process), and the first one's holder is told it lost it.
  */
 export function lockDataDir(
   dir: string,
   heartbeatMs = LOCK_HEARTBEAT_MS,
   onLost: (found: string) => void = () => {},
-): () => void {
+): DataDirLock {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const path = join(dir, 'agent-meetings.lock');
   const marker = `${path}.takeover`;
@@ -157,35 +168,54 @@ export function lockDataDir(
   for (let attempt = 0; attempt < 200; attempt++) {
     if (createExclusive(path, text)) {
       let released = false;
-      const heartbeat = setInterval(() => {
+      let lost = false;
+      /** When the file was last seen to be ours (a heartbeat, or a check). */
+      let confirmedAt = Date.now();
+      /** Looks at the lock file; true while it is ours (touching it), false once lost (told once). */
+      const beat = (): boolean => {
+        if (lost) return false;
         let found: string;
         try {
           found = readFileSync(path, 'utf8');
         } catch (err) {
           // Unreadable for a moment (I/O trouble): looked at again next beat. Gone: taken over
           // (a takeover deletes, then creates) or deleted by hand; either way no longer ours.
-          if ((err as NodeJS.ErrnoException).code !== 'ENOENT') return;
+          if ((err as NodeJS.ErrnoException).code !== 'ENOENT') return true;
           found = '(no lock file)';
         }
         if (found !== text) {
+          lost = true;
           clearInterval(heartbeat);
           if (!released) onLost(found === '(no lock file)' ? found : describeHolder(found));
-          return;
+          return false;
         }
+        confirmedAt = Date.now();
         try {
           const now = new Date();
           utimesSync(path, now, now);
         } catch {
           // Touched again at the next beat; a lock left untouched long enough is taken for dead.
         }
-      }, heartbeatMs);
+        return true;
+      };
+      const heartbeat = setInterval(beat, heartbeatMs);
       heartbeat.unref();
-      return () => {
+      const release = () => {
         if (released) return;
         released = true;
         clearInterval(heartbeat);
         if (readText(path) === text) rmSync(path, { force: true });
       };
+      return Object.assign(release, {
+        // A heartbeat overdue by a beat means this process was paused (or its event loop blocked):
+        // the other timers that fire on waking may reach the database before the heartbeat does, so
+        // the database calls this first (database.ts, guardedPGlite). Otherwise a clock read.
+        check: (): boolean => {
+          if (lost) return false;
+          if (released || Date.now() - confirmedAt < 2 * heartbeatMs) return true;
+          return beat();
+        },
+      });
     }
     const seen = readText(path);
     if (seen === undefined) continue; // released meanwhile

@@ -3,7 +3,7 @@ import { PGlite } from '@electric-sql/pglite';
 import { Kysely, PostgresDialect, sql } from 'kysely';
 import pg from 'pg';
 import { fromPglite, type PgBoss } from 'pg-boss';
-import { lockDataDir } from './data-dir-lock.js';
+import { DataDirLockedError, lockDataDir } from './data-dir-lock.js';
 import { SerializedPGliteDialect } from './pglite-dialect.js';
 import type { DB } from './schema.js';
 
@@ -308,6 +308,28 @@ function quoteChannel(name: string): string {
   return `"${name}"`;
 }
 
+/**
+ * `pglite` whose query, exec and transaction first ask `check` whether the data directory's lock is
+ * still ours. Every database call of this process goes through it (ours and pg-boss's), so one made
+ * right after a pause, before the heartbeat's timer runs, finds out first (onLost then ends the
+ * process); if it returns, the call is refused. A call already inside PGlite when the process was
+ * paused finishes: nothing in-process can stop it.
+ */
+function guardedPGlite(pglite: PGlite, check: () => boolean, dataDir: string): PGlite {
+  const guarded = new Set<PropertyKey>(['query', 'exec', 'transaction']);
+  return new Proxy(pglite, {
+    get(target, prop) {
+      const value: unknown = Reflect.get(target, prop, target);
+      if (typeof value !== 'function') return value;
+      if (!guarded.has(prop)) return value.bind(target);
+      return (...args: unknown[]) =>
+        check()
+          ? value.apply(target, args)
+          : Promise.reject(new DataDirLockedError(`the lock on ${dataDir} is no longer this process's`));
+    },
+  });
+}
+
 function exitOnDataDirLost(message: string): void {
   process.stderr.write(`agent-meetings: ${message}\n`);
   process.exit(1);
@@ -320,20 +342,22 @@ async function openEmbedded(
   options: Pick<DatabaseOptions, 'onDataDirLost' | 'lockHeartbeatMs'> = {},
 ): Promise<Database> {
   const onLost = options.onDataDirLost ?? exitOnDataDirLost;
-  const unlock = dataDir
+  const lock = dataDir
     ? lockDataDir(dataDir, options.lockHeartbeatMs, (holder) =>
         onLost(
           `the data directory ${dataDir} was taken over by ${holder} while this process did not ` +
             'touch its lock (paused or stalled for minutes); stopping before another write',
         ),
       )
-    : () => {};
+    : undefined;
+  const unlock = () => lock?.();
   let pglite: PGlite;
   try {
-    pglite = await PGlite.create({
+    const opened = await PGlite.create({
       ...(dataDir ? { dataDir: `${dataDir}/pgdata` } : {}),
       ...(seed ? { loadDataDir: seed } : {}),
     });
+    pglite = lock ? guardedPGlite(opened, lock.check, dataDir ?? '') : opened;
     if (schema !== 'public') {
       // PGlite has one session, so this search_path holds for every query.
       await pglite.exec(

@@ -170,6 +170,40 @@ export class WebhookStore {
   }
 
   /**
+   * Marks failed the pending deliveries (up to `limit`, oldest first) that no job will attempt again:
+   * none of `queues`' jobs keyed by the delivery id is waiting, in backoff or running (pg-boss's
+   * `job` table in `jobsSchema`; a job's `singleton_key` is its delivery id, WebhookDispatcher).
+   * Such a row's job ended without recording an outcome and without reaching the dead-letter queue:
+   * sent by a version without that queue, or the dead-letter job's own retries spent. A row is
+   * enqueued in the transaction that sends its job, and pg-boss moves a job between states (a retry,
+   * a dead letter) in one statement, so one snapshot never shows a live delivery without its job;
+   * rows younger than a minute are left alone all the same. Returns the ids marked.
+   */
+  async failOrphaned(jobsSchema: string, queues: readonly string[], limit: number): Promise<string[]> {
+    const job = sql.id(jobsSchema, 'job');
+    const names = sql.join(queues.map((q) => sql`${q}`));
+    const r = await sql<{ delivery_id: string }>`
+      UPDATE webhook_deliveries d
+         SET status = 'failed', last_status_code = NULL,
+             last_error = 'no attempt of it is left: its job ended without recording an outcome'
+       WHERE d.delivery_id IN (
+               SELECT w.delivery_id FROM webhook_deliveries w
+                WHERE w.status = 'pending' AND w.enqueued AND w.created_at < now() - interval '1 minute'
+                  AND NOT EXISTS (SELECT 1 FROM ${job} j
+                                   WHERE j.name IN (${names}) AND j.singleton_key = w.delivery_id
+                                     AND j.state < 'active')
+                  AND NOT EXISTS (SELECT 1 FROM ${job} j
+                                   WHERE j.name IN (${names}) AND j.state = 'active'
+                                     AND j.singleton_key = w.delivery_id)
+                ORDER BY w.created_at
+                LIMIT ${limit}
+                  FOR UPDATE SKIP LOCKED)
+         AND d.status = 'pending'
+      RETURNING d.delivery_id`.execute(this.db);
+    return r.rows.map((x) => x.delivery_id);
+  }
+
+  /**
    * Marks one delivery written with `enqueued = false` as enqueued. Its owner's user id when this
    * call marked it (it had no job yet), else undefined.
    */

@@ -40,6 +40,8 @@ export interface WebhookOptions {
   expireSeconds?: number;
   /** How often rows written by SQL (calendar.revoked) are picked up. */
   relayIntervalMs?: number;
+  /** How often a worker looks for pending deliveries that no job will attempt again; default 60 s. */
+  sweepIntervalMs?: number;
   /** Where deliveries may go (WEBHOOK_URLS); default `public-https`. */
   urls?: WebhookUrlPolicy;
   /** Deliveries sent at once per worker process, one per owner at most; default 5. */
@@ -49,6 +51,29 @@ export interface WebhookOptions {
    * backoff ended); default 5. A new delivery wakes the workers at once (the queue's `notify`).
    */
   pollSeconds?: number;
+}
+
+/** The name of the error an attempt throws when its POST was accepted but could not be recorded. */
+const DELIVERED_UNRECORDED = 'DeliveredUnrecorded';
+
+/**
+ * What pg-boss stored as a failed attempt's output: a thrown error's `{name, message, stack}` and own
+ * properties (serialize-error), or `{value: {message}}` / `{value: "..."}` for an attempt its
+ * supervisor timed out.
+ */
+interface FailureOutput {
+  name?: string;
+  message?: string;
+  /** DELIVERED_UNRECORDED's: what the receiver answered. */
+  statusCode?: unknown;
+  value?: { message?: unknown } | string;
+}
+
+function failureMessage(output: FailureOutput | null): string {
+  if (typeof output?.message === 'string') return output.message;
+  if (typeof output?.value === 'string') return output.value;
+  if (typeof output?.value?.message === 'string') return output.value.message;
+  return 'the worker stopped';
 }
 
 /** `sha256=<hex>` of HMAC-SHA256(secret, "<timestamp>.<body>"): what receivers recompute. */
@@ -70,6 +95,7 @@ export class WebhookDispatcher implements OwnerEventSink {
   readonly #timeoutMs: number;
   readonly #expireSeconds: number;
   readonly #relayIntervalMs: number;
+  readonly #sweepIntervalMs: number;
   /**
    * Where deliveries may go. Under `public-https` the POST's socket connects only to public addresses
    * (publicOnlyLookup checks the very addresses used, so a name rebound to a private address after it
@@ -79,12 +105,15 @@ export class WebhookDispatcher implements OwnerEventSink {
   readonly #concurrency: number;
   readonly #pollSeconds: number;
   #relay: NodeJS.Timeout | undefined;
+  #sweep: NodeJS.Timeout | undefined;
   #working = false;
 
   constructor(
     private readonly boss: PgBoss,
     private readonly store: WebhookStore,
     private readonly db: import('kysely').Kysely<DB>,
+    /** pg-boss's schema (the sweep reads its `job` table). */
+    private readonly jobsSchema: string,
     private readonly logger: Logger,
     options: WebhookOptions = {},
   ) {
@@ -94,6 +123,7 @@ export class WebhookDispatcher implements OwnerEventSink {
     this.#timeoutMs = options.timeoutMs ?? 10_000;
     this.#expireSeconds = options.expireSeconds ?? 5 * 60;
     this.#relayIntervalMs = options.relayIntervalMs ?? 5_000;
+    this.#sweepIntervalMs = options.sweepIntervalMs ?? 60_000;
     this.#urls = options.urls ?? 'public-https';
     this.#concurrency = options.concurrency ?? 5;
     this.#pollSeconds = options.pollSeconds ?? 5;
@@ -103,9 +133,11 @@ export class WebhookDispatcher implements OwnerEventSink {
   async start(): Promise<void> {
     // The dead-letter queue first: a queue can name only an existing one.
     await this.#ensureQueue(WEBHOOK_DEAD_QUEUE, {
-      retryLimit: 10,
+      // Marking a row: only a database outage fails it, and then the sweep is the backstop.
+      retryLimit: 20,
       retryDelay: 5,
       retryBackoff: true,
+      retryDelayMax: 300,
       expireInSeconds: 60,
     });
     await this.#ensureQueue(WEBHOOK_QUEUE, {
@@ -193,6 +225,23 @@ export class WebhookDispatcher implements OwnerEventSink {
     relay();
     this.#relay = setInterval(relay, this.#relayIntervalMs);
     this.#relay.unref();
+    this.#sweep = setInterval(() => {
+      this.sweepOnce().catch((err: unknown) => this.logger.warn({ err }, 'webhook sweep failed'));
+    }, this.#sweepIntervalMs);
+    this.#sweep.unref();
+  }
+
+  /**
+   * Marks failed the pending deliveries that no job will attempt again (WebhookStore.failOrphaned):
+   * the backstop behind the dead-letter queue, for jobs sent before it existed or whose dead-letter
+   * job failed too. Returns how many it marked.
+   */
+  async sweepOnce(): Promise<number> {
+    const ids = await this.store.failOrphaned(this.jobsSchema, [WEBHOOK_QUEUE, WEBHOOK_DEAD_QUEUE], 100);
+    for (const id of ids) {
+      this.logger.error({ delivery_id: id }, 'webhook delivery failed; no attempt of it was left');
+    }
+    return ids.length;
   }
 
   /**
@@ -231,8 +280,18 @@ export class WebhookDispatcher implements OwnerEventSink {
    * and a late 2xx from the stalled attempt still marks it delivered (WebhookStore.recordAttempt).
    */
   async #unfinished(job: JobWithMetadata<WebhookJob>): Promise<void> {
-    const output = job.sourceOutput as { message?: unknown } | null;
-    const why = typeof output?.message === 'string' ? output.message : 'the worker stopped';
+    const output = job.sourceOutput as FailureOutput | null;
+    if (output?.name === DELIVERED_UNRECORDED) {
+      // The receiver accepted it; only the record of that failed (see #deliver).
+      await this.store.recordAttempt(job.data.deliveryId, {
+        ok: true,
+        statusCode: typeof output.statusCode === 'number' ? output.statusCode : null,
+        error: null,
+        final: true,
+      });
+      return;
+    }
+    const why = failureMessage(output);
     const marked = await this.store.markUnfinished(
       job.data.deliveryId,
       `the last attempt did not finish: ${why}`,
@@ -293,7 +352,18 @@ export class WebhookDispatcher implements OwnerEventSink {
     } catch (err) {
       error = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
     }
-    await this.store.recordAttempt(d.delivery_id, { ok: error === null, statusCode, error, final });
+    try {
+      await this.store.recordAttempt(d.delivery_id, { ok: error === null, statusCode, error, final });
+    } catch (err) {
+      if (error !== null) throw err;
+      // Delivered, but not recorded: said so to pg-boss, so that a last attempt's dead letter
+      // records it delivered (#unfinished) rather than failed. An earlier attempt's retry POSTs again
+      // (at least once).
+      throw Object.assign(new Error(`receiver answered ${statusCode}; recording it failed: ${String(err)}`), {
+        name: DELIVERED_UNRECORDED,
+        statusCode,
+      });
+    }
     const log = this.logger.child({
       delivery_id: d.delivery_id,
       event: d.event_type,
@@ -313,6 +383,7 @@ export class WebhookDispatcher implements OwnerEventSink {
 
   async stop(): Promise<void> {
     if (this.#relay) clearInterval(this.#relay);
+    if (this.#sweep) clearInterval(this.#sweep);
     if (this.#working) {
       await Promise.all([
         this.boss.offWork(WEBHOOK_QUEUE).catch(() => {}),

@@ -4,6 +4,7 @@ import {
   mkdtempSync,
   readdirSync,
   readFileSync,
+  renameSync,
   rmSync,
   statSync,
   utimesSync,
@@ -12,8 +13,10 @@ import {
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { sql } from 'kysely';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { DataDirLockedError, lockDataDir } from '../../src/store/data-dir-lock.js';
+import { openDatabase } from '../../src/store/database.js';
 
 const LOCK = 'agent-meetings.lock';
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -30,8 +33,11 @@ afterEach(() => {
 
 const lockPath = () => join(dir, LOCK);
 const readLock = () => JSON.parse(readFileSync(lockPath(), 'utf8')) as { pid: number; host: string };
-const writeLock = (content: unknown) =>
-  writeFileSync(lockPath(), typeof content === 'string' ? content : JSON.stringify(content));
+/** Replaces the lock file at once (a rename), as a taker's hard link does: never seen half-written. */
+const writeLock = (content: unknown) => {
+  writeFileSync(`${lockPath()}.test-tmp`, typeof content === 'string' ? content : JSON.stringify(content));
+  renameSync(`${lockPath()}.test-tmp`, lockPath());
+};
 
 /** A pid that certainly ran and certainly is not running any more (exited and reaped). */
 async function deadPid(): Promise<number> {
@@ -181,6 +187,28 @@ describe('lockDataDir', () => {
         release();
       }
     }
+  });
+
+  it('a database call made on waking from a pause finds the lock lost before the heartbeat does, and is refused', async () => {
+    const lost = vi.fn();
+    const database = await openDatabase({ dataDir: dir, lockHeartbeatMs: 100, onDataDirLost: lost });
+    try {
+      await database.ping();
+      writeLock({ pid: 4242, host: 'new-container-id', startedAt: new Date().toISOString() });
+      // Paused (as a frozen container is): no timer runs, so no heartbeat either.
+      const until = Date.now() + 400;
+      while (Date.now() < until) {
+        // busy
+      }
+      await expect(database.ping()).rejects.toThrow(DataDirLockedError);
+      expect(lost).toHaveBeenCalledTimes(1);
+      expect(lost.mock.calls[0]?.[0]).toContain('was taken over by process 4242 on new-container-id');
+      await expect(sql`SELECT 1`.execute(database.db)).rejects.toThrow(DataDirLockedError);
+      expect(lost).toHaveBeenCalledTimes(1);
+    } finally {
+      await database.close();
+    }
+    expect(readLock()).toMatchObject({ pid: 4242, host: 'new-container-id' }); // theirs, left alone
   });
 
   it('takes over a lock left by a process that died (SIGKILL, power loss)', async () => {

@@ -9,7 +9,8 @@ import type { AddressInfo } from 'node:net';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { meetingEventData } from '../../src/domain/owner-events.js';
-import type { WebhookOptions } from '../../src/worker/webhooks.js';
+import { bossSchemaFor } from '../../src/store/database.js';
+import { WEBHOOK_QUEUE, type WebhookOptions } from '../../src/worker/webhooks.js';
 import { type Stack, startStack } from '../helpers/stack.js';
 
 interface Received {
@@ -29,6 +30,7 @@ const hooks = (over: WebhookOptions = {}): WebhookOptions => ({
   retryLimit: 3,
   retryDelaySeconds: 1,
   relayIntervalMs: 200,
+  sweepIntervalMs: 250,
   ...over,
 });
 
@@ -131,6 +133,16 @@ async function ownerWithHook(path: string) {
   expect(res.statusCode).toBe(200);
   const secret = res.json().secret as string;
   return { userId, email: `${userId}@owner.test`, agentId: agent.agent_id, secret };
+}
+
+/** A pending delivery of `userId`'s, enqueued, written `ageSeconds` ago: its id. */
+async function pendingDelivery(userId: string, ageSeconds: number): Promise<string> {
+  const id = `whd_${randomBytes(10).toString('hex')}`;
+  await sql`
+    INSERT INTO webhook_deliveries (delivery_id, user_id, event_type, event_key, payload, enqueued, created_at)
+    VALUES (${id}, ${userId}, 'meeting.booked', ${`test:${id}`}, '{}'::jsonb, true,
+            now() - make_interval(secs => ${ageSeconds}))`.execute(s.app.database.db);
+  return id;
 }
 
 async function say(
@@ -373,6 +385,34 @@ describe('webhook deliveries', () => {
     expect(received.filter((r) => r.path === '/hang')).toHaveLength(2);
   });
 
+  it('a pending delivery that no job will attempt again (sent before the dead-letter queue) is swept to failed', async () => {
+    const userId = uid('sweep');
+    const orphan = await pendingDelivery(userId, 120);
+    const waiting = await pendingDelivery(userId, 120);
+    const young = await pendingDelivery(userId, 0);
+    // `waiting` still has a job: in backoff until an hour from now.
+    await s.app.queue.boss.send(
+      WEBHOOK_QUEUE,
+      { deliveryId: waiting },
+      { singletonKey: waiting, startAfter: 3600 },
+    );
+    const status = async (id: string) =>
+      (
+        await sql<{ status: string; last_error: string | null }>`
+          SELECT status, last_error FROM webhook_deliveries WHERE delivery_id = ${id}`.execute(
+          s.app.database.db,
+        )
+      ).rows[0];
+    await waitFor('swept', async () => ((await status(orphan))?.status === 'failed' ? true : undefined));
+    expect(await status(orphan)).toEqual({
+      status: 'failed',
+      last_error: 'no attempt of it is left: its job ended without recording an outcome',
+    });
+    await new Promise((r) => setTimeout(r, 600)); // two more sweeps
+    expect((await status(waiting))?.status).toBe('pending');
+    expect((await status(young))?.status).toBe('pending');
+  });
+
   it('the owner API cancel and a revoked calendar are delivered too', async () => {
     const o = await ownerWithHook('/admin');
     await say(o.agentId, undefined, booking(at(4, 9)));
@@ -434,6 +474,55 @@ describe('a last attempt that never finishes', () => {
   afterAll(async () => {
     await s.close();
     s = main;
+  });
+
+  it('a worker that died mid-attempt (its job left active): failed once pg-boss times the job out', async () => {
+    const o = await ownerWithHook('/never-reached');
+    const id = await pendingDelivery(o.userId, 0);
+    // What a killed worker leaves: its job active, started long ago, and nobody to finish it.
+    await s.app.queue.boss.send(WEBHOOK_QUEUE, { deliveryId: id }, { singletonKey: id, startAfter: 3600 });
+    await sql`UPDATE ${sql.id(bossSchemaFor(s.app.database.schema), 'job')}
+                 SET state = 'active', started_on = now() - interval '1 hour', start_after = now()
+               WHERE name = ${WEBHOOK_QUEUE} AND singleton_key = ${id}`.execute(s.app.database.db);
+    const [d] = await waitFor('failed', async () => {
+      const list = await deliveries(o.userId);
+      return list[0]?.status === 'failed' ? list : undefined;
+    });
+    expect(d).toMatchObject({ attempts: 0, last_error: 'the last attempt did not finish: job timed out' });
+    expect(received.some((r) => r.path === '/never-reached')).toBe(false);
+  });
+
+  it('an accepted last attempt whose record failed is recorded delivered, not failed', async () => {
+    const o = await ownerWithHook('/accepted');
+    // The first write of a delivered outcome for this owner fails (a sequence is not rolled back).
+    await sql`
+      CREATE SEQUENCE record_fails_once;
+      CREATE FUNCTION fail_first_record() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        IF nextval('record_fails_once') = 1 THEN RAISE EXCEPTION 'the database went away'; END IF;
+        RETURN NEW;
+      END $$;
+      CREATE TRIGGER fail_first_record BEFORE UPDATE ON webhook_deliveries FOR EACH ROW
+        WHEN (NEW.status = 'delivered' AND NEW.user_id = ${sql.lit(o.userId)})
+        EXECUTE FUNCTION fail_first_record();`.execute(s.app.database.db);
+    try {
+      await say(o.agentId, undefined, booking(at(6, 13)));
+      const [d] = await waitFor('delivered', async () => {
+        const list = await deliveries(o.userId);
+        return list[0]?.status === 'delivered' ? list : undefined;
+      });
+      expect(d).toMatchObject({ attempts: 1, last_status_code: 204, last_error: null });
+      expect(received.filter((r) => r.path === '/accepted')).toHaveLength(1);
+      const tries = await sql<{ n: string }>`SELECT last_value AS n FROM record_fails_once`.execute(
+        s.app.database.db,
+      );
+      expect(Number(tries.rows[0]?.n)).toBe(2);
+    } finally {
+      await sql`
+        DROP TRIGGER fail_first_record ON webhook_deliveries;
+        DROP FUNCTION fail_first_record();
+        DROP SEQUENCE record_fails_once;`.execute(s.app.database.db);
+    }
   });
 
   it('is marked failed (the dead-letter queue); a late 2xx from it still marks it delivered', async () => {
