@@ -298,6 +298,7 @@ export async function createApplication(
       accept: (conversationId, content, access) => queue.accept(conversationId, content, access),
       feed,
       rateLimit: config.rateLimit,
+      sse: config.sse,
       bookingDefaults: config.booking,
       trustProxy: config.trustProxy,
       metrics,

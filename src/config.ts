@@ -71,6 +71,9 @@ const envSchema = z.object({
   RATE_LIMIT_PER_IP: int(1, 1_000_000).default(300),
   RATE_LIMIT_PER_CONVERSATION: int(1, 1_000_000).default(30),
   RATE_LIMIT_WINDOW_SECONDS: int(1, 86_400).default(60),
+  SSE_MAX_STREAMS: int(1, 1_000_000).default(2000),
+  SSE_STREAMS_PER_IP: int(1, 1_000_000).default(100),
+  SSE_MAX_STREAM_SECONDS: int(1, 86_400).default(1800),
   WEBHOOK_URLS: z.enum(WEBHOOK_URL_POLICIES).default('public-https'),
   TRUST_PROXY: z
     .string()
@@ -136,6 +139,12 @@ export interface Config {
     readonly perIp: number;
     readonly perConversation: number;
     readonly windowSeconds: number;
+  };
+  /** Open live streams (SSE): per process, per address, and how long one lasts before it is ended. */
+  readonly sse: {
+    readonly maxStreams: number;
+    readonly perIp: number;
+    readonly maxStreamSeconds: number;
   };
   /**
    * Which peers' `X-Forwarded-For` names the client (Fastify's trustProxy): none (false, the default:
@@ -284,6 +293,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       perIp: e.RATE_LIMIT_PER_IP,
       perConversation: e.RATE_LIMIT_PER_CONVERSATION,
       windowSeconds: e.RATE_LIMIT_WINDOW_SECONDS,
+    }),
+    sse: Object.freeze({
+      maxStreams: e.SSE_MAX_STREAMS,
+      perIp: e.SSE_STREAMS_PER_IP,
+      maxStreamSeconds: e.SSE_MAX_STREAM_SECONDS,
     }),
     trustProxy:
       e.TRUST_PROXY === 'off'

@@ -75,6 +75,7 @@ describe('loadConfig defaults', () => {
       maxBookingsPerConversation: 3,
     });
     expect(c.rateLimit).toEqual({ perIp: 300, perConversation: 30, windowSeconds: 60 });
+    expect(c.sse).toEqual({ maxStreams: 2000, perIp: 100, maxStreamSeconds: 1800 });
     expect(c.startupNotes).toEqual([]);
   });
 
@@ -89,8 +90,12 @@ describe('loadConfig defaults', () => {
         MEETING_ERROR_MESSAGE: 'Custom failure text',
         OPENAI_BASE_URL: 'http://127.0.0.1:9999/v1',
         DATABASE_PREPARED_STATEMENTS: 'off',
+        SSE_MAX_STREAMS: '50',
+        SSE_STREAMS_PER_IP: '5',
+        SSE_MAX_STREAM_SECONDS: '600',
       }),
     );
+    expect(c.sse).toEqual({ maxStreams: 50, perIp: 5, maxStreamSeconds: 600 });
     expect(c.databasePreparedStatements).toBe(false);
     expect(c.port).toBe(8080);
     expect(c.host).toBe('127.0.0.1');
@@ -174,6 +179,9 @@ describe('loadConfig rejects bad values, naming the variable', () => {
     ['DATABASE_SCHEMA', 'a'.repeat(44)],
     ['DATABASE_SCHEMA', 'pg_meetings'],
     ['BOOKING_HORIZON_DAYS', '366'],
+    ['SSE_MAX_STREAMS', '0'],
+    ['SSE_STREAMS_PER_IP', '1.5'],
+    ['SSE_MAX_STREAM_SECONDS', '86401'],
     ['TRUST_PROXY', 'true'],
     ['TRUST_PROXY', '10.0.0.0/33'],
     ['TRUST_PROXY', '10.0.0.1,proxy.internal'],

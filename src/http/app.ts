@@ -47,6 +47,7 @@ export interface HttpDeps {
   accept?: ConversationRouteDeps['accept'];
   feed: LiveFeed;
   rateLimit: Config['rateLimit'];
+  sse: Config['sse'];
   /** MIN_NOTICE_MINUTES and BOOKING_HORIZON_DAYS (an agent's null settings). */
   bookingDefaults: { minNoticeMinutes: number; horizonDays: number };
   /** Config.trustProxy; default false. */
@@ -148,7 +149,8 @@ export async function buildHttpApp(deps: HttpDeps): Promise<FastifyInstance> {
             ? [431, 'The request headers are too large']
             : [400, 'Malformed HTTP request'];
       const body = JSON.stringify({ success: false, error });
-      if (socket.writable) {
+      // Not into a response already under way on this connection (a live stream): as Node does.
+      if (socket.writable && socket.bytesWritten === 0) {
         socket.write(
           `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json\r\n` +
             `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
@@ -316,6 +318,7 @@ export async function buildHttpApp(deps: HttpDeps): Promise<FastifyInstance> {
     accept: deps.accept,
     feed: deps.feed,
     perConversation: new WindowCounter(deps.rateLimit.perConversation, deps.rateLimit.windowSeconds * 1000),
+    sse: deps.sse,
   });
   for (const routes of deps.extraRoutes ?? []) await app.register(routes);
   return app as unknown as FastifyInstance;

@@ -13,6 +13,12 @@ export interface OpenAIChatModelOptions {
   onCall?: (outcome: { ms: number; status: number | 'network' | 'ok' }) => void;
   /** The SDK's transport (its `fetch` option); default: src/lean-fetch.ts. */
   fetch?: Fetch;
+  /**
+   * The most an answer may take (`max_completion_tokens`); default 2048, ten times a long chat reply
+   * with a booking. A model stuck repeating itself stops there (`finish_reason: length`) instead of
+   * running to its own limit: a huge message for the customer, and its cost.
+   */
+  maxOutputTokens?: number;
 }
 
 function toOpenAI(turn: ChatTurn): OpenAI.Chat.Completions.ChatCompletionMessageParam {
@@ -42,6 +48,7 @@ function toOpenAI(turn: ChatTurn): OpenAI.Chat.Completions.ChatCompletionMessage
 export class OpenAIChatModel implements ChatModel {
   readonly #client: OpenAI;
   readonly #onCall: OpenAIChatModelOptions['onCall'];
+  readonly #maxOutputTokens: number;
 
   constructor(options: OpenAIChatModelOptions) {
     this.#client = new OpenAI({
@@ -53,6 +60,7 @@ export class OpenAIChatModel implements ChatModel {
       fetch: options.fetch ?? createLeanFetch(),
     });
     this.#onCall = options.onCall;
+    this.#maxOutputTokens = options.maxOutputTokens ?? 2048;
   }
 
   async complete(request: ChatRequest, signal?: AbortSignal): Promise<ChatResult> {
@@ -62,6 +70,7 @@ export class OpenAIChatModel implements ChatModel {
         {
           model: request.model,
           messages: request.messages.map(toOpenAI),
+          max_completion_tokens: this.#maxOutputTokens,
           ...(request.tools?.length
             ? {
                 tools: request.tools.map((t) => ({
@@ -81,9 +90,20 @@ export class OpenAIChatModel implements ChatModel {
         { signal },
       );
       this.#onCall?.({ ms: performance.now() - started, status: 'ok' });
-      const message = completion.choices[0]?.message;
+      const choice = completion.choices[0];
+      // An answer cut short is never shown, nor acted on (its text or an action's arguments end
+      // mid-way): at the length limit the model is asked again (the job's retry; sampled anew, it
+      // usually ends); withheld by the content filter, asking again will not help.
+      if (choice?.finish_reason === 'length') {
+        throw new Upstream('the model’s answer was cut off at its length limit', true);
+      }
+      if (choice?.finish_reason === 'content_filter') {
+        throw new Upstream('the model’s answer was withheld by its content filter', false);
+      }
+      const message = choice?.message;
       return {
-        text: message?.content ?? null,
+        // A refusal (structured outputs) is the model's answer to the customer, in its own field.
+        text: message?.content ?? message?.refusal ?? null,
         toolCalls: (message?.tool_calls ?? [])
           .filter((c) => c.type === 'function')
           .map((c) => ({ id: c.id, name: c.function.name, arguments: c.function.arguments })),

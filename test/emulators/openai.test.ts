@@ -159,6 +159,48 @@ describe('OpenAI emulator: completions', () => {
     expect(new Set(message.tool_calls?.map((c) => c.id)).size).toBe(2);
   });
 
+  it('stops at max_completion_tokens with finish_reason length; refuses a limit below 1', async () => {
+    emu.responder = () => ({ content: 'word '.repeat(100) });
+    const cut = await client().chat.completions.create({
+      model: MODEL,
+      messages: [{ role: 'user', content: 'talk' }],
+      max_completion_tokens: 10,
+    });
+    expect(cut.choices[0]?.finish_reason).toBe('length');
+    expect(cut.choices[0]?.message.content).toBe('word '.repeat(100).slice(0, 40));
+    const whole = await client().chat.completions.create({
+      model: MODEL,
+      messages: [{ role: 'user', content: 'talk' }],
+      max_completion_tokens: 1000,
+    });
+    expect(whole.choices[0]?.finish_reason).toBe('stop');
+    const err = await failure(
+      client().chat.completions.create({
+        model: MODEL,
+        messages: [{ role: 'user', content: 'talk' }],
+        max_completion_tokens: 0,
+      }),
+    );
+    expect(err.status).toBe(400);
+    expect(err.code).toBe('integer_below_min_value');
+    expect(err.param).toBe('max_completion_tokens');
+  });
+
+  it('scripts a refusal and a content-filtered answer', async () => {
+    emu.responder = () => ({ refusal: 'I cannot help with that.' });
+    const refused = await client().chat.completions.create({
+      model: MODEL,
+      messages: [{ role: 'user', content: 'x' }],
+    });
+    expect(refused.choices[0]?.message).toMatchObject({ content: null, refusal: 'I cannot help with that.' });
+    emu.responder = () => ({ content: 'partial', finishReason: 'content_filter' });
+    const filtered = await client().chat.completions.create({
+      model: MODEL,
+      messages: [{ role: 'user', content: 'x' }],
+    });
+    expect(filtered.choices[0]?.finish_reason).toBe('content_filter');
+  });
+
   it('lists models', async () => {
     const page = await client().models.list();
     const ids = page.data.map((m) => m.id);

@@ -22,7 +22,10 @@ export interface OpenAIEmulatorOptions {
 }
 
 export type ScriptedReply =
-  | { content: string }
+  /** `finishReason` scripts how the output ended ('content_filter': withheld after `content`). */
+  | { content: string; finishReason?: 'stop' | 'length' | 'content_filter' }
+  /** A refusal: `message.refusal` set, `content` null. */
+  | { refusal: string }
   | {
       /** `arguments` objects are JSON.stringify'd; a string is sent verbatim (e.g. to script malformed JSON). */
       toolCalls: Array<{ name: string; arguments: unknown }>;
@@ -76,7 +79,9 @@ class HttpError extends Error {
 /** Assistant output after normalising a ScriptedReply. */
 interface Completion {
   content: string | null;
+  refusal: string | null;
   toolCalls: Array<{ id: string; name: string; arguments: string }>;
+  finishReason: 'stop' | 'length' | 'content_filter' | 'tool_calls';
 }
 
 const MODELS = ['gpt-4o', 'gpt-4o-mini', 'gpt-4.1', 'gpt-4.1-mini', 'o4-mini'];
@@ -275,7 +280,7 @@ export class OpenAIEmulator {
     const request = body as ChatRequest;
     let completion: Completion;
     try {
-      completion = normalizeReply(await this.responder(request));
+      completion = withinTokenLimit(normalizeReply(await this.responder(request)), request);
     } catch {
       throw new HttpError(500, serverError(headers()['x-request-id'], 'server_error'));
     }
@@ -298,7 +303,7 @@ export class OpenAIEmulator {
     const message: Record<string, unknown> = {
       role: 'assistant',
       content: completion.content,
-      refusal: null,
+      refusal: completion.refusal,
       annotations: [],
     };
     if (completion.toolCalls.length > 0) {
@@ -321,7 +326,7 @@ export class OpenAIEmulator {
             index: 0,
             message,
             logprobs: null,
-            finish_reason: completion.toolCalls.length > 0 ? 'tool_calls' : 'stop',
+            finish_reason: completion.finishReason,
           },
         ],
         usage,
@@ -383,7 +388,7 @@ export class OpenAIEmulator {
         events.push(chunk({ tool_calls: [{ index, function: { arguments: fragment } }] }));
       }
     });
-    events.push(chunk({}, completion.toolCalls.length > 0 ? 'tool_calls' : 'stop'));
+    events.push(chunk({}, completion.finishReason));
     if (includeUsage) events.push({ ...base, choices: [], usage: args.usage });
 
     res.writeHead(200, {
@@ -454,6 +459,20 @@ function validateChatRequest(body: Record<string, unknown>): ApiErrorBody | null
       const problem = validateTool(tool, i);
       if (problem) return problem;
       toolNames.push(String((tool as { function: { name: string } }).function.name));
+    }
+  }
+
+  const maxTokens = body.max_completion_tokens;
+  if (maxTokens !== undefined && maxTokens !== null) {
+    if (typeof maxTokens !== 'number' || !Number.isInteger(maxTokens)) {
+      return invalidType('max_completion_tokens', 'an integer', maxTokens);
+    }
+    if (maxTokens < 1) {
+      return invalidRequest(
+        `Invalid 'max_completion_tokens': integer below minimum value. Expected a value >= 1, but got ${maxTokens} instead.`,
+        'max_completion_tokens',
+        'integer_below_min_value',
+      );
     }
   }
 
@@ -827,6 +846,8 @@ function normalizeReply(reply: ScriptedReply): Completion {
   ) {
     return {
       content: typeof reply.content === 'string' ? reply.content : null,
+      refusal: null,
+      finishReason: 'tool_calls',
       toolCalls: reply.toolCalls.map((call) => {
         if (typeof call.name !== 'string' || call.name === '') throw new Error('tool call without a name');
         return {
@@ -838,8 +859,39 @@ function normalizeReply(reply: ScriptedReply): Completion {
       }),
     };
   }
-  if (isRecord(reply) && typeof reply.content === 'string') return { content: reply.content, toolCalls: [] };
+  if (isRecord(reply) && 'content' in reply && typeof reply.content === 'string') {
+    const finishReason = 'finishReason' in reply && reply.finishReason ? reply.finishReason : 'stop';
+    return { content: reply.content, refusal: null, toolCalls: [], finishReason };
+  }
+  if (isRecord(reply) && 'refusal' in reply && typeof reply.refusal === 'string') {
+    return { content: null, refusal: reply.refusal, toolCalls: [], finishReason: 'stop' };
+  }
   throw new Error(`responder returned an invalid ScriptedReply: ${JSON.stringify(reply)}`);
+}
+
+/**
+ * The output as OpenAI returns it under `max_completion_tokens`: generation stops at the limit
+ * (≈4 characters per token, as usageFor counts), mid-text or mid-arguments, with `finish_reason`
+ * `length`.
+ */
+function withinTokenLimit(completion: Completion, request: ChatRequest): Completion {
+  const limit = request.max_completion_tokens;
+  if (typeof limit !== 'number') return completion;
+  let budget = limit * 4;
+  const cut = (text: string) => {
+    const kept = text.slice(0, Math.max(0, budget));
+    budget -= kept.length;
+    return kept;
+  };
+  const text = completion.content ?? '';
+  const whole =
+    text.length + completion.toolCalls.reduce((n, c) => n + c.name.length + c.arguments.length, 0);
+  if (whole <= budget) return completion;
+  const content = completion.content === null ? null : cut(text);
+  const toolCalls = completion.toolCalls
+    .map((call) => ({ ...call, arguments: budget > 0 ? cut(call.arguments) : '' }))
+    .filter((call, i) => i === 0 || call.arguments !== '');
+  return { ...completion, content, toolCalls, finishReason: 'length' };
 }
 
 /** Rough token counts (≈4 characters per token) — enough for code that logs or budgets usage. */

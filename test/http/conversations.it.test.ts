@@ -609,3 +609,160 @@ describe('per-IP rate limit', () => {
     expect(await statusesBehind('1', forged)).toEqual([404, 404, 429]);
   });
 });
+
+describe('open stream limits', () => {
+  let t: Stack;
+  let tBase: string;
+  beforeAll(async () => {
+    // TRUST_PROXY: each request's X-Forwarded-For names its client, so one test can be several addresses.
+    t = await startStack({ SSE_MAX_STREAMS: '4', SSE_STREAMS_PER_IP: '2', TRUST_PROXY: '127.0.0.1' });
+    tBase = await t.app.listen();
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  async function conversation() {
+    const a = await t.createAgent({ user_id: 'owner-caps', name: 'Caps' });
+    return t.openConversation(a.agent_id);
+  }
+  const ctrls: AbortController[] = [];
+  function open(c: { conversation_id: string; customer_token: string }, ip: string) {
+    const ctrl = new AbortController();
+    ctrls.push(ctrl);
+    return fetch(`${tBase}/api/conversations/${c.conversation_id}/events?token=${c.customer_token}`, {
+      signal: ctrl.signal,
+      headers: { 'x-forwarded-for': ip },
+    });
+  }
+
+  it('per address (429) and per process (503, Retry-After); a stream that closes makes room', async () => {
+    try {
+      const cs = await Promise.all([1, 2, 3, 4, 5].map(() => conversation()));
+      expect((await open(cs[0]!, '10.0.0.1')).status).toBe(200);
+      expect((await open(cs[1]!, '10.0.0.1')).status).toBe(200);
+      const third = await open(cs[2]!, '10.0.0.1');
+      expect(third.status).toBe(429);
+      expect(await third.json()).toEqual({
+        success: false,
+        error: 'Too many open streams from this address (at most 2); close one first',
+      });
+      expect((await open(cs[2]!, '10.0.0.2')).status).toBe(200);
+      expect((await open(cs[3]!, '10.0.0.2')).status).toBe(200);
+      const full = await open(cs[4]!, '10.0.0.3');
+      expect(full.status).toBe(503);
+      expect(full.headers.get('retry-after')).toBe('10');
+      expect(await full.json()).toEqual({
+        success: false,
+        error: 'Too many open streams on this server; reconnect shortly',
+      });
+      ctrls[0]!.abort(); // one of 10.0.0.1's
+      await vi.waitFor(async () => expect((await open(cs[4]!, '10.0.0.1')).status).toBe(200), {
+        timeout: 10_000,
+      });
+    } finally {
+      for (const c of ctrls.splice(0)) c.abort();
+    }
+  });
+
+  it('a client that does not read is dropped once 1 MiB waits for it, not buffered without end', async () => {
+    const c = await conversation();
+    // 24 MB of history after the cursor: far more than the sockets' own buffers hold.
+    await sql`
+      INSERT INTO messages (message_id, conversation_id, role, content)
+      SELECT 'msg_bp' || lpad(g::text, 5, '0'), ${c.conversation_id}, 'assistant', repeat('x', 8000)
+        FROM generate_series(0, 3000) g`.execute(t.app.database.db);
+    const socket = connect(Number(new URL(tBase).port), '127.0.0.1');
+    // Dropped, the connection may be reset (ECONNRESET) while this side still does not read.
+    const closed = once(socket, 'close');
+    socket.on('error', () => {});
+    let received = 0;
+    socket.on('data', (b: Buffer) => {
+      received += b.length;
+    });
+    await once(socket, 'connect');
+    socket.pause();
+    socket.write(
+      `GET /api/conversations/${c.conversation_id}/events?token=${c.customer_token}&after=msg_bp00000 HTTP/1.1\r\n` +
+        'Host: localhost\r\nX-Forwarded-For: 10.0.0.9\r\n\r\n',
+    );
+    try {
+      await new Promise((r) => setTimeout(r, 1_000)); // its request is taken in (the stream counted)
+      // A second stream from the same address is its limit (2); a third is refused while the paused
+      // one stays open, and accepted once the server has dropped it.
+      expect((await open(await conversation(), '10.0.0.9')).status).toBe(200);
+      const spare = await conversation();
+      await vi.waitFor(async () => expect((await open(spare, '10.0.0.9')).status).toBe(200), {
+        timeout: 30_000,
+        interval: 200,
+      });
+      socket.resume();
+      await closed;
+      expect(received).toBeLessThan(3000 * 8000);
+    } finally {
+      socket.destroy();
+    }
+    for (const ctrl of ctrls.splice(0)) ctrl.abort();
+  });
+
+  it('Last-Event-ID is checked as `after` is, and not echoed', async () => {
+    const c = await conversation();
+    const events = (lastEventId: string) =>
+      t.app.http.inject({
+        url: `/api/conversations/${c.conversation_id}/events`,
+        headers: { authorization: `Bearer ${c.customer_token}`, 'last-event-id': lastEventId },
+      });
+    const long = await events(`msg_${'a'.repeat(5000)}`);
+    expect(long.statusCode).toBe(400);
+    expect(long.json()).toEqual({ success: false, error: 'Last-Event-ID is not a message id' });
+    const unknown = await events('msg_unknown');
+    expect(unknown.statusCode).toBe(400);
+    expect(unknown.json()).toEqual({
+      success: false,
+      error: 'Last-Event-ID: no such message in this conversation',
+    });
+  });
+
+  it('a malformed request sent on a connection carrying a stream does not write into the stream', async () => {
+    const c = await conversation();
+    const socket = connect(Number(new URL(tBase).port), '127.0.0.1');
+    await once(socket, 'connect');
+    let text = '';
+    socket.on('data', (b: Buffer) => {
+      text += b.toString('utf8');
+    });
+    socket.write(
+      `GET /api/conversations/${c.conversation_id}/events?token=${c.customer_token} HTTP/1.1\r\n` +
+        'Host: localhost\r\nX-Forwarded-For: 10.0.0.7\r\n\r\n',
+    );
+    await vi.waitFor(() => expect(text).toContain('retry: 2000'), { timeout: 10_000 });
+    const closed = once(socket, 'close');
+    socket.write('NOT HTTP AT ALL\r\n\r\n');
+    await closed;
+    expect(text.startsWith('HTTP/1.1 200 OK')).toBe(true);
+    expect(text).not.toContain('Malformed HTTP request');
+  });
+});
+
+describe("a stream's lifetime", () => {
+  let t: Stack;
+  beforeAll(async () => {
+    t = await startStack({ SSE_MAX_STREAM_SECONDS: '1' });
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  it('ends after SSE_MAX_STREAM_SECONDS (the client reconnects from its Last-Event-ID)', async () => {
+    const a = await t.createAgent({ user_id: 'owner-life', name: 'Life' });
+    const c = await t.openConversation(a.agent_id);
+    const started = Date.now();
+    const res = await fetch(
+      `${await t.app.listen()}/api/conversations/${c.conversation_id}/events?token=${c.customer_token}`,
+    );
+    expect(res.status).toBe(200);
+    const text = await res.text(); // resolves once the server ends the stream
+    expect(text).toContain('retry: 2000');
+    expect(Date.now() - started).toBeGreaterThanOrEqual(900);
+  });
+});

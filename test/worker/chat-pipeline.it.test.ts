@@ -228,6 +228,42 @@ describe('chat pipeline', () => {
     expect(row).toMatchObject({ status: 'failed', attempts: 1, last_error: expect.stringMatching(/429/) });
   });
 
+  it('never shows an answer cut off at its length limit: asks again (max_completion_tokens is sent)', async () => {
+    let calls = 0;
+    // 2048 tokens ≈ 8192 characters: the first answer runs on past it.
+    s.openai.responder = () =>
+      ++calls === 1 ? { content: 'la '.repeat(5000) } : { content: 'Short and whole.' };
+    const c = await newChat();
+    const id = await s.send(c.conversation_id, c.customer_token, 'sing');
+    const list = await s.waitForReplies(c.conversation_id, c.customer_token, 1, 30_000);
+    expect(list.at(-1)!.content).toBe('Short and whole.');
+    expect(calls).toBe(2);
+    expect(s.openai.requests[0]?.max_completion_tokens).toBe(2048);
+    const row = await s.app.database.db
+      .selectFrom('messages')
+      .select(['status', 'attempts'])
+      .where('message_id', '=', id)
+      .executeTakeFirstOrThrow();
+    expect(row).toEqual({ status: 'answered', attempts: 2 });
+  });
+
+  it('an answer withheld by the content filter: the fallback at once, never the partial text', async () => {
+    s.openai.responder = () => ({ content: 'Here is how to', finishReason: 'content_filter' });
+    const c = await newChat();
+    await s.send(c.conversation_id, c.customer_token, 'something unsafe');
+    const list = await s.waitForReplies(c.conversation_id, c.customer_token, 1, 30_000);
+    expect(list.at(-1)!.content).toBe(s.app.config.llmErrorMessage);
+    expect(s.openai.requests.length).toBe(1);
+  });
+
+  it('shows a refusal (content null, the refusal in its own field) as the answer', async () => {
+    s.openai.responder = () => ({ refusal: 'I can’t help with that, but I can book a meeting.' });
+    const c = await newChat();
+    await s.send(c.conversation_id, c.customer_token, 'do my homework');
+    const list = await s.waitForReplies(c.conversation_id, c.customer_token, 1, 30_000);
+    expect(list.at(-1)!.content).toBe('I can’t help with that, but I can book a meeting.');
+  });
+
   it('never shows raw action JSON to the customer', async () => {
     s.openai.responder = () => ({
       content:

@@ -1,6 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
+import type { Config } from '../../config.js';
 import { Forbidden, InvalidInput, NotFound, Unauthorized } from '../../domain/errors.js';
 import type { AgentStore } from '../../store/agents.js';
 import { type Conversation, type ConversationStore, hashToken } from '../../store/conversations.js';
@@ -8,7 +9,7 @@ import type { Message, MessageAccess, MessageStore } from '../../store/messages.
 import { bearerToken, isAdmin, secretEquals } from '../auth.js';
 import type { LiveFeed } from '../live-feed.js';
 import type { WindowCounter } from '../rate-limit.js';
-import { errorResponses, IdString } from '../schemas.js';
+import { errorResponses, ID_PATTERN, IdString } from '../schemas.js';
 
 export interface ConversationRouteDeps {
   adminKey: string;
@@ -24,6 +25,7 @@ export interface ConversationRouteDeps {
     | undefined;
   feed: LiveFeed;
   perConversation: WindowCounter;
+  sse: Config['sse'];
 }
 
 const MessageBody = Type.Object({
@@ -46,6 +48,12 @@ const CUSTOMER_OR_ADMIN: Array<Record<string, string[]>> = [{ customer: [] }, { 
 const SSE_KEEPALIVE_MS = 15_000;
 /** Open SSE streams one conversation may have in this process (a customer's tabs and devices). */
 export const SSE_STREAMS_PER_CONVERSATION = 10;
+/**
+ * A stream whose client does not read (its socket's buffers full) is ended once this much waits in
+ * its buffer: what it is sent would otherwise pile up in this process's memory. It reconnects, when it
+ * reads again, from its Last-Event-ID.
+ */
+export const SSE_MAX_BUFFERED_BYTES = 1024 * 1024;
 
 /** The customer API: what a chat widget calls. */
 export const conversationRoutes: FastifyPluginAsyncTypebox<ConversationRouteDeps> = async (app, deps) => {
@@ -231,12 +239,19 @@ export const conversationRoutes: FastifyPluginAsyncTypebox<ConversationRouteDeps
     async (req, reply) => {
       const conversation = await authorize(req, req.params.conversation_id, true);
       const lastEventId = req.headers['last-event-id'];
-      let cursor = (typeof lastEventId === 'string' && lastEventId) || req.query.after;
+      const fromHeader = typeof lastEventId === 'string' && lastEventId !== '';
+      // The header is checked as `after` is (its schema), and neither is echoed: it can be 16 KB.
+      if (fromHeader && !ID_PATTERN.test(lastEventId)) {
+        throw new InvalidInput('Last-Event-ID is not a message id');
+      }
+      let cursor = fromHeader ? lastEventId : req.query.after;
       if (
         cursor !== undefined &&
         !(await deps.messages.list(conversation.conversationId, { afterMessageId: cursor, limit: 1 }))
       ) {
-        throw new InvalidInput(`after: no message ${cursor} in this conversation`);
+        throw new InvalidInput(
+          `${fromHeader ? 'Last-Event-ID' : 'after'}: no such message in this conversation`,
+        );
       }
       if (cursor === undefined) {
         // Without a cursor the stream starts now: only messages stored from here on.
@@ -261,6 +276,8 @@ export const conversationRoutes: FastifyPluginAsyncTypebox<ConversationRouteDeps
   // Ended, each browser's EventSource reconnects (after `retry`), to another process or this one
   // restarted, and catches up from its Last-Event-ID.
   const streams = new Set<() => void>();
+  /** Open streams per client address (req.ip: TRUST_PROXY decides whose address that is). */
+  const perIp = new Map<string, number>();
   // A stream whose request was still being authorized when the close began would register after it
   // and hold the close as well: refused instead (503; EventSource retries).
   let closing = false;
@@ -278,6 +295,24 @@ export const conversationRoutes: FastifyPluginAsyncTypebox<ConversationRouteDeps
     if (closing) {
       return reply.code(503).send({ success: false, error: 'The server is shutting down; reconnect' });
     }
+    // Each open stream holds a socket and a subscription for as long as its client likes: bounded
+    // per process (503: another process, or this one in a moment) and per address (429), checked and
+    // counted with no await before the stream registers, so concurrent openings cannot pass together.
+    if (streams.size >= deps.sse.maxStreams) {
+      return reply
+        .code(503)
+        .header('retry-after', '10')
+        .send({ success: false, error: 'Too many open streams on this server; reconnect shortly' });
+    }
+    const ip = req.ip;
+    const fromIp = perIp.get(ip) ?? 0;
+    if (fromIp >= deps.sse.perIp) {
+      return reply.code(429).send({
+        success: false,
+        error: `Too many open streams from this address (at most ${deps.sse.perIp}); close one first`,
+      });
+    }
+    perIp.set(ip, fromIp + 1);
     reply.hijack();
     const res = reply.raw;
     res.writeHead(200, {
@@ -291,6 +326,18 @@ export const conversationRoutes: FastifyPluginAsyncTypebox<ConversationRouteDeps
     let running = false;
     let again = false;
     let closed = false;
+    /** Writes `text`, unless the client has left this much unread: then the stream is dropped. */
+    const send = (text: string): boolean => {
+      if (closed) return false;
+      if (res.writableLength > SSE_MAX_BUFFERED_BYTES) {
+        req.log.warn({ buffered: res.writableLength }, 'SSE client is not reading; stream dropped');
+        close();
+        res.destroy();
+        return false;
+      }
+      res.write(text);
+      return true;
+    };
     // Serialized catch-up: a wake during a read schedules one more read, never two at once.
     const flush = async (): Promise<void> => {
       if (running) {
@@ -303,8 +350,9 @@ export const conversationRoutes: FastifyPluginAsyncTypebox<ConversationRouteDeps
           again = false;
           const batch = await deps.messages.list(conversationId, { afterMessageId: cursor, limit: 200 });
           for (const m of batch ?? []) {
-            if (closed) return;
-            res.write(`id: ${m.messageId}\nevent: message\ndata: ${JSON.stringify(messageJson(m))}\n\n`);
+            if (!send(`id: ${m.messageId}\nevent: message\ndata: ${JSON.stringify(messageJson(m))}\n\n`)) {
+              return;
+            }
             cursor = m.messageId;
           }
           if (batch && batch.length === 200) again = true;
@@ -316,18 +364,26 @@ export const conversationRoutes: FastifyPluginAsyncTypebox<ConversationRouteDeps
       }
     };
     const unsubscribe = deps.feed.subscribe(conversationId, () => void flush());
-    const keepalive = setInterval(() => res.write(': keepalive\n\n'), SSE_KEEPALIVE_MS);
-    const close = () => {
+    const keepalive = setInterval(() => send(': keepalive\n\n'), SSE_KEEPALIVE_MS);
+    // Ended after its lifetime: a stream is not held for good by one client. EventSource reconnects
+    // (after `retry`) from its Last-Event-ID, through the rate limit and the caps above again.
+    const lifetime = setTimeout(() => end(), deps.sse.maxStreamSeconds * 1000);
+    lifetime.unref();
+    function close() {
       if (closed) return;
       closed = true;
       streams.delete(end);
+      const left = (perIp.get(ip) ?? 1) - 1;
+      if (left > 0) perIp.set(ip, left);
+      else perIp.delete(ip);
       clearInterval(keepalive);
+      clearTimeout(lifetime);
       unsubscribe();
-    };
-    const end = () => {
+    }
+    function end() {
       close();
       res.end();
-    };
+    }
     streams.add(end);
     req.raw.on('close', close);
     res.on('error', close);
