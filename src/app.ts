@@ -218,6 +218,7 @@ export async function createApplication(
           apiKey: config.openai.apiKey,
           baseURL: config.openai.baseUrl,
           timeoutMs: config.openai.timeoutMs,
+          maxOutputTokens: config.openai.maxOutputTokens,
           onCall: ({ ms, status }) => metrics.upstream('openai', 'chat.completions', ms, status),
         });
       const booking = new BookingService({

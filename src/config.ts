@@ -56,6 +56,7 @@ const envSchema = z.object({
   OPENAI_BASE_URL: httpUrl.optional(),
   OPENAI_MODEL: z.string().min(1).default('gpt-4o-mini'),
   OPENAI_TIMEOUT_MS: int(100, 600_000).default(60_000),
+  LLM_MAX_OUTPUT_TOKENS: int(0, 1_000_000).default(4096),
   MEETING_ERROR_MESSAGE: z.string().min(1).default(DEFAULT_MEETING_ERROR_MESSAGE),
   LLM_ERROR_MESSAGE: z.string().min(1).default(DEFAULT_LLM_ERROR_MESSAGE),
   LOG_LEVEL: z.enum(LOG_LEVELS).default('info'),
@@ -120,6 +121,8 @@ export interface Config {
     readonly baseUrl: string | undefined;
     readonly model: string;
     readonly timeoutMs: number;
+    /** `max_completion_tokens` per answer; 0: not sent (servers that refuse the field). */
+    readonly maxOutputTokens: number;
   };
   readonly meetingErrorMessage: string;
   readonly llmErrorMessage: string;
@@ -275,6 +278,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       baseUrl: e.OPENAI_BASE_URL,
       model: e.OPENAI_MODEL,
       timeoutMs: e.OPENAI_TIMEOUT_MS,
+      maxOutputTokens: e.LLM_MAX_OUTPUT_TOKENS,
     }),
     meetingErrorMessage: e.MEETING_ERROR_MESSAGE,
     llmErrorMessage: e.LLM_ERROR_MESSAGE,

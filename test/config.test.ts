@@ -58,7 +58,13 @@ describe('loadConfig defaults', () => {
       oauthTokenUrl: 'https://oauth2.googleapis.com/token',
       timeoutMs: 15_000,
     });
-    expect(c.openai).toEqual({ apiKey: '', baseUrl: undefined, model: 'gpt-4o-mini', timeoutMs: 60_000 });
+    expect(c.openai).toEqual({
+      apiKey: '',
+      baseUrl: undefined,
+      model: 'gpt-4o-mini',
+      timeoutMs: 60_000,
+      maxOutputTokens: 4096,
+    });
     // The seed's exact fallback text.
     expect(c.meetingErrorMessage).toBe(
       'Ohhh we having trouble scheduling the meeting. Please try again later.',
@@ -93,8 +99,10 @@ describe('loadConfig defaults', () => {
         SSE_MAX_STREAMS: '50',
         SSE_STREAMS_PER_IP: '5',
         SSE_MAX_STREAM_SECONDS: '600',
+        LLM_MAX_OUTPUT_TOKENS: '0',
       }),
     );
+    expect(c.openai.maxOutputTokens).toBe(0);
     expect(c.sse).toEqual({ maxStreams: 50, perIp: 5, maxStreamSeconds: 600 });
     expect(c.databasePreparedStatements).toBe(false);
     expect(c.port).toBe(8080);
@@ -180,6 +188,7 @@ describe('loadConfig rejects bad values, naming the variable', () => {
     ['DATABASE_SCHEMA', 'pg_meetings'],
     ['BOOKING_HORIZON_DAYS', '366'],
     ['SSE_MAX_STREAMS', '0'],
+    ['LLM_MAX_OUTPUT_TOKENS', '-1'],
     ['SSE_STREAMS_PER_IP', '1.5'],
     ['SSE_MAX_STREAM_SECONDS', '86401'],
     ['TRUST_PROXY', 'true'],

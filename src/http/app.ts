@@ -149,8 +149,10 @@ export async function buildHttpApp(deps: HttpDeps): Promise<FastifyInstance> {
             ? [431, 'The request headers are too large']
             : [400, 'Malformed HTTP request'];
       const body = JSON.stringify({ success: false, error });
-      // Not into a response already under way on this connection (a live stream): as Node does.
-      if (socket.writable && socket.bytesWritten === 0) {
+      // Not into a response already under way on this connection (a live stream), as Node's own
+      // handler does: a kept-alive connection's earlier responses are over and do not count.
+      const current = (socket as { _httpMessage?: { headersSent?: boolean } | null })._httpMessage;
+      if (socket.writable && !current?.headersSent) {
         socket.write(
           `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json\r\n` +
             `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,

@@ -14,9 +14,11 @@ export interface OpenAIChatModelOptions {
   /** The SDK's transport (its `fetch` option); default: src/lean-fetch.ts. */
   fetch?: Fetch;
   /**
-   * The most an answer may take (`max_completion_tokens`); default 2048, ten times a long chat reply
-   * with a booking. A model stuck repeating itself stops there (`finish_reason: length`) instead of
-   * running to its own limit: a huge message for the customer, and its cost.
+   * The most an answer may take (`max_completion_tokens`); default 4096, twenty times a long chat
+   * reply with a booking. A model stuck repeating itself stops there (`finish_reason: length`)
+   * instead of running to its own limit: a huge message for the customer, and its cost. A reasoning
+   * model's hidden reasoning counts too: give it more. 0: not sent (a compatible server that refuses
+   * the field).
    */
   maxOutputTokens?: number;
 }
@@ -60,7 +62,7 @@ export class OpenAIChatModel implements ChatModel {
       fetch: options.fetch ?? createLeanFetch(),
     });
     this.#onCall = options.onCall;
-    this.#maxOutputTokens = options.maxOutputTokens ?? 2048;
+    this.#maxOutputTokens = options.maxOutputTokens ?? 4096;
   }
 
   async complete(request: ChatRequest, signal?: AbortSignal): Promise<ChatResult> {
@@ -70,7 +72,7 @@ export class OpenAIChatModel implements ChatModel {
         {
           model: request.model,
           messages: request.messages.map(toOpenAI),
-          max_completion_tokens: this.#maxOutputTokens,
+          ...(this.#maxOutputTokens > 0 ? { max_completion_tokens: this.#maxOutputTokens } : {}),
           ...(request.tools?.length
             ? {
                 tools: request.tools.map((t) => ({

@@ -308,12 +308,17 @@ function quoteChannel(name: string): string {
   return `"${name}"`;
 }
 
+const lockLost = (dataDir: string) =>
+  new DataDirLockedError(`the lock on ${dataDir} is no longer this process's`);
+
 /**
  * `pglite` whose query, exec and transaction first ask `check` whether the data directory's lock is
- * still ours. Every database call of this process goes through it (ours and pg-boss's), so one made
- * right after a pause, before the heartbeat's timer runs, finds out first (onLost then ends the
- * process); if it returns, the call is refused. A call already inside PGlite when the process was
- * paused finishes: nothing in-process can stop it.
+ * still ours. Every database call of this process starts through it (ours and pg-boss's), so one
+ * made right after a pause, before the heartbeat's timer runs, finds out first (onLost then ends the
+ * process); if it returns, the call is refused. Our own statements inside a transaction, and its
+ * commit, are checked by the dialect (SerializedPGliteDialect's beforeQuery). What cannot be
+ * checked: a call that passed its check before the pause and still waits for PGlite's turn, a
+ * pg-boss statement inside its own transaction, and a call already inside PGlite.
  */
 function guardedPGlite(pglite: PGlite, check: () => boolean, dataDir: string): PGlite {
   const guarded = new Set<PropertyKey>(['query', 'exec', 'transaction']);
@@ -323,9 +328,7 @@ function guardedPGlite(pglite: PGlite, check: () => boolean, dataDir: string): P
       if (typeof value !== 'function') return value;
       if (!guarded.has(prop)) return value.bind(target);
       return (...args: unknown[]) =>
-        check()
-          ? value.apply(target, args)
-          : Promise.reject(new DataDirLockedError(`the lock on ${dataDir} is no longer this process's`));
+        check() ? value.apply(target, args) : Promise.reject(lockLost(dataDir));
     },
   });
 }
@@ -368,7 +371,10 @@ async function openEmbedded(
     unlock();
     throw err;
   }
-  const db = new Kysely<DB>({ dialect: new SerializedPGliteDialect(pglite) });
+  const refuseIfLost = () => {
+    if (lock && !lock.check()) throw lockLost(dataDir ?? '');
+  };
+  const db = new Kysely<DB>({ dialect: new SerializedPGliteDialect(pglite, refuseIfLost) });
   return {
     kind: 'embedded',
     db,

@@ -25,12 +25,20 @@ import {
  * (pg-boss through `fromPglite`) wait until commit.
  */
 export class SerializedPGliteDialect implements Dialect {
-  constructor(private readonly pglite: PGlite) {}
+  /**
+   * `beforeQuery` runs before every statement and every commit, inside transactions too (where
+   * statements go to PGlite's transaction object, not to `pglite`); it throws to refuse them
+   * (database.ts: the data directory's lock is lost). A refused commit rolls back.
+   */
+  constructor(
+    private readonly pglite: PGlite,
+    private readonly beforeQuery: () => void = () => {},
+  ) {}
   createAdapter(): DialectAdapter {
     return new PostgresAdapter();
   }
   createDriver(): Driver {
-    return new SerializedPGliteDriver(this.pglite);
+    return new SerializedPGliteDriver(this.pglite, this.beforeQuery);
   }
   createIntrospector(db: Kysely<unknown>): DatabaseIntrospector {
     return new PostgresIntrospector(db);
@@ -42,7 +50,10 @@ export class SerializedPGliteDialect implements Dialect {
 
 class SerializedPGliteDriver implements Driver {
   #tail: Promise<void> = Promise.resolve();
-  constructor(private readonly pglite: PGlite) {}
+  constructor(
+    private readonly pglite: PGlite,
+    private readonly beforeQuery: () => void,
+  ) {}
 
   async init(): Promise<void> {
     await this.pglite.waitReady;
@@ -55,7 +66,7 @@ class SerializedPGliteDriver implements Driver {
       release = r;
     });
     await previous;
-    return new PGliteLease(this.pglite, release);
+    return new PGliteLease(this.pglite, release, this.beforeQuery);
   }
 
   async beginTransaction(connection: DatabaseConnection): Promise<void> {
@@ -83,9 +94,11 @@ class PGliteLease implements DatabaseConnection {
   constructor(
     private readonly pglite: PGlite,
     readonly release: () => void,
+    private readonly beforeQuery: () => void,
   ) {}
 
   async executeQuery<R>(compiled: CompiledQuery): Promise<QueryResult<R>> {
+    this.beforeQuery();
     const target = this.#tx ?? this.pglite;
     // Without parameters use the simple protocol, which (like node-postgres) accepts several
     // statements at once: migrations are multi-statement scripts.
@@ -123,12 +136,23 @@ class PGliteLease implements DatabaseConnection {
   }
 
   async end(commit: boolean): Promise<void> {
+    let refused: unknown;
+    let ok = commit;
+    if (commit) {
+      try {
+        this.beforeQuery();
+      } catch (err) {
+        refused = err;
+        ok = false;
+      }
+    }
     const done = this.#done;
-    this.#finish?.(commit);
+    this.#finish?.(ok);
     this.#tx = undefined;
     this.#finish = undefined;
     this.#done = undefined;
-    if (commit) await done;
+    if (ok) await done;
     else await done?.catch(() => {});
+    if (refused !== undefined) throw refused;
   }
 }

@@ -667,11 +667,6 @@ describe('open stream limits', () => {
 
   it('a client that does not read is dropped once 1 MiB waits for it, not buffered without end', async () => {
     const c = await conversation();
-    // 24 MB of history after the cursor: far more than the sockets' own buffers hold.
-    await sql`
-      INSERT INTO messages (message_id, conversation_id, role, content)
-      SELECT 'msg_bp' || lpad(g::text, 5, '0'), ${c.conversation_id}, 'assistant', repeat('x', 8000)
-        FROM generate_series(0, 3000) g`.execute(t.app.database.db);
     const socket = connect(Number(new URL(tBase).port), '127.0.0.1');
     // Dropped, the connection may be reset (ECONNRESET) while this side still does not read.
     const closed = once(socket, 'close');
@@ -683,15 +678,24 @@ describe('open stream limits', () => {
     await once(socket, 'connect');
     socket.pause();
     socket.write(
-      `GET /api/conversations/${c.conversation_id}/events?token=${c.customer_token}&after=msg_bp00000 HTTP/1.1\r\n` +
+      `GET /api/conversations/${c.conversation_id}/events?token=${c.customer_token} HTTP/1.1\r\n` +
         'Host: localhost\r\nX-Forwarded-For: 10.0.0.9\r\n\r\n',
     );
     try {
-      await new Promise((r) => setTimeout(r, 1_000)); // its request is taken in (the stream counted)
-      // A second stream from the same address is its limit (2); a third is refused while the paused
-      // one stays open, and accepted once the server has dropped it.
+      // Its address's limit is 2: with a second stream open, a third is refused while the paused
+      // one is open (so it was counted), and accepted once the server has dropped it.
       expect((await open(await conversation(), '10.0.0.9')).status).toBe(200);
       const spare = await conversation();
+      await vi.waitFor(async () => expect((await open(spare, '10.0.0.9')).status).toBe(429), {
+        timeout: 10_000,
+        interval: 100,
+      });
+      // 24 MB for it to send (far more than the sockets' own buffers hold), announced by a message.
+      await sql`
+        INSERT INTO messages (message_id, conversation_id, role, content)
+        SELECT 'msg_bp' || lpad(g::text, 5, '0'), ${c.conversation_id}, 'assistant', repeat('x', 8000)
+          FROM generate_series(1, 3000) g`.execute(t.app.database.db);
+      await t.send(c.conversation_id, c.customer_token, 'wake up');
       await vi.waitFor(async () => expect((await open(spare, '10.0.0.9')).status).toBe(200), {
         timeout: 30_000,
         interval: 200,
@@ -701,8 +705,34 @@ describe('open stream limits', () => {
       expect(received).toBeLessThan(3000 * 8000);
     } finally {
       socket.destroy();
+      for (const ctrl of ctrls.splice(0)) ctrl.abort();
     }
-    for (const ctrl of ctrls.splice(0)) ctrl.abort();
+  });
+
+  it('a client that leaves while its stream is being authorized is not counted', async () => {
+    const c = await conversation();
+    for (let i = 0; i < 3; i++) {
+      const socket = connect(Number(new URL(tBase).port), '127.0.0.1');
+      socket.on('error', () => {});
+      await once(socket, 'connect');
+      // The request and the hang-up arrive together: the handler runs after the client has gone.
+      socket.write(
+        `GET /api/conversations/${c.conversation_id}/events?token=${c.customer_token} HTTP/1.1\r\n` +
+          'Host: localhost\r\nX-Forwarded-For: 10.0.0.8\r\n\r\n',
+      );
+      socket.destroy();
+    }
+    try {
+      // Its address's two streams are free again once the server has seen them go.
+      const first = await conversation();
+      await vi.waitFor(async () => expect((await open(first, '10.0.0.8')).status).toBe(200), {
+        timeout: 10_000,
+        interval: 200,
+      });
+      expect((await open(await conversation(), '10.0.0.8')).status).toBe(200);
+    } finally {
+      for (const ctrl of ctrls.splice(0)) ctrl.abort();
+    }
   });
 
   it('Last-Event-ID is checked as `after` is, and not echoed', async () => {
@@ -741,6 +771,21 @@ describe('open stream limits', () => {
     await closed;
     expect(text.startsWith('HTTP/1.1 200 OK')).toBe(true);
     expect(text).not.toContain('Malformed HTTP request');
+
+    // A kept-alive connection whose earlier response is over still gets the error answered.
+    const again = connect(Number(new URL(tBase).port), '127.0.0.1');
+    await once(again, 'connect');
+    let answered = '';
+    again.on('data', (b: Buffer) => {
+      answered += b.toString('utf8');
+    });
+    again.write('GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n');
+    await vi.waitFor(() => expect(answered).toContain('"status"'), { timeout: 10_000 });
+    const done = once(again, 'close');
+    again.write('NOT HTTP AT ALL\r\n\r\n');
+    await done;
+    expect(answered).toContain('HTTP/1.1 400 Bad Request');
+    expect(answered).toContain('Malformed HTTP request');
   });
 });
 

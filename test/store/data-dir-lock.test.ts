@@ -211,6 +211,36 @@ describe('lockDataDir', () => {
     expect(readLock()).toMatchObject({ pid: 4242, host: 'new-container-id' }); // theirs, left alone
   });
 
+  it('inside a transaction too: its commit after the pause is refused, and it rolls back', async () => {
+    const lost = vi.fn();
+    const database = await openDatabase({ dataDir: dir, lockHeartbeatMs: 100, onDataDirLost: lost });
+    try {
+      await sql`CREATE TABLE written (x int)`.execute(database.db);
+      await expect(
+        database.db.transaction().execute(async (trx) => {
+          await sql`INSERT INTO written VALUES (1)`.execute(trx);
+          writeLock({ pid: 4242, host: 'new-container-id', startedAt: new Date().toISOString() });
+          const until = Date.now() + 400;
+          while (Date.now() < until) {
+            // paused
+          }
+        }),
+      ).rejects.toThrow(DataDirLockedError);
+      expect(lost).toHaveBeenCalledTimes(1);
+    } finally {
+      await database.close();
+    }
+    // Nothing of it was committed (read through a fresh PGlite on the same files, lock-free).
+    rmSync(lockPath());
+    const reopened = await openDatabase({ dataDir: dir });
+    try {
+      const r = await sql<{ n: number }>`SELECT count(*)::int AS n FROM written`.execute(reopened.db);
+      expect(r.rows[0]?.n).toBe(0);
+    } finally {
+      await reopened.close();
+    }
+  });
+
   it('takes over a lock left by a process that died (SIGKILL, power loss)', async () => {
     const pid = await deadPid();
     writeLock({ pid, host: hostname(), startedAt: new Date().toISOString() });

@@ -230,15 +230,15 @@ describe('chat pipeline', () => {
 
   it('never shows an answer cut off at its length limit: asks again (max_completion_tokens is sent)', async () => {
     let calls = 0;
-    // 2048 tokens ≈ 8192 characters: the first answer runs on past it.
+    // 4096 tokens ≈ 16384 characters: the first answer runs on past it.
     s.openai.responder = () =>
-      ++calls === 1 ? { content: 'la '.repeat(5000) } : { content: 'Short and whole.' };
+      ++calls === 1 ? { content: 'la '.repeat(8000) } : { content: 'Short and whole.' };
     const c = await newChat();
     const id = await s.send(c.conversation_id, c.customer_token, 'sing');
     const list = await s.waitForReplies(c.conversation_id, c.customer_token, 1, 30_000);
     expect(list.at(-1)!.content).toBe('Short and whole.');
     expect(calls).toBe(2);
-    expect(s.openai.requests[0]?.max_completion_tokens).toBe(2048);
+    expect(s.openai.requests[0]?.max_completion_tokens).toBe(4096);
     const row = await s.app.database.db
       .selectFrom('messages')
       .select(['status', 'attempts'])
@@ -305,5 +305,26 @@ describe('chat pipeline', () => {
     const list = await s.waitForReplies(c.conversation_id, c.customer_token, 1, 30_000);
     expect(list.at(-1)!.content).toBe(s.app.config.llmErrorMessage);
     expect(s.openai.requests.length).toBe(3);
+  });
+});
+
+describe('LLM_MAX_OUTPUT_TOKENS=0 (a compatible server that refuses the field)', () => {
+  let t: Stack;
+  beforeAll(async () => {
+    t = await startStack({ LLM_MAX_OUTPUT_TOKENS: '0' });
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  it('sends no max_completion_tokens', async () => {
+    const long = 'la '.repeat(8000);
+    t.openai.responder = () => ({ content: long });
+    const a = await t.createAgent({ user_id: 'owner-chat', name: 'Acme Assistant' });
+    const c = await t.openConversation(a.agent_id, { customer_name: 'Sid' });
+    await t.send(c.conversation_id, c.customer_token, 'sing');
+    const list = await t.waitForReplies(c.conversation_id, c.customer_token, 1, 30_000);
+    expect(list.at(-1)!.content).toBe(long.trim());
+    expect(t.openai.requests[0]).not.toHaveProperty('max_completion_tokens');
   });
 });

@@ -295,6 +295,13 @@ export const conversationRoutes: FastifyPluginAsyncTypebox<ConversationRouteDeps
     if (closing) {
       return reply.code(503).send({ success: false, error: 'The server is shutting down; reconnect' });
     }
+    // Its client left while it was being authorized: nothing to stream to, nothing to count (its
+    // close events are over, so a stream registered now would be held for its whole lifetime).
+    // (Its hang-up destroys the request, and ends or destroys the socket.)
+    if (req.raw.destroyed || req.raw.socket.destroyed || !req.raw.socket.writable) {
+      reply.hijack();
+      return;
+    }
     // Each open stream holds a socket and a subscription for as long as its client likes: bounded
     // per process (503: another process, or this one in a moment) and per address (429), checked and
     // counted with no await before the stream registers, so concurrent openings cannot pass together.
@@ -382,10 +389,14 @@ export const conversationRoutes: FastifyPluginAsyncTypebox<ConversationRouteDeps
     }
     function end() {
       close();
-      res.end();
+      // What a client that stopped reading has left unread would hold the socket (and the server's
+      // close) open: it reconnects from its Last-Event-ID and gets it again.
+      if (res.writableLength > 0) res.destroy();
+      else res.end();
     }
     streams.add(end);
     req.raw.on('close', close);
+    res.on('close', close);
     res.on('error', close);
     void flush();
   }
