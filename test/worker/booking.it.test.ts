@@ -590,6 +590,22 @@ describe('booking: never twice', () => {
     expect(meetings[0]!.google_event_id).toBe(events[0]!.id);
   });
 
+  it('a 409 whose events.get does not find the event yet (404): still one event, one meeting, confirmed', async () => {
+    const c = await newChat();
+    s.google.fail('events.insert', { kind: 'lost-response' }, 1);
+    s.google.fail('events.get', { kind: 'status', status: 404, reason: 'notFound' }, 1);
+    const reply = await ask(c, 'book', { content: JSON.stringify([seedAction()]) });
+    const events = s.google.events(c.email);
+    expect(events).toHaveLength(1);
+    expect(reply).toBe(confirmation('tomorrow at 7 PM IST', events[0]!.hangoutLink!));
+    // The 404, then the reads that found it (the look for an event an earlier attempt made).
+    const gets = requestsFor('events.get').map((r) => r.status);
+    expect(gets[0]).toBe(404);
+    expect(gets.slice(1)).toEqual(Array(gets.length - 1).fill(200));
+    expect(gets.length).toBeGreaterThan(1);
+    expect(await meetingsOf(c.userId)).toHaveLength(1);
+  });
+
   it('a job that fails after creating the event runs again and still books once, with one confirmation', async () => {
     const c = await newChat();
     // Every attempt of the first run loses its answer (the first one creates the event): the run
