@@ -14,6 +14,15 @@ beforeEach(() => {
   s.openai.reset();
 });
 
+/** A customer message's queue state. */
+function messageState(id: string) {
+  return s.app.database.db
+    .selectFrom('messages')
+    .select(['status', 'attempts'])
+    .where('message_id', '=', id)
+    .executeTakeFirstOrThrow();
+}
+
 async function newChat(agent: Record<string, unknown> = {}) {
   const a = await s.createAgent({ user_id: 'owner-chat', name: 'Acme Assistant', ...agent });
   const c = await s.openConversation(a.agent_id, { customer_name: 'Sid' });
@@ -239,12 +248,7 @@ describe('chat pipeline', () => {
     expect(list.at(-1)!.content).toBe('Short and whole.');
     expect(calls).toBe(2);
     expect(s.openai.requests[0]?.max_completion_tokens).toBe(4096);
-    const row = await s.app.database.db
-      .selectFrom('messages')
-      .select(['status', 'attempts'])
-      .where('message_id', '=', id)
-      .executeTakeFirstOrThrow();
-    expect(row).toEqual({ status: 'answered', attempts: 2 });
+    expect(await messageState(id)).toEqual({ status: 'answered', attempts: 2 });
   });
 
   it('an answer withheld by the content filter: the fallback at once, never the partial text', async () => {
@@ -288,12 +292,7 @@ describe('chat pipeline', () => {
     const list = await s.waitForReplies(c.conversation_id, c.customer_token, 1, 30_000);
     expect(list.at(-1)!.content).toBe('What time suits you?');
     expect(calls).toBe(2);
-    const row = await s.app.database.db
-      .selectFrom('messages')
-      .select(['status', 'attempts'])
-      .where('message_id', '=', id)
-      .executeTakeFirstOrThrow();
-    expect(row).toEqual({ status: 'answered', attempts: 2 });
+    expect(await messageState(id)).toEqual({ status: 'answered', attempts: 2 });
   });
 
   it('answers with LLM_ERROR_MESSAGE, not the raw JSON, when every answer holds an unreadable action', async () => {
