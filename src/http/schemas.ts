@@ -10,8 +10,9 @@ export const UserIdParams = Type.Object({
   user_id: Type.String({ pattern: USER_ID_PATTERN, description: '1-50 of letters, digits, -_.@' }),
 });
 /** Our ids (`cnv_…`, `msg_…`) and the shape any id a request names must have. */
-export const ID_PATTERN = /^[A-Za-z0-9_-]{1,50}$/;
-export const IdString = Type.String({ minLength: 1, maxLength: 50, pattern: '^[A-Za-z0-9_-]+$' });
+const ID_PATTERN_SOURCE = '^[A-Za-z0-9_-]{1,50}$';
+export const ID_PATTERN = new RegExp(ID_PATTERN_SOURCE);
+export const IdString = Type.String({ minLength: 1, maxLength: 50, pattern: ID_PATTERN_SOURCE });
 
 export const errorResponses = {
   400: { $ref: 'ErrorBody#' },

@@ -174,19 +174,19 @@ export function lockDataDir(
       /** Looks at the lock file; true while it is ours (touching it), false once lost (told once). */
       const beat = (): boolean => {
         if (lost) return false;
-        let found: string;
+        let found: string | undefined;
         try {
           found = readFileSync(path, 'utf8');
         } catch (err) {
           // Unreadable for a moment (I/O trouble): looked at again next beat. Gone: taken over
           // (a takeover deletes, then creates) or deleted by hand; either way no longer ours.
           if ((err as NodeJS.ErrnoException).code !== 'ENOENT') return true;
-          found = '(no lock file)';
         }
         if (found !== text) {
+          // (Never once released: release stops the heartbeat, and check() no longer beats.)
           lost = true;
           clearInterval(heartbeat);
-          if (!released) onLost(found === '(no lock file)' ? found : describeHolder(found));
+          onLost(found === undefined ? '(no lock file)' : describeHolder(found));
           return false;
         }
         confirmedAt = Date.now();

@@ -189,6 +189,8 @@ export class WebhookStore {
        WHERE d.delivery_id IN (
                SELECT w.delivery_id FROM webhook_deliveries w
                 WHERE w.status = 'pending' AND w.enqueued AND w.created_at < now() - interval '1 minute'
+                  -- Two lookups, not one on state <= 'active': this one matches the predicate of
+                  -- pg-boss's index on (name, singleton_key) for waiting jobs; running ones are few.
                   AND NOT EXISTS (SELECT 1 FROM ${job} j
                                    WHERE j.name IN (${names}) AND j.singleton_key = w.delivery_id
                                      AND j.state < 'active')

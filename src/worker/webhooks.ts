@@ -156,7 +156,7 @@ export class WebhookDispatcher implements OwnerEventSink {
 
   async #ensureQueue(
     name: string,
-    options: NonNullable<Parameters<PgBoss['createQueue']>[1]> & { deadLetter?: string },
+    options: NonNullable<Parameters<PgBoss['createQueue']>[1]>,
   ): Promise<void> {
     if (!(await this.boss.getQueue(name))) {
       try {

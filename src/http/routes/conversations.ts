@@ -338,8 +338,7 @@ export const conversationRoutes: FastifyPluginAsyncTypebox<ConversationRouteDeps
       if (closed) return false;
       if (res.writableLength > SSE_MAX_BUFFERED_BYTES) {
         req.log.warn({ buffered: res.writableLength }, 'SSE client is not reading; stream dropped');
-        close();
-        res.destroy();
+        end(); // destroys it: what waits unread would hold the socket
         return false;
       }
       res.write(text);
