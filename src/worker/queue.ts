@@ -1,6 +1,7 @@
 import { sql } from 'kysely';
 import { PgBoss } from 'pg-boss';
 import type { Logger } from 'pino';
+import { Upstream } from '../domain/errors.js';
 import type { Database } from '../store/database.js';
 import { type Claim, type ClaimedWork, isClaimConflict, MessageQueueStore } from '../store/message-queue.js';
 import {
@@ -88,6 +89,16 @@ export interface QueueSettings {
 export function retryDelaySeconds(attempt: number, baseSeconds = 2): number {
   const base = Math.min(60, baseSeconds * 2 ** attempt);
   return base / 2 + (Math.random() * base) / 2;
+}
+
+/**
+ * How long the service that failed asked to be left alone (its Retry-After, on the Upstream error),
+ * in seconds, at most 10 minutes; 0 when it did not say. A retry never comes sooner than that: a
+ * rate-limited model would only refuse it again.
+ */
+export function askedDelaySeconds(err: unknown): number {
+  if (!(err instanceof Upstream) || err.retryAfterMs === undefined || !(err.retryAfterMs > 0)) return 0;
+  return Math.min(600, err.retryAfterMs / 1000);
 }
 
 /** A running claim's key: a run that outlived its claim and the run that took it over are two. */
@@ -322,7 +333,7 @@ export class JobQueue {
         await this.#messages
           .release(
             claim,
-            (this.settings.retryDelaySeconds ?? retryDelaySeconds)(attempt),
+            Math.max((this.settings.retryDelaySeconds ?? retryDelaySeconds)(attempt), askedDelaySeconds(err)),
             String((err as Error)?.message ?? err),
           )
           .catch((e: unknown) =>
