@@ -96,9 +96,9 @@ export function retryDelaySeconds(attempt: number, baseSeconds = 2): number {
  * in seconds, at most 10 minutes; 0 when it did not say. A retry never comes sooner than that: a
  * rate-limited model would only refuse it again.
  */
-export function askedDelaySeconds(err: unknown): number {
-  if (!(err instanceof Upstream) || err.retryAfterMs === undefined || !(err.retryAfterMs > 0)) return 0;
-  return Math.min(600, err.retryAfterMs / 1000);
+function askedDelaySeconds(err: unknown): number {
+  const ms = err instanceof Upstream ? (err.retryAfterMs ?? 0) : 0;
+  return ms > 0 ? Math.min(600, ms / 1000) : 0;
 }
 
 /** A running claim's key: a run that outlived its claim and the run that took it over are two. */
