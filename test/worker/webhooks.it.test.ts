@@ -135,9 +135,18 @@ async function ownerWithHook(path: string) {
   return { userId, email: `${userId}@owner.test`, agentId: agent.agent_id, secret };
 }
 
-/** A pending delivery of `userId`'s, enqueued, written `ageSeconds` ago: its id. */
-async function pendingDelivery(userId: string, ageSeconds: number): Promise<string> {
+/**
+ * A pending delivery of `userId`'s, enqueued, written `ageSeconds` ago: its id. A job for it
+ * (`withJob`) is sent first, as the service commits a row and its job together: the sweep never
+ * sees the row without it.
+ */
+async function pendingDelivery(
+  userId: string,
+  ageSeconds: number,
+  withJob?: (id: string) => Promise<unknown>,
+): Promise<string> {
   const id = `whd_${randomBytes(10).toString('hex')}`;
+  await withJob?.(id);
   await sql`
     INSERT INTO webhook_deliveries (delivery_id, user_id, event_type, event_key, payload, enqueued, created_at)
     VALUES (${id}, ${userId}, 'meeting.booked', ${`test:${id}`}, '{}'::jsonb, true,
@@ -388,14 +397,11 @@ describe('webhook deliveries', () => {
   it('a pending delivery that no job will attempt again (sent before the dead-letter queue) is swept to failed', async () => {
     const userId = uid('sweep');
     const orphan = await pendingDelivery(userId, 120);
-    const waiting = await pendingDelivery(userId, 120);
-    const young = await pendingDelivery(userId, 0);
     // `waiting` still has a job: in backoff until an hour from now.
-    await s.app.queue.boss.send(
-      WEBHOOK_QUEUE,
-      { deliveryId: waiting },
-      { singletonKey: waiting, startAfter: 3600 },
+    const waiting = await pendingDelivery(userId, 120, (id) =>
+      s.app.queue.boss.send(WEBHOOK_QUEUE, { deliveryId: id }, { singletonKey: id, startAfter: 3600 }),
     );
+    const young = await pendingDelivery(userId, 0);
     const status = async (id: string) =>
       (
         await sql<{ status: string; last_error: string | null }>`
@@ -478,9 +484,10 @@ describe('a last attempt that never finishes', () => {
 
   it('a worker that died mid-attempt (its job left active): failed once pg-boss times the job out', async () => {
     const o = await ownerWithHook('/never-reached');
-    const id = await pendingDelivery(o.userId, 0);
+    const id = await pendingDelivery(o.userId, 0, (key) =>
+      s.app.queue.boss.send(WEBHOOK_QUEUE, { deliveryId: key }, { singletonKey: key, startAfter: 3600 }),
+    );
     // What a killed worker leaves: its job active, started long ago, and nobody to finish it.
-    await s.app.queue.boss.send(WEBHOOK_QUEUE, { deliveryId: id }, { singletonKey: id, startAfter: 3600 });
     await sql`UPDATE ${sql.id(bossSchemaFor(s.app.database.schema), 'job')}
                  SET state = 'active', started_on = now() - interval '1 hour', start_after = now()
                WHERE name = ${WEBHOOK_QUEUE} AND singleton_key = ${id}`.execute(s.app.database.db);
