@@ -26,6 +26,12 @@ export interface TokenProviderOptions {
    * use it without trying again (default 15 s); callers that must wait always try.
    */
   refreshCooldownMs?: number;
+  /**
+   * The lifetime assumed for a refreshed token whose response carried no `expires_in` (RFC 6749
+   * makes it optional; Google sends it): default 55 minutes, under Google's hour. A token that dies
+   * sooner is refreshed at its first 401 (GoogleCalendarGateway).
+   */
+  assumedLifetimeMs?: number;
   /** How long a refresh lease lasts if its holder dies mid-refresh. */
   leaseMs?: number;
   /** How long a waiter waits for another process's refresh before giving up (retryable). */
@@ -307,15 +313,18 @@ export class GoogleTokenProvider {
       // Once the token request has settled, the deadline has nothing left to end.
       clearTimeout(deadlineTimer);
     }
-    const creds = client.credentials;
-    if (!token || !creds.expiry_date)
-      throw new Upstream('Google token refresh returned no access token', true);
+    if (!token) throw new Upstream('Google token refresh returned no access token', true);
+    // The library sets expiry_date only from `expires_in`. Without it the token is still good: it is
+    // stored with the assumed lifetime rather than discarded and refreshed again in a loop.
+    const expiry = client.credentials.expiry_date
+      ? new Date(client.credentials.expiry_date)
+      : new Date(this.#now().getTime() + (this.options.assumedLifetimeMs ?? 55 * 60_000));
     const saved = await this.connections.saveRefreshed(
       userId,
       c.revision,
       {
         accessToken: token,
-        expiry: new Date(creds.expiry_date),
+        expiry,
         // Usually none: Google keeps the refresh token, and so does the stored row then.
         refreshToken: rotated,
       },

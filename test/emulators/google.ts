@@ -303,6 +303,12 @@ export class GoogleEmulator {
    * that keeps the old one is locked out at its next refresh. Off by default (Google's usual answer).
    */
   rotateRefreshTokens = false;
+  /**
+   * Refresh answers without `expires_in`. RFC 6749 §5.1 makes the field RECOMMENDED, not required;
+   * Google always sends it, but a token endpoint behind a proxy or a compatible server may not.
+   * The access token issued still lasts `accessTokenTtlSeconds`. Off by default.
+   */
+  omitExpiresIn = false;
   latencyMs: number;
 
   private readonly clientId: string;
@@ -639,7 +645,7 @@ export class GoogleEmulator {
       headers: { 'cache-control': 'no-cache, no-store, max-age=0, must-revalidate', pragma: 'no-cache' },
       body: {
         access_token: access.token,
-        expires_in: this.accessTokenTtlSeconds,
+        ...(this.omitExpiresIn ? {} : { expires_in: this.accessTokenTtlSeconds }),
         ...(rotated ? { refresh_token: rotated } : {}),
         scope: grant.scope,
         token_type: 'Bearer',

@@ -151,6 +151,26 @@ describe('token refresh', () => {
     expect(s.google.refreshCount(o.grant.refresh_token)).toBe(1);
   });
 
+  it('a refresh answered without expires_in (RFC 6749 makes it optional) is kept for 55 minutes, not refreshed again', async () => {
+    s.google.omitExpiresIn = true;
+    try {
+      const o = await newOwner(-120);
+      const started = Date.now();
+      expect(isConfirmation(await book(o))).toBe(true);
+      expect(s.google.refreshCount(o.grant.refresh_token)).toBe(1);
+      expect(tokenCalls()[0]!.status).toBe(200);
+      const expiry = new Date(String((await tokenInfo(o.userId)).token_expiry)).getTime();
+      expect(expiry).toBeGreaterThanOrEqual(started + 55 * 60_000 - 1000);
+      expect(expiry).toBeLessThanOrEqual(Date.now() + 55 * 60_000 + 1000);
+      // The stored token is used as it is by the next booking.
+      s.google.reset();
+      expect(isConfirmation(await book(o, 2))).toBe(true);
+      expect(tokenCalls()).toHaveLength(0);
+    } finally {
+      s.google.omitExpiresIn = false;
+    }
+  });
+
   it('refreshes a token that expires within 5 minutes in the background: the booking does not wait for it', async () => {
     const soon = await newOwner(120);
     // The token endpoint answers only after the booking is done: a booking that waited for it would
