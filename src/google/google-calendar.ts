@@ -12,6 +12,7 @@ import type {
   RetryGuard,
 } from '../domain/calendar-gateway.js';
 import { ChangesTooOld, TooManyChanges, Upstream } from '../domain/errors.js';
+import { headerOf, retryAfterMs } from '../domain/retry-after.js';
 import { isIanaTimeZone, zonedInstant } from '../domain/time.js';
 import { createLeanFetch, type Fetch } from '../lean-fetch.js';
 import type { GoogleTokenProvider } from './token-provider.js';
@@ -45,11 +46,15 @@ interface GoogleErrorShape {
   code?: string;
   response?: {
     status?: number;
+    headers?: unknown;
     data?: { error?: { errors?: Array<{ reason?: string }>; message?: string } };
   };
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** The longest `Retry-After` a Calendar call waits out itself before trying again. */
+const IN_CALL_WAIT_MAX_MS = 5_000;
 
 type Failure =
   | { kind: 'unauthorized' }
@@ -203,8 +208,19 @@ export class GoogleCalendarGateway implements CalendarGateway {
           attempt--;
           continue;
         }
-        if (failure.kind === 'retryable' && attempt < this.#maxAttempts) {
-          const delay = Math.random() * this.#backoffBaseMs * 2 ** (attempt - 1);
+        // Google asks for a wait rarely (its guides say: back off exponentially), but when it does,
+        // a short one is waited here and a longer one ends the call: the job's retry then waits it
+        // (JobQueue), holding no worker slot meanwhile.
+        const asked =
+          failure.kind === 'retryable'
+            ? retryAfterMs(headerOf((err as GoogleErrorShape).response?.headers, 'retry-after'), Date.now())
+            : undefined;
+        if (
+          failure.kind === 'retryable' &&
+          attempt < this.#maxAttempts &&
+          (asked === undefined || asked <= IN_CALL_WAIT_MAX_MS)
+        ) {
+          const delay = Math.max(asked ?? 0, Math.random() * this.#backoffBaseMs * 2 ** (attempt - 1));
           this.logger.warn(
             { op, status: failure.status, attempt, delay_ms: Math.round(delay) },
             'Google call failed; retrying',
@@ -217,6 +233,7 @@ export class GoogleCalendarGateway implements CalendarGateway {
         if (failure.kind === 'retryable') {
           throw new Upstream(`Google ${op} failed after ${attempt} attempts (${failure.status})`, true, {
             cause: err,
+            retryAfterMs: asked,
           });
         }
         const status = failure.kind === 'unauthorized' ? 401 : failure.status;

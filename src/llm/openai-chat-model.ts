@@ -1,5 +1,6 @@
 import OpenAI from 'openai';
 import { Upstream } from '../domain/errors.js';
+import { headerOf, retryAfterMs } from '../domain/retry-after.js';
 import { createLeanFetch, type Fetch } from '../lean-fetch.js';
 import type { ChatModel, ChatRequest, ChatResult, ChatTurn } from './chat-model.js';
 
@@ -129,10 +130,14 @@ export class OpenAIChatModel implements ChatModel {
       const retryable =
         (status === 408 || status === 409 || status === 429 || status >= 500) &&
         err.code !== 'insufficient_quota';
-      const retryAfter = Number(err.headers?.get?.('retry-after-ms') ?? Number.NaN);
+      // OpenAI sends both; a compatible server may send only the standard one (seconds or a date).
+      const asked = Number(headerOf(err.headers, 'retry-after-ms') ?? Number.NaN);
       return new Upstream(`model service answered ${status}: ${err.message}`, retryable, {
         cause: err,
-        retryAfterMs: Number.isFinite(retryAfter) ? retryAfter : undefined,
+        retryAfterMs:
+          Number.isFinite(asked) && asked >= 0
+            ? asked
+            : retryAfterMs(headerOf(err.headers, 'retry-after'), Date.now()),
       });
     }
     return err instanceof Error ? err : new Error(String(err));

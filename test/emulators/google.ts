@@ -46,7 +46,15 @@ export type GoogleOp =
 
 export type Fault =
   /** Answer `status` with Google's error body, after `delayMs` (default none); the work is not done. */
-  | { kind: 'status'; status: number; reason?: string; message?: string; delayMs?: number }
+  | {
+      kind: 'status';
+      status: number;
+      reason?: string;
+      message?: string;
+      delayMs?: number;
+      /** A `Retry-After` header sent with the error, as written (seconds or an HTTP-date). */
+      retryAfter?: string;
+    }
   /** Perform the operation, then destroy the socket without answering. */
   | { kind: 'lost-response' }
   /** Wait `ms`, then handle the request normally (the work is done even if the client gave up). */
@@ -506,6 +514,8 @@ export class GoogleEmulator {
     let reply: Reply;
     if (fault?.kind === 'status') {
       reply = faultReply(entry.op, fault);
+      if (fault.retryAfter !== undefined)
+        reply = { ...reply, headers: { ...reply.headers, 'retry-after': fault.retryAfter } };
     } else if (!route) {
       reply = calendarError(404, 'notFound', 'Not Found');
     } else if (parsed.invalid) {

@@ -50,7 +50,13 @@ export interface ChatRequest {
 }
 
 export type Fault =
-  | { kind: 'status'; status: 400 | 401 | 403 | 404 | 429 | 500 | 502 | 503; retryAfterSeconds?: number }
+  | {
+      kind: 'status';
+      status: 400 | 401 | 403 | 404 | 429 | 500 | 502 | 503;
+      retryAfterSeconds?: number;
+      /** Only the standard `retry-after` header, as a compatible server may send (OpenAI sends both). */
+      retryAfterOnly?: boolean;
+    }
   /** Delay, then answer normally (exercises client timeouts). */
   | { kind: 'stall'; ms: number }
   /** Destroy the socket without answering (network error). */
@@ -775,7 +781,7 @@ function statusFault(
   if (seconds !== undefined) {
     // OpenAI sends whole seconds in retry-after; the SDK prefers the finer retry-after-ms when present.
     headers['retry-after'] = String(Math.ceil(seconds));
-    headers['retry-after-ms'] = String(Math.round(seconds * 1000));
+    if (!fault.retryAfterOnly) headers['retry-after-ms'] = String(Math.round(seconds * 1000));
   }
   return new HttpError(fault.status, faultBody(fault.status, model, requestId, token, headers), headers);
 }

@@ -5,7 +5,8 @@
  * logged with their cause, and the customer gets MEETING_ERROR_MESSAGE.
  */
 import { randomBytes } from 'node:crypto';
-import { describe, expect, it } from 'vitest';
+import { sql } from 'kysely';
+import { describe, expect, it, vi } from 'vitest';
 import type { Fault } from '../emulators/google.js';
 import { useStack } from '../helpers/stack.js';
 
@@ -100,6 +101,48 @@ describe('retryable Google errors', () => {
     expect(b.reply.startsWith('✅ Meeting confirmed!')).toBe(true);
     expect(inserts().map((r) => r.status)).toEqual([503, 503, 503, 200]);
     expect(s.google.events(b.email)).toHaveLength(1);
+  });
+
+  it('a short Retry-After (2 s) is waited out in the call, then the booking goes through', async () => {
+    const b = await book(() =>
+      s.google.fail('events.insert', { kind: 'status', status: 503, retryAfter: '2' }, 1),
+    );
+    expect(b.reply.startsWith('✅ Meeting confirmed!')).toBe(true);
+    const [refused, accepted] = inserts();
+    expect([refused?.status, accepted?.status]).toEqual([503, 200]);
+    // The in-call backoff alone would be at most half a second.
+    expect(accepted!.at - refused!.doneAt!).toBeGreaterThanOrEqual(1900);
+    expect(s.google.events(b.email)).toHaveLength(1);
+  });
+
+  it('a long Retry-After (an HTTP-date 2 minutes ahead) ends the call: the job retries no sooner', async () => {
+    const userId = uid('ge');
+    await s.connectOwner(userId);
+    const agent = await s.createAgent({ user_id: userId, name: 'Acme Assistant' });
+    const c = await s.openConversation(agent.agent_id);
+    s.openai.responder = () => ({ content: JSON.stringify([action()]) });
+    const until = new Date(Date.now() + 120_000).toUTCString();
+    s.google.fail('events.insert', { kind: 'status', status: 429, retryAfter: until }, 1);
+    const messageId = await s.send(c.conversation_id, c.customer_token, 'book me');
+    const row = await vi.waitFor(
+      async () => {
+        const r = await sql<{ attempts: number; wait: number }>`
+          SELECT attempts, extract(epoch FROM run_after - now())::float8 AS wait
+            FROM messages WHERE message_id = ${messageId} AND run_after IS NOT NULL`.execute(
+          s.app.database.db,
+        );
+        expect(r.rows[0]).toBeDefined();
+        return r.rows[0]!;
+      },
+      { timeout: 30_000, interval: 100 },
+    );
+    expect(row.attempts).toBe(1);
+    // The job's own first backoff is a second or two; Google asked for 119–120 s.
+    expect(Number(row.wait)).toBeGreaterThan(100);
+    expect(Number(row.wait)).toBeLessThanOrEqual(121);
+    // One try only: retrying inside the call would be refused again.
+    expect(inserts().map((r) => r.status)).toEqual([429]);
+    expect(s.google.events(ownerEmail(userId))).toHaveLength(0);
   });
 
   it('a timed-out insert whose work was done is retried and still gives one event', async () => {
