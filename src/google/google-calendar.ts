@@ -559,12 +559,19 @@ export class GoogleCalendarGateway implements CalendarGateway {
               calendarId: 'primary',
               eventId,
               sendUpdates: 'all',
+              // `date: null`: an event the owner made all-day keeps its `date` through a patch that
+              // does not clear it, and Google refuses an event with both (apps-api-issues #3110).
               requestBody: {
                 start: {
+                  date: null,
                   dateTime: times.startDateTime,
                   ...(times.timeZone ? { timeZone: times.timeZone } : {}),
                 },
-                end: { dateTime: times.endDateTime, ...(times.timeZone ? { timeZone: times.timeZone } : {}) },
+                end: {
+                  date: null,
+                  dateTime: times.endDateTime,
+                  ...(times.timeZone ? { timeZone: times.timeZone } : {}),
+                },
               },
             },
             options,

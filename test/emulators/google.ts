@@ -1272,6 +1272,11 @@ function parseEventTime(value: unknown, which: 'start' | 'end'): { ms: number; a
   if (!isObject(value) || (value.dateTime === undefined && value.date === undefined)) {
     return calendarError(400, 'required', `Missing ${which} time.`);
   }
+  // Both at once is refused: a patch moving an all-day event to a time must clear `date` with null,
+  // or the merged event keeps it beside the new `dateTime` (Google's answer on apps-api-issues #3110).
+  if (value.dateTime !== undefined && value.date !== undefined) {
+    return calendarError(400, 'badRequest', 'Bad Request');
+  }
   const zone = value.timeZone;
   if (zone !== undefined && (typeof zone !== 'string' || !isTimeZone(zone))) {
     return calendarError(400, 'invalid', `Invalid time zone definition for ${which} time.`);

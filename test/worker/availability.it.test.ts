@@ -585,6 +585,42 @@ describe('reschedule and cancel by chat', () => {
     });
   });
 
+  it('moves an event the owner made all-day in Google: the move clears its date (Google refuses date and dateTime together)', async () => {
+    const { o, c, mine } = await chatWithMeeting();
+    const grant = s.google.grant({ email: o.email });
+    const auth = new OAuth2Client();
+    auth.setCredentials({ access_token: grant.access_token });
+    const own = calendar({ version: 'v3', auth, rootUrl: s.google.rootUrl });
+    await own.events.patch({
+      calendarId: 'primary',
+      eventId: mine.google_event_id as string,
+      requestBody: {
+        start: { date: ist(2, 0).date, dateTime: null, timeZone: null },
+        end: { date: ist(3, 0).date, dateTime: null, timeZone: null },
+      },
+    });
+    s.openai.responder = () => ({
+      toolCalls: [
+        {
+          name: 'reschedule_meeting',
+          arguments: { meeting_id: null, new_time: ist(3, 11).iso, friendly_time: null },
+        },
+      ],
+    });
+    await s.send(c.conversation_id, c.customer_token, 'Can we do the day after at 11?');
+    const list = await s.waitForReplies(c.conversation_id, c.customer_token, 2, 30_000);
+    expect(list.filter((m) => m.role === 'assistant').at(-1)!.content).toMatch(/^✅ Meeting rescheduled!/);
+    const event = s.google.events(o.email).find((e) => e.id === mine.google_event_id)!;
+    expect(event.start?.date ?? null).toBeNull();
+    expect(event.end?.date ?? null).toBeNull();
+    expect([Date.parse(event.start!.dateTime!), Date.parse(event.end!.dateTime!)]).toEqual([
+      ist(3, 11).at.getTime(),
+      ist(3, 11).at.getTime() + Number(mine.duration_minutes) * 60_000,
+    ]);
+    const after = await s.app.http.inject({ url: `/api/meetings/${mine.meeting_id}`, headers: s.admin });
+    expect(after.json().meeting.meeting_time).toBe(ist(3, 11).at.toISOString());
+  });
+
   it('a retried move whose earlier attempt moved the event records the move (its own event is no clash)', async () => {
     const { o, c, mine } = await chatWithMeeting();
     // Every answer to the first run's patch is lost: the event moves, the run fails, the job runs
