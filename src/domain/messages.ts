@@ -19,10 +19,14 @@ function linkLine(meetLink: string | null, conference: ConferenceStatus | undefi
 }
 
 /**
- * The first line of the system's own confirmations below, in any case or spacing: the model writing
- * one itself (process-message's composeReply) is asked again, never shown.
+ * The first line of the system's own confirmations below, in any case or spacing, with or without
+ * the emoji's variation selector (`✅️` is how many models write it), in markdown emphasis, after
+ * another check mark or none at a line's start: the model writing one itself (process-message's
+ * composeReply) is asked again, never shown. The time and link lines alone are not matched: the model
+ * may repeat them truthfully about a meeting booked earlier in the conversation.
  */
-export const OWN_CONFIRMATION = /✅\s*Meeting (?:confirmed|rescheduled|cancelled)/i;
+export const OWN_CONFIRMATION =
+  /(?:^|[✅✔☑])[\uFE0E\uFE0F]?[\s*_~#>]*Meeting\s+(?:confirmed|rescheduled|cancelled)\b/imu;
 
 export function meetingConfirmation(
   friendlyTime: string,

@@ -1,6 +1,11 @@
 import type { Kysely, RawBuilder, Transaction } from 'kysely';
 import type { Logger } from 'pino';
-import { extractBookingActions, holdsUnreadableAction, withoutControls } from '../domain/booking-action.js';
+import {
+  extractBookingActions,
+  holdsUnreadableAction,
+  wellFormed,
+  withoutControls,
+} from '../domain/booking-action.js';
 import { Upstream } from '../domain/errors.js';
 import { OWN_CONFIRMATION } from '../domain/messages.js';
 import {
@@ -451,10 +456,12 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
       }
     }
     // U+0000 as a character (not JSON-escaped) in what the model wrote cannot be stored (the output
-    // is jsonb, the reply text): removed here, before anything stores or acts on the output.
+    // is jsonb, the reply text): removed here, before anything stores or acts on the output. Half a
+    // surrogate pair cannot be either (jsonb refuses its escape): replaced with U+FFFD.
+    const storable = (text: string) => wellFormed(text.replaceAll('\u0000', ''));
     return {
-      text: result.text?.replaceAll('\u0000', '') ?? null,
-      toolCalls: result.toolCalls.map((c) => ({ ...c, arguments: c.arguments.replaceAll('\u0000', '') })),
+      text: result.text === null ? null : storable(result.text),
+      toolCalls: result.toolCalls.map((c) => ({ ...c, arguments: storable(c.arguments) })),
     };
   }
 

@@ -1,7 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import {
   bookingTexts,
+  cancellationConfirmation,
   meetingConfirmation,
+  OWN_CONFIRMATION,
   rescheduleConfirmation,
   withProse,
 } from '../../src/domain/messages.js';
@@ -55,5 +57,28 @@ describe('bookingTexts', () => {
   it('pluralises the booking limit', () => {
     expect(bookingTexts.tooManyBookings(1)).toContain('already has 1 upcoming meeting booked');
     expect(bookingTexts.tooManyBookings(3)).toContain('already has 3 upcoming meetings booked');
+  });
+});
+
+describe('OWN_CONFIRMATION', () => {
+  it.each([
+    ['our own text', meetingConfirmation('Friday at 10 AM', 'https://meet.google.com/abc-defg-hij')],
+    ['a reschedule', rescheduleConfirmation('Friday at 10 AM', null, 'pending')],
+    ['a cancellation', cancellationConfirmation('Friday at 10 AM')],
+    ['the variation selector', '✅\uFE0F Meeting confirmed!'],
+    ['markdown emphasis', '✅ **Meeting confirmed!**'],
+    ['another check mark', '✔️ meeting CONFIRMED'],
+    ['a line of its own', 'Great news.\nMeeting confirmed for Friday.'],
+  ])('matches %s', (_, text) => {
+    expect(OWN_CONFIRMATION.test(text)).toBe(true);
+  });
+
+  it.each([
+    ['a question', 'Is the meeting confirmed for Friday, or shall I check?'],
+    ['prose mentioning a meeting', 'Once the meeting is confirmed you will get an email.'],
+    ['an offer', 'I can book a meeting on Friday at 10. Shall I?'],
+    ['the time line alone (a meeting booked before)', 'Yes: 📅 Meeting scheduled for Friday at 10'],
+  ])('does not match %s', (_, text) => {
+    expect(OWN_CONFIRMATION.test(text)).toBe(false);
   });
 });

@@ -874,8 +874,9 @@ describe('reschedule and cancel by chat', () => {
     const reply = await ask(c, 'book me for Friday', () =>
       answers++ === 0
         ? {
+            // As many models write it: the emoji's variation selector, and markdown.
             content:
-              '✅ Meeting confirmed!\n\n📅 Meeting scheduled for Friday at 10 AM\n🔗 Join here: https://meet.google.com/abc-defg-hij',
+              '✅\uFE0F **Meeting confirmed!**\n\n📅 Meeting scheduled for Friday at 10 AM\n🔗 Join here: https://meet.google.com/abc-defg-hij',
           }
         : { content: 'What is your email address?' },
     );
@@ -914,6 +915,27 @@ describe('reschedule and cancel by chat', () => {
     const [meeting] = await meetingsOf(o.userId);
     expect(meeting!.title).toBe('Demo call');
     expect(liveEvents(o.email).map((e) => e.summary)).toEqual(['Demo call']);
+  });
+
+  it('half a surrogate pair in the model’s text beside an action is replaced: the booking is made and recorded', async () => {
+    const o = await newOwner({ working_hours: ALL_WEEK_9_TO_17 });
+    const c = await chatWith(o);
+    // The output is stored as jsonb, which refuses an unpaired \ud83d; a tool call's arguments likewise.
+    const booked = await ask(c, 'book', {
+      content: `Done \ud83d!\n${JSON.stringify([bookingAction(ist(2, 10).iso)])}`,
+    });
+    expect(booked.startsWith('Done \ufffd!\n\n✅ Meeting confirmed!')).toBe(true);
+    expect(await meetingsOf(o.userId)).toHaveLength(1);
+    // Arguments sent as written: the half pair is a character of the arguments' text, not an escape.
+    const moved = await ask(c, 'move it', {
+      toolCalls: [
+        {
+          name: 'reschedule_meeting',
+          arguments: `{"meeting_id": null, "new_time": "${ist(2, 11).iso}", "friendly_time": "at 11 \udc00"}`,
+        },
+      ],
+    });
+    expect(moved).toMatch(/^✅ Meeting rescheduled!\n\n📅 Meeting now scheduled for at 11 \ufffd\n/);
   });
 
   it('a cancel acts only on the stored model output: one stored first by another attempt wins', async () => {
