@@ -163,10 +163,16 @@ export class MessageQueueStore {
         .select([
           sql<number>`q.attempts`.as('claim_attempts'),
           sql<StoredModelOutput | null>`q.model_output`.as('claim_model_output'),
-          sql<string>`set_config('synchronous_commit', 'off', true)`.as('relaxed'),
         ]);
-      // Pending messages in storage order (an index scan that stops once `limit` rows are locked, so
-      // a claim costs the claims in flight plus what it takes, not the backlog). A message is claimable
+      // The claim commits synchronously, as everything its number guards does. A claim a crash lost
+      // would leave `attempts` one lower, the next claim would get the same number as the run still
+      // holding it, and every check by claim number (the model output's, the reply's, the
+      // heartbeat's) would pass for both runs: one could book while the other answers.
+      //
+      // Pending messages in storage order (an index scan that stops once `limit` rows are locked; the
+      // pending rows it passes over on the way, claimed, waiting out a backoff or behind their
+      // conversation's head, are read too, so an outage's backlog of retries costs every claim until
+      // it drains). A message is claimable
       // when it is ready (no live claim; past its backoff) and either holds a lapsed claim (its
       // conversation is its own) or is its conversation's head: no earlier pending message, and no
       // other message of the conversation claimed. The statement reads one snapshot; a row claimed

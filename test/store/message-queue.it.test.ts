@@ -149,6 +149,35 @@ describe('message queue', () => {
     await answer(a.conversationId, a.ids[0]!);
   });
 
+  it('a claim commits durably (synchronous_commit stays on): a PostgreSQL crash cannot hand its claim number out twice', async () => {
+    // A claim whose commit a crash lost would leave `attempts` one lower, and the next claim would
+    // get the same number as the run still holding it: every check by claim number would then pass
+    // for both runs, and one could book while the other answers. A deferred trigger reads the
+    // setting the claim's transaction commits with.
+    const a = await conversationWith('claimed durably');
+    await sql`
+      CREATE TABLE claim_commit_settings (setting text);
+      CREATE FUNCTION record_commit_setting() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN INSERT INTO claim_commit_settings VALUES (current_setting('synchronous_commit')); RETURN NULL; END $$;
+      CREATE CONSTRAINT TRIGGER record_commit_setting AFTER UPDATE OF attempts ON messages
+        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+        WHEN (NEW.message_id = ${sql.lit(a.ids[0]!)}) EXECUTE FUNCTION record_commit_setting();`.execute(
+      database.db,
+    );
+    try {
+      const [claimed] = await claimAll();
+      expect(claimed!.claim).toEqual({ messageId: a.ids[0], attempts: 1 });
+      const recorded = await sql<{ setting: string }>`SELECT setting FROM claim_commit_settings`.execute(
+        database.db,
+      );
+      expect(recorded.rows).toEqual([{ setting: 'on' }]);
+    } finally {
+      await sql`DROP TRIGGER record_commit_setting ON messages; DROP FUNCTION record_commit_setting();
+        DROP TABLE claim_commit_settings;`.execute(database.db);
+    }
+    await answer(a.conversationId, a.ids[0]!);
+  });
+
   it('a released claim waits out its backoff, and its conversation waits with it', async () => {
     const a = await conversationWith('fails', 'waits');
     const [first] = await claimAll();
