@@ -202,18 +202,21 @@ function describe(err: unknown): string {
 /**
  * The answer to a claimed message whose row could not be read, on its last attempt (the queue's
  * UnreadableHandler): the model fallback, as when the model cannot be asked. It closes the message
- * like any reply (unique per customer message).
+ * like any reply (unique per customer message), and only while its claim is current: a run that
+ * stalled past its claim must not close the message under the run that took it over (after a
+ * repair, that one may be booking).
  */
 export function createUnreadableAnswer(
   deps: Pick<MessageProcessorDeps, 'db' | 'messages' | 'llmErrorMessage' | 'onOutcome'>,
 ): UnreadableHandler {
-  return async ({ messageId, conversationId }, err) => {
+  return async ({ messageId, conversationId, claim }, err) => {
     const stored = await deps.messages.storeReply(deps.db, {
       conversationId,
       replyTo: messageId,
       content: deps.llmErrorMessage,
       outcome: 'failed',
       error: describe(err),
+      claim,
     });
     deps.onOutcome?.('failed');
     return { nextWaiting: stored.nextWaiting };

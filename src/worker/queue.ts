@@ -58,7 +58,8 @@ export interface JobOutcome {
  * it returns once that committed, as a handler does).
  */
 export type UnreadableHandler = (
-  message: { messageId: string; conversationId: string },
+  /** `claim`: the claim's number (`attempts`), which fences the answer as it fences a handler's. */
+  message: { messageId: string; conversationId: string; claim: number },
   error: unknown,
 ) => Promise<JobOutcome | undefined>;
 
@@ -309,7 +310,10 @@ export class JobQueue {
             { err: error, message_id: claim.messageId, attempt },
             'a claimed message could not be read on its last attempt: answering with the fallback',
           );
-          outcome = await unreadable({ messageId: claim.messageId, conversationId }, error);
+          outcome = await unreadable(
+            { messageId: claim.messageId, conversationId, claim: claim.attempts },
+            error,
+          );
         } else {
           outcome = await handler(work, {
             jobId: key,

@@ -6,6 +6,8 @@
 import { randomBytes } from 'node:crypto';
 import { sql } from 'kysely';
 import { describe, expect, it } from 'vitest';
+import { MessageStore } from '../../src/store/messages.js';
+import { createUnreadableAnswer } from '../../src/worker/process-message.js';
 import { useStack } from '../helpers/stack.js';
 
 const s = useStack({ JOB_RETRY_LIMIT: '1' });
@@ -68,4 +70,25 @@ describe('a claimed message that cannot be read', () => {
     ]);
     expect(await attemptsOf(c.conversation_id)).toEqual({ attempts: 2, status: 'answered' });
   }, 30_000);
+
+  it('its fallback is stored only under the current claim: a run that stalled past its claim closes nothing', async () => {
+    const c = await corruptChat();
+    s.holdRetries(true); // the first attempt fails and waits; the test plays the stalled last run
+    const messageId = await s.send(c.conversation_id, c.customer_token, 'hello');
+    await s.firstAttemptFailed(messageId);
+    // Another run has claimed the message since (claim 2), as after a stalled run's claim lapsed.
+    await sql`UPDATE messages SET attempts = 2, claimed_until = now() + interval '1 minute', run_after = NULL
+               WHERE message_id = ${messageId}`.execute(s.app.database.db);
+    const answer = createUnreadableAnswer({
+      db: s.app.database.db,
+      messages: new MessageStore(s.app.database.db),
+      llmErrorMessage: s.app.config.llmErrorMessage,
+    });
+    const message = { messageId, conversationId: c.conversation_id };
+    await answer({ ...message, claim: 1 }, new Error('stale'));
+    expect(await attemptsOf(c.conversation_id)).toEqual({ attempts: 2, status: 'pending' });
+    await answer({ ...message, claim: 2 }, new Error('current'));
+    expect(await attemptsOf(c.conversation_id)).toEqual({ attempts: 2, status: 'failed' });
+    s.holdRetries(false);
+  });
 });
