@@ -250,10 +250,10 @@ export class JobQueue {
     this.#unlisten = unlisten;
     const heartbeat = setInterval(
       () => {
-        const now = Date.now();
+        const now = performance.now();
         const live: Running[] = [];
         for (const job of inFlight.values()) {
-          if (now - job.startedAt < MAX_RUN_MS) live.push(job);
+          if (now - job.startedPerf < MAX_RUN_MS) live.push(job);
           else job.controller.abort(new Error('the message took too long; its claim is left to lapse'));
         }
         this.#messages
@@ -289,7 +289,6 @@ export class JobQueue {
         claim,
         conversationId,
         controller: new AbortController(),
-        startedAt: Date.now(),
         startedPerf: performance.now(),
         arrived: false,
         releasedByStop: false,
@@ -490,8 +489,7 @@ interface Running {
   claim: Claim;
   conversationId: string;
   controller: AbortController;
-  startedAt: number;
-  /** The same moment on the monotonic clock (the slot's time, whatever the wall clock does). */
+  /** When it started, on the monotonic clock: its run limit and slot time, whatever the wall clock does. */
   startedPerf: number;
   /** Another message of its conversation was announced meanwhile (fetch again once done). */
   arrived: boolean;
