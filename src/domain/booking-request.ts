@@ -206,6 +206,46 @@ export function offsetOfAnotherSeason(start: Date, offsetMinutes: number, agentZ
   return false;
 }
 
+/** A 12-hour clock time: "3 PM", "3:30pm", "11.15 a.m.". */
+const TWELVE_HOUR = /\b(\d{1,2})(?:[:.](\d{2}))?\s*([ap])\.?\s?m\b\.?/gi;
+/** A 24-hour clock time: "15:00", "9:30", "15h30". */
+const TWENTY_FOUR_HOUR = /\b([01]?\d|2[0-3])[:h]([0-5]\d)\b/gi;
+
+/**
+ * Whether `words` (the model's `friendly_time`) name a clock time that is not the meeting's: neither
+ * its wall clock in the agent's zone nor in the action's own offset. The model may have written the
+ * instant wrong while its words say what the customer asked for; the confirmation must then name the
+ * booked time, not the words. The commonest such mistake is a `Z` (UTC) where the agent's local time
+ * was meant, and its words then match the UTC clock: so a UTC offset's clock counts only when the
+ * words say UTC or GMT. Words that name no clock time this reads ("tomorrow", another language's)
+ * are not judged.
+ */
+export function namesAnotherClockTime(
+  words: string,
+  start: Date,
+  offsetMinutes: number,
+  agentZone: string,
+): boolean {
+  const minuteOfDay = (offset: number) => {
+    const local = new Date(start.getTime() + offset * 60_000);
+    return local.getUTCHours() * 60 + local.getUTCMinutes();
+  };
+  const booked = new Set([minuteOfDay(zoneOffsetMinutes(start, agentZone))]);
+  if (offsetMinutes !== 0 || /\b(?:UTC|GMT)\b/i.test(words)) booked.add(minuteOfDay(offsetMinutes));
+  const named: number[] = [];
+  const rest = words.replace(TWELVE_HOUR, (_, h: string, m: string | undefined, half: string) => {
+    const hour = Number(h);
+    // "13 pm" is no 12-hour time: left for the 24-hour reading, which needs minutes.
+    if (hour < 1 || hour > 12) return ' ';
+    named.push(((hour % 12) + (half.toLowerCase() === 'p' ? 12 : 0)) * 60 + Number(m ?? 0));
+    return ' ';
+  });
+  for (const m of rest.matchAll(TWENTY_FOUR_HOUR)) named.push(Number(m[1]) * 60 + Number(m[2]));
+  if (/\bnoon\b/i.test(rest)) named.push(12 * 60);
+  if (/\bmidnight\b/i.test(rest)) named.push(0);
+  return named.some((minute) => !booked.has(minute));
+}
+
 /**
  * The booking's idempotency key: the same customer message and the same action always give the
  * same key (and so the same Google event id); anything else gives another.

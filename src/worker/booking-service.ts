@@ -16,6 +16,7 @@ import {
   bookingKey,
   eventTimeZone,
   googleEventIdFor,
+  namesAnotherClockTime,
   offsetOfAnotherSeason,
   toOffsetIso,
   validateBookingAction,
@@ -148,7 +149,8 @@ type BusyExcept = OverlapExcept & { interval?: Interval };
  * Google event id is derived from it (a repeated insert answers 409 and we fetch the event; a
  * booking about to give up looks that id up first), and the meeting row (unique key and event id)
  * commits with the confirmation (one statement; a transaction when the answer has several actions).
- * The confirmation is built from Google's answer, never from the model's words.
+ * The confirmation is built from Google's answer and the booked instant; the model's words for the
+ * time stand only where they agree with it (confirmedTime).
  *
  * Never double-booked: the availability check (Google freeBusy plus our own scheduled meetings,
  * widened by the agent's buffer) and the insert run under the owner's booking lock, which is
@@ -985,7 +987,7 @@ export class BookingService implements ActionResponder {
     return this.#booked(work, request, key, created);
   }
 
-  /** A booking's confirmation and meeting row, from Google's event (never the model's words). */
+  /** A booking's confirmation and meeting row, from Google's event and the booked instant (confirmedTime). */
   #booked(
     work: MessageWork,
     request: BookingRequest,
@@ -1285,12 +1287,15 @@ function meetingMinutes(span: { start: Date; end: Date }): number | undefined {
 
 /**
  * The time a confirmation names: the model's words for it, unless they may name another hour than
- * the one booked (its offset the agent zone's other season's: offsetOfAnotherSeason), or there are
- * none; then the booked instant in the agent's zone.
+ * the one booked (its offset the agent zone's other season's: offsetOfAnotherSeason; or a clock time
+ * in them that is not the meeting's: namesAnotherClockTime), or there are none; then the booked
+ * instant in the agent's zone.
  */
 function confirmedTime(words: unknown, start: Date, offsetMinutes: number, agentZone: string): string {
   const given = typeof words === 'string' ? words.trim().slice(0, 200) : '';
-  return given && !offsetOfAnotherSeason(start, offsetMinutes, agentZone)
+  return given &&
+    !offsetOfAnotherSeason(start, offsetMinutes, agentZone) &&
+    !namesAnotherClockTime(given, start, offsetMinutes, agentZone)
     ? given
     : friendlyTime(start, agentZone);
 }

@@ -6,6 +6,7 @@ import {
   bookingKey,
   eventTimeZone,
   googleEventIdFor,
+  namesAnotherClockTime,
   offsetOfAnotherSeason,
   toOffsetIso,
   validateBookingAction,
@@ -484,5 +485,45 @@ describe('bookingKey and googleEventIdFor', () => {
         },
       ),
     );
+  });
+});
+
+describe('namesAnotherClockTime', () => {
+  // 2025-10-07T15:00:00Z: 11:00 AM in New York (EDT), 3:00 PM at offset 0.
+  const start = new Date('2025-10-07T15:00:00Z');
+  const ny = 'America/New_York';
+  it.each([
+    ['tomorrow', 0, false],
+    ['tomorrow at 11 AM', 0, false], // the agent's zone
+    ['Tuesday at 11:00 a.m. EDT', -240, false],
+    ['tomorrow at 4 PM', 60, false], // the action's own offset (a customer in London)
+    ['Tuesday at 15:00 UTC', 0, false], // UTC, said so
+    ['at 3 PM GMT', 0, false],
+    ['tomorrow at 3 PM EDT', 0, true], // the model wrote 15:00Z for 3 PM in New York
+    ['tomorrow at 3 PM', 0, true], // likewise, unsaid: the booked time in the agent's zone is written
+    ['Tuesday at 3 PM EDT', -240, true],
+    ['at 3:30 PM', -240, true],
+    ['at 10am', -240, true],
+    ['at 11.00am', -240, false],
+    ['11-12 AM', -240, true], // the end named too: the booked time is written instead
+    ['at noon', -240, true],
+    ['at midnight', -240, true],
+    ['at 23:00', -240, true],
+    ['at 11:00', -240, false],
+    ['13 pm', -240, false], // no 12-hour time, no minutes: not read
+    ['11h00', -240, false],
+    ['à 11h30', -240, true],
+  ])('%j (action offset %d): %s', (words, offset, expected) => {
+    expect(namesAnotherClockTime(words, start, offset, ny)).toBe(expected);
+  });
+
+  it('twelve at noon and midnight read as 12:00 and 0:00', () => {
+    const noon = new Date('2025-10-07T12:00:00Z');
+    expect(namesAnotherClockTime('at 12 PM', noon, 0, 'UTC')).toBe(false);
+    expect(namesAnotherClockTime('at noon', noon, 0, 'UTC')).toBe(false);
+    expect(namesAnotherClockTime('at 12 AM', noon, 0, 'UTC')).toBe(true);
+    const midnight = new Date('2025-10-07T00:00:00Z');
+    expect(namesAnotherClockTime('at 12 AM', midnight, 0, 'UTC')).toBe(false);
+    expect(namesAnotherClockTime('at midnight', midnight, 0, 'UTC')).toBe(false);
   });
 });

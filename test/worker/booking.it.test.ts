@@ -134,6 +134,27 @@ describe('booking: the seed flow', () => {
     );
   });
 
+  it('confirms the booked hour, not the model’s words, when they name another clock time (a Z meant as local)', async () => {
+    const zone = 'America/New_York';
+    const c = await newChat({ agent: { timezone: zone } });
+    // The customer asked for 3 PM in New York; the model wrote 15:00 as UTC, and "3 PM" in its words.
+    const at = new Date(Date.now() + 7 * 86_400_000);
+    at.setUTCHours(15, 0, 0, 0);
+    const reply = await ask(c, 'next week at 3 PM', {
+      content: JSON.stringify([
+        seedAction({
+          meeting_time: at.toISOString().replace('.000Z', 'Z'),
+          friendly_time: 'next week at 3 PM Eastern',
+        }),
+      ]),
+    });
+    const [event] = s.google.events(c.email);
+    expect(Date.parse(event!.start!.dateTime!)).toBe(at.getTime());
+    // 10 or 11 AM in New York: the hour the invitations carry, for the customer to see and correct.
+    expect(reply).toBe(confirmation(friendlyIn(zone, at), event!.hangoutLink!));
+    expect(reply).not.toContain('3 PM');
+  });
+
   it('books the seed’s action end to end: event, meeting row, confirmation', async () => {
     const c = await newChat({ agent: { timezone: 'Asia/Kolkata', meeting_duration_minutes: 45 } });
     const start = wallTime(1, 19, 0, 330);
