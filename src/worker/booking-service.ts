@@ -54,6 +54,7 @@ import type { OwnerEventSink } from './owner-events.js';
 import type { OwnerBookingLock, OwnerLease } from './owner-lock.js';
 import {
   type ActionResponder,
+  OutcomeUnknown,
   type Reply,
   type RespondOptions,
   StaleAttempt,
@@ -195,7 +196,11 @@ export class BookingService implements ActionResponder {
       // owner's calendar with no meeting row. The failing action has already looked Google up for
       // itself (#eventCreatedBefore, #changedBefore). A stale or stopped run records nothing.
       const ends =
-        ctx.lastAttempt && rows.length > 0 && !(err instanceof StaleAttempt) && !ctx.signal?.aborted;
+        ctx.lastAttempt &&
+        rows.length > 0 &&
+        !(err instanceof StaleAttempt) &&
+        !(err instanceof OutcomeUnknown) &&
+        !ctx.signal?.aborted;
       if (!ends) {
         await ctx.lease?.release();
         throw err;
@@ -816,9 +821,9 @@ export class BookingService implements ActionResponder {
       if (ctx.signal?.aborted) throw lookupErr;
       ctx.log.error(
         { err: lookupErr, event_id: eventId },
-        'could not look up the booking’s event before giving up; it may exist without a meeting row',
+        'could not look up the booking’s event before giving up; the message runs again',
       );
-      return null;
+      throw new OutcomeUnknown(`booking ${eventId}: the event could not be looked up`, { cause: err });
     }
   }
 
@@ -854,9 +859,9 @@ export class BookingService implements ActionResponder {
       if (ctx.signal?.aborted) throw lookupErr;
       ctx.log.error(
         { err: lookupErr, event_id: eventId },
-        `could not look up the event before giving up the ${what}`,
+        `could not look up the event before giving up the ${what}; the message runs again`,
       );
-      return false;
+      throw new OutcomeUnknown(`${what} of ${eventId}: the event could not be looked up`, { cause: err });
     }
   }
 

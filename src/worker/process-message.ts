@@ -96,6 +96,20 @@ export class StaleAttempt extends Error {
   }
 }
 
+/**
+ * Whether an action's change was made at Google is not known: the attempt is giving up (its last, or
+ * Google refused), and the lookup that would tell (an insert whose answer was lost may have made the
+ * event and sent its invitations) failed too. Not answered now, neither confirmed nor denied: the
+ * run ends without a reply and the message runs again (on its last attempt, as a last attempt: its
+ * re-runs are bounded, and the run that gives up looks once more before its fallback).
+ */
+export class OutcomeUnknown extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'OutcomeUnknown';
+  }
+}
+
 /** Turns booking actions into a reply (src/worker/booking-service.ts). */
 export interface ActionResponder {
   respond(
@@ -372,6 +386,16 @@ export function createMessageProcessor(deps: MessageProcessorDeps) {
       if (err instanceof StaleAttempt) {
         agentLog.warn({ attempt: ctx.attempt }, 'stale attempt stopped: another claim answers this message');
         deps.onOutcome?.('skipped');
+        throw err;
+      }
+      if (err instanceof OutcomeUnknown) {
+        // Even on the last attempt: a fallback would tell the customer nothing was booked while
+        // Google may hold the event. The next run finds out (its insert answers 409, or its lookup).
+        agentLog.warn(
+          { err, attempt: ctx.attempt },
+          'what an action made at Google is unknown; will run again',
+        );
+        deps.onOutcome?.('retry');
         throw err;
       }
       const retryable = !(err instanceof Upstream) || err.retryable;

@@ -230,6 +230,36 @@ describe('last attempt: the booking’s event exists although every insert answe
 });
 
 describe('last attempt: no usable event', () => {
+  it('a lookup that fails too is no answer: the message runs again and the next run records the event', async () => {
+    s.holdRetries(true);
+    s.google.fail('events.insert', { kind: 'lost-response' }, 8);
+    const b = await startBooking();
+    const eventId = await firstRunCreatesTheEventUnseen(b);
+    // The last attempt's lookup, after its 8th insert, gets only 503s (4 tries in the call).
+    s.google.fail(
+      'events.get',
+      { kind: 'status', status: 503 },
+      4,
+      () => requestsFor('events.insert').length >= 8,
+    );
+    await s.retryNow(b.messageId);
+    await until('the last attempt to end without an answer', async () => {
+      const m = await message(b.messageId);
+      return m.attempts === 2 && m.status === 'pending' && /could not be looked up/.test(m.last_error ?? '');
+    });
+    expect(await s.messages(b.conversationId, b.token)).toHaveLength(1); // no reply
+    expect(await meetings(b.userId)).toEqual([]);
+    // Run again (as a last attempt): its insert answers 409, the event is fetched and recorded.
+    await s.retryNow(b.messageId);
+    const texts = await replies(b);
+    const events = s.google.events(b.email);
+    expect(events).toHaveLength(1);
+    expect(texts).toEqual([confirmation(events[0]!.hangoutLink!)]);
+    await expectOneMeetingFor(b, eventId, events[0]!.hangoutLink!);
+    expect(await message(b.messageId)).toMatchObject({ status: 'answered', attempts: 3 });
+    expect(await deliveryTypes(b.userId)).toEqual(['meeting.booked']);
+  });
+
   it('an event that does not exist: MEETING_ERROR_MESSAGE after one lookup, no meeting', async () => {
     s.google.fail('events.insert', { kind: 'status', status: 503 }, 8);
     const b = await startBooking();
