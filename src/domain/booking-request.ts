@@ -231,12 +231,14 @@ export function namesAnotherClockTime(
     return local.getUTCHours() * 60 + local.getUTCMinutes();
   };
   const booked = new Set([minuteOfDay(zoneOffsetMinutes(start, agentZone))]);
-  if (offsetMinutes !== 0 || /\b(?:UTC|GMT)\b/i.test(words)) booked.add(minuteOfDay(offsetMinutes));
+  // "GMT+9" is no UTC: it is how friendlyTime writes Tokyo, and the model copies it.
+  if (offsetMinutes !== 0 || /\b(?:UTC|GMT)\b(?!\s*[+\-−]\s*\d)/i.test(words))
+    booked.add(minuteOfDay(offsetMinutes));
   const named: number[] = [];
-  const rest = words.replace(TWELVE_HOUR, (_, h: string, m: string | undefined, half: string) => {
+  const rest = words.replace(TWELVE_HOUR, (match, h: string, m: string | undefined, half: string) => {
     const hour = Number(h);
-    // "13 pm" is no 12-hour time: left for the 24-hour reading, which needs minutes.
-    if (hour < 1 || hour > 12) return ' ';
+    // "13:00 pm" is no 12-hour time: left for the 24-hour reading.
+    if (hour < 1 || hour > 12) return match;
     named.push(((hour % 12) + (half.toLowerCase() === 'p' ? 12 : 0)) * 60 + Number(m ?? 0));
     return ' ';
   });

@@ -26,7 +26,7 @@ function linkLine(meetLink: string | null, conference: ConferenceStatus | undefi
  * may repeat them truthfully about a meeting booked earlier in the conversation.
  */
 export const OWN_CONFIRMATION =
-  /(?:^|[✅✔☑])[\uFE0E\uFE0F]?[\s*_~#>]*Meeting\s+(?:confirmed|rescheduled|cancelled)\b/imu;
+  /(?:^|[✅✔☑])[\uFE0E\uFE0F]?[\s*_~#>]*Meeting\s+(?:confirmed|rescheduled|cancell?ed)\b/imu;
 
 export function meetingConfirmation(
   friendlyTime: string,

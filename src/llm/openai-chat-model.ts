@@ -131,13 +131,11 @@ export class OpenAIChatModel implements ChatModel {
         (status === 408 || status === 409 || status === 429 || status >= 500) &&
         err.code !== 'insufficient_quota';
       // OpenAI sends both; a compatible server may send only the standard one (seconds or a date).
-      const asked = Number(headerOf(err.headers, 'retry-after-ms') ?? Number.NaN);
+      const askedMs = headerOf(err.headers, 'retry-after-ms')?.trim();
+      const asked = askedMs && /^\d+(\.\d+)?$/.test(askedMs) ? Number(askedMs) : undefined;
       return new Upstream(`model service answered ${status}: ${err.message}`, retryable, {
         cause: err,
-        retryAfterMs:
-          Number.isFinite(asked) && asked >= 0
-            ? asked
-            : retryAfterMs(headerOf(err.headers, 'retry-after'), Date.now()),
+        retryAfterMs: asked ?? retryAfterMs(headerOf(err.headers, 'retry-after'), Date.now()),
       });
     }
     return err instanceof Error ? err : new Error(String(err));

@@ -181,7 +181,8 @@ export class BookingService implements ActionResponder {
               ? await this.#cancel(ctx, action as Record<string, unknown>)
               : await this.#bookOne(ctx, action, index);
         if (result.duplicate) continue;
-        texts.push(result.text);
+        // The same text twice (two bookings over the limit) is said once.
+        if (!texts.includes(result.text)) texts.push(result.text);
         if (result.booked) {
           rows.push({ booked: result.booked });
           ctx.booked++;
@@ -411,7 +412,7 @@ export class BookingService implements ActionResponder {
         const made = await madeBefore();
         if (made) return made;
       } catch (err) {
-        return this.#calendarFailure(err, ctx, what);
+        return this.#lookupFailure(err, ctx, what);
       }
     }
     this.deps.onOutcome?.('no_meeting');
@@ -763,6 +764,22 @@ export class BookingService implements ActionResponder {
     return { text: availabilityTexts.unavailable(reason, alternatives, hours) };
   }
 
+  /**
+   * A failed read of what an earlier attempt may have made at Google (its event, a move, a cancel),
+   * on the last attempt: the change may have been made, so no answer now (OutcomeUnknown; the message
+   * runs again). Otherwise as #calendarFailure.
+   */
+  #lookupFailure(err: unknown, ctx: ReplyContext, what: string): Outcome {
+    if (ctx.lastAttempt && ctx.earlierAttempt && !ctx.signal?.aborted) {
+      const unknown = outcomeUnknown(what, err, err);
+      if (unknown) {
+        ctx.log.error({ err }, `could not read what an earlier attempt did to ${what}`);
+        throw unknown;
+      }
+    }
+    return this.#calendarFailure(err, ctx, what);
+  }
+
   /** Calendar failures that end this reply with MEETING_ERROR_MESSAGE; retryable ones rethrow. */
   #calendarFailure(err: unknown, ctx: ReplyContext, what: string): Outcome {
     if (err instanceof CalendarNotConnected) {
@@ -821,9 +838,11 @@ export class BookingService implements ActionResponder {
       if (ctx.signal?.aborted) throw lookupErr;
       ctx.log.error(
         { err: lookupErr, event_id: eventId },
-        'could not look up the booking’s event before giving up; the message runs again',
+        'could not look up the booking’s event before giving up',
       );
-      throw new OutcomeUnknown(`booking ${eventId}: the event could not be looked up`, { cause: err });
+      const unknown = outcomeUnknown(`booking ${eventId}`, err, lookupErr);
+      if (unknown) throw unknown;
+      return null;
     }
   }
 
@@ -859,9 +878,11 @@ export class BookingService implements ActionResponder {
       if (ctx.signal?.aborted) throw lookupErr;
       ctx.log.error(
         { err: lookupErr, event_id: eventId },
-        `could not look up the event before giving up the ${what}; the message runs again`,
+        `could not look up the event before giving up the ${what}`,
       );
-      throw new OutcomeUnknown(`${what} of ${eventId}: the event could not be looked up`, { cause: err });
+      const unknown = outcomeUnknown(`${what} of ${eventId}`, err, lookupErr);
+      if (unknown) throw unknown;
+      return false;
     }
   }
 
@@ -880,7 +901,7 @@ export class BookingService implements ActionResponder {
       try {
         earlier = await this.deps.calendar.eventExists(agent.userId, eventId, ctx.stopped);
       } catch (err) {
-        return this.#calendarFailure(err, ctx, 'book');
+        return this.#lookupFailure(err, ctx, 'book');
       }
       if (earlier)
         log.warn({ event_id: eventId }, 'an earlier attempt booked this action; recording its event');
@@ -918,7 +939,9 @@ export class BookingService implements ActionResponder {
     const upcoming = work.upcomingMeetingCount + ctx.booked - ctx.cancelled.length;
     if (upcoming >= this.deps.limits.maxBookingsPerConversation) {
       this.deps.onOutcome?.('limit');
-      return { text: bookingTexts.tooManyBookings(this.deps.limits.maxBookingsPerConversation), stop: true };
+      // Not the end of the answer: a cancel or move after it in the same answer still runs (and a
+      // cancel frees a place for a booking after it); a second refusal's text is not repeated.
+      return { text: bookingTexts.tooManyBookings(this.deps.limits.maxBookingsPerConversation) };
     }
 
     const zone = eventTimeZone(request, agent.timezone);
@@ -1089,7 +1112,7 @@ export class BookingService implements ActionResponder {
     try {
       current = await this.deps.calendar.eventState(agent.userId, meeting.google_event_id, ctx.stopped);
     } catch (err) {
-      return this.#calendarFailure(err, ctx, 'reschedule');
+      return this.#lookupFailure(err, ctx, 'reschedule');
     }
     if (!current || current.cancelled) {
       // Deleted in Google Calendar (the calendar sync records the cancel), or unknown to the calendar
@@ -1303,6 +1326,23 @@ function confirmedTime(words: unknown, start: Date, offsetMinutes: number, agent
     !namesAnotherClockTime(given, start, offsetMinutes, agentZone)
     ? given
     : friendlyTime(start, agentZone);
+}
+
+/**
+ * What to throw when the lookup before giving up failed (#eventCreatedBefore, #changedBefore): the
+ * change may have been made, so no answer now, the message runs again (OutcomeUnknown), no sooner
+ * than Google asked in either failure. Undefined when no later run could look either (the connection
+ * gone, a refusal): the original failure then stands, as it always did.
+ */
+function outcomeUnknown(what: string, err: unknown, lookupErr: unknown): OutcomeUnknown | undefined {
+  if (lookupErr instanceof CalendarNotConnected) return undefined;
+  if (lookupErr instanceof Upstream && !lookupErr.retryable) return undefined;
+  const asked = [err, lookupErr].map((e) => (e instanceof Upstream ? (e.retryAfterMs ?? 0) : 0));
+  const retryAfterMs = Math.max(...asked);
+  return new OutcomeUnknown(`${what}: whether Google made it could not be looked up`, {
+    cause: lookupErr,
+    retryAfterMs: retryAfterMs > 0 ? retryAfterMs : undefined,
+  });
 }
 
 /** The zone a moved event is written in: the agent's when the requested offset is its own there. */

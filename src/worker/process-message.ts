@@ -103,10 +103,10 @@ export class StaleAttempt extends Error {
  * run ends without a reply and the message runs again (on its last attempt, as a last attempt: its
  * re-runs are bounded, and the run that gives up looks once more before its fallback).
  */
-export class OutcomeUnknown extends Error {
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'OutcomeUnknown';
+export class OutcomeUnknown extends Upstream {
+  /** `retryAfterMs`: the longest wait Google asked for, in the failure or in the lookup's. */
+  constructor(message: string, options: { cause: unknown; retryAfterMs?: number | undefined }) {
+    super(message, true, options);
   }
 }
 

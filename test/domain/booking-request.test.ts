@@ -511,10 +511,20 @@ describe('namesAnotherClockTime', () => {
     ['at 23:00', -240, true],
     ['at 11:00', -240, false],
     ['13 pm', -240, false], // no 12-hour time, no minutes: not read
+    ['at 13:00 pm', -240, true], // read as 24-hour
+    ['at 11:00 am (GMT-4)', -240, false],
     ['11h00', -240, false],
     ['à 11h30', -240, true],
   ])('%j (action offset %d): %s', (words, offset, expected) => {
     expect(namesAnotherClockTime(words, start, offset, ny)).toBe(expected);
+  });
+
+  it('GMT+9 (as friendlyTime writes Tokyo) is no UTC: a Z meant as Tokyo’s 3 PM is caught', () => {
+    const at = new Date('2025-10-07T15:00:00Z'); // midnight in Tokyo
+    expect(namesAnotherClockTime('Tuesday at 3:00 PM GMT+9', at, 0, 'Asia/Tokyo')).toBe(true);
+    expect(namesAnotherClockTime('Tuesday at 3:00 PM UTC − 4', at, 0, 'Asia/Tokyo')).toBe(true);
+    expect(namesAnotherClockTime('Tuesday at 3:00 PM GMT', at, 0, 'Asia/Tokyo')).toBe(false);
+    expect(namesAnotherClockTime('Wednesday at 12:00 AM GMT+9', at, 0, 'Asia/Tokyo')).toBe(false);
   });
 
   it('twelve at noon and midnight read as 12:00 and 0:00', () => {

@@ -68,6 +68,7 @@ describe('OWN_CONFIRMATION', () => {
     ['the variation selector', '✅\uFE0F Meeting confirmed!'],
     ['markdown emphasis', '✅ **Meeting confirmed!**'],
     ['another check mark', '✔️ meeting CONFIRMED'],
+    ['the US spelling', '✅ Meeting canceled.'],
     ['a line of its own', 'Great news.\nMeeting confirmed for Friday.'],
   ])('matches %s', (_, text) => {
     expect(OWN_CONFIRMATION.test(text)).toBe(true);

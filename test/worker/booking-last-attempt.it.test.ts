@@ -230,18 +230,17 @@ describe('last attempt: the booking’s event exists although every insert answe
 });
 
 describe('last attempt: no usable event', () => {
-  it('a lookup that fails too is no answer: the message runs again and the next run records the event', async () => {
+  it('a lookup that fails too is no answer: the message runs again, no sooner than Google asked, and records the event', async () => {
     s.holdRetries(true);
     s.google.fail('events.insert', { kind: 'lost-response' }, 8);
     const b = await startBooking();
     const eventId = await firstRunCreatesTheEventUnseen(b);
-    // The last attempt's lookup, after its 8th insert, gets only 503s (4 tries in the call).
-    s.google.fail(
-      'events.get',
-      { kind: 'status', status: 503 },
-      4,
-      () => requestsFor('events.insert').length >= 8,
-    );
+    // The last attempt's lookup, after its 8th insert, is refused for two minutes (one try: the wait
+    // is longer than a call waits out).
+    s.holdRetries(false);
+    s.google.fail('events.get', { kind: 'status', status: 429, retryAfter: '120' }, 1, () => {
+      return requestsFor('events.insert').length >= 8;
+    });
     await s.retryNow(b.messageId);
     await until('the last attempt to end without an answer', async () => {
       const m = await message(b.messageId);
@@ -249,6 +248,10 @@ describe('last attempt: no usable event', () => {
     });
     expect(await s.messages(b.conversationId, b.token)).toHaveLength(1); // no reply
     expect(await meetings(b.userId)).toEqual([]);
+    const wait = await sql<{ wait: number }>`
+      SELECT extract(epoch FROM run_after - now())::float8 AS wait FROM messages
+       WHERE message_id = ${b.messageId}`.execute(s.app.database.db);
+    expect(Number(wait.rows[0]!.wait)).toBeGreaterThan(100);
     // Run again (as a last attempt): its insert answers 409, the event is fetched and recorded.
     await s.retryNow(b.messageId);
     const texts = await replies(b);
@@ -258,6 +261,15 @@ describe('last attempt: no usable event', () => {
     await expectOneMeetingFor(b, eventId, events[0]!.hangoutLink!);
     expect(await message(b.messageId)).toMatchObject({ status: 'answered', attempts: 3 });
     expect(await deliveryTypes(b.userId)).toEqual(['meeting.booked']);
+  });
+
+  it('a lookup Google refuses for good (403) is no reason to run again: the error, as before', async () => {
+    s.google.fail('events.insert', { kind: 'status', status: 503 }, 8);
+    s.google.fail('events.get', { kind: 'status', status: 403, reason: 'forbidden' }, 1);
+    const b = await startBooking();
+    expect(await replies(b)).toEqual([s.app.config.meetingErrorMessage]);
+    expect(requestsFor('events.get').map((r) => r.status)).toEqual([403]);
+    expect(await message(b.messageId)).toMatchObject({ status: 'failed', attempts: 2 });
   });
 
   it('an event that does not exist: MEETING_ERROR_MESSAGE after one lookup, no meeting', async () => {
@@ -755,6 +767,37 @@ describe('last attempt: a move or cancel Google made although its answers were l
     const [row] = await meetings(b.userId);
     expect(row).toMatchObject({ meeting_id: meeting.meeting_id, meeting_time: later.toISOString() });
     expect(await deliveryTypes(b.userId)).toEqual(['meeting.booked', 'meeting.rescheduled']);
+  });
+
+  it('a move an earlier attempt made, whose event the last attempt cannot read, is answered by the run after it', async () => {
+    const later = new Date(Date.parse(String(action().meeting_time)) + 3_600_000);
+    const { b, meeting } = await booked(moveTo(later));
+    // The first run moves the event and loses every answer; the last attempt cannot read the event
+    // (503 four times in its call): not knowing whether it moved, it does not answer.
+    s.google.fail('events.patch', { kind: 'lost-response' }, 1);
+    s.google.fail('events.patch', { kind: 'status', status: 503 }, 3);
+    s.google.fail(
+      'events.get',
+      { kind: 'status', status: 503 },
+      4,
+      () => requestsFor('events.patch').length >= 4,
+    );
+    await s.send(b.conversationId, b.token, 'an hour later?');
+    expect(await lastReply(b)).toMatch(
+      /^✅ Meeting rescheduled!\n\n📅 Meeting now scheduled for an hour later\n/,
+    );
+    expect(statuses('events.get').slice(1, 5)).toEqual(Array(4).fill('status'));
+    const [row] = await meetings(b.userId);
+    expect(row).toMatchObject({ meeting_id: meeting.meeting_id, meeting_time: later.toISOString() });
+    expect(await deliveryTypes(b.userId)).toEqual(['meeting.booked', 'meeting.rescheduled']);
+    const m = await s.app.database.db
+      .selectFrom('messages')
+      .select(['attempts', 'status'])
+      .where('conversation_id', '=', b.conversationId)
+      .where('role', '=', 'customer')
+      .orderBy('seq', 'desc')
+      .executeTakeFirstOrThrow();
+    expect(m).toEqual({ attempts: 3, status: 'answered' });
   });
 
   it('a move whose only patch answer was lost on the last attempt is found by one lookup and recorded', async () => {

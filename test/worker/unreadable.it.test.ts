@@ -5,7 +5,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { sql } from 'kysely';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, onTestFinished } from 'vitest';
 import { MessageStore } from '../../src/store/messages.js';
 import { createUnreadableAnswer } from '../../src/worker/process-message.js';
 import { useStack } from '../helpers/stack.js';
@@ -74,6 +74,7 @@ describe('a claimed message that cannot be read', () => {
   it('its fallback is stored only under the current claim: a run that stalled past its claim closes nothing', async () => {
     const c = await corruptChat();
     s.holdRetries(true); // the first attempt fails and waits; the test plays the stalled last run
+    onTestFinished(() => s.holdRetries(false));
     const messageId = await s.send(c.conversation_id, c.customer_token, 'hello');
     await s.firstAttemptFailed(messageId);
     // Another run has claimed the message since (claim 2), as after a stalled run's claim lapsed.
@@ -89,6 +90,5 @@ describe('a claimed message that cannot be read', () => {
     expect(await attemptsOf(c.conversation_id)).toEqual({ attempts: 2, status: 'pending' });
     await answer({ ...message, claim: 2 }, new Error('current'));
     expect(await attemptsOf(c.conversation_id)).toEqual({ attempts: 2, status: 'failed' });
-    s.holdRetries(false);
   });
 });
