@@ -22,7 +22,7 @@ import { ConversationStore } from './store/conversations.js';
 import { bossSchemaFor, type Database, type DatabaseOptions, openDatabase } from './store/database.js';
 import { MeetingStore } from './store/meetings.js';
 import { MessageStore } from './store/messages.js';
-import { isMigrated, migrate } from './store/migrate.js';
+import { isMigrated, loadMigrations, migrate } from './store/migrate.js';
 import { RESEAL_EVERY_MS, resealSecrets } from './store/reseal.js';
 import { SecretBox } from './store/secret-box.js';
 import { WebhookStore } from './store/webhooks.js';
@@ -109,7 +109,9 @@ export async function createApplication(
       await step().catch((err: unknown) => logger.error({ err }, 'shutdown step failed'));
   };
   try {
-    const applied = await migrate(database.db);
+    // Read once: /readyz (unauthenticated, probed every few seconds) compares against the same list.
+    const migrations = loadMigrations();
+    const applied = await migrate(database.db, migrations);
     if (applied.length > 0) logger.info({ applied }, 'database migrated');
 
     const db = database.db;
@@ -287,7 +289,7 @@ export async function createApplication(
       now,
       ready: async () => {
         await database.ping();
-        return isMigrated(database.db);
+        return isMigrated(database.db, migrations);
       },
       connections,
       connectionCache,

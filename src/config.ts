@@ -24,8 +24,9 @@ const httpUrl = z
   .url()
   .refine((u) => /^https?:\/\//.test(u), 'must be an http(s) URL');
 
-// Every setting, its default and its constraint. Empty strings count as "not set" so that a
-// `.env` copied from `.env.example` with blank values behaves like no value at all.
+// Every setting, its default and its constraint. Empty strings count as "not set" so that an
+// environment written from `.env.example` with blank values (a compose or systemd env file, say)
+// behaves like no value at all.
 const envSchema = z.object({
   PORT: int(0, 65535).default(3000),
   HOST: z.string().min(1).default('0.0.0.0'),
@@ -45,7 +46,12 @@ const envSchema = z.object({
   DATABASE_POOL_SIZE: int(2, 500).default(10),
   DATABASE_PREPARED_STATEMENTS: z.enum(['on', 'off']).default('on'),
   DATA_DIR: z.string().min(1).default('./data'),
-  ADMIN_API_KEY: z.string().min(16, 'must be at least 16 characters').optional(),
+  ADMIN_API_KEY: z
+    .string()
+    .min(16, 'must be at least 16 characters')
+    // It travels as a Bearer token, which has no spaces: a key with one could never be presented.
+    .regex(/^\S+$/, 'must not contain spaces or line breaks')
+    .optional(),
   TOKEN_ENCRYPTION_KEY: z.string().min(1).optional(),
   GOOGLE_CLIENT_ID: z.string().default(''),
   GOOGLE_CLIENT_SECRET: z.string().default(''),
@@ -235,13 +241,25 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     if (missing.length > 0) {
       throw new ConfigError(`${missing.join(' and ')} must be set when DATABASE_URL is set`);
     }
+    // Not required (an API-only process never asks the model, and a deployment may start before its
+    // Google client exists), but a deployment without them fails every booking: said at start.
+    if (!e.OPENAI_API_KEY && !e.OPENAI_BASE_URL) {
+      notes.push(
+        'OPENAI_API_KEY is not set (nor OPENAI_BASE_URL): every model call will fail, and customers get LLM_ERROR_MESSAGE',
+      );
+    }
+    if (!e.GOOGLE_CLIENT_ID || !e.GOOGLE_CLIENT_SECRET) {
+      notes.push(
+        'GOOGLE_CLIENT_ID or GOOGLE_CLIENT_SECRET is not set: no access token can be refreshed, so bookings fail once a connection’s token expires',
+      );
+    }
   } else {
     if (!adminApiKey) {
       const s = generatedSecret(dataDir, 'admin-api-key', () => randomBytes(24).toString('base64url'));
       // The file may have been edited: held to the variable's own rule (an empty key matches nothing,
       // but "admin" would be guessable).
-      if (s.value.length < 16) {
-        throw new ConfigError(`${s.path}: the admin key must be at least 16 characters`);
+      if (s.value.length < 16 || /\s/.test(s.value)) {
+        throw new ConfigError(`${s.path}: the admin key must be at least 16 characters, with no spaces`);
       }
       adminApiKey = s.value;
       notes.push(

@@ -19,6 +19,7 @@ async function main(): Promise<void> {
   // stops it the same way, instead of killing the process halfway.
   let app: Application | undefined;
   let requested: string | undefined;
+  let requestedAt = 0;
   const stop = (running: Application, signal: string) => {
     running.logger.info({ signal }, 'shutting down');
     running.stop().then(
@@ -30,8 +31,15 @@ async function main(): Promise<void> {
     );
   };
   const onSignal = (signal: string) => {
-    if (requested !== undefined) process.exit(1);
+    if (requested !== undefined) {
+      // The same signal again within 2 s is a relay of the first, not an operator insisting: `npm
+      // start` and tsx each pass a signal on to their child, and systemd's default KillMode sends it
+      // to every process of the unit at once, so the service can get one SIGTERM two or three times.
+      if (signal === requested && Date.now() - requestedAt < 2_000) return;
+      process.exit(1);
+    }
     requested = signal;
+    requestedAt = Date.now();
     const force = setTimeout(() => process.exit(1), 30_000);
     force.unref();
     if (app) stop(app, signal);
@@ -40,12 +48,29 @@ async function main(): Promise<void> {
   process.on('SIGINT', () => onSignal('SIGINT'));
 
   try {
-    const config = loadConfig();
     const role = parseRole(process.argv.slice(2));
+    // Only the embedded database's process may work its messages, and it is the only one that may
+    // open its data directory: an API-only or worker-only process there would store messages nobody
+    // answers, or answer nobody. Refused before the configuration generates the embedded keys.
+    if (role !== 'all' && !process.env.DATABASE_URL) {
+      throw new ConfigError(
+        `--role=${role} needs DATABASE_URL: the embedded database runs one process, --role=all`,
+      );
+    }
+    const config = loadConfig();
     const logger = createLogger(config.logLevel);
     for (const note of config.startupNotes) logger.warn(note);
     const started = await createApplication(config, { logger, role });
-    const address = await started.listen();
+    let address: string;
+    try {
+      address = await started.listen();
+    } catch (err) {
+      // Its port taken, say: the workers already run and the database is open. Stopped as on a
+      // signal (claims given back, the database closed, its lock removed) before the error ends it.
+      logger.fatal({ err }, 'could not listen; stopping');
+      await started.stop().catch((e: unknown) => logger.error({ err: e }, 'shutdown failed'));
+      throw err;
+    }
     app = started;
     logger.info(
       {

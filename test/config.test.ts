@@ -82,7 +82,16 @@ describe('loadConfig defaults', () => {
     });
     expect(c.rateLimit).toEqual({ perIp: 300, perConversation: 30, windowSeconds: 60 });
     expect(c.sse).toEqual({ maxStreams: 2000, perIp: 100, maxStreamSeconds: 1800 });
-    expect(c.startupNotes).toEqual([]);
+    // A server deployment without a model key or a Google client fails every booking: said at start.
+    expect(c.startupNotes).toEqual([
+      expect.stringMatching(/^OPENAI_API_KEY is not set/),
+      expect.stringMatching(/^GOOGLE_CLIENT_ID or GOOGLE_CLIENT_SECRET is not set/),
+    ]);
+    const complete = loadConfig(
+      serverEnv({ OPENAI_API_KEY: 'sk-test', GOOGLE_CLIENT_ID: 'id', GOOGLE_CLIENT_SECRET: 'secret' }),
+    );
+    expect(complete.startupNotes).toEqual([]);
+    expect(loadConfig(serverEnv({ OPENAI_BASE_URL: 'http://127.0.0.1:9/v1' })).startupNotes).toHaveLength(1);
   });
 
   it('parses numbers and strings from the environment', () => {
@@ -181,6 +190,8 @@ describe('loadConfig rejects bad values, naming the variable', () => {
     ['OPENAI_BASE_URL', 'ftp://x'],
     ['ADMIN_API_KEY', 'short'],
     ['ADMIN_API_KEY', '123456789012345'],
+    ['ADMIN_API_KEY', 'abcdefgh ijklmnopq'],
+    ['ADMIN_API_KEY', 'abcdefghijklmnopq\n'],
     ['WORKER_CONCURRENCY', '0'],
     ['DATABASE_PREPARED_STATEMENTS', 'yes'],
     ['DATABASE_SCHEMA', 'Robert"; DROP TABLE x'],

@@ -9,6 +9,8 @@ import {
   statSync,
   writeFileSync,
 } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -31,6 +33,7 @@ const all: ServiceProcess[] = [];
 let first: ServiceProcess; // killed with SIGKILL
 let second: ServiceProcess; // restarted on the same DATA_DIR, stopped with SIGTERM
 let bad: ServiceProcess; // PORT=abc
+let apiOnly: ServiceProcess; // --role=api on the embedded database
 
 function track(p: ServiceProcess): ServiceProcess {
   all.push(p);
@@ -59,6 +62,7 @@ beforeAll(async () => {
   // Both start at once: the failing one does not need to wait for the slow first start.
   first = track(startService({ DATA_DIR: dir, LOG_LEVEL: 'info' }, await freePort()));
   bad = track(startService({ DATA_DIR: badDir, PORT: 'abc' }));
+  apiOnly = track(startService({ DATA_DIR: badDir }, 0, ['--role=api']));
 });
 
 afterAll(() => {
@@ -216,8 +220,35 @@ describe('the service as a process', () => {
   });
 });
 
+describe('refused configurations', () => {
+  it('--role=api on the embedded database: exits with code 2 and says it needs DATABASE_URL', async () => {
+    const exit = await apiOnly.waitForExit(30_000);
+    expect(exit.code).toBe(2);
+    expect(apiOnly.stderr).toMatch(/^agent-meetings: --role=api needs DATABASE_URL/);
+    expect(existsSync(badDir)).toBe(false);
+  });
+
+  it('a port already taken: it stops what it started (its lock removed) and exits non-zero', async () => {
+    const takenDir = mkdtempSync(join(tmpdir(), 'am-process-taken-'));
+    const taken = createServer();
+    await new Promise<void>((r) => taken.listen(0, '127.0.0.1', r));
+    const port = (taken.address() as AddressInfo).port;
+    const p = track(startService({ DATA_DIR: takenDir }, port));
+    try {
+      const exit = await p.waitForExit(60_000);
+      expect(exit.code).not.toBe(0);
+      expect(p.output).toContain('EADDRINUSE');
+      expect(p.output).toContain('could not listen; stopping');
+      expect(existsSync(join(takenDir, LOCK))).toBe(false);
+    } finally {
+      await new Promise((r) => taken.close(r));
+      rmSync(takenDir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('a signal while starting', () => {
-  it('SIGTERM during startup: startup finishes, then it stops cleanly (exit 0, lock removed)', async () => {
+  it('SIGTERM during startup (relayed twice): startup finishes, then it stops cleanly (exit 0, lock removed)', async () => {
     const startingDir = mkdtempSync(join(tmpdir(), 'am-process-starting-'));
     const p = track(startService({ DATA_DIR: startingDir }, await freePort()));
     try {
@@ -225,6 +256,10 @@ describe('a signal while starting', () => {
       // database and the queue start (seconds on this machine).
       await p.waitForOutput('TOKEN_ENCRYPTION_KEY not set', 60_000);
       expect(p.output).not.toContain('agent-meetings listening on');
+      // Twice, as `npm start` (or tsx, or systemd signalling every process of the unit) relays one
+      // SIGTERM: the repeat must not force the exit past the graceful stop.
+      p.child.kill('SIGTERM');
+      await new Promise((r) => setTimeout(r, 100));
       const exit = await p.stop('SIGTERM', 60_000);
       expect(exit).toMatchObject({ code: 0, signal: null });
       expect(existsSync(join(startingDir, LOCK))).toBe(false);

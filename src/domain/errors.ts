@@ -1,6 +1,6 @@
 /**
- * The few typed errors the service speaks in. HTTP status mapping lives in src/http/errors.ts;
- * customer-facing texts in src/domain/messages.ts.
+ * The few typed errors the service speaks in. Each carries its HTTP status, which the error handler
+ * in src/http/app.ts answers with; customer-facing texts are in src/domain/messages.ts.
  */
 export class DomainError extends Error {
   constructor(
