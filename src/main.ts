@@ -14,7 +14,7 @@ function parseRole(argv: string[]): Role {
 
 async function main(): Promise<void> {
   // Graceful shutdown: stop accepting, finish in-flight work, close the database. A second signal
-  // (or 30 s) forces the exit. The handlers are installed before anything starts: a signal that
+  // (another one, or the same after 2 s; see onSignal) or 30 s forces the exit. The handlers are installed before anything starts: a signal that
   // arrives while the service is still starting (migrations, the queue) lets startup finish and then
   // stops it the same way, instead of killing the process halfway.
   let app: Application | undefined;
@@ -32,9 +32,10 @@ async function main(): Promise<void> {
   };
   const onSignal = (signal: string) => {
     if (requested !== undefined) {
-      // The same signal again within 2 s is a relay of the first, not an operator insisting: `npm
-      // start` and tsx each pass a signal on to their child, and systemd's default KillMode sends it
-      // to every process of the unit at once, so the service can get one SIGTERM two or three times.
+      // The same signal again within 2 s is a copy of the first, not an operator insisting: `npm
+      // start` passes a signal on to its child, and a terminal's Ctrl-C or systemd's default
+      // KillMode signals every process of the group at once, so one SIGTERM can arrive two or three
+      // times.
       if (signal === requested && Date.now() - requestedAt < 2_000) return;
       process.exit(1);
     }
@@ -52,7 +53,7 @@ async function main(): Promise<void> {
     // Only the embedded database's process may work its messages, and it is the only one that may
     // open its data directory: an API-only or worker-only process there would store messages nobody
     // answers, or answer nobody. Refused before the configuration generates the embedded keys.
-    if (role !== 'all' && !process.env.DATABASE_URL) {
+    if (role !== 'all' && !process.env.DATABASE_URL?.trim()) {
       throw new ConfigError(
         `--role=${role} needs DATABASE_URL: the embedded database runs one process, --role=all`,
       );

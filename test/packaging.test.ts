@@ -40,4 +40,11 @@ describe('compose.yaml', () => {
     expect(compose).toMatch(/^ {2}api:$/m);
     expect(compose).toMatch(/^ {2}worker:$/m);
   });
+
+  it('does not probe /healthz on a worker, which opens no HTTP port', () => {
+    const compose = readFileSync(join(REPO_ROOT, 'compose.yaml'), 'utf8');
+    const worker = compose.slice(compose.search(/^ {2}worker:$/m)).split(/\n(?=\S| {2}\S)/)[0]!;
+    expect(worker).toContain('--role=worker');
+    expect(worker).toMatch(/healthcheck:\n\s+disable: true/);
+  });
 });

@@ -181,8 +181,7 @@ export class BookingService implements ActionResponder {
               ? await this.#cancel(ctx, action as Record<string, unknown>)
               : await this.#bookOne(ctx, action, index);
         if (result.duplicate) continue;
-        // The same text twice (two bookings over the limit) is said once.
-        if (!texts.includes(result.text)) texts.push(result.text);
+        texts.push(result.text);
         if (result.booked) {
           rows.push({ booked: result.booked });
           ctx.booked++;
@@ -939,9 +938,9 @@ export class BookingService implements ActionResponder {
     const upcoming = work.upcomingMeetingCount + ctx.booked - ctx.cancelled.length;
     if (upcoming >= this.deps.limits.maxBookingsPerConversation) {
       this.deps.onOutcome?.('limit');
-      // Not the end of the answer: a cancel or move after it in the same answer still runs (and a
-      // cancel frees a place for a booking after it); a second refusal's text is not repeated.
-      return { text: bookingTexts.tooManyBookings(this.deps.limits.maxBookingsPerConversation) };
+      // The end of the answer: a cancel after it may be the other half of a swap ("replace B with
+      // A" written as [book A, cancel B]), and cancelling B without booking A would leave neither.
+      return { text: bookingTexts.tooManyBookings(this.deps.limits.maxBookingsPerConversation), stop: true };
     }
 
     const zone = eventTimeZone(request, agent.timezone);
