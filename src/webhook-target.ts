@@ -20,7 +20,7 @@ export type WebhookUrlPolicy = (typeof WEBHOOK_URL_POLICIES)[number];
 /**
  * Addresses that are not on the public internet: this network, private, shared (CGNAT), loopback,
  * link-local (cloud metadata), documentation, benchmarking, multicast and reserved ranges; in IPv6
- * also unique-local, link-local and the NAT64 forms (which could reach the IPv4 ones). An IPv4-mapped
+ * also unique-local, link-local and the NAT64, 6to4 and Teredo forms (which could reach the IPv4 ones). An IPv4-mapped
  * IPv6 address (`::ffff:127.0.0.1`) is checked by the IPv4 rules (BlockList maps it; a rule for the
  * whole `::ffff:0:0/96` would match every IPv4 address too).
  */
@@ -46,6 +46,7 @@ for (const [network, prefix] of [
 }
 for (const [network, prefix] of [
   ['::', 96], // unspecified, loopback and the deprecated IPv4-compatible form (::7f00:1)
+  ['2001::', 32], // Teredo: tunnels to an IPv4 address (obfuscated in its last 32 bits)
   ['2002::', 16], // 6to4: embeds an IPv4 address
   ['64:ff9b::', 96],
   ['64:ff9b:1::', 48],

@@ -4,12 +4,16 @@ import { describe, expect, it } from 'vitest';
 import { isPublicAddress, postWebhook, publicOnlyLookup, webhookUrlProblem } from '../src/webhook-target.js';
 
 describe('isPublicAddress', () => {
-  it.each(['8.8.8.8', '1.1.1.1', '93.184.216.34', '2606:4700:4700::1111', '::ffff:808:808'])(
-    'public: %s',
-    (address) => {
-      expect(isPublicAddress(address)).toBe(true);
-    },
-  );
+  it.each([
+    '8.8.8.8',
+    '1.1.1.1',
+    '93.184.216.34',
+    '2606:4700:4700::1111',
+    '2001:4860:4860::8888',
+    '::ffff:808:808',
+  ])('public: %s', (address) => {
+    expect(isPublicAddress(address)).toBe(true);
+  });
 
   it.each([
     '0.0.0.0',
@@ -35,6 +39,8 @@ describe('isPublicAddress', () => {
     'fe80::1',
     'ff02::1',
     '2001:db8::1',
+    '2001:0:4136:e378:8000:63bf:3fff:fdd2', // Teredo
+    '2002:7f00:1::1', // 6to4 of 127.0.0.1
     'not-an-address',
     '',
   ])('not public: %j', (address) => {
