@@ -1,4 +1,5 @@
-import { afterAll, beforeAll, beforeEach } from 'vitest';
+import { sql } from 'kysely';
+import { afterAll, beforeAll, beforeEach, vi } from 'vitest';
 import type { ApplicationOptions } from '../../src/app.js';
 import { retryDelaySeconds } from '../../src/worker/queue.js';
 import { type GoogleEmulator, startGoogleEmulator } from '../emulators/google.js';
@@ -241,4 +242,26 @@ export async function queuePickups(s: Stack): Promise<{ insert: number; claim: n
     insert: value('queue_pickups_total{path="insert"}'),
     claim: value('queue_pickups_total{path="claim"}'),
   };
+}
+
+/**
+ * Waits until the message's failed attempt gave its claim back with a backoff (`run_after` set), and
+ * returns its attempt count and the seconds until it may run again, on the database's clock.
+ */
+export async function retryScheduled(
+  s: Stack,
+  messageId: string,
+  timeoutMs = 30_000,
+): Promise<{ attempts: number; wait: number }> {
+  return vi.waitFor(
+    async () => {
+      const r = await sql<{ attempts: number; wait: number }>`
+        SELECT attempts, extract(epoch FROM run_after - now())::float8 AS wait
+          FROM messages WHERE message_id = ${messageId} AND run_after IS NOT NULL`.execute(s.app.database.db);
+      const row = r.rows[0];
+      if (!row) throw new Error(`message ${messageId} has no retry scheduled yet`);
+      return { attempts: Number(row.attempts), wait: Number(row.wait) };
+    },
+    { timeout: timeoutMs, interval: 100 },
+  );
 }

@@ -512,6 +512,13 @@ describe('check_availability tool', () => {
   });
 });
 
+/** The owner's own Calendar client (a grant of their own, as the Google Calendar app has): their changes. */
+function ownerCalendar(email: string) {
+  const auth = new OAuth2Client();
+  auth.setCredentials({ access_token: s.google.grant({ email }).access_token });
+  return calendar({ version: 'v3', auth, rootUrl: s.google.rootUrl });
+}
+
 /** An owner (open 9–17 every day), a chat with it, and the meeting that chat booked in two days at 10:00. */
 async function chatWithMeeting() {
   const o = await newOwner({ working_hours: ALL_WEEK_9_TO_17 });
@@ -555,10 +562,7 @@ describe('reschedule and cancel by chat', () => {
     const { o, c, mine } = await chatWithMeeting();
     // The owner moves the event to noon and makes it an hour long, in Google Calendar; no pass of the
     // calendar sync has told our row (the test stack runs none).
-    const grant = s.google.grant({ email: o.email });
-    const auth = new OAuth2Client();
-    auth.setCredentials({ access_token: grant.access_token });
-    const own = calendar({ version: 'v3', auth, rootUrl: s.google.rootUrl });
+    const own = ownerCalendar(o.email);
     const hour = 3_600_000;
     await own.events.patch({
       calendarId: 'primary',
@@ -587,10 +591,7 @@ describe('reschedule and cancel by chat', () => {
 
   it('moves an event the owner made all-day in Google: the move clears its date (Google refuses date and dateTime together)', async () => {
     const { o, c, mine } = await chatWithMeeting();
-    const grant = s.google.grant({ email: o.email });
-    const auth = new OAuth2Client();
-    auth.setCredentials({ access_token: grant.access_token });
-    const own = calendar({ version: 'v3', auth, rootUrl: s.google.rootUrl });
+    const own = ownerCalendar(o.email);
     await own.events.patch({
       calendarId: 'primary',
       eventId: mine.google_event_id as string,

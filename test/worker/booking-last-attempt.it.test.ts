@@ -16,7 +16,7 @@ import { BookingLeaseStore, WHOLE_OWNER } from '../../src/store/booking-leases.j
 import type { RequestLogEntry } from '../emulators/google.js';
 import type { Responder } from '../emulators/openai.js';
 import { bookingAction } from '../helpers/actions.js';
-import { type Stack, startStack } from '../helpers/stack.js';
+import { retryScheduled, type Stack, startStack } from '../helpers/stack.js';
 
 let s: Stack;
 let hooks: Server;
@@ -248,10 +248,7 @@ describe('last attempt: no usable event', () => {
     });
     expect(await s.messages(b.conversationId, b.token)).toHaveLength(1); // no reply
     expect(await meetings(b.userId)).toEqual([]);
-    const wait = await sql<{ wait: number }>`
-      SELECT extract(epoch FROM run_after - now())::float8 AS wait FROM messages
-       WHERE message_id = ${b.messageId}`.execute(s.app.database.db);
-    expect(Number(wait.rows[0]!.wait)).toBeGreaterThan(100);
+    expect((await retryScheduled(s, b.messageId)).wait).toBeGreaterThan(100);
     // Run again (as a last attempt): its insert answers 409, the event is fetched and recorded.
     await s.retryNow(b.messageId);
     const texts = await replies(b);

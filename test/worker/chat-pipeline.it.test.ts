@@ -1,8 +1,7 @@
-import { sql } from 'kysely';
-import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { ChatRequest } from '../emulators/openai.js';
 import { messageText } from '../emulators/openai.js';
-import { type Stack, startStack } from '../helpers/stack.js';
+import { retryScheduled, type Stack, startStack } from '../helpers/stack.js';
 
 let s: Stack;
 beforeAll(async () => {
@@ -223,16 +222,7 @@ describe('chat pipeline', () => {
       s.openai.fail({ kind: 'status', status: 429, retryAfterSeconds: 120, retryAfterOnly }, 3);
       const c = await newChat();
       const id = await s.send(c.conversation_id, c.customer_token, 'hello?');
-      const row = await vi.waitFor(
-        async () => {
-          const r = await sql<{ attempts: number; wait: number }>`
-          SELECT attempts, extract(epoch FROM run_after - now())::float8 AS wait
-            FROM messages WHERE message_id = ${id} AND run_after IS NOT NULL`.execute(s.app.database.db);
-          expect(r.rows[0]).toBeDefined();
-          return r.rows[0]!;
-        },
-        { timeout: 30_000, interval: 100 },
-      );
+      const row = await retryScheduled(s, id);
       expect(row.attempts).toBe(1);
       // The job's own backoff here is a second or two.
       expect(Number(row.wait)).toBeGreaterThan(100);
