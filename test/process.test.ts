@@ -33,7 +33,7 @@ const all: ServiceProcess[] = [];
 let first: ServiceProcess; // killed with SIGKILL
 let second: ServiceProcess; // restarted on the same DATA_DIR, stopped with SIGTERM
 let bad: ServiceProcess; // PORT=abc
-let apiOnly: ServiceProcess; // --role=api on the embedded database
+let workerOnly: ServiceProcess; // --role=worker on the embedded database
 
 function track(p: ServiceProcess): ServiceProcess {
   all.push(p);
@@ -62,7 +62,7 @@ beforeAll(async () => {
   // Both start at once: the failing one does not need to wait for the slow first start.
   first = track(startService({ DATA_DIR: dir, LOG_LEVEL: 'info' }, await freePort()));
   bad = track(startService({ DATA_DIR: badDir, PORT: 'abc' }));
-  apiOnly = track(startService({ DATA_DIR: badDir }, 0, ['--role=api']));
+  workerOnly = track(startService({ DATA_DIR: badDir }, 0, ['--role=worker']));
 });
 
 afterAll(() => {
@@ -221,10 +221,10 @@ describe('the service as a process', () => {
 });
 
 describe('refused configurations', () => {
-  it('--role=api on the embedded database: exits with code 2 and says it needs DATABASE_URL', async () => {
-    const exit = await apiOnly.waitForExit(30_000);
+  it('--role=worker on the embedded database: exits with code 2 and says it needs DATABASE_URL', async () => {
+    const exit = await workerOnly.waitForExit(30_000);
     expect(exit.code).toBe(2);
-    expect(apiOnly.stderr).toMatch(/^agent-meetings: --role=api needs DATABASE_URL/);
+    expect(workerOnly.stderr).toMatch(/^agent-meetings: --role=worker needs DATABASE_URL/);
     expect(existsSync(badDir)).toBe(false);
   });
 

@@ -19,14 +19,20 @@ function linkLine(meetLink: string | null, conference: ConferenceStatus | undefi
 }
 
 /**
- * The first line of the system's own confirmations below, in any case or spacing, with or without
- * the emoji's variation selector (`✅️` is how many models write it), in markdown emphasis, after
- * another check mark or none at a line's start: the model writing one itself (process-message's
- * composeReply) is asked again, never shown. The time and link lines alone are not matched: the model
- * may repeat them truthfully about a meeting booked earlier in the conversation.
+ * The first line of the system's own confirmations below, in any case or spacing: after a check mark
+ * (with or without the emoji's variation selector: `✅️` is how many models write it), in markdown
+ * emphasis or not; or without one, as a whole line ("Meeting confirmed!"). The model writing one
+ * itself (process-message's composeReply) is asked again, never shown. A line that goes on ("Meeting
+ * confirmed for Friday at 10, as you asked") and the time and link lines alone are not matched: the
+ * model may say them truthfully about a meeting booked earlier in the conversation.
  */
-export const OWN_CONFIRMATION =
-  /(?:^|[✅✔☑])[\uFE0E\uFE0F]?[\s*_~#>]*Meeting\s+(?:confirmed|rescheduled|cancell?ed)\b/imu;
+export const OWN_CONFIRMATION = new RegExp(
+  [
+    String.raw`[✅✔☑][\uFE0E\uFE0F]?[\s*_~#>]*Meeting\s+(?:confirmed|rescheduled|cancell?ed)\b`,
+    String.raw`^[\s*_~#>]*Meeting\s+(?:confirmed|rescheduled|cancell?ed)[\s*_~!.]*$`,
+  ].join('|'),
+  'imu',
+);
 
 export function meetingConfirmation(
   friendlyTime: string,

@@ -1,6 +1,7 @@
 import { OAuth2Client } from 'google-auth-library';
 import type { Logger } from 'pino';
 import { CalendarNotConnected, Upstream } from '../domain/errors.js';
+import { headerOf, retryAfterMs } from '../domain/retry-after.js';
 import { endedBy } from '../lean-fetch.js';
 import type {
   CalendarConnection,
@@ -305,10 +306,15 @@ export class GoogleTokenProvider {
         throw new CalendarNotConnected(`user ${userId}'s Google access was revoked`, 'revoked');
       }
       this.options.onRefresh?.('failed');
-      const status = (err as { status?: number; response?: { status?: number } }).response?.status;
+      const response = (err as { response?: { status?: number; headers?: unknown } }).response;
+      const status = response?.status;
       // invalid_client and other 4xx are configuration problems: retrying will not help.
       const retryable = status === undefined || status === 429 || status >= 500;
-      throw new Upstream(`Google token refresh failed (${status ?? 'network'})`, retryable, { cause: err });
+      throw new Upstream(`Google token refresh failed (${status ?? 'network'})`, retryable, {
+        cause: err,
+        // A rate-limited token endpoint's wait, for the job's retry (JobQueue).
+        retryAfterMs: retryAfterMs(headerOf(response?.headers, 'retry-after'), Date.now()),
+      });
     } finally {
       // Once the token request has settled, the deadline has nothing left to end.
       clearTimeout(deadlineTimer);

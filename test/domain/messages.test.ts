@@ -69,7 +69,8 @@ describe('OWN_CONFIRMATION', () => {
     ['markdown emphasis', '✅ **Meeting confirmed!**'],
     ['another check mark', '✔️ meeting CONFIRMED'],
     ['the US spelling', '✅ Meeting canceled.'],
-    ['a line of its own', 'Great news.\nMeeting confirmed for Friday.'],
+    ['a line of its own', 'Great news.\nMeeting confirmed!\n\n📅 Meeting scheduled for Friday'],
+    ['a line of its own, in markdown', '**Meeting rescheduled.**'],
   ])('matches %s', (_, text) => {
     expect(OWN_CONFIRMATION.test(text)).toBe(true);
   });
@@ -79,6 +80,7 @@ describe('OWN_CONFIRMATION', () => {
     ['prose mentioning a meeting', 'Once the meeting is confirmed you will get an email.'],
     ['an offer', 'I can book a meeting on Friday at 10. Shall I?'],
     ['the time line alone (a meeting booked before)', 'Yes: 📅 Meeting scheduled for Friday at 10'],
+    ['a recap that goes on', 'Meeting confirmed for Friday at 10, as you asked. See you then!'],
   ])('does not match %s', (_, text) => {
     expect(OWN_CONFIRMATION.test(text)).toBe(false);
   });

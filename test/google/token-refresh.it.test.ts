@@ -15,6 +15,7 @@ import {
   GOOGLE_CLIENT_ID,
   GOOGLE_CLIENT_SECRET,
   metricsSnapshot,
+  retryScheduled,
   type Stack,
   startStack,
 } from '../helpers/stack.js';
@@ -374,6 +375,23 @@ describe('token refresh', () => {
     expect(isConfirmation(await book(o))).toBe(true);
     expect(s.google.refreshCount(o.grant.refresh_token)).toBe(1);
     expect(s.google.events(o.email)).toHaveLength(1);
+  });
+
+  it('a token endpoint that asks to be left alone (429, Retry-After 120 s) is not asked again sooner', async () => {
+    const o = await newOwner(-60);
+    s.google.fail('token', { kind: 'status', status: 429, retryAfter: '120' }, 10);
+    s.openai.responder = () => ({ content: JSON.stringify([action()]) });
+    const c = await s.openConversation(o.agentId);
+    const messageId = await s.send(c.conversation_id, c.customer_token, 'book me');
+    const row = await retryScheduled(s, messageId);
+    expect(row.attempts).toBe(1);
+    expect(row.wait).toBeGreaterThan(100);
+    expect(tokenCalls().every((r) => r.status === 429)).toBe(true);
+    expect(s.google.events(o.email)).toEqual([]);
+    // Its retry would book two minutes on, in the middle of later tests: put off for the file.
+    await sql`UPDATE messages SET run_after = now() + interval '1 day' WHERE message_id = ${messageId}`.execute(
+      s.app.database.db,
+    );
   });
 
   it('ends a refresh that would outlast its lease (so no other process refreshes beside it), then refreshes again', async () => {
