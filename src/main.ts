@@ -14,9 +14,10 @@ function parseRole(argv: string[]): Role {
 
 async function main(): Promise<void> {
   // Graceful shutdown: stop accepting, finish in-flight work, close the database. A second signal
-  // (another one, or the same after 2 s; see onSignal) or 30 s forces the exit. The handlers are installed before anything starts: a signal that
-  // arrives while the service is still starting (migrations, the queue) lets startup finish and then
-  // stops it the same way, instead of killing the process halfway.
+  // (another one, or the same after 2 s; see onSignal) or 30 s forces the exit. The handlers are
+  // installed before anything starts: a signal that arrives while the service is still starting
+  // (migrations, the queue) lets startup finish and then stops it the same way, instead of killing
+  // the process halfway.
   let app: Application | undefined;
   let requested: string | undefined;
   let requestedAt = 0;

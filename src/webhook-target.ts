@@ -20,9 +20,9 @@ export type WebhookUrlPolicy = (typeof WEBHOOK_URL_POLICIES)[number];
 /**
  * Addresses that are not on the public internet: this network, private, shared (CGNAT), loopback,
  * link-local (cloud metadata), documentation, benchmarking, multicast and reserved ranges; in IPv6
- * also unique-local, link-local and the NAT64, 6to4 and Teredo forms (which could reach the IPv4 ones). An IPv4-mapped
- * IPv6 address (`::ffff:127.0.0.1`) is checked by the IPv4 rules (BlockList maps it; a rule for the
- * whole `::ffff:0:0/96` would match every IPv4 address too).
+ * also unique-local, link-local and the NAT64, 6to4 and Teredo forms (which could reach the IPv4
+ * ones). An IPv4-mapped IPv6 address (`::ffff:127.0.0.1`) is checked by the IPv4 rules (BlockList
+ * maps it; a rule for the whole `::ffff:0:0/96` would match every IPv4 address too).
  */
 const NON_PUBLIC = new BlockList();
 for (const [network, prefix] of [

@@ -182,7 +182,7 @@ const CONTROL = /[\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F]/g;
  * then fail to be recorded on every attempt. None of them belongs in a name, title, email or time.
  */
 export function withoutControls(value: unknown, depth = 0): unknown {
-  if (typeof value === 'string') return value.replace(CONTROL, '').replace(LONE_SURROGATE, '\uFFFD');
+  if (typeof value === 'string') return wellFormed(value.replace(CONTROL, ''));
   if (value === null || typeof value !== 'object' || depth >= MAX_DEPTH) return value;
   if (Array.isArray(value)) return value.map((v) => withoutControls(v, depth + 1));
   return Object.fromEntries(

@@ -15,6 +15,11 @@ export function retryAfterMs(value: string | null | undefined, nowMs: number): n
   return Number.isNaN(at) ? undefined : Math.max(0, at - nowMs);
 }
 
+/** The `Retry-After` of a response's `headers` (a fetch `Headers` or a plain record), in milliseconds. */
+export function retryAfterOf(headers: unknown, nowMs = Date.now()): number | undefined {
+  return retryAfterMs(headerOf(headers, 'retry-after'), nowMs);
+}
+
 /** A header read from what an HTTP client hands back: a fetch `Headers` or a plain record. */
 export function headerOf(headers: unknown, name: string): string | undefined {
   if (!headers || typeof headers !== 'object') return undefined;

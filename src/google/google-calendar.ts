@@ -12,7 +12,7 @@ import type {
   RetryGuard,
 } from '../domain/calendar-gateway.js';
 import { ChangesTooOld, TooManyChanges, Upstream } from '../domain/errors.js';
-import { headerOf, retryAfterMs } from '../domain/retry-after.js';
+import { retryAfterOf } from '../domain/retry-after.js';
 import { isIanaTimeZone, zonedInstant } from '../domain/time.js';
 import { createLeanFetch, type Fetch } from '../lean-fetch.js';
 import type { GoogleTokenProvider } from './token-provider.js';
@@ -213,7 +213,7 @@ export class GoogleCalendarGateway implements CalendarGateway {
         // (JobQueue), holding no worker slot meanwhile.
         const asked =
           failure.kind === 'retryable'
-            ? retryAfterMs(headerOf((err as GoogleErrorShape).response?.headers, 'retry-after'), Date.now())
+            ? retryAfterOf((err as GoogleErrorShape).response?.headers)
             : undefined;
         if (
           failure.kind === 'retryable' &&

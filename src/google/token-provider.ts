@@ -1,7 +1,7 @@
 import { OAuth2Client } from 'google-auth-library';
 import type { Logger } from 'pino';
 import { CalendarNotConnected, Upstream } from '../domain/errors.js';
-import { headerOf, retryAfterMs } from '../domain/retry-after.js';
+import { retryAfterOf } from '../domain/retry-after.js';
 import { endedBy } from '../lean-fetch.js';
 import type {
   CalendarConnection,
@@ -27,12 +27,6 @@ export interface TokenProviderOptions {
    * use it without trying again (default 15 s); callers that must wait always try.
    */
   refreshCooldownMs?: number;
-  /**
-   * The lifetime assumed for a refreshed token whose response carried no `expires_in` (RFC 6749
-   * makes it optional; Google sends it): default 55 minutes, under Google's hour. A token that dies
-   * sooner is refreshed at its first 401 (GoogleCalendarGateway).
-   */
-  assumedLifetimeMs?: number;
   /** How long a refresh lease lasts if its holder dies mid-refresh. */
   leaseMs?: number;
   /** How long a waiter waits for another process's refresh before giving up (retryable). */
@@ -48,6 +42,13 @@ export interface TokenProviderOptions {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * The lifetime assumed for a refreshed token whose response carried no `expires_in` (RFC 6749 makes
+ * it optional; Google sends it): 55 minutes, under Google's hour. A token that dies sooner is
+ * refreshed at its first 401 (GoogleCalendarGateway).
+ */
+const ASSUMED_LIFETIME_MS = 55 * 60_000;
 
 interface Flight {
   promise: Promise<string>;
@@ -313,7 +314,7 @@ export class GoogleTokenProvider {
       throw new Upstream(`Google token refresh failed (${status ?? 'network'})`, retryable, {
         cause: err,
         // A rate-limited token endpoint's wait, for the job's retry (JobQueue).
-        retryAfterMs: retryAfterMs(headerOf(response?.headers, 'retry-after'), Date.now()),
+        retryAfterMs: retryAfterOf(response?.headers),
       });
     } finally {
       // Once the token request has settled, the deadline has nothing left to end.
@@ -324,7 +325,7 @@ export class GoogleTokenProvider {
     // stored with the assumed lifetime rather than discarded and refreshed again in a loop.
     const expiry = client.credentials.expiry_date
       ? new Date(client.credentials.expiry_date)
-      : new Date(this.#now().getTime() + (this.options.assumedLifetimeMs ?? 55 * 60_000));
+      : new Date(this.#now().getTime() + ASSUMED_LIFETIME_MS);
     const saved = await this.connections.saveRefreshed(
       userId,
       c.revision,

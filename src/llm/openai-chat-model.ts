@@ -1,6 +1,6 @@
 import OpenAI from 'openai';
 import { Upstream } from '../domain/errors.js';
-import { headerOf, retryAfterMs } from '../domain/retry-after.js';
+import { headerOf, retryAfterOf } from '../domain/retry-after.js';
 import { createLeanFetch, type Fetch } from '../lean-fetch.js';
 import type { ChatModel, ChatRequest, ChatResult, ChatTurn } from './chat-model.js';
 
@@ -135,7 +135,7 @@ export class OpenAIChatModel implements ChatModel {
       const asked = askedMs && /^\d+(\.\d+)?$/.test(askedMs) ? Number(askedMs) : undefined;
       return new Upstream(`model service answered ${status}: ${err.message}`, retryable, {
         cause: err,
-        retryAfterMs: asked ?? retryAfterMs(headerOf(err.headers, 'retry-after'), Date.now()),
+        retryAfterMs: asked ?? retryAfterOf(err.headers),
       });
     }
     return err instanceof Error ? err : new Error(String(err));

@@ -172,12 +172,12 @@ export class MessageQueueStore {
       // Pending messages in storage order (an index scan that stops once `limit` rows are locked; the
       // pending rows it passes over on the way, claimed, waiting out a backoff or behind their
       // conversation's head, are read too, so an outage's backlog of retries costs every claim until
-      // it drains). A message is claimable
-      // when it is ready (no live claim; past its backoff) and either holds a lapsed claim (its
-      // conversation is its own) or is its conversation's head: no earlier pending message, and no
-      // other message of the conversation claimed. The statement reads one snapshot; a row claimed
-      // or answered meanwhile is re-checked when locked (PostgreSQL re-evaluates the WHERE on its
-      // latest version) and dropped. Rows another claim has locked are skipped, not waited for.
+      // it drains). A message is claimable when it is ready (no live claim; past its backoff) and
+      // either holds a lapsed claim (its conversation is its own) or is its conversation's head: no
+      // earlier pending message, and no other message of the conversation claimed. The statement
+      // reads one snapshot; a row claimed or answered meanwhile is re-checked when locked
+      // (PostgreSQL re-evaluates the WHERE on its latest version) and dropped. Rows another claim
+      // has locked are skipped, not waited for.
       t = new StatementTemplate<ClaimValues, ClaimRow>(
         this.db,
         (v) => sql`

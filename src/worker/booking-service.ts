@@ -801,8 +801,10 @@ export class BookingService implements ActionResponder {
    * Before a booking gives up (Google refused, or anything failed on the job's last attempt), looks
    * its event up by the derived id: an insert whose answer was lost, in this attempt or an earlier
    * one, may have created it and sent the invitations. Found and not cancelled, it is recorded and
-   * confirmed through the normal success path; otherwise (or if the lookup fails too) the original
-   * failure stands. Earlier attempts skip this: their retry's insert finds the event (409).
+   * confirmed through the normal success path; not found, the original failure stands. A lookup that
+   * fails too is no answer (OutcomeUnknown: the message runs again), unless no later run could look
+   * either (a refusal, a lost connection). Earlier attempts skip this: their retry's insert finds the
+   * event (409).
    *
    * Nothing is booked twice, and the path is idempotent under retries and crashes:
    * - the lookup only reads (events.get): it never creates an event;
@@ -849,7 +851,8 @@ export class BookingService implements ActionResponder {
    * Before a move or a cancel gives up (Google refused, or anything failed on the job's last attempt):
    * whether Google shows it made already, by an earlier attempt whose reply never committed or by this
    * one whose answer was lost (`made`: read-only, events.get). Then it is recorded and confirmed like
-   * any other; otherwise, or when the lookup fails too, the original failure stands. As with bookings
+   * any other; not found, the original failure stands; a lookup that fails too is no answer, as with
+   * #eventCreatedBefore. As with bookings
    * (#eventCreatedBefore), earlier attempts skip this: their retry repeats the change, which is
    * harmless (the same times again; a delete of a deleted event answers 410).
    */

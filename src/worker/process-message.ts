@@ -55,7 +55,10 @@ export interface Reply {
 
 /** What a responder knows about the job attempt it runs in. */
 export interface RespondOptions {
-  /** No retry follows: a failure now ends with MEETING_ERROR_MESSAGE (see JobContext.isLastAttempt). */
+  /**
+   * No retry follows: a failure now ends with MEETING_ERROR_MESSAGE (see JobContext.isLastAttempt),
+   * unless what an action made at Google cannot be read (OutcomeUnknown: the message runs again).
+   */
   lastAttempt?: boolean;
   /**
    * The model output the actions come from, when this attempt asked the model (an earlier attempt's

@@ -15,7 +15,8 @@ import { StaleAttempt } from './process-message.js';
 
 /**
  * How many more times a message's last attempt runs after one that did not finish (its process died
- * or stopped, its claim lapsed, its fallback could not be written); the run after that gives up and
+ * or stopped, its claim lapsed, its fallback could not be written, or what an action made at Google
+ * could not be read: OutcomeUnknown); the run after that gives up and
  * answers with the fallback at once (JobContext.giveUp), so no message holds its conversation for good.
  */
 const LAST_ATTEMPT_RERUNS = 3;

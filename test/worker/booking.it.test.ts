@@ -478,6 +478,31 @@ describe('booking: several actions in one answer', () => {
     expect(requestsFor('events.delete')).toHaveLength(1);
   });
 
+  it('a booking refused at the limit ends the answer: a cancel after it (half of a swap) is not made alone', async () => {
+    const c = await newChat();
+    const act = (n: number, title: string) =>
+      seedAction({ title, meeting_time: wallTime(n, 10, 0, 330).iso, friendly_time: `day ${n}` });
+    await ask(c, 'three please', { content: JSON.stringify([act(1, 'T1'), act(2, 'T2'), act(3, 'T3')]) });
+    const first = (await meetingsOf(c.userId)).find((m) => m.title === 'T1')!;
+    const { action: _action, ...args } = act(4, 'T4');
+    // "Replace the first with day 4", in the model's order: the booking, then the cancel.
+    const reply = await ask(
+      c,
+      'replace the first with day 4',
+      {
+        toolCalls: [
+          { name: 'Time_to_121meet', arguments: args },
+          { name: 'cancel_meeting', arguments: { meeting_id: first.meeting_id } },
+        ],
+      },
+      2,
+    );
+    expect(reply).toBe(tooMany(3));
+    const scheduled = (await meetingsOf(c.userId)).filter((m) => m.status === 'scheduled');
+    expect(scheduled.map((m) => m.title).sort()).toEqual(['T1', 'T2', 'T3']);
+    expect(requestsFor('events.delete')).toEqual([]);
+  });
+
   it('never acts on a malformed tool call: the model is asked again, and its next answer is the reply', async () => {
     const c = await newChat();
     const calls = s.openai.requests.length;
