@@ -371,6 +371,36 @@ describe('last attempt: an action that fails after earlier ones of its answer we
     expect(await message(messageId)).toMatchObject({ status: 'answered', attempts: 2 });
   });
 
+  it('of two bookings, when the second’s outcome cannot be read, neither is answered yet: the next run answers both', async () => {
+    const b = await bookTwice('pu', (next) => {
+      s.google.fail('events.insert', { kind: 'status', status: 503 }, 100, startsAt(next));
+      // The last attempt's lookup of the second booking (after its 10th insert) is refused 4 times.
+      s.google.fail(
+        'events.get',
+        { kind: 'status', status: 503 },
+        4,
+        () => requestsFor('events.insert').length >= 10,
+      );
+    });
+    const texts = await replies(b);
+    const events = s.google.events(b.email);
+    expect(events).toHaveLength(1);
+    // Not the partial answer on the run that could not tell: the run after it gives it.
+    expect(texts).toEqual([
+      `${confirmation(events[0]!.hangoutLink!)}\n\n${s.app.config.meetingErrorMessage}`,
+    ]);
+    expect(requestsFor('events.insert').map((r) => r.fault ?? r.status)).toEqual([
+      200,
+      ...Array(4).fill('status'),
+      409,
+      ...Array(4).fill('status'),
+      409,
+      ...Array(4).fill('status'),
+    ]);
+    expect((await meetings(b.userId)).map((m) => m.google_event_id)).toEqual([events[0]!.id]);
+    expect(await message(b.messageId)).toMatchObject({ status: 'answered', attempts: 3 });
+  });
+
   it('a cancel made before a booking that fails is recorded and confirmed, the booking answered with the error', async () => {
     const b = await startBooking();
     expect((await replies(b))[0]).toMatch(/^✅ Meeting confirmed!/);
@@ -730,6 +760,25 @@ describe('last attempt: a move or cancel Google made although its answers were l
     expect(statuses('events.delete')).toEqual(['lost-response', ...Array(7).fill('status')]);
     expect(requestsFor('events.get')).toHaveLength(1);
     expect(s.google.events(b.email).map((e) => e.status)).toEqual(['cancelled']);
+    expect((await meetings(b.userId)).map((m) => [m.meeting_id, m.status])).toEqual([
+      [meeting.meeting_id, 'cancelled'],
+    ]);
+    expect(await deliveryTypes(b.userId)).toEqual(['meeting.booked', 'meeting.cancelled']);
+  });
+
+  it('a cancel whose delete went through, and whose lookup fails too on the last attempt, is recorded by the run after it', async () => {
+    const { b, meeting } = await booked(cancel);
+    s.google.fail('events.delete', { kind: 'lost-response' }, 1);
+    s.google.fail('events.delete', { kind: 'status', status: 503 }, 7);
+    s.google.fail(
+      'events.get',
+      { kind: 'status', status: 503 },
+      4,
+      () => requestsFor('events.delete').length >= 8,
+    );
+    await s.send(b.conversationId, b.token, 'cancel it');
+    expect(await lastReply(b)).toMatch(/^✅ Meeting cancelled\./);
+    expect(statuses('events.get').slice(0, 4)).toEqual(Array(4).fill('status'));
     expect((await meetings(b.userId)).map((m) => [m.meeting_id, m.status])).toEqual([
       [meeting.meeting_id, 'cancelled'],
     ]);
