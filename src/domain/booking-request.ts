@@ -34,9 +34,16 @@ const actionSchema = z.object({
   name: z.string().trim().max(255, 'must be at most 255 characters').nullish(),
   email: z.string({ message: 'is missing' }).trim().pipe(email),
   title: z.string().trim().max(200, 'must be at most 200 characters').nullish(),
-  participants: z.array(z.string().trim().pipe(email)).nullish(),
+  // A model sometimes writes the invitees as one string ("a@x.com, b@y.com"): read as the list it
+  // means rather than refused to the customer as "an invitee is not valid".
+  participants: z.preprocess(
+    (v) => (typeof v === 'string' ? v.split(/[\s,;]+/).filter(Boolean) : v),
+    z.array(z.string().trim().pipe(email)).nullish(),
+  ),
   meeting_time: z.string({ message: 'is missing' }).trim(),
-  friendly_time: z.string().trim().max(200, 'must be at most 200 characters').nullish(),
+  // Words, not a field the customer typed: past 200 characters they are dropped (the confirmation
+  // then names the booked time itself) rather than refused to the customer.
+  friendly_time: z.string().trim().nullish(),
 });
 
 export type ValidationResult = { ok: true; request: BookingRequest } | { ok: false; problems: string[] };
@@ -165,7 +172,7 @@ export function validateBookingAction(
       participants,
       start: when.start,
       offsetMinutes: when.offsetMinutes,
-      friendlyTime: a.friendly_time || null,
+      friendlyTime: a.friendly_time && a.friendly_time.length <= 200 ? a.friendly_time : null,
     },
   };
 }

@@ -109,7 +109,21 @@ describe('validateBookingAction', () => {
       'an invitee is not a valid email address',
     ]);
     expect(problems({ ...SEED, participants: [42] })).toEqual(['an invitee is not valid']);
-    expect(problems({ ...SEED, participants: 'a@b.co' })).toEqual(['an invitee is not valid']);
+    expect(problems({ ...SEED, participants: 'a@b.co, not-an-email' })).toEqual([
+      'an invitee is not a valid email address',
+    ]);
+  });
+
+  it('reads invitees written as one string (commas, semicolons or spaces) as the list', () => {
+    const r = valid({ ...SEED, participants: 'a@b.co, c@d.co;e@f.co ' });
+    expect(r.participants).toEqual(['a@b.co', 'c@d.co', 'e@f.co']);
+    expect(valid({ ...SEED, participants: 'a@b.co c@d.co' }).participants).toEqual(['a@b.co', 'c@d.co']);
+    expect(valid({ ...SEED, participants: '' }).participants).toEqual([]);
+  });
+
+  it('drops a friendly_time over 200 characters (the confirmation names the booked time) instead of refusing', () => {
+    expect(valid({ ...SEED, friendly_time: 'x'.repeat(201) }).friendlyTime).toBeNull();
+    expect(valid({ ...SEED, friendly_time: 'x'.repeat(200) }).friendlyTime).toBe('x'.repeat(200));
   });
 
   it('phrases problems for the customer, not in validator jargon', () => {
@@ -117,9 +131,8 @@ describe('validateBookingAction', () => {
       null,
       'text',
       [SEED],
-      { ...SEED, participants: 'a@b.co' },
+      { ...SEED, participants: 42 },
       { ...SEED, name: 'x'.repeat(256) },
-      { ...SEED, friendly_time: 'x'.repeat(201) },
       { ...SEED, title: 7 },
     ]) {
       for (const p of problems(raw)) {

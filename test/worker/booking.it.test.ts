@@ -328,6 +328,29 @@ describe('booking: the seed flow', () => {
     });
   });
 
+  it('reads invitees the model wrote as one string, and names the booked time when its words run past 200 characters', async () => {
+    const c = await newChat({ agent: { timezone: 'America/New_York' } });
+    const start = wallTime(4, 15, 0, 0);
+    const reply = await ask(c, 'book a call with Bob and Cy', {
+      content: JSON.stringify([
+        seedAction({
+          meeting_time: start.iso,
+          participants: 'bob@example.com, cy@example.com',
+          friendly_time: `Thursday at 3 PM ${'(as agreed) '.repeat(20)}`,
+        }),
+      ]),
+    });
+    const ev = s.google.events(c.email)[0]!;
+    expect(ev.attendees?.map((a) => a.email)).toEqual([
+      'siddhant@gmail.com',
+      'bob@example.com',
+      'cy@example.com',
+    ]);
+    expect(reply).toBe(confirmation(friendlyIn('America/New_York', start.at), ev.hangoutLink!));
+    const [m] = await meetingsOf(c.userId);
+    expect(m!.participants).toEqual(['bob@example.com', 'cy@example.com']);
+  });
+
   it('uses the conversation’s customer name and "Meeting" when the action has neither name nor title', async () => {
     const c = await newChat();
     await ask(c, 'book', {
