@@ -28,6 +28,9 @@ export interface CreatedCalendarEvent {
   conferenceStatus: ConferenceStatus;
   /** True when the event already existed (a retried booking). */
   existed: boolean;
+  /** Its start and end as Google has them now; null when it has no date-times (made all-day). */
+  start: Date | null;
+  end: Date | null;
 }
 
 /** New times for an existing event (a reschedule). */

@@ -299,12 +299,15 @@ export class GoogleCalendarGateway implements CalendarGateway {
     existed: boolean,
   ): Promise<CreatedCalendarEvent> {
     const event = await this.#awaitConference(ownerId, found);
+    const { start, end } = eventStateOf(eventId, event);
     return {
       eventId: event.id ?? eventId,
       htmlLink: event.htmlLink ?? null,
       meetLink: meetLinkOf(event),
       conferenceStatus: conferenceStatusOf(event),
       existed,
+      start,
+      end,
     };
   }
 
@@ -590,12 +593,15 @@ export class GoogleCalendarGateway implements CalendarGateway {
       this.logger.error({ op: 'events.patch', event_id: eventId }, 'the event to move was deleted at Google');
       throw new Upstream('Google events.patch: the event was deleted', false);
     }
+    const { start, end } = eventStateOf(eventId, event);
     return {
       eventId: event.id ?? eventId,
       htmlLink: event.htmlLink ?? null,
       meetLink: meetLinkOf(event),
       conferenceStatus: conferenceStatusOf(event),
       existed: true,
+      start,
+      end,
     };
   }
 

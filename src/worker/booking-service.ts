@@ -1026,6 +1026,16 @@ export class BookingService implements ActionResponder {
   ): { text: string; booked: NewMeeting } {
     const { agent, conversation, message } = work;
     const zone = eventTimeZone(request, agent.timezone);
+    // An event an earlier attempt made may have been moved by the owner since (its invitation went
+    // out before this reply commits): the row takes the times it has now, as a move does, so that
+    // nothing is left for the calendar sync to catch up on (a pass may have read that change while
+    // no row existed to compare it with, and not read it again). All-day, or of a length no meeting
+    // may have: the request's.
+    const span =
+      created.existed && created.start && created.end ? { start: created.start, end: created.end } : null;
+    const minutes = span ? meetingMinutes(span) : undefined;
+    const meetingTime = span && minutes ? span.start : request.start;
+    const moved = meetingTime.getTime() !== request.start.getTime();
     const meeting: NewMeeting = {
       userId: agent.userId,
       agentId: agent.agentId,
@@ -1037,13 +1047,16 @@ export class BookingService implements ActionResponder {
       customerName: request.name ?? conversation.customerName,
       customerEmail: request.email,
       participants: request.participants,
-      meetingTime: request.start,
-      durationMinutes: agent.meetingDurationMinutes,
+      meetingTime,
+      durationMinutes: minutes ?? agent.meetingDurationMinutes,
       timezone: zone ?? agent.timezone,
       meetLink: created.meetLink,
       htmlLink: created.htmlLink,
     };
-    const when = confirmedTime(request.friendlyTime, request.start, request.offsetMinutes, agent.timezone);
+    // Moved by the owner: the model's words name the time asked for, not the one it has.
+    const when = moved
+      ? friendlyTime(meetingTime, agent.timezone)
+      : confirmedTime(request.friendlyTime, request.start, request.offsetMinutes, agent.timezone);
     return { text: meetingConfirmation(when, created.meetLink, created.conferenceStatus), booked: meeting };
   }
 
