@@ -1029,12 +1029,14 @@ export class BookingService implements ActionResponder {
     // An event an earlier attempt made may have been moved by the owner since (its invitation went
     // out before this reply commits): the row takes the times it has now, as a move does, so that
     // nothing is left for the calendar sync to catch up on (a pass may have read that change while
-    // no row existed to compare it with, and not read it again). All-day, or of a length no meeting
-    // may have: the request's.
+    // no row existed to compare it with, and not read it again). All-day: the request's times; of a
+    // length no meeting may have: its start, and the agent's length (as a move does).
     const span =
-      created.existed && created.start && created.end ? { start: created.start, end: created.end } : null;
+      created.existed && created.start && created.end && created.end > created.start
+        ? { start: created.start, end: created.end }
+        : null;
     const minutes = span ? meetingMinutes(span) : undefined;
-    const meetingTime = span && minutes ? span.start : request.start;
+    const meetingTime = span ? span.start : request.start;
     const moved = meetingTime.getTime() !== request.start.getTime();
     const meeting: NewMeeting = {
       userId: agent.userId,

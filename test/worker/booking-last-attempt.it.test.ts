@@ -208,45 +208,51 @@ describe('last attempt: the booking’s event exists although every insert answe
     expect(await deliveryTypes(b.userId)).toEqual(['meeting.booked']);
   });
 
-  it('an event the owner moved before the retry recorded it is recorded where it is now, and confirmed so', async () => {
-    s.holdRetries(true);
-    s.google.fail('events.insert', { kind: 'lost-response' }, 4);
-    const b = await startBooking();
-    const eventId = await firstRunCreatesTheEventUnseen(b);
-    // The invitation went out with the first run's event: the owner moves it an hour on, and makes it
-    // 45 minutes, before any reply commits.
-    const asked = Date.parse(String(action().meeting_time));
-    const later = new Date(asked + 3_600_000);
-    const auth = new OAuth2Client();
-    auth.setCredentials({ access_token: s.google.grant({ email: b.email }).access_token });
-    await calendar({ version: 'v3', auth, rootUrl: s.google.rootUrl }).events.patch({
-      calendarId: 'primary',
-      eventId,
-      requestBody: {
-        start: { dateTime: later.toISOString() },
-        end: { dateTime: new Date(later.getTime() + 45 * 60_000).toISOString() },
-      },
-    });
-    await s.retryNow(b.messageId);
-    const texts = await replies(b);
-    // The retry's insert answers 409 and reads the event: the row and the confirmation take its times
-    // (the calendar sync may have passed that change while no row existed to compare it with).
-    expect(requestsFor('events.insert').map((r) => r.fault ?? r.status)).toEqual([
-      ...Array(4).fill('lost-response'),
-      409,
-    ]);
-    const [row] = await meetings(b.userId);
-    expect(row).toMatchObject({
-      google_event_id: eventId,
-      meeting_time: later.toISOString(),
-      duration_minutes: 45,
-    });
-    expect(texts).toHaveLength(1);
-    expect(texts[0]!.startsWith('✅ Meeting confirmed!\n\n📅 Meeting scheduled for ')).toBe(true);
-    expect(texts[0]).not.toContain('in three days at 10 AM UTC');
-    expect(texts[0]).toContain('11:00');
-    expect(s.google.events(b.email)).toHaveLength(1);
-  });
+  it.each([
+    [45, 45],
+    [9 * 60, 30], // longer than a meeting may be: its start, the agent's length
+  ])(
+    'an event the owner moved (made %d minutes long) before the retry recorded it is recorded where it is now, and confirmed so',
+    async (length, recorded) => {
+      s.holdRetries(true);
+      s.google.fail('events.insert', { kind: 'lost-response' }, 4);
+      const b = await startBooking();
+      const eventId = await firstRunCreatesTheEventUnseen(b);
+      // The invitation went out with the first run's event: the owner moves it an hour on, and changes
+      // its length, before any reply commits.
+      const asked = Date.parse(String(action().meeting_time));
+      const later = new Date(asked + 3_600_000);
+      const auth = new OAuth2Client();
+      auth.setCredentials({ access_token: s.google.grant({ email: b.email }).access_token });
+      await calendar({ version: 'v3', auth, rootUrl: s.google.rootUrl }).events.patch({
+        calendarId: 'primary',
+        eventId,
+        requestBody: {
+          start: { dateTime: later.toISOString() },
+          end: { dateTime: new Date(later.getTime() + length * 60_000).toISOString() },
+        },
+      });
+      await s.retryNow(b.messageId);
+      const texts = await replies(b);
+      // The retry's insert answers 409 and reads the event: the row and the confirmation take its times
+      // (the calendar sync may have passed that change while no row existed to compare it with).
+      expect(requestsFor('events.insert').map((r) => r.fault ?? r.status)).toEqual([
+        ...Array(4).fill('lost-response'),
+        409,
+      ]);
+      const [row] = await meetings(b.userId);
+      expect(row).toMatchObject({
+        google_event_id: eventId,
+        meeting_time: later.toISOString(),
+        duration_minutes: recorded,
+      });
+      expect(texts).toHaveLength(1);
+      expect(texts[0]!.startsWith('✅ Meeting confirmed!\n\n📅 Meeting scheduled for ')).toBe(true);
+      expect(texts[0]).not.toContain('in three days at 10 AM UTC');
+      expect(texts[0]).toContain('11:00');
+      expect(s.google.events(b.email)).toHaveLength(1);
+    },
+  );
 
   it('an event made by an earlier run is found when the last run fails before inserting (freeBusy outage)', async () => {
     s.holdRetries(true);
