@@ -364,6 +364,26 @@ describe('booking: the seed flow', () => {
   });
 });
 
+/** The seed's action for a meeting titled `title` at 10:00 (+05:30) in `n` days, "day n" in words. */
+const dayAction = (n: number, title: string) =>
+  seedAction({ title, meeting_time: wallTime(n, 10, 0, 330).iso, friendly_time: `day ${n}` });
+
+/** The same booking as the tool call the model makes. */
+function bookingCall(n: number, title: string) {
+  const { action: _action, ...args } = dayAction(n, title);
+  return { name: 'Time_to_121meet', arguments: args };
+}
+
+/** A new chat whose first answer books T1–T3 (the conversation's limit, 3); that reply, and T1's row. */
+async function chatAtTheLimit() {
+  const c = await newChat();
+  const three = await ask(c, 'three please', {
+    content: JSON.stringify([dayAction(1, 'T1'), dayAction(2, 'T2'), dayAction(3, 'T3')]),
+  });
+  const first = (await meetingsOf(c.userId)).find((m) => m.title === 'T1')!;
+  return { c, three, first };
+}
+
 describe('booking: several actions in one answer', () => {
   it('books the same meeting once when the model both calls the tool and writes the JSON', async () => {
     const c = await newChat();
@@ -442,22 +462,15 @@ describe('booking: several actions in one answer', () => {
     // Until the reply commits, the cancelled meeting's row is still scheduled: the booking after it
     // in the same answer must neither count it against MAX_BOOKINGS_PER_CONVERSATION (3) nor see its
     // time as busy (its event is gone from Google already).
-    const c = await newChat();
-    const act = (n: number, title: string) =>
-      seedAction({ title, meeting_time: wallTime(n, 10, 0, 330).iso, friendly_time: `day ${n}` });
-    const three = await ask(c, 'three please', {
-      content: JSON.stringify([act(1, 'T1'), act(2, 'T2'), act(3, 'T3')]),
-    });
+    const { c, three, first } = await chatAtTheLimit();
     expect(three.match(/✅ Meeting confirmed!/g)).toHaveLength(3);
-    const first = (await meetingsOf(c.userId)).find((m) => m.title === 'T1')!;
-    const { action: _action, ...args } = act(1, 'T4');
     const reply = await ask(
       c,
       'cancel the first and book the same time for my colleague',
       {
         toolCalls: [
           { name: 'cancel_meeting', arguments: { meeting_id: first.meeting_id } },
-          { name: 'Time_to_121meet', arguments: args },
+          bookingCall(1, 'T4'),
         ],
       },
       2,
@@ -476,20 +489,12 @@ describe('booking: several actions in one answer', () => {
   });
 
   it('a meeting cancelled twice in one answer is cancelled once and frees one place under the limit', async () => {
-    const c = await newChat();
-    const act = (n: number, title: string) =>
-      seedAction({ title, meeting_time: wallTime(n, 10, 0, 330).iso, friendly_time: `day ${n}` });
-    await ask(c, 'three please', { content: JSON.stringify([act(1, 'T1'), act(2, 'T2'), act(3, 'T3')]) });
-    const first = (await meetingsOf(c.userId)).find((m) => m.title === 'T1')!;
-    const book = (n: number, title: string) => {
-      const { action: _action, ...args } = act(n, title);
-      return { name: 'Time_to_121meet', arguments: args };
-    };
+    const { c, first } = await chatAtTheLimit();
     const cancel = { name: 'cancel_meeting', arguments: { meeting_id: first.meeting_id } };
     const reply = await ask(
       c,
       'cancel the first, and book two more',
-      { toolCalls: [cancel, cancel, book(4, 'T4'), book(5, 'T5')] },
+      { toolCalls: [cancel, cancel, bookingCall(4, 'T4'), bookingCall(5, 'T5')] },
       2,
     );
     const t4 = s.google.events(c.email).find((e) => e.summary === 'T4');
@@ -502,19 +507,14 @@ describe('booking: several actions in one answer', () => {
   });
 
   it('a booking refused at the limit ends the answer: a cancel after it (half of a swap) is not made alone', async () => {
-    const c = await newChat();
-    const act = (n: number, title: string) =>
-      seedAction({ title, meeting_time: wallTime(n, 10, 0, 330).iso, friendly_time: `day ${n}` });
-    await ask(c, 'three please', { content: JSON.stringify([act(1, 'T1'), act(2, 'T2'), act(3, 'T3')]) });
-    const first = (await meetingsOf(c.userId)).find((m) => m.title === 'T1')!;
-    const { action: _action, ...args } = act(4, 'T4');
+    const { c, first } = await chatAtTheLimit();
     // "Replace the first with day 4", in the model's order: the booking, then the cancel.
     const reply = await ask(
       c,
       'replace the first with day 4',
       {
         toolCalls: [
-          { name: 'Time_to_121meet', arguments: args },
+          bookingCall(4, 'T4'),
           { name: 'cancel_meeting', arguments: { meeting_id: first.meeting_id } },
         ],
       },
